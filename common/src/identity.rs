@@ -1,0 +1,140 @@
+//! Who is on the other end of a connection: the SPIFFE URI in a client certificate's SAN
+//! (`spiffe://<trust-domain>/agent/<worker-id>` or `spiffe://<trust-domain>/admin/<name>`). Pure parsing, no I/O.
+
+use std::fmt;
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::ids::WorkerId;
+
+/// The trust domain used when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "outpost";
+
+/// A proven peer identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Agent(WorkerId),
+    Admin(String),
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Agent(worker) => write!(f, "agent {worker}"),
+            Identity::Admin(name) => write!(f, "admin {name}"),
+        }
+    }
+}
+
+/// Why a certificate carries no usable identity.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("the connection presented no client certificate")]
+    NoCertificate,
+    #[error("the client certificate cannot be parsed: {0}")]
+    BadCertificate(String),
+    #[error("the client certificate has no spiffe://{trust_domain}/agent/.. or /admin/.. URI")]
+    NoIdentity { trust_domain: String },
+    #[error(
+        "the client certificate names {uri:?}, which is not a valid Outpost identity: {reason}"
+    )]
+    BadUri { uri: String, reason: String },
+}
+
+/// The SAN URI for an agent certificate.
+pub fn agent_uri(trust_domain: &str, worker: &WorkerId) -> String {
+    format!("spiffe://{trust_domain}/agent/{worker}")
+}
+
+/// The SAN URI for an admin certificate.
+pub fn admin_uri(trust_domain: &str, name: &str) -> String {
+    format!("spiffe://{trust_domain}/admin/{name}")
+}
+
+/// Parses one SAN URI; `Ok(None)` when it belongs to another trust domain or scheme.
+pub fn parse_uri(trust_domain: &str, uri: &str) -> Result<Option<Identity>, Error> {
+    let Some(rest) = uri.strip_prefix("spiffe://") else {
+        return Ok(None);
+    };
+    let Some(path) = rest
+        .strip_prefix(trust_domain)
+        .and_then(|p| p.strip_prefix('/'))
+    else {
+        return Ok(None);
+    };
+    let bad = |reason: String| Error::BadUri {
+        uri: uri.to_owned(),
+        reason,
+    };
+    match path.split_once('/') {
+        Some(("agent", worker)) => WorkerId::parse(worker)
+            .map(|w| Some(Identity::Agent(w)))
+            .map_err(|e| bad(e.to_string())),
+        Some(("admin", name)) => {
+            WorkerId::parse(name).map_err(|e| bad(e.to_string()))?;
+            Ok(Some(Identity::Admin(name.to_owned())))
+        }
+        _ => Err(bad(
+            "the path must be /agent/<worker-id> or /admin/<name>".into()
+        )),
+    }
+}
+
+/// The identity in a DER certificate (the leaf of a peer's chain).
+pub fn from_certificate(trust_domain: &str, der: &[u8]) -> Result<Identity, Error> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let mut found = None;
+    for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
+        if let GeneralName::URI(uri) = name {
+            if let Some(identity) = parse_uri(trust_domain, uri)? {
+                if found.is_some() {
+                    return Err(Error::BadUri {
+                        uri: (*uri).to_owned(),
+                        reason: "the certificate names more than one identity".into(),
+                    });
+                }
+                found = Some(identity);
+            }
+        }
+    }
+    found.ok_or_else(|| Error::NoIdentity {
+        trust_domain: trust_domain.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_agent_and_admin_uris() {
+        assert_eq!(
+            parse_uri("outpost", "spiffe://outpost/agent/w-1").unwrap(),
+            Some(Identity::Agent(WorkerId::parse("w-1").unwrap()))
+        );
+        assert_eq!(
+            parse_uri("outpost", "spiffe://outpost/admin/ops").unwrap(),
+            Some(Identity::Admin("ops".into()))
+        );
+        assert_eq!(
+            parse_uri("outpost", "spiffe://other/agent/w-1").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_uri("outpost", "https://outpost/agent/w-1").unwrap(),
+            None
+        );
+        assert!(matches!(
+            parse_uri("outpost", "spiffe://outpost/robot/x"),
+            Err(Error::BadUri { .. })
+        ));
+        assert!(matches!(
+            parse_uri("outpost", "spiffe://outpost/agent/a/b"),
+            Err(Error::BadUri { .. })
+        ));
+    }
+}

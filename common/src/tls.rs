@@ -1,0 +1,80 @@
+//! mTLS material for clients and servers: the three PEM files every Outpost process is given, and the process-wide
+//! rustls crypto provider (ring, the only one in the workspace).
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The PEM files of one side of an mTLS connection.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// The loaded PEM bytes. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub cert: Vec<u8>,
+    key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl TlsFiles {
+    pub fn load(&self) -> Result<TlsMaterial, Error> {
+        Ok(TlsMaterial {
+            cert: read("certificate", &self.cert)?,
+            key: read("private key", &self.key)?,
+            ca: read("CA certificate", &self.ca)?,
+        })
+    }
+}
+
+impl TlsMaterial {
+    /// Server side: our identity, and client certificates required, signed by the CA.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    /// Client side: trust only the CA, present our certificate, expect `server_name` in the server's SANs.
+    pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .domain_name(server_name)
+    }
+}
+
+/// Installs ring as the process-wide rustls provider. Idempotent; call at the top of every binary and test harness.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

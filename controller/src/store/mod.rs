@@ -1,0 +1,61 @@
+//! What do we store? Tasks (keyed by execution request id), their attempts with fencing epochs, and the workers
+//! we have seen, in one SQLite file (WAL). This is the only module that writes SQL or knows the text forms of
+//! states in the database; it must never know about tonic, SQS or GMS.
+
+mod error;
+mod tasks;
+mod workers;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use error::Error;
+pub use tasks::{
+    AttemptOutcome, AttemptRecord, Grant, NewTask, TaskFilter, TaskRecord, TaskResult,
+};
+pub use workers::{WorkerRecord, WorkerSeen};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the SQLite file and runs pending migrations.
+    pub async fn open(path: &Path) -> Result<Store, Error> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Grants and terminal transitions must survive a crash before they are acknowledged.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn parse<T: FromStr>(what: &str, value: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e: T::Err| Error::Corrupt(format!("{what}: {e}")))
+}
