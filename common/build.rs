@@ -7,9 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["../proto"])?;
     std::fs::write(out.join("outpost_descriptor.bin"), fds.encode_to_vec())?;
     // No generated `XClient::connect` constructor: it would clash with the `Connect` RPC. Clients use `new(channel)`.
-    tonic_prost_build::configure()
-        .build_transport(false)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
     println!("cargo:rerun-if-changed=../proto");
     Ok(())
 }

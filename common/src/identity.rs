@@ -35,9 +35,7 @@ pub enum Error {
     BadCertificate(String),
     #[error("the client certificate has no spiffe://{trust_domain}/agent/.. or /admin/.. URI")]
     NoIdentity { trust_domain: String },
-    #[error(
-        "the client certificate names {uri:?}, which is not a valid Outpost identity: {reason}"
-    )]
+    #[error("the client certificate names {uri:?}, which is not a valid Outpost identity: {reason}")]
     BadUri { uri: String, reason: String },
 }
 
@@ -56,37 +54,26 @@ pub fn parse_uri(trust_domain: &str, uri: &str) -> Result<Option<Identity>, Erro
     let Some(rest) = uri.strip_prefix("spiffe://") else {
         return Ok(None);
     };
-    let Some(path) = rest
-        .strip_prefix(trust_domain)
-        .and_then(|p| p.strip_prefix('/'))
-    else {
+    let Some(path) = rest.strip_prefix(trust_domain).and_then(|p| p.strip_prefix('/')) else {
         return Ok(None);
     };
-    let bad = |reason: String| Error::BadUri {
-        uri: uri.to_owned(),
-        reason,
-    };
+    let bad = |reason: String| Error::BadUri { uri: uri.to_owned(), reason };
     match path.split_once('/') {
-        Some(("agent", worker)) => WorkerId::parse(worker)
-            .map(|w| Some(Identity::Agent(w)))
-            .map_err(|e| bad(e.to_string())),
+        Some(("agent", worker)) => {
+            WorkerId::parse(worker).map(|w| Some(Identity::Agent(w))).map_err(|e| bad(e.to_string()))
+        }
         Some(("admin", name)) => {
             WorkerId::parse(name).map_err(|e| bad(e.to_string()))?;
             Ok(Some(Identity::Admin(name.to_owned())))
         }
-        _ => Err(bad(
-            "the path must be /agent/<worker-id> or /admin/<name>".into()
-        )),
+        _ => Err(bad("the path must be /agent/<worker-id> or /admin/<name>".into())),
     }
 }
 
 /// The identity in a DER certificate (the leaf of a peer's chain).
 pub fn from_certificate(trust_domain: &str, der: &[u8]) -> Result<Identity, Error> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::BadCertificate(e.to_string()))?;
+    let san = cert.subject_alternative_name().map_err(|e| Error::BadCertificate(e.to_string()))?;
     let mut found = None;
     for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
         if let GeneralName::URI(uri) = name {
@@ -101,9 +88,7 @@ pub fn from_certificate(trust_domain: &str, der: &[u8]) -> Result<Identity, Erro
             }
         }
     }
-    found.ok_or_else(|| Error::NoIdentity {
-        trust_domain: trust_domain.to_owned(),
-    })
+    found.ok_or_else(|| Error::NoIdentity { trust_domain: trust_domain.to_owned() })
 }
 
 #[cfg(test)]
@@ -116,25 +101,10 @@ mod tests {
             parse_uri("outpost", "spiffe://outpost/agent/w-1").unwrap(),
             Some(Identity::Agent(WorkerId::parse("w-1").unwrap()))
         );
-        assert_eq!(
-            parse_uri("outpost", "spiffe://outpost/admin/ops").unwrap(),
-            Some(Identity::Admin("ops".into()))
-        );
-        assert_eq!(
-            parse_uri("outpost", "spiffe://other/agent/w-1").unwrap(),
-            None
-        );
-        assert_eq!(
-            parse_uri("outpost", "https://outpost/agent/w-1").unwrap(),
-            None
-        );
-        assert!(matches!(
-            parse_uri("outpost", "spiffe://outpost/robot/x"),
-            Err(Error::BadUri { .. })
-        ));
-        assert!(matches!(
-            parse_uri("outpost", "spiffe://outpost/agent/a/b"),
-            Err(Error::BadUri { .. })
-        ));
+        assert_eq!(parse_uri("outpost", "spiffe://outpost/admin/ops").unwrap(), Some(Identity::Admin("ops".into())));
+        assert_eq!(parse_uri("outpost", "spiffe://other/agent/w-1").unwrap(), None);
+        assert_eq!(parse_uri("outpost", "https://outpost/agent/w-1").unwrap(), None);
+        assert!(matches!(parse_uri("outpost", "spiffe://outpost/robot/x"), Err(Error::BadUri { .. })));
+        assert!(matches!(parse_uri("outpost", "spiffe://outpost/agent/a/b"), Err(Error::BadUri { .. })));
     }
 }

@@ -13,11 +13,7 @@ pub enum Error {
     #[error("{what} {value:?} has a character outside [A-Za-z0-9._-]")]
     BadCharacter { what: &'static str, value: String },
     #[error("{what} is {len} bytes long; at most {max} are allowed")]
-    TooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: usize, max: usize },
 }
 
 fn check_token(what: &'static str, value: &str, max: usize) -> Result<(), Error> {
@@ -25,20 +21,10 @@ fn check_token(what: &'static str, value: &str, max: usize) -> Result<(), Error>
         return Err(Error::Empty { what });
     }
     if value.len() > max {
-        return Err(Error::TooLong {
-            what,
-            len: value.len(),
-            max,
-        });
+        return Err(Error::TooLong { what, len: value.len(), max });
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(Error::BadCharacter {
-            what,
-            value: value.to_owned(),
-        });
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(Error::BadCharacter { what, value: value.to_owned() });
     }
     Ok(())
 }
@@ -97,11 +83,7 @@ impl TaskId {
 
     /// Accepts either the bare id or the full URN.
     pub fn parse_id_or_urn(value: &str) -> Result<Self, Error> {
-        Self::parse(
-            value
-                .strip_prefix(EXECUTION_REQUEST_URN_PREFIX)
-                .unwrap_or(value),
-        )
+        Self::parse(value.strip_prefix(EXECUTION_REQUEST_URN_PREFIX).unwrap_or(value))
     }
 
     /// `urn:li:dataHubExecutionRequest:<id>`.
@@ -148,20 +130,7 @@ mod tests {
     #[test]
     fn ids_refuse_empty_and_odd_characters() {
         assert_eq!(WorkerId::parse(""), Err(Error::Empty { what: "worker ID" }));
-        assert_eq!(
-            WorkerId::parse("a/b"),
-            Err(Error::BadCharacter {
-                what: "worker ID",
-                value: "a/b".into()
-            })
-        );
-        assert_eq!(
-            PoolId::parse(&"x".repeat(129)),
-            Err(Error::TooLong {
-                what: "pool",
-                len: 129,
-                max: 128
-            })
-        );
+        assert_eq!(WorkerId::parse("a/b"), Err(Error::BadCharacter { what: "worker ID", value: "a/b".into() }));
+        assert_eq!(PoolId::parse(&"x".repeat(129)), Err(Error::TooLong { what: "pool", len: 129, max: 128 }));
     }
 }

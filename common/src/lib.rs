@@ -6,8 +6,7 @@ pub mod pb {
     tonic::include_proto!("outpost.v1");
 
     /// Encoded descriptor set of `outpost.v1`, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("outpost_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("outpost_descriptor");
 }
 
 pub mod clock;
@@ -15,4 +14,5 @@ pub mod duration;
 pub mod identity;
 pub mod ids;
 pub mod task;
+pub mod telemetry;
 pub mod tls;

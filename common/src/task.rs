@@ -72,11 +72,7 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Succeeded
-                | TaskState::Failed
-                | TaskState::Cancelled
-                | TaskState::TimedOut
-                | TaskState::Aborted
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut | TaskState::Aborted
         )
     }
 
@@ -164,13 +160,7 @@ mod tests {
         for state in AttemptState::ALL {
             assert_eq!(state.as_str().parse::<AttemptState>().unwrap(), *state);
         }
-        assert_eq!(
-            "running".parse::<TaskState>(),
-            Err(UnknownVariant {
-                what: "task state",
-                value: "running".into()
-            })
-        );
+        assert_eq!("running".parse::<TaskState>(), Err(UnknownVariant { what: "task state", value: "running".into() }));
     }
 
     #[test]

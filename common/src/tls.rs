@@ -8,11 +8,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
 }
 
 /// The PEM files of one side of an mTLS connection.
@@ -33,18 +29,12 @@ pub struct TlsMaterial {
 
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsMaterial")
-            .field("key", &"<redacted>")
-            .finish_non_exhaustive()
+        f.debug_struct("TlsMaterial").field("key", &"<redacted>").finish_non_exhaustive()
     }
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| Error::Read { what, path: path.to_owned(), source })
 }
 
 impl TlsFiles {

@@ -12,11 +12,7 @@ pub enum Error {
     #[error("no task {0}")]
     NotFound(TaskId),
     #[error("task {task} is at epoch {current}, not {presented}")]
-    StaleEpoch {
-        task: TaskId,
-        presented: Epoch,
-        current: Epoch,
-    },
+    StaleEpoch { task: TaskId, presented: Epoch, current: Epoch },
     #[error("task {task} is {state}, not QUEUED")]
     NotQueued { task: TaskId, state: TaskState },
     #[error("task {task} already finished as {state}")]

@@ -14,9 +14,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use error::Error;
-pub use tasks::{
-    AttemptOutcome, AttemptRecord, Grant, NewTask, TaskFilter, TaskRecord, TaskResult,
-};
+pub use tasks::{AttemptOutcome, AttemptRecord, Grant, NewTask, TaskFilter, TaskRecord, TaskResult};
 pub use workers::{WorkerRecord, WorkerSeen};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -37,10 +35,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
         Ok(Store { pool })
     }
@@ -55,7 +50,5 @@ fn parse<T: FromStr>(what: &str, value: &str) -> Result<T, Error>
 where
     T::Err: std::fmt::Display,
 {
-    value
-        .parse()
-        .map_err(|e: T::Err| Error::Corrupt(format!("{what}: {e}")))
+    value.parse().map_err(|e: T::Err| Error::Corrupt(format!("{what}: {e}")))
 }

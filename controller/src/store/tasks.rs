@@ -115,8 +115,7 @@ struct TaskRow {
 impl TryFrom<TaskRow> for TaskRecord {
     type Error = Error;
     fn try_from(row: TaskRow) -> Result<Self, Error> {
-        let corrupt =
-            |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("{what}: {e}"));
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("{what}: {e}"));
         let result = row.finished_at_ms.map(|finished_at_ms| TaskResult {
             exit_code: row.exit_code.map(|c| c as i32),
             report: row.report.clone().unwrap_or_default(),
@@ -135,12 +134,7 @@ impl TryFrom<TaskRow> for TaskRecord {
             state: parse("task state", &row.state)?,
             epoch: Epoch(row.epoch as u64),
             attempts: row.attempts as u32,
-            worker_id: row
-                .worker_id
-                .as_deref()
-                .map(WorkerId::parse)
-                .transpose()
-                .map_err(|e| corrupt("worker", &e))?,
+            worker_id: row.worker_id.as_deref().map(WorkerId::parse).transpose().map_err(|e| corrupt("worker", &e))?,
             not_before_ms: row.not_before_ms,
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
@@ -167,8 +161,7 @@ impl TryFrom<AttemptRow> for AttemptRecord {
         Ok(AttemptRecord {
             number: row.number as u32,
             epoch: Epoch(row.epoch as u64),
-            worker_id: WorkerId::parse(&row.worker_id)
-                .map_err(|e| Error::Corrupt(format!("worker: {e}")))?,
+            worker_id: WorkerId::parse(&row.worker_id).map_err(|e| Error::Corrupt(format!("worker: {e}")))?,
             state: parse("attempt state", &row.state)?,
             assigned_at_ms: row.assigned_at_ms,
             started_at_ms: row.started_at_ms,
@@ -179,43 +172,27 @@ impl TryFrom<AttemptRow> for AttemptRecord {
 }
 
 async fn load_task(tx: &mut Transaction<'_, Sqlite>, id: &TaskId) -> Result<TaskRecord, Error> {
-    let row: Option<TaskRow> = sqlx::query_as("SELECT * FROM tasks WHERE id = ?")
-        .bind(id.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row: Option<TaskRow> =
+        sqlx::query_as("SELECT * FROM tasks WHERE id = ?").bind(id.as_str()).fetch_optional(&mut **tx).await?;
     row.ok_or_else(|| Error::NotFound(id.clone()))?.try_into()
 }
 
 /// Explains why a fenced update matched no row.
 fn refusal(task: &TaskRecord, attempt: &AttemptRef, worker: &WorkerId) -> Error {
     if task.epoch != attempt.epoch {
-        Error::StaleEpoch {
-            task: task.id.clone(),
-            presented: attempt.epoch,
-            current: task.epoch,
-        }
+        Error::StaleEpoch { task: task.id.clone(), presented: attempt.epoch, current: task.epoch }
     } else if task.worker_id.as_ref() != Some(worker) {
-        Error::WrongWorker {
-            task: task.id.clone(),
-        }
+        Error::WrongWorker { task: task.id.clone() }
     } else {
-        Error::AlreadyFinished {
-            task: task.id.clone(),
-            state: task.state,
-        }
+        Error::AlreadyFinished { task: task.id.clone(), state: task.state }
     }
 }
 
 impl Store {
     /// Records a new QUEUED task; a task with the same id already stored is returned unchanged
     /// (`created = false`): a second submit of the same execution request is the same task.
-    pub async fn insert_task(
-        &self,
-        task: &NewTask,
-        now_ms: i64,
-    ) -> Result<(TaskRecord, bool), Error> {
-        let args_json =
-            serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
+    pub async fn insert_task(&self, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
+        let args_json = serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, \
@@ -262,10 +239,7 @@ impl Store {
         .rows_affected();
         let task = load_task(&mut tx, id).await?;
         if updated == 0 {
-            return Err(Error::NotQueued {
-                task: id.clone(),
-                state: task.state,
-            });
+            return Err(Error::NotQueued { task: id.clone(), state: task.state });
         }
         sqlx::query(
             "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) \
@@ -279,20 +253,12 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Grant {
-            attempt_number: task.attempts,
-            task,
-        })
+        Ok(Grant { attempt_number: task.attempts, task })
     }
 
     /// The agent acknowledged the assignment and started it: ASSIGNED → RUNNING, fenced by epoch and worker.
     /// Acknowledging a RUNNING attempt again is a no-op.
-    pub async fn start_attempt(
-        &self,
-        attempt: &AttemptRef,
-        worker: &WorkerId,
-        now_ms: i64,
-    ) -> Result<(), Error> {
+    pub async fn start_attempt(&self, attempt: &AttemptRef, worker: &WorkerId, now_ms: i64) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? \
@@ -332,10 +298,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<TaskState, Error> {
         let mut tx = self.pool.begin().await?;
-        let new_state = outcome
-            .status
-            .terminal_task_state()
-            .unwrap_or(TaskState::Queued);
+        let new_state = outcome.status.terminal_task_state().unwrap_or(TaskState::Queued);
         let updated = if new_state.is_terminal() {
             sqlx::query(
                 "UPDATE tasks SET state = ?, updated_at_ms = ?, exit_code = ?, report = ?, structured_report = ?, \
@@ -385,14 +348,9 @@ impl Store {
     }
 
     /// One task and its attempts (oldest first), or `None`.
-    pub async fn task(
-        &self,
-        id: &TaskId,
-    ) -> Result<Option<(TaskRecord, Vec<AttemptRecord>)>, Error> {
-        let row: Option<TaskRow> = sqlx::query_as("SELECT * FROM tasks WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn task(&self, id: &TaskId) -> Result<Option<(TaskRecord, Vec<AttemptRecord>)>, Error> {
+        let row: Option<TaskRow> =
+            sqlx::query_as("SELECT * FROM tasks WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
         let attempts: Vec<AttemptRow> = sqlx::query_as(
             "SELECT number, epoch, worker_id, state, assigned_at_ms, started_at_ms, ended_at_ms, reason \
@@ -401,10 +359,7 @@ impl Store {
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await?;
-        let attempts = attempts
-            .into_iter()
-            .map(TryInto::try_into)
-            .collect::<Result<_, _>>()?;
+        let attempts = attempts.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?;
         Ok(Some((row.try_into()?, attempts)))
     }
 
@@ -415,14 +370,10 @@ impl Store {
             query.push(" AND state = ").push_bind(state.as_str());
         }
         if let Some(pool) = &filter.pool {
-            query
-                .push(" AND pool = ")
-                .push_bind(pool.as_str().to_owned());
+            query.push(" AND pool = ").push_bind(pool.as_str().to_owned());
         }
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        query
-            .push(" ORDER BY created_at_ms DESC, id DESC LIMIT ")
-            .push_bind(limit as i64);
+        query.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ").push_bind(limit as i64);
         let rows: Vec<TaskRow> = query.build_query_as().fetch_all(&self.pool).await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
@@ -483,54 +434,24 @@ mod tests {
         let id = TaskId::parse("a").unwrap();
         store.insert_task(&new_task("a"), 1).await.unwrap();
         let grant = store.grant(&id, &w1, 2).await.unwrap();
-        assert_eq!(
-            (grant.task.epoch, grant.attempt_number, grant.task.state),
-            (Epoch(1), 1, TaskState::Assigned)
-        );
-        assert!(matches!(
-            store.grant(&id, &w2, 3).await,
-            Err(Error::NotQueued {
-                state: TaskState::Assigned,
-                ..
-            })
-        ));
+        assert_eq!((grant.task.epoch, grant.attempt_number, grant.task.state), (Epoch(1), 1, TaskState::Assigned));
+        assert!(matches!(store.grant(&id, &w2, 3).await, Err(Error::NotQueued { state: TaskState::Assigned, .. })));
 
-        let current = AttemptRef {
-            task_id: id.clone(),
-            epoch: Epoch(1),
-        };
-        let stale = AttemptRef {
-            task_id: id.clone(),
-            epoch: Epoch(0),
-        };
+        let current = AttemptRef { task_id: id.clone(), epoch: Epoch(1) };
+        let stale = AttemptRef { task_id: id.clone(), epoch: Epoch(0) };
         assert!(matches!(
             store.start_attempt(&stale, &w1, 4).await,
-            Err(Error::StaleEpoch {
-                presented: Epoch(0),
-                current: Epoch(1),
-                ..
-            })
+            Err(Error::StaleEpoch { presented: Epoch(0), current: Epoch(1), .. })
         ));
-        assert!(matches!(
-            store.start_attempt(&current, &w2, 4).await,
-            Err(Error::WrongWorker { .. })
-        ));
+        assert!(matches!(store.start_attempt(&current, &w2, 4).await, Err(Error::WrongWorker { .. })));
         store.start_attempt(&current, &w1, 4).await.unwrap();
         store.start_attempt(&current, &w1, 5).await.unwrap();
 
-        let state = store
-            .finish_attempt(&current, &w1, &outcome(ResultStatus::Succeeded), 9)
-            .await
-            .unwrap();
+        let state = store.finish_attempt(&current, &w1, &outcome(ResultStatus::Succeeded), 9).await.unwrap();
         assert_eq!(state, TaskState::Succeeded);
         assert!(matches!(
-            store
-                .finish_attempt(&current, &w1, &outcome(ResultStatus::Failed), 10)
-                .await,
-            Err(Error::AlreadyFinished {
-                state: TaskState::Succeeded,
-                ..
-            })
+            store.finish_attempt(&current, &w1, &outcome(ResultStatus::Failed), 10).await,
+            Err(Error::AlreadyFinished { state: TaskState::Succeeded, .. })
         ));
         let (task, attempts) = store.task(&id).await.unwrap().unwrap();
         assert_eq!(task.state, TaskState::Succeeded);
@@ -547,14 +468,8 @@ mod tests {
         let id = TaskId::parse("a").unwrap();
         store.insert_task(&new_task("a"), 1).await.unwrap();
         store.grant(&id, &w1, 2).await.unwrap();
-        let attempt = AttemptRef {
-            task_id: id.clone(),
-            epoch: Epoch(1),
-        };
-        let state = store
-            .finish_attempt(&attempt, &w1, &outcome(ResultStatus::Interrupted), 3)
-            .await
-            .unwrap();
+        let attempt = AttemptRef { task_id: id.clone(), epoch: Epoch(1) };
+        let state = store.finish_attempt(&attempt, &w1, &outcome(ResultStatus::Interrupted), 3).await.unwrap();
         assert_eq!(state, TaskState::Queued);
         let grant = store.grant(&id, &w1, 4).await.unwrap();
         assert_eq!((grant.task.epoch, grant.attempt_number), (Epoch(2), 2));
@@ -566,27 +481,12 @@ mod tests {
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             store.insert_task(&new_task(id), i as i64).await.unwrap();
         }
-        store
-            .grant(
-                &TaskId::parse("b").unwrap(),
-                &WorkerId::parse("w").unwrap(),
-                5,
-            )
-            .await
-            .unwrap();
-        let queued = store
-            .list_tasks(&TaskFilter {
-                state: Some(TaskState::Queued),
-                ..TaskFilter::default()
-            })
-            .await
-            .unwrap();
+        store.grant(&TaskId::parse("b").unwrap(), &WorkerId::parse("w").unwrap(), 5).await.unwrap();
+        let queued =
+            store.list_tasks(&TaskFilter { state: Some(TaskState::Queued), ..TaskFilter::default() }).await.unwrap();
         let ids: Vec<_> = queued.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["c", "a"]);
-        let other_pool = TaskFilter {
-            pool: Some(PoolId::parse("other").unwrap()),
-            ..TaskFilter::default()
-        };
+        let other_pool = TaskFilter { pool: Some(PoolId::parse("other").unwrap()), ..TaskFilter::default() };
         assert!(store.list_tasks(&other_pool).await.unwrap().is_empty());
     }
 }

@@ -41,17 +41,12 @@ struct WorkerRow {
 impl TryFrom<WorkerRow> for WorkerRecord {
     type Error = Error;
     fn try_from(row: WorkerRow) -> Result<Self, Error> {
-        let corrupt =
-            |e: &dyn std::fmt::Display| Error::Corrupt(format!("worker {}: {e}", row.worker_id));
+        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("worker {}: {e}", row.worker_id));
         let pools: Vec<String> = serde_json::from_str(&row.pools_json).map_err(|e| corrupt(&e))?;
         Ok(WorkerRecord {
             seen: WorkerSeen {
                 worker_id: WorkerId::parse(&row.worker_id).map_err(|e| corrupt(&e))?,
-                pools: pools
-                    .iter()
-                    .map(|p| PoolId::parse(p))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| corrupt(&e))?,
+                pools: pools.iter().map(|p| PoolId::parse(p)).collect::<Result<_, _>>().map_err(|e| corrupt(&e))?,
                 slots: row.slots as u32,
                 version: row.version.clone(),
                 labels: serde_json::from_str(&row.labels_json).map_err(|e| corrupt(&e))?,
@@ -67,10 +62,8 @@ impl Store {
     /// Records that a worker connected with this declaration.
     pub async fn worker_connected(&self, worker: &WorkerSeen, now_ms: i64) -> Result<(), Error> {
         let pools: Vec<&str> = worker.pools.iter().map(PoolId::as_str).collect();
-        let pools_json =
-            serde_json::to_string(&pools).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let labels_json =
-            serde_json::to_string(&worker.labels).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let pools_json = serde_json::to_string(&pools).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let labels_json = serde_json::to_string(&worker.labels).map_err(|e| Error::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO workers (worker_id, pools_json, slots, version, labels_json, first_seen_ms, \
              connected_since_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
@@ -93,29 +86,24 @@ impl Store {
 
     /// Records that a worker's session ended.
     pub async fn worker_disconnected(&self, worker: &WorkerId, now_ms: i64) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE workers SET connected_since_ms = NULL, last_seen_ms = ? WHERE worker_id = ?",
-        )
-        .bind(now_ms)
-        .bind(worker.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks every worker disconnected (at start-up: no session survives a controller restart).
-    pub async fn all_workers_disconnected(&self) -> Result<(), Error> {
-        sqlx::query("UPDATE workers SET connected_since_ms = NULL")
+        sqlx::query("UPDATE workers SET connected_since_ms = NULL, last_seen_ms = ? WHERE worker_id = ?")
+            .bind(now_ms)
+            .bind(worker.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
+    /// Marks every worker disconnected (at start-up: no session survives a controller restart).
+    pub async fn all_workers_disconnected(&self) -> Result<(), Error> {
+        sqlx::query("UPDATE workers SET connected_since_ms = NULL").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Every worker ever seen, by worker ID.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Error> {
-        let rows: Vec<WorkerRow> = sqlx::query_as("SELECT * FROM workers ORDER BY worker_id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<WorkerRow> =
+            sqlx::query_as("SELECT * FROM workers ORDER BY worker_id").fetch_all(&self.pool).await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
 }

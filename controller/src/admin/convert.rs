@@ -1,0 +1,85 @@
+//! Domain records → admin API messages.
+
+use outpost_common::pb;
+use outpost_common::task::TaskState;
+use tonic::Status;
+
+use crate::scheduler::{WorkerState, WorkerView};
+use crate::store::{AttemptRecord, TaskRecord};
+
+pub fn task_state(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Received => pb::TaskState::Received,
+        TaskState::Queued => pb::TaskState::Queued,
+        TaskState::Assigned => pb::TaskState::Assigned,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+        TaskState::TimedOut => pb::TaskState::TimedOut,
+        TaskState::Aborted => pb::TaskState::Aborted,
+    }
+}
+
+/// The state filter of a list request; UNSPECIFIED means "any".
+pub fn task_state_filter(value: i32) -> Result<Option<TaskState>, Status> {
+    let state =
+        pb::TaskState::try_from(value).map_err(|_| Status::invalid_argument(format!("state: {value} is unknown")))?;
+    Ok(TaskState::ALL.iter().copied().find(|s| task_state(*s) == state))
+}
+
+pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
+    pb::Task {
+        urn: task.id.urn(),
+        id: task.id.to_string(),
+        task: task.task_name,
+        pool: task.pool.to_string(),
+        state: task_state(task.state) as i32,
+        epoch: task.epoch.0,
+        attempts: task.attempts,
+        worker_id: task.worker_id.map(|w| w.to_string()).unwrap_or_default(),
+        args: task.args.into_iter().collect(),
+        created_unix_ms: task.created_at_ms,
+        updated_unix_ms: task.updated_at_ms,
+        result: task.result.map(|r| pb::TaskResult {
+            exit_code: r.exit_code,
+            report: r.report,
+            structured_report: r.structured_report,
+            start_time_unix_ms: r.start_time_ms,
+            duration_ms: r.duration_ms,
+            finished_unix_ms: r.finished_at_ms,
+        }),
+        attempt_history: attempts
+            .into_iter()
+            .map(|a| pb::Attempt {
+                number: a.number,
+                epoch: a.epoch.0,
+                worker_id: a.worker_id.to_string(),
+                state: a.state.to_string(),
+                assigned_unix_ms: a.assigned_at_ms,
+                started_unix_ms: a.started_at_ms.unwrap_or_default(),
+                ended_unix_ms: a.ended_at_ms.unwrap_or_default(),
+                reason: a.reason.unwrap_or_default(),
+            })
+            .collect(),
+        source_type: task.source_type,
+    }
+}
+
+pub fn worker(worker: WorkerView) -> pb::Worker {
+    pb::Worker {
+        worker_id: worker.worker_id.to_string(),
+        pools: worker.pools.iter().map(ToString::to_string).collect(),
+        slots: worker.slots,
+        slots_used: worker.slots_used,
+        version: worker.version,
+        state: match worker.state {
+            WorkerState::Ready => pb::WorkerState::Ready,
+            WorkerState::Draining => pb::WorkerState::Draining,
+            WorkerState::Disconnected => pb::WorkerState::Disconnected,
+        } as i32,
+        connected_since_unix_ms: worker.connected_since_ms.unwrap_or_default(),
+        last_seen_unix_ms: worker.last_seen_ms,
+        labels: worker.labels.into_iter().collect(),
+    }
+}

@@ -1,0 +1,84 @@
+//! `outpost.v1.AdminService`: the operator API. Thin handlers: check the caller is an admin, convert, call one
+//! core method, map the error. Never writes SQL.
+
+mod convert;
+
+use outpost_common::ids::{PoolId, TaskId};
+use outpost_common::pb;
+use tonic::{Request, Response, Status};
+
+use crate::grpc::{identity, status};
+use crate::scheduler::Scheduler;
+use crate::sources::local::{self, LocalQueue, Submission};
+use crate::store::TaskFilter;
+
+pub struct AdminService {
+    pub scheduler: Scheduler,
+    pub local_queue: LocalQueue,
+    pub trust_domain: String,
+}
+
+fn local_error(error: local::Error) -> Status {
+    match error {
+        local::Error::Invalid { .. } => Status::invalid_argument(error.to_string()),
+        local::Error::Scheduler(e) => status::from_scheduler(e),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminService {
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let submission = Submission {
+            task_name: r.task,
+            args: r.args.into_iter().collect(),
+            pool: r.pool,
+            execution_request_id: r.execution_request_id,
+            source_type: r.source_type,
+        };
+        let (task, created) = self.local_queue.submit(submission).await.map_err(local_error)?;
+        Ok(Response::new(pb::SubmitTaskResponse { task: Some(convert::task(task, Vec::new())), created }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let filter = TaskFilter {
+            state: convert::task_state_filter(r.state)?,
+            pool: if r.pool.is_empty() {
+                None
+            } else {
+                Some(PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?)
+            },
+            limit: r.limit,
+        };
+        let tasks = self.scheduler.tasks(&filter).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(|t| convert::task(t, Vec::new())).collect(),
+        }))
+    }
+
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let id =
+            TaskId::parse_id_or_urn(&request.get_ref().id).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
+        let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(convert::task(task, attempts)))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
+        Ok(Response::new(pb::ListWorkersResponse { workers: workers.into_iter().map(convert::worker).collect() }))
+    }
+}

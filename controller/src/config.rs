@@ -1,0 +1,132 @@
+//! The controller's command line (clap derive; every flag also reads an environment variable). Durations are
+//! humantime (`5s`, `2m`). Validated once, here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use outpost_common::duration;
+use outpost_common::identity::DEFAULT_TRUST_DOMAIN;
+use outpost_common::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost-controller",
+    version,
+    about = "Outpost controller: leases DataHub execution requests to agents"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve agents and the admin API.
+    Run(RunConfig),
+    /// Make development certificates (a CA, the controller's, agents', admins').
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// A new CA and the controller's certificate: ca.pem ca.key controller.pem controller.key.
+    Init {
+        #[arg(long, env = "OUTPOST_CERTS_DIR")]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the controller certificate (localhost and 127.0.0.1 are always in).
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// An agent certificate agent-W.pem / agent-W.key (SAN URI spiffe://<trust-domain>/agent/W), signed by the CA in --out.
+    Agent {
+        #[arg(long, env = "OUTPOST_CERTS_DIR")]
+        out: PathBuf,
+        #[arg(long, env = "DATAHUB_EXECUTOR_WORKER_ID")]
+        worker_id: String,
+        #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// An admin certificate admin-N.pem / admin-N.key (SAN URI spiffe://<trust-domain>/admin/N), signed by the CA in --out.
+    Admin {
+        #[arg(long, env = "OUTPOST_CERTS_DIR")]
+        out: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+}
+
+/// Everything `outpost-controller run` is told.
+#[derive(Clone, Debug, Args)]
+pub struct RunConfig {
+    /// Address for gRPC (agents, admin, health, reflection), mTLS only. Port 0 picks a free port.
+    #[arg(long, env = "OUTPOST_LISTEN", default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// Write the bound gRPC address to this file once serving (for scripts that listen on port 0).
+    #[arg(long, env = "OUTPOST_LISTEN_ADDR_FILE")]
+    pub listen_addr_file: Option<PathBuf>,
+    /// The SQLite database file (created if missing).
+    #[arg(long, env = "OUTPOST_DB", default_value = "./outpost.db")]
+    pub db: PathBuf,
+    /// The controller's certificate (PEM).
+    #[arg(long, env = "OUTPOST_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// The controller's private key (PEM).
+    #[arg(long, env = "OUTPOST_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// The CA that signs agent and admin certificates; clients without one of its certificates are refused.
+    #[arg(long, env = "OUTPOST_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// The trust domain of SPIFFE URIs in client certificates.
+    #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// How often agents heartbeat.
+    #[arg(long, env = "OUTPOST_HEARTBEAT_INTERVAL", value_parser = duration::parse, default_value = "5s")]
+    pub heartbeat_interval: Duration,
+    /// A lease expires when its agent is silent this long.
+    #[arg(long, env = "OUTPOST_LEASE_TTL", value_parser = duration::parse, default_value = "30s")]
+    pub lease_ttl: Duration,
+    /// Application-level keepalive cadence on agent streams, both ways.
+    #[arg(long, env = "OUTPOST_KEEPALIVE_INTERVAL", value_parser = duration::parse, default_value = "15s")]
+    pub keepalive_interval: Duration,
+    /// An agent stream that sends no Hello within this time is closed.
+    #[arg(long, env = "OUTPOST_HELLO_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub hello_timeout: Duration,
+    /// How long shutdown waits for each subsystem.
+    #[arg(long, env = "OUTPOST_SHUTDOWN_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("--heartbeat-interval ({heartbeat:?}) must be shorter than --lease-ttl ({lease:?})")]
+    HeartbeatNotUnderLease { heartbeat: Duration, lease: Duration },
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, value) in [
+            ("--heartbeat-interval", self.heartbeat_interval),
+            ("--lease-ttl", self.lease_ttl),
+            ("--keepalive-interval", self.keepalive_interval),
+            ("--hello-timeout", self.hello_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Zero(name));
+            }
+        }
+        if self.heartbeat_interval >= self.lease_ttl {
+            return Err(Error::HeartbeatNotUnderLease { heartbeat: self.heartbeat_interval, lease: self.lease_ttl });
+        }
+        Ok(())
+    }
+}

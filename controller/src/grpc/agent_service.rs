@@ -1,0 +1,179 @@
+//! `outpost.v1.AgentService`: one bidirectional stream per agent. Checks that the Hello matches the certificate,
+//! then relays: agent messages → scheduler calls, scheduler commands → stream, keepalives both ways. Holds no
+//! business rules.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use outpost_common::clock::unix_ms;
+use outpost_common::identity::Identity;
+use outpost_common::ids::WorkerId;
+use outpost_common::pb::{self, agent_message::Msg as In, controller_message::Msg as Out};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::{convert, identity, status};
+use crate::scheduler::{Scheduler, SessionId};
+
+/// How many commands may wait for one agent's stream.
+const COMMAND_BUFFER: usize = 256;
+
+pub struct AgentService {
+    pub scheduler: Scheduler,
+    pub trust_domain: String,
+    pub hello_timeout: Duration,
+    /// Cancelled at shutdown: every session ends so the server can stop.
+    pub shutdown: CancellationToken,
+}
+
+type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentService {
+    type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let worker = match identity::peer(&request, &self.trust_domain)? {
+            Identity::Agent(worker) => worker,
+            other => return Err(Status::permission_denied(format!("{other} may not connect as an agent"))),
+        };
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within the hello timeout"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(In::Hello(hello)) => convert::hello(hello)?,
+            _ => return Err(Status::invalid_argument("the first message on the stream must be Hello")),
+        };
+        if hello.worker_id != worker {
+            warn!(certificate = %worker, claimed = %hello.worker_id, "agent refused: Hello names another worker");
+            return Err(Status::permission_denied(format!(
+                "the certificate identifies worker {worker}, but Hello claims worker {}",
+                hello.worker_id
+            )));
+        }
+        let (commands, command_rx) = mpsc::channel(COMMAND_BUFFER);
+        let kick = self.shutdown.child_token();
+        let welcome = self.scheduler.connect(hello, commands, kick.clone()).await.map_err(status::from_scheduler)?;
+        let config = self.scheduler.config();
+        let (outbound, outbound_rx) = mpsc::channel(COMMAND_BUFFER);
+        let welcome_msg = Out::Welcome(pb::Welcome {
+            session_id: welcome.session.to_string(),
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            lease_ttl_ms: config.lease_ttl.as_millis() as u64,
+            keepalive_interval_ms: config.keepalive_interval.as_millis() as u64,
+            cancel: welcome.cancel.iter().map(convert::attempt_to_pb).collect(),
+        });
+        let _ = outbound.send(Ok(pb::ControllerMessage { msg: Some(welcome_msg) })).await;
+        let session = Session {
+            scheduler: self.scheduler.clone(),
+            worker,
+            id: welcome.session,
+            outbound,
+            keepalive: config.keepalive_interval,
+        };
+        tokio::spawn(session.run(inbound, command_rx, kick));
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
+    }
+}
+
+/// The relay of one connected agent.
+struct Session {
+    scheduler: Scheduler,
+    worker: WorkerId,
+    id: SessionId,
+    outbound: Outbound,
+    keepalive: Duration,
+}
+
+impl Session {
+    async fn run(
+        self,
+        mut inbound: Streaming<pb::AgentMessage>,
+        mut commands: mpsc::Receiver<crate::scheduler::AgentCommand>,
+        kick: CancellationToken,
+    ) {
+        let mut keepalive = tokio::time::interval(self.keepalive);
+        keepalive.tick().await;
+        let reason = loop {
+            tokio::select! {
+                _ = kick.cancelled() => break "session closed by the controller".to_owned(),
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        if let Err(e) = self.handle(message).await {
+                            let _ = self.outbound.send(Err(e.clone())).await;
+                            break format!("protocol error: {e}");
+                        }
+                    }
+                    Ok(None) => break "agent closed the stream".to_owned(),
+                    Err(e) => break format!("stream error: {e}"),
+                },
+                Some(command) = commands.recv() => {
+                    if self.outbound.send(Ok(convert::command(command))).await.is_err() {
+                        break "agent stream gone".to_owned();
+                    }
+                }
+                _ = keepalive.tick() => {
+                    let msg = Out::Keepalive(pb::Keepalive { sent_unix_ms: unix_ms() });
+                    if self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await.is_err() {
+                        break "agent stream gone".to_owned();
+                    }
+                }
+            }
+        };
+        info!(worker = %self.worker, session = %self.id, reason = %reason, "agent session ended");
+        self.scheduler.disconnected(&self.worker, self.id).await;
+    }
+
+    /// Handles one agent message. Refusals about one attempt are answered on the stream; only protocol
+    /// violations end the session.
+    async fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
+        let Some(msg) = message.msg else { return Err(Status::invalid_argument("empty agent message")) };
+        match msg {
+            In::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once per stream")),
+            In::Credit(credit) => self.scheduler.credit(&self.worker, self.id, credit.credits).await,
+            In::Ack(ack) => {
+                let attempt = convert::attempt(ack.attempt)?;
+                if let Err(e) = self.scheduler.ack(&self.worker, self.id, attempt.clone()).await {
+                    self.refuse(&attempt, status::from_scheduler(e)).await;
+                }
+            }
+            In::Heartbeat(_) | In::Keepalive(_) => self.scheduler.seen(&self.worker, self.id).await,
+            In::Log(log) => {
+                let attempt = convert::attempt(log.attempt)?;
+                debug!(worker = %self.worker, attempt = %attempt, lines = log.lines.len(), "log chunk");
+            }
+            In::Result(result) => {
+                let attempt = convert::attempt(result.attempt.clone())?;
+                let outcome = convert::outcome(&result)?;
+                match self.scheduler.result(&self.worker, self.id, attempt.clone(), outcome).await {
+                    Ok(()) => {
+                        let msg =
+                            Out::ResultAccepted(pb::ResultAccepted { attempt: Some(convert::attempt_to_pb(&attempt)) });
+                        let _ = self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await;
+                    }
+                    Err(e) => self.refuse(&attempt, status::from_scheduler(e)).await,
+                }
+            }
+            In::Draining(_) => self.scheduler.draining(&self.worker, self.id).await,
+        }
+        Ok(())
+    }
+
+    async fn refuse(&self, attempt: &outpost_common::ids::AttemptRef, status: Status) {
+        warn!(worker = %self.worker, attempt = %attempt, code = ?status.code(), message = %status.message(), "refused");
+        let msg = Out::Refused(pb::Refused {
+            attempt: Some(convert::attempt_to_pb(attempt)),
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        });
+        let _ = self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await;
+    }
+}

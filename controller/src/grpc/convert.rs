@@ -1,0 +1,89 @@
+//! Conversions between `outpost.v1` wire types and the scheduler's domain types. Required fields are checked
+//! here, once; a missing or malformed field names itself in the error.
+
+use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::pb;
+use outpost_common::task::ResultStatus;
+use tonic::Status;
+
+use crate::scheduler::{AgentCommand, AgentHello};
+use crate::store::AttemptOutcome;
+
+fn invalid(what: &str, error: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{what}: {error}"))
+}
+
+pub fn attempt(attempt: Option<pb::AttemptRef>) -> Result<AttemptRef, Status> {
+    let attempt = attempt.ok_or_else(|| Status::invalid_argument("attempt is missing"))?;
+    Ok(AttemptRef {
+        task_id: TaskId::parse(&attempt.task_id).map_err(|e| invalid("attempt.task_id", e))?,
+        epoch: Epoch(attempt.epoch),
+    })
+}
+
+pub fn attempt_to_pb(attempt: &AttemptRef) -> pb::AttemptRef {
+    pb::AttemptRef { task_id: attempt.task_id.to_string(), epoch: attempt.epoch.0 }
+}
+
+pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
+    if hello.pools.is_empty() {
+        return Err(Status::invalid_argument("hello.pools: an agent must serve at least one pool"));
+    }
+    if hello.slots == 0 {
+        return Err(Status::invalid_argument("hello.slots: must be at least 1"));
+    }
+    Ok(AgentHello {
+        worker_id: WorkerId::parse(&hello.worker_id).map_err(|e| invalid("hello.worker_id", e))?,
+        pools: hello
+            .pools
+            .iter()
+            .map(|p| PoolId::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid("hello.pools", e))?,
+        slots: hello.slots,
+        version: hello.version,
+        labels: hello.labels.into_iter().collect(),
+        held: hello.held.into_iter().map(|a| attempt(Some(a))).collect::<Result<_, _>>()?,
+    })
+}
+
+pub fn outcome(result: &pb::Result) -> Result<AttemptOutcome, Status> {
+    let status = match pb::ResultStatus::try_from(result.status) {
+        Ok(pb::ResultStatus::Succeeded) => ResultStatus::Succeeded,
+        Ok(pb::ResultStatus::Failed) => ResultStatus::Failed,
+        Ok(pb::ResultStatus::Cancelled) => ResultStatus::Cancelled,
+        Ok(pb::ResultStatus::TimedOut) => ResultStatus::TimedOut,
+        Ok(pb::ResultStatus::Interrupted) => ResultStatus::Interrupted,
+        Ok(pb::ResultStatus::Unspecified) | Err(_) => {
+            return Err(Status::invalid_argument(format!("result.status: {} is not a result status", result.status)));
+        }
+    };
+    Ok(AttemptOutcome {
+        status,
+        exit_code: result.exit_code,
+        report: result.report.clone(),
+        structured_report: result.structured_report.clone(),
+        start_time_ms: result.start_time_unix_ms,
+        duration_ms: result.duration_ms,
+    })
+}
+
+pub fn command(command: AgentCommand) -> pb::ControllerMessage {
+    use pb::controller_message::Msg;
+    let msg = match command {
+        AgentCommand::Assign(a) => Msg::Assign(pb::Assign {
+            attempt: Some(attempt_to_pb(&a.attempt)),
+            urn: a.attempt.task_id.urn(),
+            task: a.task_name,
+            args: a.args.into_iter().collect(),
+            pool: a.pool.to_string(),
+            attempt_number: a.attempt_number,
+            deadline_unix_ms: 0,
+        }),
+        AgentCommand::Cancel { attempt, reason } => {
+            Msg::Cancel(pb::Cancel { attempt: Some(attempt_to_pb(&attempt)), reason })
+        }
+        AgentCommand::Drain { reason } => Msg::Drain(pb::Drain { reason }),
+    };
+    pb::ControllerMessage { msg: Some(msg) }
+}

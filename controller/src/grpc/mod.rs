@@ -1,0 +1,80 @@
+//! The controller's gRPC edge: the mTLS server carrying `AgentService`, `AdminService`, health and reflection
+//! (v1 and v1alpha, for grpcurl 1.8.6). Identity comes from the verified client certificate. This is the only
+//! module tree (with `admin`) that knows protobuf types; it holds no business rules.
+
+mod agent_service;
+mod convert;
+pub mod identity;
+pub mod status;
+
+use std::time::Duration;
+
+use outpost_common::pb;
+use outpost_common::tls::TlsMaterial;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::admin::AdminService;
+use crate::scheduler::Scheduler;
+use crate::sources::local::LocalQueue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("TLS setup failed: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// What the gRPC server needs.
+pub struct ServeConfig {
+    pub tls: TlsMaterial,
+    pub trust_domain: String,
+    pub hello_timeout: Duration,
+}
+
+/// Serves until `token` is cancelled, then ends every agent session and returns once the server has stopped.
+pub async fn serve(
+    config: ServeConfig,
+    listener: TcpListener,
+    scheduler: Scheduler,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
+        scheduler: scheduler.clone(),
+        trust_domain: config.trust_domain.clone(),
+        hello_timeout: config.hello_timeout,
+        shutdown: token.clone(),
+    });
+    let admin = pb::admin_service_server::AdminServiceServer::new(AdminService {
+        local_queue: LocalQueue::new(scheduler.clone()),
+        scheduler,
+        trust_domain: config.trust_domain,
+    });
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::agent_service_server::AgentServiceServer<agent_service::AgentService>>().await;
+    health_reporter.set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Server::builder()
+        .tls_config(config.tls.server_config())
+        .map_err(Error::Tls)?
+        .add_service(agent)
+        .add_service(admin)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .await
+        .map_err(Error::Serve)
+}

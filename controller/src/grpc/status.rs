@@ -1,0 +1,16 @@
+//! The one place scheduler errors become gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::scheduler::Error;
+
+pub fn from_scheduler(error: Error) -> Status {
+    let code = match &error {
+        Error::StaleEpoch { .. } | Error::NotHeld { .. } => Code::FailedPrecondition,
+        Error::NotFound(_) => Code::NotFound,
+        Error::SessionGone => Code::Aborted,
+        Error::ShuttingDown => Code::Unavailable,
+        Error::Store(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}

@@ -1,0 +1,261 @@
+//! The lease engine: owns who runs what. Grants tasks to agents that asked for work (bumping the fencing epoch
+//! in the same transaction), fences every message about an attempt by its epoch, and records results. One actor
+//! task owns the in-memory state (sessions, queues); callers talk to it through [`Scheduler`]. It must never talk
+//! to the network or know protobuf types: agents are reached through the [`AgentCommand`] channel their session
+//! owns.
+
+mod engine;
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{self, AttemptOutcome, AttemptRecord, NewTask, Store, TaskFilter, TaskRecord};
+
+/// Timings the engine hands to agents and enforces.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub heartbeat_interval: Duration,
+    pub lease_ttl: Duration,
+    pub keepalive_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("attempt {attempt} is stale: the task is now at epoch {current}")]
+    StaleEpoch { attempt: AttemptRef, current: outpost_common::ids::Epoch },
+    #[error("attempt {attempt} is not held by this worker")]
+    NotHeld { attempt: AttemptRef },
+    #[error("no task {0}")]
+    NotFound(TaskId),
+    #[error("the session was replaced or closed")]
+    SessionGone,
+    #[error("the controller is shutting down")]
+    ShuttingDown,
+}
+
+/// Identifies one agent session (a worker may reconnect; events of an old session are ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// An agent's Hello, parsed and identity-checked.
+#[derive(Clone, Debug)]
+pub struct AgentHello {
+    pub worker_id: WorkerId,
+    pub pools: Vec<PoolId>,
+    pub slots: u32,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    pub held: Vec<AttemptRef>,
+}
+
+/// The engine's answer to a Hello.
+#[derive(Clone, Debug)]
+pub struct Welcome {
+    pub session: SessionId,
+    /// Held attempts the agent must stop (no longer its to run).
+    pub cancel: Vec<AttemptRef>,
+}
+
+/// Work for an agent.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub attempt: AttemptRef,
+    pub task_name: String,
+    pub args: BTreeMap<String, String>,
+    pub pool: PoolId,
+    pub attempt_number: u32,
+}
+
+/// What the engine asks of a connected agent.
+#[derive(Clone, Debug)]
+pub enum AgentCommand {
+    Assign(Assignment),
+    Cancel { attempt: AttemptRef, reason: String },
+    Drain { reason: String },
+}
+
+/// Where a worker is, as operators see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    Ready,
+    Draining,
+    Disconnected,
+}
+
+/// One worker as the admin API shows it.
+#[derive(Clone, Debug)]
+pub struct WorkerView {
+    pub worker_id: WorkerId,
+    pub pools: Vec<PoolId>,
+    pub slots: u32,
+    pub slots_used: u32,
+    pub version: String,
+    pub state: WorkerState,
+    pub connected_since_ms: Option<i64>,
+    pub last_seen_ms: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Messages from the handle to the engine.
+enum Event {
+    Submit {
+        task: NewTask,
+        reply: oneshot::Sender<Result<(TaskRecord, bool), Error>>,
+    },
+    Connect {
+        hello: AgentHello,
+        commands: mpsc::Sender<AgentCommand>,
+        kick: CancellationToken,
+        reply: oneshot::Sender<Result<Welcome, Error>>,
+    },
+    Credit {
+        worker: WorkerId,
+        session: SessionId,
+        credits: u32,
+    },
+    Ack {
+        worker: WorkerId,
+        session: SessionId,
+        attempt: AttemptRef,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Seen {
+        worker: WorkerId,
+        session: SessionId,
+    },
+    Result {
+        worker: WorkerId,
+        session: SessionId,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Draining {
+        worker: WorkerId,
+        session: SessionId,
+    },
+    Disconnected {
+        worker: WorkerId,
+        session: SessionId,
+    },
+    ListWorkers {
+        reply: oneshot::Sender<Result<Vec<WorkerView>, Error>>,
+    },
+}
+
+/// The handle every edge uses. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    events: mpsc::Sender<Event>,
+    store: Store,
+    config: Config,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Event")
+    }
+}
+
+impl Scheduler {
+    /// Loads the queue from the store and starts the engine; it stops when `token` is cancelled.
+    pub async fn start(
+        store: Store,
+        config: Config,
+        token: CancellationToken,
+    ) -> Result<(Scheduler, JoinHandle<()>), Error> {
+        let (events, receiver) = mpsc::channel(4096);
+        let engine = engine::Engine::load(store.clone()).await?;
+        let handle = tokio::spawn(engine.run(receiver, token));
+        Ok((Scheduler { events, store, config }, handle))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Event) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.events.send(make(reply)).await.map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn tell(&self, event: Event) {
+        // A closed engine means shutdown; the event no longer matters.
+        let _ = self.events.send(event).await;
+    }
+
+    /// Takes a task in (idempotent on its id) and dispatches it when an agent can take it.
+    pub async fn submit(&self, task: NewTask) -> Result<(TaskRecord, bool), Error> {
+        self.call(|reply| Event::Submit { task, reply }).await
+    }
+
+    /// Opens a session for an identity-checked agent. `commands` receives its work; `kick` is cancelled when the
+    /// session is replaced by a newer one of the same worker.
+    pub async fn connect(
+        &self,
+        hello: AgentHello,
+        commands: mpsc::Sender<AgentCommand>,
+        kick: CancellationToken,
+    ) -> Result<Welcome, Error> {
+        self.call(|reply| Event::Connect { hello, commands, kick, reply }).await
+    }
+
+    pub async fn credit(&self, worker: &WorkerId, session: SessionId, credits: u32) {
+        self.tell(Event::Credit { worker: worker.clone(), session, credits }).await
+    }
+
+    pub async fn ack(&self, worker: &WorkerId, session: SessionId, attempt: AttemptRef) -> Result<(), Error> {
+        self.call(|reply| Event::Ack { worker: worker.clone(), session, attempt, reply }).await
+    }
+
+    /// The agent is alive (heartbeat or keepalive).
+    pub async fn seen(&self, worker: &WorkerId, session: SessionId) {
+        self.tell(Event::Seen { worker: worker.clone(), session }).await
+    }
+
+    pub async fn result(
+        &self,
+        worker: &WorkerId,
+        session: SessionId,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+    ) -> Result<(), Error> {
+        self.call(|reply| Event::Result { worker: worker.clone(), session, attempt, outcome, reply }).await
+    }
+
+    pub async fn draining(&self, worker: &WorkerId, session: SessionId) {
+        self.tell(Event::Draining { worker: worker.clone(), session }).await
+    }
+
+    pub async fn disconnected(&self, worker: &WorkerId, session: SessionId) {
+        self.tell(Event::Disconnected { worker: worker.clone(), session }).await
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {
+        self.call(|reply| Event::ListWorkers { reply }).await
+    }
+
+    /// One task and its attempts.
+    pub async fn task(&self, id: &TaskId) -> Result<(TaskRecord, Vec<AttemptRecord>), Error> {
+        self.store.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
+    }
+
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        Ok(self.store.list_tasks(filter).await?)
+    }
+}

@@ -1,0 +1,4 @@
+//! Task intake. Today: the local queue (admin `SubmitTask`). Sources turn outside requests into validated
+//! [`crate::store::NewTask`]s and hand them to the scheduler; they must never decide placement.
+
+pub mod local;
