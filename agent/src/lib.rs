@@ -1,1 +1,87 @@
-//! placeholder
+//! The Outpost agent: dials the controller over mTLS, announces free slots, runs assigned DataHub tasks with the
+//! real `datahub` CLI and reports their results. [`run`] is the whole agent; `main` only parses and wires signals.
+
+pub mod config;
+pub mod runner;
+pub mod session;
+
+use anyhow::Context;
+use outpost_common::ids::{PoolId, WorkerId};
+use outpost_common::tls::TlsFiles;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::runner::{ProcessConfig, Runner};
+use crate::session::SessionConfig;
+
+/// Runs the agent until `shutdown` is cancelled and its work is finished or handed back.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let worker_id = WorkerId::parse(&config.worker_id).context("--worker-id")?;
+    let pools =
+        config.pools.iter().map(|p| PoolId::parse(p.trim())).collect::<Result<Vec<_>, _>>().context("--pool")?;
+    anyhow::ensure!(config.slots > 0, "--slots must be at least 1");
+    let labels = config
+        .labels
+        .iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect::<Option<_>>()
+        .context("--label must be KEY=VALUE")?;
+    let tls =
+        TlsFiles { cert: config.tls_cert.clone(), key: config.tls_key.clone(), ca: config.tls_ca.clone() }.load()?;
+    let server_name = match &config.tls_server_name {
+        Some(name) => name.clone(),
+        None => host_of(&config.controller).context("--controller must look like https://HOST:PORT")?,
+    };
+    let work_dir =
+        config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("outpost-agent-{worker_id}")));
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let (runner, events) = Runner::new(ProcessConfig {
+        cli: config.datahub_cli.clone(),
+        work_dir,
+        cancel_grace: config.cancel_grace,
+        output_drain_timeout: config.output_drain_timeout,
+        max_log_lines: config.max_log_lines,
+        max_line_chars: config.max_line_chars,
+        max_report_chars: config.max_report_bytes,
+    });
+    let session = SessionConfig {
+        controller: config.controller.clone(),
+        server_name,
+        tls,
+        worker_id,
+        pools,
+        slots: config.slots,
+        labels,
+        drain_timeout: config.drain_timeout,
+        reconnect_min: config.reconnect_min,
+        reconnect_max: config.reconnect_max,
+        connect_timeout: config.connect_timeout,
+    };
+    session::run(session, runner, events, shutdown).await?;
+    Ok(())
+}
+
+/// The host part of `https://HOST:PORT[/...]` (brackets of an IPv6 literal removed).
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_controller_urls() {
+        assert_eq!(host_of("https://localhost:7443").as_deref(), Some("localhost"));
+        assert_eq!(host_of("https://127.0.0.1:7443/").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host_of("https://[::1]:7443").as_deref(), Some("::1"));
+        assert_eq!(host_of("https://:7443"), None);
+    }
+}

@@ -1,1 +1,199 @@
-fn main() {}
+//! `outpostctl`: the admin API from a terminal. Tables by default, `--json` for scripts. Exit codes: 0 ok,
+//! 1 the call failed, 2 usage error.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outpost_common::pb::{self, admin_service_client::AdminServiceClient};
+use outpost_common::tls::TlsFiles;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(name = "outpostctl", version, about = "Inspect and steer an Outpost controller")]
+struct Cli {
+    /// The controller's gRPC address.
+    #[arg(long, env = "OUTPOST_CONTROLLER", default_value = "https://localhost:7443")]
+    controller: String,
+    /// The name the controller's certificate must carry (default: the host of --controller).
+    #[arg(long, env = "OUTPOST_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+    /// An admin certificate (PEM).
+    #[arg(long, env = "OUTPOST_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "OUTPOST_TLS_KEY")]
+    tls_key: PathBuf,
+    /// The CA that signed the controller's certificate.
+    #[arg(long, env = "OUTPOST_TLS_CA")]
+    tls_ca: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List workers.
+    Workers,
+    /// List tasks, newest first.
+    Tasks {
+        /// Only tasks in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, ...).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one task with its attempts and result.
+    Task { id: String },
+    /// Submit a recipe (YAML or JSON file) as a task on the local queue.
+    Submit {
+        /// The pool (executor ID) that must run it.
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// The recipe file.
+        #[arg(long)]
+        recipe: PathBuf,
+        /// RUN_INGEST or TEST_CONNECTION.
+        #[arg(long, default_value = "RUN_INGEST")]
+        task: String,
+        /// The execution request id (a UUID is generated if absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Extra args, KEY=VALUE (version, debug_mode, extra_env_vars, ...).
+        #[arg(long = "arg")]
+        args: Vec<String>,
+        /// Wait until the task is finished and print it.
+        #[arg(long)]
+        wait: bool,
+        /// How often --wait polls.
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "500ms")]
+        poll_interval: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    outpost_common::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let tls = TlsFiles { cert: cli.tls_cert.clone(), key: cli.tls_key.clone(), ca: cli.tls_ca.clone() }.load()?;
+    let server_name = match &cli.tls_server_name {
+        Some(name) => name.clone(),
+        None => cli
+            .controller
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(&cli.controller)
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .context("--controller must look like https://HOST:PORT")?,
+    };
+    let channel = Endpoint::from_shared(cli.controller.clone())?
+        .tls_config(tls.client_config(&server_name))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", cli.controller))?;
+    Ok(AdminServiceClient::new(channel))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn parse_state(state: &str) -> anyhow::Result<pb::TaskState> {
+    pb::TaskState::from_str_name(&format!("TASK_STATE_{}", state.to_ascii_uppercase()))
+        .filter(|s| *s != pb::TaskState::Unspecified)
+        .with_context(|| format!("unknown state {state:?}"))
+}
+
+/// Reads a recipe file (YAML or JSON) into the JSON text DataHub's `recipe` arg carries.
+fn read_recipe(path: &PathBuf) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_norway::from_str(&text).with_context(|| format!("{} is not a YAML or JSON recipe", path.display()))?;
+    anyhow::ensure!(value.is_object(), "{} must hold a recipe object (source, sink, ...)", path.display());
+    Ok(value.to_string())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli).await?;
+    match &cli.command {
+        Command::Workers => {
+            let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
+            output::workers(&workers.workers, cli.json);
+        }
+        Command::Tasks { state, pool, limit } => {
+            let state = state.as_deref().map(parse_state).transpose()?.unwrap_or(pb::TaskState::Unspecified);
+            let request =
+                pb::ListTasksRequest { state: state as i32, pool: pool.clone().unwrap_or_default(), limit: *limit };
+            let tasks = client.list_tasks(request).await.map_err(status_error)?.into_inner();
+            output::tasks(&tasks.tasks, cli.json);
+        }
+        Command::Task { id } => {
+            let task = client.get_task(pb::GetTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
+            output::task(&task, cli.json);
+        }
+        Command::Submit { pool, recipe, task, id, args, wait, poll_interval } => {
+            let mut arg_map = std::collections::HashMap::new();
+            for arg in args {
+                let (key, value) = arg.split_once('=').with_context(|| format!("--arg {arg:?} is not KEY=VALUE"))?;
+                arg_map.insert(key.to_owned(), value.to_owned());
+            }
+            arg_map.insert("recipe".to_owned(), read_recipe(recipe)?);
+            let request = pb::SubmitTaskRequest {
+                task: task.clone(),
+                args: arg_map,
+                pool: pool.clone(),
+                execution_request_id: id.clone().unwrap_or_default(),
+                source_type: String::new(),
+            };
+            let response = client.submit_task(request).await.map_err(status_error)?.into_inner();
+            let submitted = response.task.context("the controller returned no task")?;
+            if !*wait {
+                output::submitted(&submitted, response.created, cli.json);
+                return Ok(());
+            }
+            if !cli.json {
+                output::submitted(&submitted, response.created, false);
+            }
+            loop {
+                let task = client
+                    .get_task(pb::GetTaskRequest { id: submitted.id.clone() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                if output::is_terminal(task.state) {
+                    output::task(&task, cli.json);
+                    break;
+                }
+                tokio::time::sleep(*poll_interval).await;
+            }
+        }
+    }
+    Ok(())
+}

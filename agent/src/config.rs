@@ -1,0 +1,81 @@
+//! The agent's command line (clap derive; every flag also reads an environment variable, DataHub's names where
+//! they exist). Durations are humantime (`5s`, `2m`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use outpost_common::duration;
+use outpost_common::telemetry::LogFormat;
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "outpost-agent",
+    version,
+    about = "Outpost agent: pulls DataHub ingestion work from a controller and runs it"
+)]
+pub struct Config {
+    /// The controller's gRPC address, e.g. https://controller:7443.
+    #[arg(long, env = "OUTPOST_CONTROLLER")]
+    pub controller: String,
+    /// The name the controller's certificate must carry (default: the host of --controller).
+    #[arg(long, env = "OUTPOST_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// This agent's worker ID; must match its certificate.
+    #[arg(long, env = "DATAHUB_EXECUTOR_WORKER_ID")]
+    pub worker_id: String,
+    /// Pools (DataHub executor IDs) to serve; repeat or separate with commas.
+    #[arg(long = "pool", env = "DATAHUB_EXECUTOR_POOL_ID", value_delimiter = ',', required = true)]
+    pub pools: Vec<String>,
+    /// How many tasks run at once.
+    #[arg(long, env = "DATAHUB_EXECUTOR_INGESTION_MAX_WORKERS", default_value_t = 4)]
+    pub slots: u32,
+    /// This agent's certificate (PEM).
+    #[arg(long, env = "OUTPOST_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// This agent's private key (PEM).
+    #[arg(long, env = "OUTPOST_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// The CA that signed the controller's certificate.
+    #[arg(long, env = "OUTPOST_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// The `datahub` executable (default: `datahub` on PATH).
+    #[arg(long, env = "OUTPOST_DATAHUB_CLI", default_value = "datahub")]
+    pub datahub_cli: PathBuf,
+    /// Per-run working directories go here (default: <tmp>/outpost-agent-<worker-id>).
+    #[arg(long, env = "OUTPOST_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Labels shown by the admin API, as KEY=VALUE; repeatable.
+    #[arg(long = "label", env = "OUTPOST_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// On SIGTERM: how long running work may finish before it is stopped and handed back.
+    #[arg(long, env = "OUTPOST_DRAIN_TIMEOUT", value_parser = duration::parse, default_value = "150s")]
+    pub drain_timeout: Duration,
+    /// On cancel: SIGTERM to the process group, then SIGKILL after this grace.
+    #[arg(long, env = "OUTPOST_CANCEL_GRACE", value_parser = duration::parse, default_value = "30s")]
+    pub cancel_grace: Duration,
+    /// How long to keep reading a run's output after the CLI exited.
+    #[arg(long, env = "OUTPOST_OUTPUT_DRAIN_TIMEOUT", value_parser = duration::parse, default_value = "2s")]
+    pub output_drain_timeout: Duration,
+    /// Shortest wait before reconnecting.
+    #[arg(long, env = "OUTPOST_RECONNECT_MIN", value_parser = duration::parse, default_value = "200ms")]
+    pub reconnect_min: Duration,
+    /// Longest wait before reconnecting (jittered, exponential in between).
+    #[arg(long, env = "OUTPOST_RECONNECT_MAX", value_parser = duration::parse, default_value = "30s")]
+    pub reconnect_max: Duration,
+    /// Timeout for establishing the connection.
+    #[arg(long, env = "OUTPOST_CONNECT_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Lines of output kept per run for the report.
+    #[arg(long, env = "OUTPOST_MAX_LOG_LINES", default_value_t = 2000)]
+    pub max_log_lines: usize,
+    /// Characters kept per output line.
+    #[arg(long, env = "OUTPOST_MAX_LINE_CHARS", default_value_t = 4096)]
+    pub max_line_chars: usize,
+    /// Cap on the report text of one run, in bytes.
+    #[arg(long, env = "OUTPOST_MAX_REPORT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_report_bytes: usize,
+    /// Log line format.
+    #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,440 @@
+//! The connection to the controller: a small state machine (disconnected with capped, jittered backoff ↔
+//! connected). Owns the gRPC channel; sends Hello (with held attempts), credits, acks, heartbeats, logs and
+//! results; keeps results until the controller accepts them. The runner is reached only through its handle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use outpost_common::clock::unix_ms;
+use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
+use outpost_common::task::ResultStatus;
+use outpost_common::tls::TlsMaterial;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use crate::runner::{Assignment, RunOutcome, Runner, RunnerEvent, StopReason};
+
+/// What the session needs to know.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub controller: String,
+    pub server_name: String,
+    pub tls: TlsMaterial,
+    pub worker_id: WorkerId,
+    pub pools: Vec<PoolId>,
+    pub slots: u32,
+    pub labels: BTreeMap<String, String>,
+    pub drain_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the controller: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the controller refused the session: {0}")]
+    Refused(tonic::Status),
+    #[error("the stream broke: {0}")]
+    Stream(tonic::Status),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Refusals that no retry can fix (wrong identity, bad Hello).
+    fn is_permanent(&self) -> bool {
+        matches!(self, Error::Refused(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated))
+    }
+}
+
+/// Capped exponential backoff with full jitter: attempt n waits a random time in [min, min(max, min·2ⁿ)].
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max: max.max(min), attempt: 0 }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The ceiling of the next wait, before jitter.
+    pub fn ceiling(&self) -> Duration {
+        self.min.saturating_mul(1u32 << self.attempt.min(20)).min(self.max)
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let span = ceiling.saturating_sub(self.min).as_millis() as u64;
+        self.min + Duration::from_millis(fastrand::u64(0..=span))
+    }
+}
+
+/// How a connected session ended.
+enum End {
+    /// Shutting down and nothing is left to report: exit.
+    Done,
+    /// The connection is gone; reconnect.
+    Lost(String),
+}
+
+/// The agent's state that outlives connections.
+struct Agent {
+    config: SessionConfig,
+    runner: Runner,
+    events: mpsc::Receiver<RunnerEvent>,
+    /// Results not yet accepted by the controller, by task.
+    pending: HashMap<TaskId, (AttemptRef, RunOutcome)>,
+    /// Admin drain: take no new work.
+    drained: bool,
+    /// SIGTERM: take no new work, finish, then exit.
+    shutting_down: Option<Instant>,
+    interrupted: bool,
+    announced: bool,
+}
+
+/// Runs the agent until `shutdown` is cancelled and its work is finished (or handed back after the drain
+/// timeout). Returns an error only for refusals no retry can fix.
+pub async fn run(
+    config: SessionConfig,
+    runner: Runner,
+    events: mpsc::Receiver<RunnerEvent>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let mut agent = Agent {
+        config,
+        runner,
+        events,
+        pending: HashMap::new(),
+        drained: false,
+        shutting_down: None,
+        interrupted: false,
+        announced: false,
+    };
+    loop {
+        if agent.finished() {
+            return Ok(());
+        }
+        let connected_at = Instant::now();
+        match agent.connected(&shutdown).await {
+            Ok(End::Done) => return Ok(()),
+            Ok(End::Lost(reason)) => warn!(reason = %reason, "connection to the controller lost"),
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => warn!(error = %e, "connection to the controller failed"),
+        }
+        if connected_at.elapsed() > agent.config.reconnect_max {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        if agent.wait_disconnected(delay, &shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+fn msg(msg: Out) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+fn attempt_pb(attempt: &AttemptRef) -> pb::AttemptRef {
+    pb::AttemptRef { task_id: attempt.task_id.to_string(), epoch: attempt.epoch.0 }
+}
+
+fn attempt_from_pb(attempt: Option<pb::AttemptRef>) -> Result<AttemptRef, Error> {
+    let attempt = attempt.ok_or_else(|| Error::Protocol("message without attempt".into()))?;
+    Ok(AttemptRef {
+        task_id: TaskId::parse(&attempt.task_id).map_err(|e| Error::Protocol(e.to_string()))?,
+        epoch: Epoch(attempt.epoch),
+    })
+}
+
+fn result_pb(attempt: &AttemptRef, outcome: &RunOutcome) -> pb::AgentMessage {
+    let status = match outcome.status {
+        ResultStatus::Succeeded => pb::ResultStatus::Succeeded,
+        ResultStatus::Failed => pb::ResultStatus::Failed,
+        ResultStatus::Cancelled => pb::ResultStatus::Cancelled,
+        ResultStatus::TimedOut => pb::ResultStatus::TimedOut,
+        ResultStatus::Interrupted => pb::ResultStatus::Interrupted,
+    };
+    msg(Out::Result(pb::Result {
+        attempt: Some(attempt_pb(attempt)),
+        status: status as i32,
+        exit_code: outcome.exit_code,
+        report: outcome.report.clone(),
+        structured_report: outcome.structured_report.clone(),
+        start_time_unix_ms: outcome.start_time_ms,
+        duration_ms: outcome.duration_ms,
+    }))
+}
+
+/// A hand-back of an assignment the agent cannot start.
+fn handed_back(reason: &str) -> RunOutcome {
+    RunOutcome {
+        status: ResultStatus::Interrupted,
+        exit_code: None,
+        report: format!("The agent handed the task back without starting it: {reason}\n"),
+        structured_report: String::new(),
+        start_time_ms: unix_ms(),
+        duration_ms: 0,
+    }
+}
+
+impl Agent {
+    fn finished(&self) -> bool {
+        self.shutting_down.is_some() && self.runner.busy() == 0 && self.pending.is_empty()
+    }
+
+    fn taking_work(&self) -> bool {
+        !self.drained && self.shutting_down.is_none()
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.config.slots.saturating_sub(self.runner.busy() as u32)
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down.is_none() {
+            info!(drain_timeout = ?self.config.drain_timeout, running = self.runner.busy(), "draining: taking no new work");
+            self.shutting_down = Some(Instant::now() + self.config.drain_timeout);
+        }
+    }
+
+    fn drain_deadline(&self) -> Option<Instant> {
+        self.shutting_down.filter(|_| !self.interrupted)
+    }
+
+    fn interrupt_all(&mut self) {
+        warn!(running = self.runner.busy(), "drain timeout: stopping what is left and handing it back");
+        self.interrupted = true;
+        self.runner.stop_all(StopReason::Interrupted);
+    }
+
+    fn record_finished(&mut self, attempt: AttemptRef, outcome: RunOutcome) {
+        self.runner.finished(&attempt);
+        self.pending.insert(attempt.task_id.clone(), (attempt, outcome));
+    }
+
+    /// Keeps collecting results while disconnected. True when the agent should exit.
+    async fn wait_disconnected(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let drain_deadline = self.drain_deadline();
+            let may_begin_shutdown = self.shutting_down.is_none();
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = shutdown.cancelled(), if may_begin_shutdown => self.begin_shutdown(),
+                _ = sleep_until_opt(drain_deadline) => {
+                    self.interrupt_all();
+                }
+                Some(event) = self.events.recv() => {
+                    if let RunnerEvent::Finished { attempt, outcome } = event {
+                        self.record_finished(attempt, outcome);
+                    }
+                }
+            }
+            // Nothing running, but results the controller has not seen: exit only once the drain time is up.
+            if self.shutting_down.is_some() && self.runner.busy() == 0 && (self.pending.is_empty() || self.interrupted)
+            {
+                return true;
+            }
+        }
+    }
+
+    async fn connected(&mut self, shutdown: &CancellationToken) -> Result<End, Error> {
+        let endpoint = Endpoint::from_shared(self.config.controller.clone())?
+            .tls_config(self.config.tls.client_config(&self.config.server_name))?
+            .connect_timeout(self.config.connect_timeout);
+        let channel = endpoint.connect().await?;
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+        let mut held = self.runner.held();
+        held.extend(self.pending.values().map(|(a, _)| a.clone()));
+        let hello = Out::Hello(pb::Hello {
+            worker_id: self.config.worker_id.to_string(),
+            pools: self.config.pools.iter().map(ToString::to_string).collect(),
+            slots: self.config.slots,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            labels: self.config.labels.clone().into_iter().collect(),
+            held: held.iter().map(attempt_pb).collect(),
+        });
+        let _ = tx.send(msg(hello)).await;
+        let mut inbound = client.connect(ReceiverStream::new(rx)).await.map_err(Error::Refused)?.into_inner();
+        let welcome = match inbound.message().await.map_err(Error::Refused)? {
+            Some(pb::ControllerMessage { msg: Some(In::Welcome(welcome)) }) => welcome,
+            _ => return Err(Error::Protocol("the controller's first message was not Welcome".into())),
+        };
+        for attempt in welcome.cancel {
+            let attempt = attempt_from_pb(Some(attempt))?;
+            warn!(attempt = %attempt, "the controller no longer holds this attempt for us; stopping it");
+            self.runner.stop(&attempt, StopReason::Cancelled);
+            self.pending.remove(&attempt.task_id);
+        }
+        info!(session = %welcome.session_id, controller = %self.config.controller, "connected");
+        if !self.announced {
+            self.announced = true;
+            info!(worker = %self.config.worker_id, slots = self.config.slots, "Starting datahub executor worker");
+        }
+        let send = |m: pb::AgentMessage| {
+            let tx = tx.clone();
+            async move { tx.send(m).await.map_err(|_| Error::Protocol("outbound stream closed".into())) }
+        };
+        for (attempt, outcome) in self.pending.values() {
+            send(result_pb(attempt, outcome)).await?;
+        }
+        if self.shutting_down.is_some() {
+            send(msg(Out::Draining(pb::Draining { reason: "agent shutting down".into() }))).await?;
+        } else if self.taking_work() && self.free_slots() > 0 {
+            send(msg(Out::Credit(pb::Credit { credits: self.free_slots() }))).await?;
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
+        let mut keepalive = tokio::time::interval(Duration::from_millis(welcome.keepalive_interval_ms.max(100)));
+        heartbeat.tick().await;
+        keepalive.tick().await;
+        loop {
+            if self.finished() {
+                return Ok(End::Done);
+            }
+            let drain_deadline = self.drain_deadline();
+            let may_begin_shutdown = self.shutting_down.is_none();
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message, &tx).await?,
+                    Ok(None) => return Ok(End::Lost("the controller closed the stream".into())),
+                    Err(status) => return Err(Error::Stream(status)),
+                },
+                Some(event) = self.events.recv() => match event {
+                    RunnerEvent::Log { attempt, lines } => {
+                        send(msg(Out::Log(pb::Log { attempt: Some(attempt_pb(&attempt)), lines }))).await?;
+                    }
+                    RunnerEvent::Finished { attempt, outcome } => {
+                        send(result_pb(&attempt, &outcome)).await?;
+                        self.record_finished(attempt, outcome);
+                        if self.taking_work() {
+                            send(msg(Out::Credit(pb::Credit { credits: 1 }))).await?;
+                        }
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    let attempts = self.runner.progress().into_iter().map(|p| pb::AttemptProgress {
+                        attempt: Some(attempt_pb(&p.attempt)),
+                        log_bytes: p.log_bytes,
+                        last_output_unix_ms: p.last_output_ms,
+                    }).collect();
+                    send(msg(Out::Heartbeat(pb::Heartbeat { attempts }))).await?;
+                }
+                _ = keepalive.tick() => {
+                    send(msg(Out::Keepalive(pb::Keepalive { sent_unix_ms: unix_ms() }))).await?;
+                }
+                _ = shutdown.cancelled(), if may_begin_shutdown => {
+                    self.begin_shutdown();
+                    send(msg(Out::Draining(pb::Draining { reason: "agent shutting down".into() }))).await?;
+                }
+                _ = sleep_until_opt(drain_deadline) => self.interrupt_all(),
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        message: pb::ControllerMessage,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+    ) -> Result<(), Error> {
+        let Some(message) = message.msg else { return Ok(()) };
+        match message {
+            In::Assign(assign) => {
+                let attempt = attempt_from_pb(assign.attempt)?;
+                if self.runner.holds(&attempt) {
+                    return Ok(());
+                }
+                if !self.taking_work() || self.free_slots() == 0 {
+                    let reason = if self.taking_work() { "no free slot" } else { "the agent is draining" };
+                    warn!(attempt = %attempt, reason, "handing an assignment back");
+                    let outcome = handed_back(reason);
+                    let _ = tx.send(result_pb(&attempt, &outcome)).await;
+                    self.pending.insert(attempt.task_id.clone(), (attempt, outcome));
+                    return Ok(());
+                }
+                info!(attempt = %attempt, task = %assign.task, number = assign.attempt_number, "assignment received");
+                let _ = tx.send(msg(Out::Ack(pb::Ack { attempt: Some(attempt_pb(&attempt)) }))).await;
+                self.runner.start(Assignment {
+                    attempt,
+                    task_name: assign.task,
+                    args: assign.args.into_iter().collect(),
+                    attempt_number: assign.attempt_number,
+                });
+            }
+            In::Cancel(cancel) => {
+                let attempt = attempt_from_pb(cancel.attempt)?;
+                info!(attempt = %attempt, reason = %cancel.reason, "cancel requested");
+                self.runner.stop(&attempt, StopReason::Cancelled);
+            }
+            In::Drain(drain) => {
+                info!(reason = %drain.reason, "drain requested by the controller: taking no new work");
+                self.drained = true;
+            }
+            In::ResultAccepted(accepted) => {
+                let attempt = attempt_from_pb(accepted.attempt)?;
+                if self.pending.get(&attempt.task_id).is_some_and(|(a, _)| *a == attempt) {
+                    self.pending.remove(&attempt.task_id);
+                }
+            }
+            In::Refused(refused) => {
+                let attempt = attempt_from_pb(refused.attempt)?;
+                warn!(attempt = %attempt, code = refused.code, message = %refused.message, "the controller refused a message");
+                // A refused attempt is no longer ours: stop it and forget its result.
+                self.runner.stop(&attempt, StopReason::Cancelled);
+                if self.pending.get(&attempt.task_id).is_some_and(|(a, _)| *a == attempt) {
+                    self.pending.remove(&attempt.task_id);
+                }
+            }
+            In::Welcome(_) | In::Keepalive(_) => {}
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_stays_within_bounds() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        let mut backoff = Backoff::new(min, max);
+        let ceilings: Vec<u64> = (0..7)
+            .map(|_| {
+                let ceiling = backoff.ceiling();
+                let delay = backoff.next_delay();
+                assert!(delay >= min && delay <= ceiling, "{delay:?} outside [{min:?}, {ceiling:?}]");
+                ceiling.as_millis() as u64
+            })
+            .collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000]);
+        backoff.reset();
+        assert_eq!(backoff.ceiling(), min);
+    }
+}

@@ -1,0 +1,182 @@
+//! How outpostctl prints: aligned tables for people, JSON (lowerCamelCase, as grpcurl prints) for scripts.
+
+use outpost_common::pb;
+use serde_json::{Value, json};
+
+fn state_name(state: i32) -> String {
+    pb::TaskState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_owned())
+        .unwrap_or_else(|_| state.to_string())
+}
+
+fn worker_state_name(state: i32) -> String {
+    pb::WorkerState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("WORKER_STATE_").to_owned())
+        .unwrap_or_else(|_| state.to_string())
+}
+
+pub fn is_terminal(state: i32) -> bool {
+    use pb::TaskState::*;
+    matches!(pb::TaskState::try_from(state), Ok(Succeeded | Failed | Cancelled | TimedOut | Aborted))
+}
+
+fn time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn worker_json(w: &pb::Worker) -> Value {
+    json!({
+        "workerId": w.worker_id, "pools": w.pools, "slots": w.slots, "slotsUsed": w.slots_used,
+        "version": w.version, "state": worker_state_name(w.state),
+        "connectedSinceUnixMs": w.connected_since_unix_ms, "lastSeenUnixMs": w.last_seen_unix_ms, "labels": w.labels,
+    })
+}
+
+fn task_json(t: &pb::Task) -> Value {
+    let mut value = json!({
+        "id": t.id, "urn": t.urn, "task": t.task, "pool": t.pool, "state": state_name(t.state), "epoch": t.epoch,
+        "attempts": t.attempts, "workerId": t.worker_id, "args": t.args, "sourceType": t.source_type,
+        "createdUnixMs": t.created_unix_ms, "updatedUnixMs": t.updated_unix_ms,
+        "attemptHistory": t.attempt_history.iter().map(|a| json!({
+            "number": a.number, "epoch": a.epoch, "workerId": a.worker_id, "state": a.state,
+            "assignedUnixMs": a.assigned_unix_ms, "startedUnixMs": a.started_unix_ms, "endedUnixMs": a.ended_unix_ms,
+            "reason": a.reason,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(r) = &t.result {
+        value["result"] = json!({
+            "exitCode": r.exit_code, "report": r.report, "structuredReport": r.structured_report,
+            "startTimeUnixMs": r.start_time_unix_ms, "durationMs": r.duration_ms, "finishedUnixMs": r.finished_unix_ms,
+        });
+    }
+    value
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+pub fn workers(workers: &[pb::Worker], as_json: bool) {
+    if as_json {
+        return print_json(&Value::Array(workers.iter().map(worker_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.worker_id.clone(),
+                worker_state_name(w.state),
+                w.pools.join(","),
+                format!("{}/{}", w.slots_used, w.slots),
+                or_dash(&w.version).to_owned(),
+                time(w.connected_since_unix_ms),
+                time(w.last_seen_unix_ms),
+            ]
+        })
+        .collect();
+    table(&["WORKER", "STATE", "POOLS", "SLOTS", "VERSION", "CONNECTED", "LAST SEEN"], &rows);
+}
+
+pub fn tasks(tasks: &[pb::Task], as_json: bool) {
+    if as_json {
+        return print_json(&Value::Array(tasks.iter().map(task_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.task.clone(),
+                t.pool.clone(),
+                state_name(t.state),
+                t.attempts.to_string(),
+                or_dash(&t.worker_id).to_owned(),
+                time(t.created_unix_ms),
+            ]
+        })
+        .collect();
+    table(&["ID", "TASK", "POOL", "STATE", "ATTEMPTS", "WORKER", "CREATED"], &rows);
+}
+
+pub fn submitted(task: &pb::Task, created: bool, as_json: bool) {
+    if as_json {
+        let mut value = task_json(task);
+        value["created"] = json!(created);
+        return print_json(&value);
+    }
+    let verb = if created { "submitted" } else { "already known" };
+    println!("{verb}: {} ({}, pool {}, {})", task.id, task.task, task.pool, state_name(task.state));
+}
+
+pub fn task(task: &pb::Task, as_json: bool) {
+    if as_json {
+        return print_json(&task_json(task));
+    }
+    let fields = [
+        ("ID", task.id.clone()),
+        ("URN", task.urn.clone()),
+        ("TASK", task.task.clone()),
+        ("POOL", task.pool.clone()),
+        ("STATE", state_name(task.state)),
+        ("EPOCH", task.epoch.to_string()),
+        ("ATTEMPTS", task.attempts.to_string()),
+        ("WORKER", or_dash(&task.worker_id).to_owned()),
+        ("CREATED", time(task.created_unix_ms)),
+        ("UPDATED", time(task.updated_unix_ms)),
+    ];
+    for (name, value) in fields {
+        println!("{name:<10}{value}");
+    }
+    if let Some(r) = &task.result {
+        println!("{:<10}{}", "EXIT CODE", r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
+        println!("{:<10}{} ms", "DURATION", r.duration_ms);
+    }
+    if !task.attempt_history.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = task
+            .attempt_history
+            .iter()
+            .map(|a| {
+                vec![
+                    a.number.to_string(),
+                    a.epoch.to_string(),
+                    a.worker_id.clone(),
+                    a.state.clone(),
+                    time(a.assigned_unix_ms),
+                    time(a.ended_unix_ms),
+                    or_dash(&a.reason).to_owned(),
+                ]
+            })
+            .collect();
+        table(&["ATTEMPT", "EPOCH", "WORKER", "STATE", "ASSIGNED", "ENDED", "REASON"], &rows);
+    }
+    if let Some(r) = &task.result {
+        println!("\n{}", r.report.trim_end());
+    }
+}
