@@ -2,6 +2,7 @@
 //! real `datahub` CLI and reports their results. [`run`] is the whole agent; `main` only parses and wires signals.
 
 pub mod config;
+pub mod entry;
 pub mod runner;
 pub mod session;
 

@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod ctl;
+pub mod entry;
 pub mod grpc;
 pub mod scheduler;
 pub mod sources;

@@ -1,1 +1,376 @@
-//! placeholder
+//! The integration-test harness: starts the real controller, agent and outpostctl programs (built in this crate
+//! from the current code) on 127.0.0.1 with real mTLS certificates in a temp dir, and the real `datahub` CLI from
+//! the project's venv. Waits are polls with deadlines, never sleeps.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost_common::pb::admin_service_client::AdminServiceClient;
+use outpost_common::tls::TlsFiles;
+use tonic::transport::{Channel, Endpoint};
+
+/// The programs under test.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub controller: PathBuf,
+    pub agent: PathBuf,
+    pub ctl: PathBuf,
+}
+
+/// The programs of this crate; expands in the test file, where cargo sets their paths.
+#[macro_export]
+macro_rules! bins {
+    () => {
+        $crate::Bins {
+            controller: env!("CARGO_BIN_EXE_test-outpost-controller").into(),
+            agent: env!("CARGO_BIN_EXE_test-outpost-agent").into(),
+            ctl: env!("CARGO_BIN_EXE_test-outpostctl").into(),
+        }
+    };
+}
+
+/// How long a real `datahub ingest` run may take under a loaded test machine.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// The `datahub` CLI the tests run: `OUTPOST_TEST_DATAHUB_CLI`, else the project's `.venv` (scripts/setup-python.sh).
+pub fn datahub_cli() -> PathBuf {
+    let path = std::env::var_os("OUTPOST_TEST_DATAHUB_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/datahub"));
+    assert!(path.exists(), "no datahub CLI at {}: run scripts/setup-python.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// A file → blackhole recipe over the example MCPs, as the JSON text of DataHub's `recipe` arg.
+pub fn file_recipe() -> String {
+    let path = repo_root().join("examples/sample_mcps.json");
+    serde_json::json!({"source": {"type": "file", "config": {"path": path}}, "sink": {"type": "blackhole"}}).to_string()
+}
+
+/// A recipe whose `datahub ingest` exits 1: its input file does not exist.
+pub fn failing_recipe() -> String {
+    serde_json::json!({"source": {"type": "file", "config": {"path": "/nonexistent/outpost/missing.json"}},
+                       "sink": {"type": "blackhole"}})
+    .to_string()
+}
+
+/// Polls `probe` every 50 ms until it yields a value; panics naming `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running program; killed (SIGKILL) when dropped. Its output goes to a log file, printed if the test panics.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("create log file");
+        command.stdout(file.try_clone().expect("clone log handle")).stderr(file).stdin(Stdio::null());
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_owned(), child, log, exited: None }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Waits for the program to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let name = self.name.clone();
+        let status = wait_until(&format!("{name} to exit"), timeout, || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await;
+        self.exited = Some(status);
+        status
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("----- last lines of {} -----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A controller process and where it listens.
+pub struct Controller {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Controller {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// A test's world: a temp dir with a CA, the controller's and an admin's certificates, and the programs.
+pub struct Cluster {
+    pub bins: Bins,
+    pub dir: tempfile::TempDir,
+    pub certs: PathBuf,
+}
+
+impl Cluster {
+    pub fn new(bins: Bins) -> Cluster {
+        outpost_common::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        let cluster = Cluster { bins, dir, certs };
+        cluster.certs_command(&["init"]);
+        cluster.certs_command(&["admin", "--name", "ops"]);
+        cluster
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn certs_command(&self, args: &[&str]) {
+        let output = Command::new(&self.bins.controller)
+            .arg("certs")
+            .args(args)
+            .arg("--out")
+            .arg(&self.certs)
+            .output()
+            .expect("run certs");
+        assert!(output.status.success(), "certs {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// (certificate, key) of an agent, issued on first use.
+    pub fn agent_cert(&self, worker: &str) -> (PathBuf, PathBuf) {
+        let cert = self.certs.join(format!("agent-{worker}.pem"));
+        if !cert.exists() {
+            self.certs_command(&["agent", "--worker-id", worker]);
+        }
+        (cert, self.certs.join(format!("agent-{worker}.key")))
+    }
+
+    pub fn admin_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.certs.join("admin-ops.pem"),
+            key: self.certs.join("admin-ops.key"),
+            ca: self.certs.join("ca.pem"),
+        }
+    }
+
+    /// Starts a controller on 127.0.0.1 (port 0 unless `--listen` is in `extra`) over `db_name` in the temp dir.
+    pub async fn controller(&self, db_name: &str, extra: &[&str]) -> Controller {
+        let addr_file = self.path(&format!("{db_name}.addr"));
+        let _ = std::fs::remove_file(&addr_file);
+        let mut command = Command::new(&self.bins.controller);
+        command.arg("run");
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command
+            .arg("--listen-addr-file")
+            .arg(&addr_file)
+            .arg("--db")
+            .arg(self.path(db_name))
+            .arg("--tls-cert")
+            .arg(self.certs.join("controller.pem"))
+            .arg("--tls-key")
+            .arg(self.certs.join("controller.key"))
+            .arg("--tls-ca")
+            .arg(self.certs.join("ca.pem"))
+            .args(extra)
+            .env("RUST_LOG", "info,outpost_controller=debug");
+        let log = self.path(&format!("controller-{db_name}-{}.log", unique()));
+        let mut proc = Proc::spawn("controller", command, log);
+        let addr = wait_until("the controller to listen", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&addr_file).ok();
+            let exited = proc.child.try_wait().ok().flatten();
+            async move {
+                assert!(exited.is_none(), "the controller exited early: {exited:?}");
+                text.and_then(|t| t.parse().ok())
+            }
+        })
+        .await;
+        Controller { proc, addr }
+    }
+
+    /// Starts an agent with its own certificate, serving `pool` with `slots`.
+    pub fn agent(&self, controller: &Controller, worker: &str, pool: &str, slots: u32, extra: &[&str]) -> Proc {
+        self.agent_claiming(controller, worker, worker, pool, slots, extra)
+    }
+
+    /// Starts an agent with the certificate of `cert_worker` that claims to be `worker` in its Hello.
+    pub fn agent_claiming(
+        &self,
+        controller: &Controller,
+        cert_worker: &str,
+        worker: &str,
+        pool: &str,
+        slots: u32,
+        extra: &[&str],
+    ) -> Proc {
+        let (cert, key) = self.agent_cert(cert_worker);
+        let mut command = Command::new(&self.bins.agent);
+        command
+            .args(["--controller", &controller.url(), "--worker-id", worker, "--pool", pool])
+            .args(["--slots", &slots.to_string()])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--tls-ca")
+            .arg(self.certs.join("ca.pem"))
+            .arg("--datahub-cli")
+            .arg(datahub_cli())
+            .arg("--work-dir")
+            .arg(self.path(&format!("work-{worker}")))
+            .args(["--reconnect-min", "50ms", "--reconnect-max", "1s"])
+            .args(extra)
+            .env("DATAHUB_TELEMETRY_ENABLED", "false")
+            .env("OUTPOST_EXAMPLES", repo_root().join("examples"))
+            .env("RUST_LOG", "info");
+        Proc::spawn(&format!("agent {worker}"), command, self.path(&format!("agent-{worker}-{}.log", unique())))
+    }
+
+    /// An admin client over mTLS.
+    pub async fn admin(&self, controller: &Controller) -> AdminServiceClient<Channel> {
+        let channel = channel(&controller.url(), &self.admin_tls()).await.expect("admin connects");
+        AdminServiceClient::new(channel)
+    }
+
+    /// Runs outpostctl against the controller with the admin certificate.
+    pub fn ctl(&self, controller: &Controller, args: &[&str]) -> Output {
+        let tls = self.admin_tls();
+        Command::new(&self.bins.ctl)
+            .args(["--controller", &controller.url()])
+            .arg("--tls-cert")
+            .arg(tls.cert)
+            .arg("--tls-key")
+            .arg(tls.key)
+            .arg("--tls-ca")
+            .arg(tls.ca)
+            .args(args)
+            .output()
+            .expect("run outpostctl")
+    }
+}
+
+/// A TLS channel to `url` with the given client files (server name: the URL's host).
+pub async fn channel(url: &str, tls: &TlsFiles) -> Result<Channel, tonic::transport::Error> {
+    let material = tls.load().expect("load TLS files");
+    Endpoint::from_shared(url.to_owned())?.tls_config(material.client_config("127.0.0.1"))?.connect().await
+}
+
+/// A channel that trusts the CA but presents no client certificate.
+pub async fn channel_without_client_cert(url: &str, ca: &Path) -> Result<Channel, tonic::transport::Error> {
+    let ca = std::fs::read(ca).expect("read CA");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("127.0.0.1");
+    Endpoint::from_shared(url.to_owned())?.tls_config(tls)?.connect().await
+}
+
+/// The error and all its sources, joined: TLS alerts are only visible deep in the chain.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// Opens a raw TLS connection to `addr` trusting `ca`, optionally presenting a client certificate, and returns
+/// the error the server's verdict produces (a TLS alert), or "accepted" when the server took the connection.
+/// Under TLS 1.3 the client finishes its handshake before the server has checked its certificate, so the
+/// server's alert arrives on the first read.
+pub async fn tls_verdict(addr: SocketAddr, ca: &Path, client: Option<(&Path, &Path)>) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
+        roots.add(cert.expect("CA PEM")).expect("add CA");
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain: Vec<_> =
+                CertificateDer::pem_file_iter(cert).expect("read cert").map(|c| c.expect("cert")).collect();
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).expect("read key"))
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp connect");
+    let mut tls = match connector.connect(ServerName::try_from("127.0.0.1").expect("name"), tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return e.to_string(),
+    };
+    // An HTTP/2 preface and SETTINGS frame: an accepting server answers with its own SETTINGS.
+    if let Err(e) = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await {
+        return e.to_string();
+    }
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf).await {
+        Ok(0) => "closed without an alert".to_owned(),
+        Ok(_) => "accepted".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}

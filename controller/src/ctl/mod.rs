@@ -1,5 +1,5 @@
 //! `outpostctl`: the admin API from a terminal. Tables by default, `--json` for scripts. Exit codes: 0 ok,
-//! 1 the call failed, 2 usage error.
+//! 1 the call failed, 2 usage error. A client only: it must never reach into the controller's internals.
 
 mod output;
 
@@ -80,7 +80,8 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+/// The whole `outpostctl` program.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     outpost_common::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -1,0 +1,5 @@
+//! `outpostctl`: see [`outpost_controller::ctl`].
+
+fn main() -> std::process::ExitCode {
+    outpost_controller::ctl::main()
+}

@@ -1,0 +1,49 @@
+//! The `outpost-controller` program: parse the command line, set up logs and signals, hand over to [`crate::run`].
+//! Kept in the library so the test harness runs exactly this code.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CertsCommand, Cli, Command};
+use crate::{certs, run};
+
+/// The whole `outpost-controller` program.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    outpost_common::telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Certs(command) => {
+            let written = match command {
+                CertsCommand::Init { out, san } => certs::init(&out, &san)?,
+                CertsCommand::Agent { out, worker_id, trust_domain } => certs::agent(&out, &worker_id, &trust_domain)?,
+                CertsCommand::Admin { out, name, trust_domain } => certs::admin(&out, &name, &trust_domain)?,
+            };
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Run(config) => {
+            outpost_common::tls::install_crypto_provider();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let token = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(token.clone()));
+                run(config, token).await
+            })
+        }
+    }
+}
+
+/// Cancels the root token on SIGINT or SIGTERM.
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    token.cancel();
+}
