@@ -76,17 +76,15 @@ pub fn from_certificate(trust_domain: &str, der: &[u8]) -> Result<Identity, Erro
     let san = cert.subject_alternative_name().map_err(|e| Error::BadCertificate(e.to_string()))?;
     let mut found = None;
     for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
-        if let GeneralName::URI(uri) = name {
-            if let Some(identity) = parse_uri(trust_domain, uri)? {
-                if found.is_some() {
-                    return Err(Error::BadUri {
-                        uri: (*uri).to_owned(),
-                        reason: "the certificate names more than one identity".into(),
-                    });
-                }
-                found = Some(identity);
-            }
+        let GeneralName::URI(uri) = name else { continue };
+        let Some(identity) = parse_uri(trust_domain, uri)? else { continue };
+        if found.is_some() {
+            return Err(Error::BadUri {
+                uri: (*uri).to_owned(),
+                reason: "the certificate names more than one identity".into(),
+            });
         }
+        found = Some(identity);
     }
     found.ok_or_else(|| Error::NoIdentity { trust_domain: trust_domain.to_owned() })
 }

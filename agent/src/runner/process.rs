@@ -93,10 +93,10 @@ pub async fn run(
     let dir = config.work_dir.join(format!("{}-{}", spec.exec_id, spec.attempt_tag));
     let result = execute(config, &spec, &dir, stop, &lines, &progress, &mut tail, &mut report).await;
     let structured = std::fs::read_to_string(dir.join("artifacts").join("ingestion_report.json")).ok();
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            warn!(dir = %dir.display(), error = %e, "could not remove the run directory");
-        }
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(dir = %dir.display(), error = %e, "could not remove the run directory");
     }
     let (status, exit_code) = match result {
         Ok(ended) => ended,
@@ -128,8 +128,17 @@ pub async fn run(
     }
 }
 
+/// A run, ready to start.
+struct Prepared {
+    /// The JSON envelope the CLI reads on stdin.
+    envelope: String,
+    argv: Vec<String>,
+    /// Variables added to the agent's environment for the CLI.
+    env: BTreeMap<String, String>,
+}
+
 /// Parses the args into the stdin envelope and the CLI's argv. Errors are report lines.
-fn prepare(spec: &RunSpec, report_file: &Path) -> Result<(String, Vec<String>, BTreeMap<String, String>), String> {
+fn prepare(spec: &RunSpec, report_file: &Path) -> Result<Prepared, String> {
     let test_connection = match spec.task_name.as_str() {
         RUN_INGEST => false,
         TEST_CONNECTION => true,
@@ -179,7 +188,7 @@ fn prepare(spec: &RunSpec, report_file: &Path) -> Result<(String, Vec<String>, B
     argv.push(report_path);
     let mut env = extra_env;
     env.insert("DATAHUB_DEBUG".into(), if debug { "true" } else { "false" }.into());
-    Ok((envelope, argv, env))
+    Ok(Prepared { envelope, argv, env })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -198,7 +207,7 @@ async fn execute(
     for d in [&artifacts, &tmp] {
         std::fs::create_dir_all(d).map_err(|e| format!("Cannot create the run directory {}: {e}", d.display()))?;
     }
-    let (envelope, argv, env) = prepare(spec, &artifacts.join("ingestion_report.json"))?;
+    let Prepared { envelope, argv, env } = prepare(spec, &artifacts.join("ingestion_report.json"))?;
     let mut command = Command::new(&config.cli);
     command
         .args(&argv)
@@ -416,7 +425,7 @@ mod tests {
 
     #[test]
     fn envelope_carries_the_recipe_with_run_id_and_the_report_path() {
-        let (envelope, argv, env) = prepare(
+        let Prepared { envelope, argv, env } = prepare(
             &spec(
                 "RUN_INGEST",
                 &[("recipe", "{\"source\":{\"type\":\"file\"}}"), ("extra_env_vars", "{\"A\":\"1\",\"B\":\"\"}")],
@@ -437,9 +446,9 @@ mod tests {
 
     #[test]
     fn test_connection_and_debug_mode_shape_the_command() {
-        let (_, argv, _) = prepare(&spec("TEST_CONNECTION", &[("recipe", "{}")]), Path::new("/r")).unwrap();
+        let Prepared { argv, .. } = prepare(&spec("TEST_CONNECTION", &[("recipe", "{}")]), Path::new("/r")).unwrap();
         assert_eq!(argv, ["ingest", "-c", "-", "--test-source-connection", "--report-to", "/r"]);
-        let (_, argv, env) =
+        let Prepared { argv, env, .. } =
             prepare(&spec("RUN_INGEST", &[("recipe", "{}"), ("debug_mode", "true")]), Path::new("/r")).unwrap();
         assert_eq!(argv[0], "--debug");
         assert_eq!(env["DATAHUB_DEBUG"], "true");
@@ -457,7 +466,7 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(prepare(&input, Path::new("/r")).unwrap_err(), want);
+            assert_eq!(prepare(&input, Path::new("/r")).err().as_deref(), Some(want));
         }
     }
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# README command one: builds Outpost, sets up DataHub's CLI in ./.venv, makes dev certificates, starts a
+# controller (SQLite file, local queue) and two agents with distinct worker IDs, runs the example recipes in
+# examples/ as real `datahub ingest` runs, shows which worker ran each and the result, then stops everything.
+# No AWS account and no DataHub server needed. State lives in ./.quickstart.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+state="$root/.quickstart"
+certs="$state/certs"
+bin="$root/target/debug"
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "Building (the first build takes about two minutes)"
+cargo build --workspace --bins --quiet
+say "Checking the Python venv with DataHub's CLI"
+scripts/setup-python.sh
+
+mkdir -p "$state"
+if [[ ! -f "$certs/ca.pem" ]]; then
+    say "Making development certificates in $certs"
+    "$bin/outpost-controller" certs init --out "$certs"
+    "$bin/outpost-controller" certs agent --out "$certs" --worker-id w-1
+    "$bin/outpost-controller" certs agent --out "$certs" --worker-id w-2
+    "$bin/outpost-controller" certs admin --out "$certs" --name quickstart
+fi
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+say "Starting the controller (logs: $state/controller.log)"
+rm -f "$state/addr" "$state"/outpost.db*
+"$bin/outpost-controller" run --listen 127.0.0.1:0 --listen-addr-file "$state/addr" --db "$state/outpost.db" \
+    --tls-cert "$certs/controller.pem" --tls-key "$certs/controller.key" --tls-ca "$certs/ca.pem" \
+    > "$state/controller.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do [[ -s "$state/addr" ]] && break; sleep 0.1; done
+[[ -s "$state/addr" ]] || { echo "the controller did not start; see $state/controller.log" >&2; exit 1; }
+controller="https://$(cat "$state/addr")"
+echo "controller at $controller"
+
+for worker in w-1 w-2; do
+    say "Starting agent $worker (logs: $state/agent-$worker.log)"
+    PATH="$root/.venv/bin:$PATH" DATAHUB_TELEMETRY_ENABLED=false OUTPOST_EXAMPLES="$root/examples" \
+        "$bin/outpost-agent" --controller "$controller" --worker-id "$worker" --pool default --slots 2 \
+        --tls-cert "$certs/agent-$worker.pem" --tls-key "$certs/agent-$worker.key" --tls-ca "$certs/ca.pem" \
+        --work-dir "$state/work-$worker" > "$state/agent-$worker.log" 2>&1 &
+    pids+=($!)
+done
+
+ctl() {
+    "$bin/outpostctl" --controller "$controller" --tls-cert "$certs/admin-quickstart.pem" \
+        --tls-key "$certs/admin-quickstart.key" --tls-ca "$certs/ca.pem" "$@"
+}
+for _ in $(seq 300); do
+    [[ "$(ctl --json workers | grep -c '"state": "READY"')" == 2 ]] && break
+    sleep 0.1
+done
+ctl workers
+
+say "Submitting examples/file-to-blackhole.yml and examples/mock-data.yml"
+ctl submit --recipe examples/file-to-blackhole.yml --id quickstart-file --wait > "$state/quickstart-file.txt" &
+file_pid=$!
+ctl submit --recipe examples/mock-data.yml --id quickstart-mock-data --wait > "$state/quickstart-mock-data.txt" &
+mock_pid=$!
+status=0
+wait "$file_pid" || status=1
+wait "$mock_pid" || status=1
+
+say "Which worker ran each task"
+ctl tasks
+for id in quickstart-file quickstart-mock-data; do
+    say "Task $id (full report: $state/$id.txt)"
+    sed -n '1,/^$/p' "$state/$id.txt" | grep -E '^(ID|STATE|WORKER|EXIT CODE|DURATION) '
+    grep -m1 -E '^Execution (finished|was)' "$state/$id.txt" || true
+done
+for id in quickstart-file quickstart-mock-data; do
+    grep -q '^STATE     SUCCEEDED' "$state/$id.txt" || status=1
+done
+if [[ $status == 0 ]]; then say "Both recipes ran. Explore with: outpostctl --help"; else say "A task did not succeed"; fi
+exit $status
