@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use outpost_common::duration;
 use outpost_common::telemetry::LogFormat;
+use outpost_common::tls::TlsArgs;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -30,15 +31,8 @@ pub struct Config {
     /// How many tasks run at once.
     #[arg(long, env = "DATAHUB_EXECUTOR_INGESTION_MAX_WORKERS", default_value_t = 4)]
     pub slots: u32,
-    /// This agent's certificate (PEM).
-    #[arg(long, env = "OUTPOST_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// This agent's private key (PEM).
-    #[arg(long, env = "OUTPOST_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// The CA that signed the controller's certificate.
-    #[arg(long, env = "OUTPOST_TLS_CA")]
-    pub tls_ca: PathBuf,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The `datahub` executable (default: `datahub` on PATH).
     #[arg(long, env = "OUTPOST_DATAHUB_CLI", default_value = "datahub")]
     pub datahub_cli: PathBuf,

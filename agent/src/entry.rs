@@ -14,20 +14,7 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(drain_on_signal(shutdown.clone()));
+        tokio::spawn(outpost_common::signal::cancel_on_terminate(shutdown.clone()));
         crate::run(config, shutdown).await
     })
-}
-
-/// SIGTERM or SIGINT starts the drain.
-async fn drain_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    token.cancel();
 }

@@ -8,7 +8,6 @@ pub mod session;
 
 use anyhow::Context;
 use outpost_common::ids::{PoolId, WorkerId};
-use outpost_common::tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -27,8 +26,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect::<Option<_>>()
         .context("--label must be KEY=VALUE")?;
-    let tls =
-        TlsFiles { cert: config.tls_cert.clone(), key: config.tls_key.clone(), ca: config.tls_ca.clone() }.load()?;
+    let tls = config.tls.files().load()?;
     let server_name = match &config.tls_server_name {
         Some(name) => name.clone(),
         None => host_of(&config.controller).context("--controller must look like https://HOST:PORT")?,

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod duration;
 pub mod identity;
 pub mod ids;
+pub mod signal;
 pub mod task;
 pub mod telemetry;
 pub mod tls;

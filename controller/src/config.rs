@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use outpost_common::duration;
 use outpost_common::identity::DEFAULT_TRUST_DOMAIN;
 use outpost_common::telemetry::LogFormat;
+use outpost_common::tls::TlsArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,15 +76,8 @@ pub struct RunConfig {
     /// The SQLite database file (created if missing).
     #[arg(long, env = "OUTPOST_DB", default_value = "./outpost.db")]
     pub db: PathBuf,
-    /// The controller's certificate (PEM).
-    #[arg(long, env = "OUTPOST_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// The controller's private key (PEM).
-    #[arg(long, env = "OUTPOST_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// The CA that signs agent and admin certificates; clients without one of its certificates are refused.
-    #[arg(long, env = "OUTPOST_TLS_CA")]
-    pub tls_ca: PathBuf,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The trust domain of SPIFFE URIs in client certificates.
     #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,

@@ -28,22 +28,9 @@ pub fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let token = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(token.clone()));
+                tokio::spawn(outpost_common::signal::cancel_on_terminate(token.clone()));
                 run(config, token).await
             })
         }
     }
-}
-
-/// Cancels the root token on SIGINT or SIGTERM.
-async fn cancel_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    token.cancel();
 }

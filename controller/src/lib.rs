@@ -13,7 +13,6 @@ pub mod sources;
 pub mod store;
 
 use anyhow::Context;
-use outpost_common::tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,8 +24,7 @@ use crate::store::Store;
 /// intake first, the scheduler next, and closes the store last, waiting for each.
 pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    let tls =
-        TlsFiles { cert: config.tls_cert.clone(), key: config.tls_key.clone(), ca: config.tls_ca.clone() }.load()?;
+    let tls = config.tls.files().load()?;
     let store = Store::open(&config.db).await.with_context(|| format!("opening {}", config.db.display()))?;
     let scheduler_token = token.child_token();
     let (scheduler, scheduler_task) = Scheduler::start(

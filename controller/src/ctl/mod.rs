@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outpost_common::pb::{self, admin_service_client::AdminServiceClient};
-use outpost_common::tls::TlsFiles;
+use outpost_common::tls::TlsArgs;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
@@ -22,15 +22,8 @@ struct Cli {
     /// The name the controller's certificate must carry (default: the host of --controller).
     #[arg(long, env = "OUTPOST_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
-    /// An admin certificate (PEM).
-    #[arg(long, env = "OUTPOST_TLS_CERT")]
-    tls_cert: PathBuf,
-    /// Its private key (PEM).
-    #[arg(long, env = "OUTPOST_TLS_KEY")]
-    tls_key: PathBuf,
-    /// The CA that signed the controller's certificate.
-    #[arg(long, env = "OUTPOST_TLS_CA")]
-    tls_ca: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -101,7 +94,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let tls = TlsFiles { cert: cli.tls_cert.clone(), key: cli.tls_key.clone(), ca: cli.tls_ca.clone() }.load()?;
+    let tls = cli.tls.files().load()?;
     let server_name = match &cli.tls_server_name {
         Some(name) => name.clone(),
         None => cli

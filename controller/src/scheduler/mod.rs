@@ -5,6 +5,7 @@
 //! owns.
 
 mod engine;
+pub mod lifecycle;
 pub mod policy;
 
 use std::collections::BTreeMap;

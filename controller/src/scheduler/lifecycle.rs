@@ -1,0 +1,420 @@
+//! The task life cycle as pure functions: given where a task is and what happened, what must change. No I/O,
+//! no clocks (time comes in as arguments); the engine applies the decision through the store, which fences it
+//! again by epoch. Every transition and every refusal is in the table test below.
+
+use std::time::Duration;
+
+use outpost_common::ids::Epoch;
+use outpost_common::task::{AttemptState, ResultStatus, TaskState};
+
+/// Retry rules.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts a task may make before it is ABORTED (infrastructure failures) or stays FAILED.
+    pub max_attempts: u32,
+    /// Backoff before attempt n+1 is base·2^(n-1), capped, with full jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Also retry runs that failed on their own (CLI exit ≠ 0). Off by default: such a failure is FAILED.
+    pub retry_task_failures: bool,
+}
+
+/// Why an attempt lost its agent (infrastructure failures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// No heartbeat for the lease TTL (agent dead, paused or cut off).
+    LeaseExpired,
+    /// The assignment was not acknowledged within the ack deadline.
+    NoAck,
+}
+
+impl Loss {
+    pub fn attempt_state(self) -> AttemptState {
+        match self {
+            Loss::LeaseExpired => AttemptState::Lost,
+            Loss::NoAck => AttemptState::Revoked,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Loss::LeaseExpired => "lease expired: the agent stopped heartbeating",
+            Loss::NoAck => "the agent did not acknowledge the assignment in time",
+        }
+    }
+}
+
+/// Something that happened to a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The agent holding `epoch` acknowledged it.
+    Ack { epoch: Epoch },
+    /// The agent holding `epoch` reported how it ended.
+    Result { epoch: Epoch, status: ResultStatus },
+    /// The attempt at `epoch` lost its agent.
+    Lost { epoch: Epoch, loss: Loss },
+    /// An operator (or a KILL signal) asked to cancel.
+    Cancel,
+    /// A requested cancel was not confirmed in time.
+    CancelTimeout,
+}
+
+/// The facts about a task the rules need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskFacts {
+    pub state: TaskState,
+    pub epoch: Epoch,
+    pub attempts: u32,
+    /// A cancel was requested (and the epoch bumped) while the task was held by an agent.
+    pub cancel_requested: bool,
+}
+
+/// What must change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// ASSIGNED → RUNNING (or a repeated ack: nothing changes).
+    Start,
+    /// The task ends in `task`; its attempt in `attempt`.
+    Finish { task: TaskState, attempt: AttemptState },
+    /// The attempt ends in `attempt`; the task goes back to the queue after `delay`.
+    Requeue { attempt: AttemptState, delay: Duration },
+    /// Infrastructure attempts are exhausted: the attempt ends in `attempt`, the task is ABORTED.
+    Abort { attempt: AttemptState },
+    /// A queued task is cancelled at once.
+    CancelQueued,
+    /// A held task: bump the epoch (fencing the running attempt out) and ask its agent to stop.
+    RequestCancel,
+    /// The agent's answer ended a requested cancel: the task is CANCELLED, the attempt CANCELLED. The agent's
+    /// report is kept when it reported CANCELLED itself.
+    ConfirmCancel { keep_report: bool },
+    /// Nothing to do (a duplicate).
+    Nothing,
+}
+
+/// Why an event is refused. A refusal changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The event is about an older attempt.
+    StaleEpoch { current: Epoch },
+    /// The task is not held by an agent (queued or finished).
+    NotHeld { state: TaskState },
+    /// The task already finished.
+    Terminal { state: TaskState },
+}
+
+/// Backoff before the next attempt: base·2^(attempts-1) capped at max, scaled by `jitter` ∈ [0, 1] (full jitter).
+pub fn backoff(policy: &RetryPolicy, attempts: u32, jitter: f64) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let ceiling = policy.backoff_base.saturating_mul(1u32 << exp).min(policy.backoff_max);
+    ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// Decides what `event` does to a task described by `facts`. `jitter` ∈ [0, 1] scales the retry backoff.
+pub fn decide(facts: TaskFacts, event: Event, policy: &RetryPolicy, jitter: f64) -> Result<Decision, Refusal> {
+    let held = matches!(facts.state, TaskState::Assigned | TaskState::Running);
+    let retry_or_abort = |attempt: AttemptState, delay: Duration| {
+        if facts.attempts >= policy.max_attempts {
+            Decision::Abort { attempt }
+        } else {
+            Decision::Requeue { attempt, delay }
+        }
+    };
+    match event {
+        Event::Cancel => match facts.state {
+            TaskState::Received | TaskState::Queued => Ok(Decision::CancelQueued),
+            TaskState::Assigned | TaskState::Running if facts.cancel_requested => Ok(Decision::Nothing),
+            TaskState::Assigned | TaskState::Running => Ok(Decision::RequestCancel),
+            state => Err(Refusal::Terminal { state }),
+        },
+        Event::CancelTimeout => {
+            if held && facts.cancel_requested {
+                Ok(Decision::ConfirmCancel { keep_report: false })
+            } else {
+                Ok(Decision::Nothing)
+            }
+        }
+        Event::Ack { epoch } | Event::Result { epoch, .. } | Event::Lost { epoch, .. } => {
+            if facts.state.is_terminal() {
+                // A repeated result of the attempt that finished the task is harmless; anything else is late.
+                return if epoch == facts.epoch && matches!(event, Event::Result { .. }) {
+                    Ok(Decision::Nothing)
+                } else if epoch == facts.epoch {
+                    Err(Refusal::Terminal { state: facts.state })
+                } else {
+                    Err(Refusal::StaleEpoch { current: facts.epoch })
+                };
+            }
+            // While a cancel is pending the epoch was bumped once: the running attempt is the one before.
+            if facts.cancel_requested && held && epoch.0 + 1 == facts.epoch.0 {
+                return match event {
+                    Event::Result { status, .. } => {
+                        Ok(Decision::ConfirmCancel { keep_report: status == ResultStatus::Cancelled })
+                    }
+                    Event::Lost { .. } => Ok(Decision::ConfirmCancel { keep_report: false }),
+                    _ => Err(Refusal::StaleEpoch { current: facts.epoch }),
+                };
+            }
+            if epoch != facts.epoch {
+                return Err(Refusal::StaleEpoch { current: facts.epoch });
+            }
+            if !held {
+                return Err(Refusal::NotHeld { state: facts.state });
+            }
+            match event {
+                Event::Ack { .. } => Ok(Decision::Start),
+                Event::Result { status, .. } => Ok(match status {
+                    ResultStatus::Interrupted => retry_or_abort(AttemptState::Interrupted, Duration::ZERO),
+                    ResultStatus::Failed if policy.retry_task_failures && facts.attempts < policy.max_attempts => {
+                        Decision::Requeue {
+                            attempt: AttemptState::Failed,
+                            delay: backoff(policy, facts.attempts, jitter),
+                        }
+                    }
+                    status => Decision::Finish {
+                        task: status.terminal_task_state().unwrap_or(TaskState::Failed),
+                        attempt: AttemptState::from(status),
+                    },
+                }),
+                Event::Lost { loss, .. } => {
+                    Ok(retry_or_abort(loss.attempt_state(), backoff(policy, facts.attempts, jitter)))
+                }
+                Event::Cancel | Event::CancelTimeout => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Decision::*;
+    use TaskState::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            retry_task_failures: false,
+        }
+    }
+
+    fn facts(state: TaskState, epoch: u64, attempts: u32, cancel_requested: bool) -> TaskFacts {
+        TaskFacts { state, epoch: Epoch(epoch), attempts, cancel_requested }
+    }
+
+    /// Decides with full jitter (1.0), so backoffs are their ceilings.
+    fn check(facts: TaskFacts, event: Event) -> Result<Decision, Refusal> {
+        decide(facts, event, &policy(), 1.0)
+    }
+
+    const E1: Epoch = Epoch(1);
+    const E2: Epoch = Epoch(2);
+    fn result(epoch: Epoch, status: ResultStatus) -> Event {
+        Event::Result { epoch, status }
+    }
+    fn lost(epoch: Epoch, loss: Loss) -> Event {
+        Event::Lost { epoch, loss }
+    }
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn transitions_and_refusals() {
+        use ResultStatus as R;
+        let table: Vec<(&str, TaskFacts, Event, Result<Decision, Refusal>)> = vec![
+            // Ack.
+            ("ack starts an assignment", facts(Assigned, 1, 1, false), Event::Ack { epoch: E1 }, Ok(Start)),
+            ("a repeated ack is harmless", facts(Running, 1, 1, false), Event::Ack { epoch: E1 }, Ok(Start)),
+            (
+                "stale ack",
+                facts(Assigned, 2, 2, false),
+                Event::Ack { epoch: E1 },
+                Err(Refusal::StaleEpoch { current: E2 }),
+            ),
+            (
+                "ack of a queued task",
+                facts(Queued, 1, 1, false),
+                Event::Ack { epoch: E1 },
+                Err(Refusal::NotHeld { state: Queued }),
+            ),
+            (
+                "ack after the end",
+                facts(Succeeded, 1, 1, false),
+                Event::Ack { epoch: E1 },
+                Err(Refusal::Terminal { state: Succeeded }),
+            ),
+            // Results.
+            (
+                "success",
+                facts(Running, 1, 1, false),
+                result(E1, R::Succeeded),
+                Ok(Finish { task: Succeeded, attempt: AttemptState::Succeeded }),
+            ),
+            (
+                "a result straight from ASSIGNED",
+                facts(Assigned, 1, 1, false),
+                result(E1, R::Failed),
+                Ok(Finish { task: Failed, attempt: AttemptState::Failed }),
+            ),
+            (
+                "the run's own failure is not retried",
+                facts(Running, 1, 1, false),
+                result(E1, R::Failed),
+                Ok(Finish { task: Failed, attempt: AttemptState::Failed }),
+            ),
+            (
+                "timed out",
+                facts(Running, 1, 1, false),
+                result(E1, R::TimedOut),
+                Ok(Finish { task: TimedOut, attempt: AttemptState::TimedOut }),
+            ),
+            (
+                "cancelled by the agent",
+                facts(Running, 1, 1, false),
+                result(E1, R::Cancelled),
+                Ok(Finish { task: Cancelled, attempt: AttemptState::Cancelled }),
+            ),
+            (
+                "interrupted goes back at once",
+                facts(Running, 1, 1, false),
+                result(E1, R::Interrupted),
+                Ok(Requeue { attempt: AttemptState::Interrupted, delay: Duration::ZERO }),
+            ),
+            (
+                "interrupted on the last attempt aborts",
+                facts(Running, 3, 3, false),
+                result(Epoch(3), R::Interrupted),
+                Ok(Abort { attempt: AttemptState::Interrupted }),
+            ),
+            (
+                "stale result",
+                facts(Running, 2, 2, false),
+                result(E1, R::Succeeded),
+                Err(Refusal::StaleEpoch { current: E2 }),
+            ),
+            (
+                "late result after a re-run finished",
+                facts(Succeeded, 2, 2, false),
+                result(E1, R::Succeeded),
+                Err(Refusal::StaleEpoch { current: E2 }),
+            ),
+            ("the same result again", facts(Succeeded, 1, 1, false), result(E1, R::Succeeded), Ok(Nothing)),
+            (
+                "result of a queued task",
+                facts(Queued, 1, 1, false),
+                result(E1, R::Succeeded),
+                Err(Refusal::NotHeld { state: Queued }),
+            ),
+            // Losses.
+            (
+                "lease expiry retries with backoff",
+                facts(Running, 1, 1, false),
+                lost(E1, Loss::LeaseExpired),
+                Ok(Requeue { attempt: AttemptState::Lost, delay: secs(1) }),
+            ),
+            (
+                "backoff doubles",
+                facts(Running, 2, 2, false),
+                lost(E2, Loss::LeaseExpired),
+                Ok(Requeue { attempt: AttemptState::Lost, delay: secs(2) }),
+            ),
+            (
+                "no ack revokes",
+                facts(Assigned, 1, 1, false),
+                lost(E1, Loss::NoAck),
+                Ok(Requeue { attempt: AttemptState::Revoked, delay: secs(1) }),
+            ),
+            (
+                "attempts exhausted",
+                facts(Running, 3, 3, false),
+                lost(Epoch(3), Loss::LeaseExpired),
+                Ok(Abort { attempt: AttemptState::Lost }),
+            ),
+            (
+                "stale loss",
+                facts(Running, 2, 2, false),
+                lost(E1, Loss::LeaseExpired),
+                Err(Refusal::StaleEpoch { current: E2 }),
+            ),
+            (
+                "loss after the end",
+                facts(Failed, 1, 1, false),
+                lost(E1, Loss::LeaseExpired),
+                Err(Refusal::Terminal { state: Failed }),
+            ),
+            // Cancel.
+            ("cancel a queued task", facts(Queued, 0, 0, false), Event::Cancel, Ok(CancelQueued)),
+            ("cancel a running task", facts(Running, 1, 1, false), Event::Cancel, Ok(RequestCancel)),
+            ("cancel an assigned task", facts(Assigned, 1, 1, false), Event::Cancel, Ok(RequestCancel)),
+            ("cancel twice", facts(Running, 2, 1, true), Event::Cancel, Ok(Nothing)),
+            (
+                "cancel a finished task",
+                facts(Succeeded, 1, 1, false),
+                Event::Cancel,
+                Err(Refusal::Terminal { state: Succeeded }),
+            ),
+            (
+                "the agent confirms the cancel",
+                facts(Running, 2, 1, true),
+                result(E1, R::Cancelled),
+                Ok(ConfirmCancel { keep_report: true }),
+            ),
+            (
+                "the run ended anyway: still cancelled",
+                facts(Running, 2, 1, true),
+                result(E1, R::Succeeded),
+                Ok(ConfirmCancel { keep_report: false }),
+            ),
+            (
+                "the agent died while cancelling",
+                facts(Running, 2, 1, true),
+                lost(E1, Loss::LeaseExpired),
+                Ok(ConfirmCancel { keep_report: false }),
+            ),
+            (
+                "an ack of the cancelled attempt",
+                facts(Assigned, 2, 1, true),
+                Event::Ack { epoch: E1 },
+                Err(Refusal::StaleEpoch { current: E2 }),
+            ),
+            (
+                "unconfirmed cancel times out",
+                facts(Running, 2, 1, true),
+                Event::CancelTimeout,
+                Ok(ConfirmCancel { keep_report: false }),
+            ),
+            ("timeout after confirmation", facts(Cancelled, 2, 1, false), Event::CancelTimeout, Ok(Nothing)),
+        ];
+        for (name, facts, event, want) in table {
+            assert_eq!(check(facts, event), want, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn task_failures_retry_only_when_configured() {
+        let retrying = RetryPolicy { retry_task_failures: true, ..policy() };
+        let run = |attempts: u64| {
+            decide(
+                facts(Running, attempts, attempts as u32, false),
+                result(Epoch(attempts), ResultStatus::Failed),
+                &retrying,
+                0.5,
+            )
+        };
+        assert_eq!(run(1), Ok(Requeue { attempt: AttemptState::Failed, delay: Duration::from_millis(500) }));
+        assert_eq!(run(3), Ok(Finish { task: Failed, attempt: AttemptState::Failed }));
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = policy();
+        assert_eq!(backoff(&p, 1, 1.0), secs(1));
+        assert_eq!(backoff(&p, 4, 1.0), secs(8));
+        assert_eq!(backoff(&p, 5, 1.0), secs(10));
+        assert_eq!(backoff(&p, 40, 1.0), secs(10));
+        assert_eq!(backoff(&p, 4, 0.25), secs(2));
+        assert_eq!(backoff(&p, 4, 0.0), Duration::ZERO);
+    }
+}
