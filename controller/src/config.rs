@@ -93,6 +93,27 @@ pub struct RunConfig {
     /// An agent stream that sends no Hello within this time is closed.
     #[arg(long, env = "OUTPOST_HELLO_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub hello_timeout: Duration,
+    /// An assignment not acknowledged within this time is revoked and re-queued.
+    #[arg(long, env = "OUTPOST_ACK_DEADLINE", value_parser = duration::parse, default_value = "10s")]
+    pub ack_deadline: Duration,
+    /// A cancel the agent never confirms ends CANCELLED after this time.
+    #[arg(long, env = "OUTPOST_CANCEL_TIMEOUT", value_parser = duration::parse, default_value = "60s")]
+    pub cancel_timeout: Duration,
+    /// How often leases, deadlines and backoffs are checked and heartbeats persisted (one transaction each time).
+    #[arg(long, env = "OUTPOST_SWEEP_INTERVAL", value_parser = duration::parse, default_value = "500ms")]
+    pub sweep_interval: Duration,
+    /// Attempts a task may make; after that an infrastructure failure ends it ABORTED.
+    #[arg(long, env = "OUTPOST_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Backoff before a retry: this, doubled per attempt, with full jitter.
+    #[arg(long, env = "OUTPOST_RETRY_BACKOFF", value_parser = duration::parse, default_value = "1s")]
+    pub retry_backoff: Duration,
+    /// The longest retry backoff.
+    #[arg(long, env = "OUTPOST_RETRY_BACKOFF_MAX", value_parser = duration::parse, default_value = "60s")]
+    pub retry_backoff_max: Duration,
+    /// Also retry runs that failed on their own (CLI exit code not 0); by default they end FAILED.
+    #[arg(long, env = "OUTPOST_RETRY_TASK_FAILURES")]
+    pub retry_task_failures: bool,
     /// How long shutdown waits for each subsystem.
     #[arg(long, env = "OUTPOST_SHUTDOWN_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -113,10 +134,16 @@ impl RunConfig {
             ("--lease-ttl", self.lease_ttl),
             ("--keepalive-interval", self.keepalive_interval),
             ("--hello-timeout", self.hello_timeout),
+            ("--ack-deadline", self.ack_deadline),
+            ("--cancel-timeout", self.cancel_timeout),
+            ("--sweep-interval", self.sweep_interval),
         ] {
             if value.is_zero() {
                 return Err(Error::Zero(name));
             }
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::Zero("--max-attempts"));
         }
         if self.heartbeat_interval >= self.lease_ttl {
             return Err(Error::HeartbeatNotUnderLease { heartbeat: self.heartbeat_interval, lease: self.lease_ttl });

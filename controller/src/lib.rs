@@ -33,6 +33,15 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             heartbeat_interval: config.heartbeat_interval,
             lease_ttl: config.lease_ttl,
             keepalive_interval: config.keepalive_interval,
+            ack_deadline: config.ack_deadline,
+            cancel_timeout: config.cancel_timeout,
+            sweep_interval: config.sweep_interval,
+            retry: scheduler::RetryPolicy {
+                max_attempts: config.max_attempts,
+                backoff_base: config.retry_backoff,
+                backoff_max: config.retry_backoff_max,
+                retry_task_failures: config.retry_task_failures,
+            },
         },
         scheduler_token.clone(),
     )

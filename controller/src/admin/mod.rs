@@ -3,7 +3,7 @@
 
 mod convert;
 
-use outpost_common::ids::{PoolId, TaskId};
+use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use outpost_common::pb;
 use tonic::{Request, Response, Status};
 
@@ -80,5 +80,26 @@ impl pb::admin_service_server::AdminService for AdminService {
         identity::require_admin(&request, &self.trust_domain)?;
         let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
         Ok(Response::new(pb::ListWorkersResponse { workers: workers.into_iter().map(convert::worker).collect() }))
+    }
+
+    async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let id = TaskId::parse_id_or_urn(&r.id).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
+        let reason = if r.reason.is_empty() { format!("cancelled by {admin}") } else { r.reason };
+        self.scheduler.cancel(&id, &reason).await.map_err(status::from_scheduler)?;
+        let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(convert::task(task, attempts)))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let worker = WorkerId::parse(&request.get_ref().worker_id)
+            .map_err(|e| Status::invalid_argument(format!("worker_id: {e}")))?;
+        self.scheduler.drain(&worker).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(pb::DrainWorkerResponse {}))
     }
 }

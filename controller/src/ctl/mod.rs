@@ -47,6 +47,15 @@ enum Command {
     },
     /// Show one task with its attempts and result.
     Task { id: String },
+    /// Cancel a task (a running one is stopped on its agent).
+    Cancel {
+        id: String,
+        /// Why (recorded in the report).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Stop giving work to a worker; what it runs finishes.
+    Drain { worker: String },
     /// Submit a recipe (YAML or JSON file) as a task on the local queue.
     Submit {
         /// The pool (executor ID) that must run it.
@@ -151,6 +160,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task { id } => {
             let task = client.get_task(pb::GetTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
             output::task(&task, cli.json);
+        }
+        Command::Cancel { id, reason } => {
+            let request = pb::CancelTaskRequest { id: id.clone(), reason: reason.clone() };
+            let task = client.cancel_task(request).await.map_err(status_error)?.into_inner();
+            output::task(&task, cli.json);
+        }
+        Command::Drain { worker } => {
+            client.drain_worker(pb::DrainWorkerRequest { worker_id: worker.clone() }).await.map_err(status_error)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "workerId": worker, "draining": true }));
+            } else {
+                println!("draining {worker}: it gets no new work; what it runs finishes");
+            }
         }
         Command::Submit { pool, recipe, task, id, args, wait, poll_interval } => {
             let mut arg_map = std::collections::HashMap::new();

@@ -6,8 +6,9 @@ use outpost_common::pb;
 use outpost_common::task::ResultStatus;
 use tonic::Status;
 
+use crate::scheduler::AttemptResult;
 use crate::scheduler::{AgentCommand, AgentHello};
-use crate::store::AttemptOutcome;
+use crate::store::ResultRecord;
 
 fn invalid(what: &str, error: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{what}: {error}"))
@@ -47,7 +48,7 @@ pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
     })
 }
 
-pub fn outcome(result: &pb::Result) -> Result<AttemptOutcome, Status> {
+pub fn outcome(result: &pb::Result) -> Result<AttemptResult, Status> {
     let status = match pb::ResultStatus::try_from(result.status) {
         Ok(pb::ResultStatus::Succeeded) => ResultStatus::Succeeded,
         Ok(pb::ResultStatus::Failed) => ResultStatus::Failed,
@@ -58,13 +59,15 @@ pub fn outcome(result: &pb::Result) -> Result<AttemptOutcome, Status> {
             return Err(Status::invalid_argument(format!("result.status: {} is not a result status", result.status)));
         }
     };
-    Ok(AttemptOutcome {
+    Ok(AttemptResult {
         status,
-        exit_code: result.exit_code,
-        report: result.report.clone(),
-        structured_report: result.structured_report.clone(),
-        start_time_ms: result.start_time_unix_ms,
-        duration_ms: result.duration_ms,
+        record: ResultRecord {
+            exit_code: result.exit_code,
+            report: result.report.clone(),
+            structured_report: result.structured_report.clone(),
+            start_time_ms: result.start_time_unix_ms,
+            duration_ms: result.duration_ms,
+        },
     })
 }
 

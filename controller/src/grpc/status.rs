@@ -6,8 +6,8 @@ use crate::scheduler::Error;
 
 pub fn from_scheduler(error: Error) -> Status {
     let code = match &error {
-        Error::StaleEpoch { .. } | Error::NotHeld { .. } => Code::FailedPrecondition,
-        Error::NotFound(_) => Code::NotFound,
+        Error::StaleEpoch { .. } | Error::NotHeld { .. } | Error::Finished { .. } => Code::FailedPrecondition,
+        Error::NotFound(_) | Error::NoSuchWorker(_) => Code::NotFound,
         Error::SessionGone => Code::Aborted,
         Error::ShuttingDown => Code::Unavailable,
         Error::Store(_) => Code::Internal,

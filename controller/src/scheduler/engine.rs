@@ -1,18 +1,27 @@
-//! The engine actor: the single owner of sessions and per-pool queues. Every decision that changes who runs
-//! what is made here, one event at a time, and made durable in the store before it is announced.
+//! The engine actor: the single owner of sessions, leases and queues. Every decision that changes who runs what
+//! is made here, one event at a time, by the pure rules of `lifecycle`, and made durable in the store before it
+//! is announced. A periodic sweep expires leases, revokes unacknowledged assignments, times out cancels, wakes
+//! backed-off tasks and persists heartbeats in one transaction.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use outpost_common::clock::unix_ms;
 use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
 use outpost_common::task::TaskState;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::leases::{Lease, Leases};
+use super::lifecycle::{self, Decision, Event as LifeEvent, Loss, Refusal, TaskFacts};
 use super::policy::{self, Candidate};
-use super::{AgentCommand, AgentHello, Assignment, Error, Event, SessionId, Welcome, WorkerState, WorkerView};
-use crate::store::{self, AttemptOutcome, NewTask, Store, TaskRecord, WorkerSeen};
+use super::queue::Queue;
+use super::{
+    AgentCommand, AgentHello, Assignment, AttemptResult, Config, Error, Event, SessionId, Welcome, WorkerState,
+    WorkerView,
+};
+use crate::store::{self, AttemptEnd, NewTask, ResultRecord, Store, TaskChange, TaskRecord, WorkerSeen};
 
 /// One connected agent.
 struct Session {
@@ -22,43 +31,102 @@ struct Session {
     kick: CancellationToken,
     credits: u32,
     draining: bool,
-    /// Attempts granted to this agent and not yet finished.
-    held: HashSet<TaskId>,
     connected_since_ms: i64,
-    last_seen_ms: i64,
+}
+
+/// What ended an attempt, for the record.
+enum Cause<'a> {
+    Result(&'a AttemptResult),
+    Loss(Loss),
+    CancelTimeout,
 }
 
 pub(super) struct Engine {
     store: Store,
+    config: Config,
     sessions: BTreeMap<WorkerId, Session>,
-    /// QUEUED tasks per pool, oldest first.
-    queues: HashMap<PoolId, VecDeque<TaskId>>,
+    /// When each worker was last heard from (Instant for expiry, Unix ms for the record). Kept across a
+    /// disconnect: that is the reconnect grace.
+    liveness: HashMap<WorkerId, (Instant, i64)>,
+    /// Workers heard from since the last heartbeat commit.
+    heard: HashSet<WorkerId>,
+    leases: Leases,
+    queue: Queue,
     next_session: u64,
 }
 
+fn refused(attempt: &AttemptRef, refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::StaleEpoch { current } => Error::StaleEpoch { attempt: attempt.clone(), current },
+        Refusal::NotHeld { .. } => Error::NotHeld { attempt: attempt.clone() },
+        Refusal::Terminal { state } => Error::Finished { task: attempt.task_id.clone(), state },
+    }
+}
+
+fn facts_of(task: &TaskRecord) -> TaskFacts {
+    TaskFacts { state: task.state, epoch: task.epoch, attempts: task.attempts, cancel_requested: task.cancel_requested }
+}
+
 impl Engine {
-    pub(super) async fn load(store: Store) -> Result<Engine, Error> {
+    /// Rebuilds queues and leases from the store. Every held task gets the reconnect grace (one lease TTL from
+    /// now) for its agent to come back and claim it.
+    pub(super) async fn load(store: Store, config: Config) -> Result<Engine, Error> {
         store.all_workers_disconnected().await?;
-        let mut queues: HashMap<PoolId, VecDeque<TaskId>> = HashMap::new();
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let mut queue = Queue::default();
         let queued = store.queued_tasks().await?;
-        info!(queued = queued.len(), "loaded queued tasks");
-        for task in queued {
-            queues.entry(task.pool).or_default().push_back(task.id);
+        for task in &queued {
+            queue.push(task.pool.clone(), task.id.clone(), task.not_before_ms, now_ms);
         }
-        Ok(Engine { store, sessions: BTreeMap::new(), queues, next_session: 1 })
+        let mut leases = Leases::default();
+        let mut liveness = HashMap::new();
+        let held = store.held_tasks().await?;
+        for held_task in &held {
+            let task = &held_task.task;
+            let ack_window = config.ack_deadline.max(config.lease_ttl);
+            leases.insert(
+                task.id.clone(),
+                Lease {
+                    worker: held_task.worker_id.clone(),
+                    pool: task.pool.clone(),
+                    task_name: task.task_name.clone(),
+                    epoch: task.epoch,
+                    state: task.state,
+                    attempts: task.attempts,
+                    ack_deadline: (task.state == TaskState::Assigned).then(|| now + ack_window),
+                    cancel_deadline: task.cancel_requested.then(|| now + config.cancel_timeout),
+                },
+            );
+            liveness.insert(held_task.worker_id.clone(), (now, now_ms));
+        }
+        info!(queued = queued.len(), held = held.len(), "loaded tasks; held tasks wait one lease TTL for their agents");
+        Ok(Engine {
+            store,
+            config,
+            sessions: BTreeMap::new(),
+            liveness,
+            heard: HashSet::new(),
+            leases,
+            queue,
+            next_session: 1,
+        })
     }
 
     pub(super) async fn run(mut self, mut events: mpsc::Receiver<Event>, token: CancellationToken) {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = tokio::select! {
+            tokio::select! {
                 _ = token.cancelled() => break,
                 event = events.recv() => match event {
-                    Some(event) => event,
+                    Some(event) => self.handle(event).await,
                     None => break,
                 },
-            };
-            self.handle(event).await;
+                _ = sweep.tick() => self.sweep().await,
+            }
         }
+        self.commit_heartbeats().await;
         for session in self.sessions.values() {
             session.kick.cancel();
         }
@@ -74,9 +142,9 @@ impl Engine {
                 let _ = reply.send(self.connect(hello, commands, kick).await);
             }
             Event::Credit { worker, session, credits } => {
-                if let Some(s) = self.session_mut(&worker, session) {
+                if let Some(s) = self.current(&worker, session) {
                     s.credits = s.credits.saturating_add(credits);
-                    s.last_seen_ms = unix_ms();
+                    self.heard_from(&worker);
                     self.dispatch().await;
                 }
             }
@@ -84,35 +152,56 @@ impl Engine {
                 let _ = reply.send(self.ack(&worker, session, &attempt).await);
             }
             Event::Seen { worker, session } => {
-                if let Some(s) = self.session_mut(&worker, session) {
-                    s.last_seen_ms = unix_ms();
+                if self.current(&worker, session).is_some() {
+                    self.heard_from(&worker);
                 }
             }
             Event::Result { worker, session, attempt, outcome, reply } => {
-                let _ = reply.send(self.finish(&worker, session, &attempt, &outcome).await);
+                let _ = reply.send(self.result(&worker, session, &attempt, &outcome).await);
             }
             Event::Draining { worker, session } => {
-                if let Some(s) = self.session_mut(&worker, session) {
+                if let Some(s) = self.current(&worker, session) {
                     info!(worker = %worker, "agent draining: no new work");
                     s.draining = true;
+                    self.heard_from(&worker);
                 }
             }
             Event::Disconnected { worker, session } => self.disconnected(&worker, session).await,
             Event::ListWorkers { reply } => {
                 let _ = reply.send(self.list_workers().await);
             }
+            Event::Cancel { task, reason, reply } => {
+                let _ = reply.send(self.cancel(&task, &reason).await);
+            }
+            Event::Drain { worker, reply } => {
+                let _ = reply.send(self.drain(&worker));
+            }
         }
     }
 
-    fn session_mut(&mut self, worker: &WorkerId, session: SessionId) -> Option<&mut Session> {
+    fn current(&mut self, worker: &WorkerId, session: SessionId) -> Option<&mut Session> {
         self.sessions.get_mut(worker).filter(|s| s.id == session)
     }
 
+    fn heard_from(&mut self, worker: &WorkerId) {
+        self.liveness.insert(worker.clone(), (Instant::now(), unix_ms()));
+        self.heard.insert(worker.clone());
+    }
+
+    fn send(&self, worker: &WorkerId, command: AgentCommand) {
+        let Some(session) = self.sessions.get(worker) else { return };
+        if session.commands.try_send(command).is_err() {
+            // The session is closing or hopelessly behind; deadlines and lease expiry take over.
+            warn!(worker = %worker, "could not hand a command to the session");
+        }
+    }
+
     async fn submit(&mut self, task: NewTask) -> Result<(TaskRecord, bool), Error> {
-        let (record, created) = self.store.insert_task(&task, unix_ms()).await?;
+        let now_ms = unix_ms();
+        let (record, created) = self.store.insert_task(&task, now_ms).await?;
         if created {
             info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
-            self.queues.entry(record.pool.clone()).or_default().push_back(record.id.clone());
+            self.queue.push(record.pool.clone(), record.id.clone(), 0, now_ms);
             self.dispatch().await;
         } else {
             info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
@@ -126,117 +215,344 @@ impl Engine {
         commands: mpsc::Sender<AgentCommand>,
         kick: CancellationToken,
     ) -> Result<Welcome, Error> {
-        let now = unix_ms();
+        let now_ms = unix_ms();
+        let worker = hello.worker_id.clone();
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        if let Some(old) = self.sessions.remove(&hello.worker_id) {
-            info!(worker = %hello.worker_id, old_session = %old.id, "a newer session replaces the old one");
+        if let Some(old) = self.sessions.remove(&worker) {
+            info!(worker = %worker, old_session = %old.id, "a newer session replaces the old one");
             old.kick.cancel();
         }
-        // Re-claim held attempts whose epoch is still current and still this worker's.
-        let mut held = HashSet::new();
+        self.heard_from(&worker);
+        // Keep the held attempts whose epoch is current; tell the agent to stop the others.
+        let mut kept = HashSet::new();
         let mut cancel = Vec::new();
         for attempt in &hello.held {
-            let keep = match self.store.task(&attempt.task_id).await? {
-                Some((task, _)) => {
-                    task.epoch == attempt.epoch
-                        && task.worker_id.as_ref() == Some(&hello.worker_id)
-                        && matches!(task.state, TaskState::Assigned | TaskState::Running)
+            match self.leases.get(&attempt.task_id) {
+                Some(lease) if lease.worker == worker && lease.attempt_epoch() == attempt.epoch => {
+                    if lease.cancel_deadline.is_some() {
+                        cancel.push(attempt.clone());
+                    }
+                    kept.insert(attempt.task_id.clone());
                 }
-                None => false,
-            };
-            if keep {
-                held.insert(attempt.task_id.clone());
-            } else {
-                cancel.push(attempt.clone());
+                _ => cancel.push(attempt.clone()),
+            }
+        }
+        // What we think it holds but it does not: it restarted and lost that work.
+        for task in self.leases.of_worker(&worker) {
+            if !kept.contains(&task) {
+                self.lose(&task, Loss::AgentRestarted).await;
             }
         }
         self.store
             .worker_connected(
                 &WorkerSeen {
-                    worker_id: hello.worker_id.clone(),
+                    worker_id: worker.clone(),
                     pools: hello.pools.clone(),
                     slots: hello.slots,
                     version: hello.version.clone(),
                     labels: hello.labels.clone(),
                 },
-                now,
+                now_ms,
             )
             .await?;
         info!(
-            worker = %hello.worker_id, session = %id, slots = hello.slots,
+            worker = %worker, session = %id, slots = hello.slots,
             pools = ?hello.pools.iter().map(PoolId::as_str).collect::<Vec<_>>(),
-            reclaimed = held.len(), refused = cancel.len(), "agent connected"
+            reclaimed = kept.len(), refused = cancel.len(), "agent connected"
         );
-        let worker = hello.worker_id.clone();
         self.sessions.insert(
             worker,
-            Session {
-                id,
-                hello,
-                commands,
-                kick,
-                credits: 0,
-                draining: false,
-                held,
-                connected_since_ms: now,
-                last_seen_ms: now,
-            },
+            Session { id, hello, commands, kick, credits: 0, draining: false, connected_since_ms: now_ms },
         );
         Ok(Welcome { session: id, cancel })
     }
 
-    async fn ack(&mut self, worker: &WorkerId, session: SessionId, attempt: &AttemptRef) -> Result<(), Error> {
-        if self.session_mut(worker, session).is_none() {
-            return Err(Error::SessionGone);
+    /// The facts about a task: from its lease when held, else from the store.
+    async fn facts(&self, task: &TaskId) -> Result<TaskFacts, Error> {
+        if let Some(lease) = self.leases.get(task) {
+            return Ok(lease.facts());
         }
-        self.store.start_attempt(attempt, worker, unix_ms()).await.map_err(|e| refusal(attempt, e))?;
-        debug!(worker = %worker, attempt = %attempt, "attempt running");
-        Ok(())
+        let (record, _) = self.store.task(task).await?.ok_or_else(|| Error::NotFound(task.clone()))?;
+        Ok(facts_of(&record))
     }
 
-    async fn finish(
+    fn check_holder(&self, worker: &WorkerId, attempt: &AttemptRef) -> Result<(), Error> {
+        match self.leases.get(&attempt.task_id) {
+            Some(lease) if lease.worker != *worker => Err(Error::NotHeld { attempt: attempt.clone() }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn ack(&mut self, worker: &WorkerId, session: SessionId, attempt: &AttemptRef) -> Result<(), Error> {
+        if self.current(worker, session).is_none() {
+            return Err(Error::SessionGone);
+        }
+        self.heard_from(worker);
+        self.check_holder(worker, attempt)?;
+        let facts = self.facts(&attempt.task_id).await?;
+        match lifecycle::decide(facts, LifeEvent::Ack { epoch: attempt.epoch }, &self.config.retry, 1.0) {
+            Ok(Decision::Start) if facts.state == TaskState::Assigned => {
+                self.store.start_attempt(attempt, unix_ms()).await?;
+                if let Some(lease) = self.leases.get_mut(&attempt.task_id) {
+                    lease.state = TaskState::Running;
+                    lease.ack_deadline = None;
+                }
+                debug!(worker = %worker, attempt = %attempt, "attempt running");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(refusal) => Err(refused(attempt, refusal)),
+        }
+    }
+
+    async fn result(
         &mut self,
         worker: &WorkerId,
         session: SessionId,
         attempt: &AttemptRef,
-        outcome: &AttemptOutcome,
+        outcome: &AttemptResult,
     ) -> Result<(), Error> {
-        let state = match self.store.finish_attempt(attempt, worker, outcome, unix_ms()).await {
-            Ok(state) => state,
-            // The same result sent again (e.g. after a reconnect): it is already recorded.
-            Err(store::Error::AlreadyFinished { .. }) => return Ok(()),
-            Err(e) => return Err(refusal(attempt, e)),
-        };
-        info!(worker = %worker, attempt = %attempt, status = %outcome.status, state = %state, "attempt finished");
-        if let Some(s) = self.session_mut(worker, session) {
-            s.held.remove(&attempt.task_id);
+        if self.current(worker, session).is_some() {
+            self.heard_from(worker);
         }
-        if state == TaskState::Queued {
-            let (task, _) =
-                self.store.task(&attempt.task_id).await?.ok_or_else(|| Error::NotFound(attempt.task_id.clone()))?;
-            self.queues.entry(task.pool).or_default().push_front(task.id);
-            self.dispatch().await;
+        self.check_holder(worker, attempt)?;
+        let facts = self.facts(&attempt.task_id).await?;
+        let event = LifeEvent::Result { epoch: attempt.epoch, status: outcome.status };
+        let decision = lifecycle::decide(facts, event, &self.config.retry, fastrand::f64())
+            .map_err(|refusal| refused(attempt, refusal))?;
+        info!(worker = %worker, attempt = %attempt, status = %outcome.status, decision = ?decision, "attempt result");
+        self.apply(&attempt.task_id, decision, Cause::Result(outcome)).await
+    }
+
+    /// Applies a loss to a held task (lease expiry, no ack, agent restart).
+    async fn lose(&mut self, task: &TaskId, loss: Loss) {
+        let Some(lease) = self.leases.get(task) else { return };
+        let event = LifeEvent::Lost { epoch: lease.attempt_epoch(), loss };
+        match lifecycle::decide(lease.facts(), event, &self.config.retry, fastrand::f64()) {
+            Ok(decision) => {
+                warn!(task = %task, worker = %lease.worker, loss = loss.describe(), decision = ?decision, "attempt lost");
+                if let Err(e) = self.apply(task, decision, Cause::Loss(loss)).await {
+                    warn!(task = %task, error = %e, "could not record the loss");
+                }
+            }
+            Err(refusal) => warn!(task = %task, refusal = ?refusal, "loss refused"),
+        }
+    }
+
+    /// Makes a decision about a held task durable, then updates leases and queues.
+    async fn apply(&mut self, task: &TaskId, decision: Decision, cause: Cause<'_>) -> Result<(), Error> {
+        let Some(lease) = self.leases.get(task).cloned() else {
+            // Not held: only duplicates (Nothing) get here.
+            return Ok(());
+        };
+        let now_ms = unix_ms();
+        let reason = match &cause {
+            Cause::Result(outcome) => match outcome.record.exit_code {
+                Some(code) => format!("{} (exit code {code})", outcome.status),
+                None => outcome.status.to_string(),
+            },
+            Cause::Loss(loss) => loss.describe().to_owned(),
+            Cause::CancelTimeout => "the agent did not confirm the cancel in time".to_owned(),
+        };
+        let (attempt_state, change) = match decision {
+            Decision::Nothing | Decision::Start | Decision::CancelQueued | Decision::RequestCancel => return Ok(()),
+            Decision::Finish { task: state, attempt } => {
+                let record = match &cause {
+                    Cause::Result(outcome) => outcome.record.clone(),
+                    _ => ResultRecord::default(),
+                };
+                (attempt, TaskChange::Finish { state, result: record })
+            }
+            Decision::Requeue { attempt, delay } => {
+                (attempt, TaskChange::Requeue { not_before_ms: now_ms + delay.as_millis() as i64 })
+            }
+            Decision::Abort { attempt } => {
+                let report = self.abort_report(task, &lease, &reason).await?;
+                let record = ResultRecord { report, start_time_ms: now_ms, ..ResultRecord::default() };
+                (attempt, TaskChange::Finish { state: TaskState::Aborted, result: record })
+            }
+            Decision::ConfirmCancel { keep_report } => {
+                let record = match &cause {
+                    Cause::Result(outcome) if keep_report => outcome.record.clone(),
+                    _ => ResultRecord {
+                        report: format!(
+                            "~~~~ Execution Summary - {} ~~~~\nExecution was cancelled by request.\n{reason}\n",
+                            lease.task_name
+                        ),
+                        start_time_ms: now_ms,
+                        ..ResultRecord::default()
+                    },
+                };
+                (
+                    outpost_common::task::AttemptState::Cancelled,
+                    TaskChange::Finish { state: TaskState::Cancelled, result: record },
+                )
+            }
+        };
+        let end = AttemptEnd {
+            task_id: task.clone(),
+            task_epoch: lease.epoch,
+            attempt_epoch: lease.attempt_epoch(),
+            attempt_state,
+            reason,
+            change: change.clone(),
+        };
+        self.store.end_attempt(&end, now_ms).await?;
+        self.leases.remove(task);
+        match change {
+            TaskChange::Requeue { not_before_ms } => {
+                self.queue.push(lease.pool.clone(), task.clone(), not_before_ms, now_ms);
+                self.dispatch().await;
+            }
+            TaskChange::Finish { state, .. } => info!(task = %task, state = %state, "task finished"),
         }
         Ok(())
     }
 
+    async fn abort_report(&self, task: &TaskId, lease: &Lease, last_reason: &str) -> Result<String, Error> {
+        let (_, attempts) = self.store.task(task).await?.ok_or_else(|| Error::NotFound(task.clone()))?;
+        let mut report = format!(
+            "~~~~ Execution Summary - {} ~~~~\nExecution finished with errors.\n\
+             Outpost gave up after {} attempts (the limit is {}); none could finish for reasons outside the task:\n",
+            lease.task_name, lease.attempts, self.config.retry.max_attempts
+        );
+        for attempt in attempts {
+            let (state, reason) = if attempt.epoch == lease.attempt_epoch() {
+                (lifecycle::Loss::LeaseExpired.attempt_state().to_string(), last_reason.to_owned())
+            } else {
+                (attempt.state.to_string(), attempt.reason.unwrap_or_default())
+            };
+            report.push_str(&format!(
+                "  attempt {} (epoch {}) on {}: {state}: {reason}\n",
+                attempt.number, attempt.epoch, attempt.worker_id
+            ));
+        }
+        Ok(report)
+    }
+
+    async fn cancel(&mut self, task: &TaskId, reason: &str) -> Result<(), Error> {
+        let facts = self.facts(task).await?;
+        match lifecycle::decide(facts, LifeEvent::Cancel, &self.config.retry, 1.0) {
+            Ok(Decision::CancelQueued) => {
+                self.queue.remove(task);
+                let report = format!("Execution was cancelled by request before it ran: {reason}\n");
+                self.store.cancel_queued(task, &report, unix_ms()).await?;
+                info!(task = %task, "queued task cancelled");
+                Ok(())
+            }
+            Ok(Decision::RequestCancel) => {
+                let Some(lease) = self.leases.get(task).cloned() else { return Err(Error::NotFound(task.clone())) };
+                let epoch = self.store.request_cancel(task, lease.epoch, unix_ms()).await?;
+                let running = lease.attempt(task);
+                if let Some(lease) = self.leases.get_mut(task) {
+                    lease.epoch = epoch;
+                    lease.cancel_deadline = Some(Instant::now() + self.config.cancel_timeout);
+                }
+                info!(task = %task, attempt = %running, worker = %lease.worker, "cancel requested");
+                self.send(&lease.worker, AgentCommand::Cancel { attempt: running, reason: reason.to_owned() });
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(Refusal::Terminal { state }) => Err(Error::Finished { task: task.clone(), state }),
+            Err(refusal) => Err(refused(&AttemptRef { task_id: task.clone(), epoch: facts.epoch }, refusal)),
+        }
+    }
+
+    fn drain(&mut self, worker: &WorkerId) -> Result<(), Error> {
+        let session = self.sessions.get_mut(worker).ok_or_else(|| Error::NoSuchWorker(worker.clone()))?;
+        session.draining = true;
+        info!(worker = %worker, "drain requested: no new work for this agent");
+        self.send(worker, AgentCommand::Drain { reason: "drain requested by an operator".into() });
+        Ok(())
+    }
+
     async fn disconnected(&mut self, worker: &WorkerId, session: SessionId) {
-        if self.session_mut(worker, session).is_none() {
+        if self.current(worker, session).is_none() {
             return;
         }
-        let Some(gone) = self.sessions.remove(worker) else { return };
-        info!(worker = %worker, session = %session, held = gone.held.len(), "agent disconnected");
+        self.sessions.remove(worker);
+        info!(
+            worker = %worker, session = %session, held = self.leases.count_of_worker(worker),
+            "agent disconnected; its leases wait one lease TTL for it to come back"
+        );
         if let Err(e) = self.store.worker_disconnected(worker, unix_ms()).await {
             warn!(worker = %worker, error = %e, "could not record the disconnect");
         }
     }
 
+    /// Expires leases and deadlines, closes silent sessions, wakes backed-off tasks, persists heartbeats.
+    async fn sweep(&mut self) {
+        let now = Instant::now();
+        let ttl = self.config.lease_ttl;
+        let silent = |liveness: &HashMap<WorkerId, (Instant, i64)>, worker: &WorkerId| {
+            liveness.get(worker).is_none_or(|(seen, _)| *seen + ttl <= now)
+        };
+        let mut due = Vec::new();
+        for (task, lease) in self.leases.iter() {
+            if lease.cancel_deadline.is_some_and(|d| d <= now) {
+                due.push((task.clone(), None));
+            } else if lease.ack_deadline.is_some_and(|d| d <= now) {
+                due.push((task.clone(), Some(Loss::NoAck)));
+            } else if silent(&self.liveness, &lease.worker) {
+                due.push((task.clone(), Some(Loss::LeaseExpired)));
+            }
+        }
+        for (task, loss) in due {
+            match loss {
+                Some(loss) => self.lose(&task, loss).await,
+                None => self.cancel_timed_out(&task).await,
+            }
+        }
+        let quiet: Vec<WorkerId> = self.sessions.keys().filter(|w| silent(&self.liveness, w)).cloned().collect();
+        for worker in quiet {
+            if let Some(session) = self.sessions.remove(&worker) {
+                warn!(worker = %worker, ttl = ?ttl, "agent silent for a lease TTL: closing its session");
+                session.kick.cancel();
+                let _ = self.store.worker_disconnected(&worker, unix_ms()).await;
+            }
+        }
+        let leases = &self.leases;
+        let sessions = &self.sessions;
+        self.liveness.retain(|w, _| sessions.contains_key(w) || leases.count_of_worker(w) > 0);
+        self.queue.promote_due(unix_ms());
+        self.commit_heartbeats().await;
+        self.dispatch().await;
+    }
+
+    async fn cancel_timed_out(&mut self, task: &TaskId) {
+        let Some(lease) = self.leases.get(task) else { return };
+        match lifecycle::decide(lease.facts(), LifeEvent::CancelTimeout, &self.config.retry, 1.0) {
+            Ok(decision) => {
+                warn!(task = %task, worker = %lease.worker, "cancel not confirmed in time");
+                if let Err(e) = self.apply(task, decision, Cause::CancelTimeout).await {
+                    warn!(task = %task, error = %e, "could not record the cancel timeout");
+                }
+            }
+            Err(refusal) => warn!(task = %task, refusal = ?refusal, "cancel timeout refused"),
+        }
+    }
+
+    /// Group commit: one transaction for every live attempt whose agent was heard from since the last commit.
+    async fn commit_heartbeats(&mut self) {
+        let mut beats = Vec::new();
+        for worker in self.heard.drain() {
+            let Some((_, at_ms)) = self.liveness.get(&worker) else { continue };
+            for task in self.leases.of_worker(&worker) {
+                if let Some(lease) = self.leases.get(&task) {
+                    beats.push((lease.attempt(&task), *at_ms));
+                }
+            }
+        }
+        if let Err(e) = self.store.record_heartbeats(&beats).await {
+            warn!(error = %e, count = beats.len(), "could not persist heartbeats");
+        }
+    }
+
     /// Grants queued tasks to agents with credit until either runs out.
     async fn dispatch(&mut self) {
-        let pools: Vec<PoolId> = self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(p, _)| p.clone()).collect();
-        for pool in pools {
-            while let Some(task_id) = self.queues.get(&pool).and_then(|q| q.front()).cloned() {
+        for pool in self.queue.ready_pools() {
+            while let Some(task_id) = self.queue.front(&pool).cloned() {
                 let worker = {
                     let candidates: Vec<Candidate<'_>> = self
                         .sessions
@@ -253,9 +569,7 @@ impl Engine {
                         None => break,
                     }
                 };
-                if let Some(queue) = self.queues.get_mut(&pool) {
-                    queue.pop_front();
-                }
+                self.queue.pop_front(&pool);
                 match self.store.grant(&task_id, &worker, unix_ms()).await {
                     Ok(grant) => self.announce(&worker, grant),
                     Err(store::Error::NotQueued { task, state }) => {
@@ -263,7 +577,7 @@ impl Engine {
                     }
                     Err(e) => {
                         warn!(task = %task_id, error = %e, "grant failed; the task stays queued");
-                        self.queues.entry(pool.clone()).or_default().push_front(task_id);
+                        self.queue.push_front(pool.clone(), task_id);
                         break;
                     }
                 }
@@ -272,65 +586,66 @@ impl Engine {
     }
 
     fn announce(&mut self, worker: &WorkerId, grant: store::Grant) {
-        let Some(session) = self.sessions.get_mut(worker) else { return };
-        session.credits -= 1;
-        session.held.insert(grant.task.id.clone());
-        let attempt = AttemptRef { task_id: grant.task.id.clone(), epoch: grant.task.epoch };
+        let task = grant.task;
+        self.leases.insert(
+            task.id.clone(),
+            Lease {
+                worker: worker.clone(),
+                pool: task.pool.clone(),
+                task_name: task.task_name.clone(),
+                epoch: task.epoch,
+                state: TaskState::Assigned,
+                attempts: task.attempts,
+                ack_deadline: Some(Instant::now() + self.config.ack_deadline),
+                cancel_deadline: None,
+            },
+        );
+        if let Some(session) = self.sessions.get_mut(worker) {
+            session.credits = session.credits.saturating_sub(1);
+        }
+        let attempt = AttemptRef { task_id: task.id.clone(), epoch: task.epoch };
         info!(worker = %worker, attempt = %attempt, number = grant.attempt_number, "task assigned");
         let command = AgentCommand::Assign(Assignment {
             attempt,
-            task_name: grant.task.task_name,
-            args: grant.task.args,
-            pool: grant.task.pool,
+            task_name: task.task_name,
+            args: task.args,
+            pool: task.pool,
             attempt_number: grant.attempt_number,
         });
-        if session.commands.try_send(command).is_err() {
-            // The session's channel is closed or full: the agent is going away. The lease engine's expiry
-            // takes the attempt back.
-            warn!(worker = %worker, "could not hand the assignment to the session");
-        }
+        self.send(worker, command);
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {
         let stored = self.store.workers().await?;
         Ok(stored
             .into_iter()
-            .map(|record| match self.sessions.get(&record.seen.worker_id) {
-                Some(s) => WorkerView {
-                    worker_id: s.hello.worker_id.clone(),
-                    pools: s.hello.pools.clone(),
-                    slots: s.hello.slots,
-                    slots_used: s.held.len() as u32,
-                    version: s.hello.version.clone(),
-                    state: if s.draining { WorkerState::Draining } else { WorkerState::Ready },
-                    connected_since_ms: Some(s.connected_since_ms),
-                    last_seen_ms: s.last_seen_ms,
-                    labels: s.hello.labels.clone(),
-                },
-                None => WorkerView {
-                    worker_id: record.seen.worker_id,
-                    pools: record.seen.pools,
-                    slots: record.seen.slots,
-                    slots_used: 0,
-                    version: record.seen.version,
-                    state: WorkerState::Disconnected,
-                    connected_since_ms: None,
-                    last_seen_ms: record.last_seen_ms,
-                    labels: record.seen.labels,
-                },
+            .map(|record| {
+                let used = self.leases.count_of_worker(&record.seen.worker_id) as u32;
+                match self.sessions.get(&record.seen.worker_id) {
+                    Some(s) => WorkerView {
+                        worker_id: s.hello.worker_id.clone(),
+                        pools: s.hello.pools.clone(),
+                        slots: s.hello.slots,
+                        slots_used: used,
+                        version: s.hello.version.clone(),
+                        state: if s.draining { WorkerState::Draining } else { WorkerState::Ready },
+                        connected_since_ms: Some(s.connected_since_ms),
+                        last_seen_ms: self.liveness.get(&s.hello.worker_id).map_or(record.last_seen_ms, |l| l.1),
+                        labels: s.hello.labels.clone(),
+                    },
+                    None => WorkerView {
+                        worker_id: record.seen.worker_id,
+                        pools: record.seen.pools,
+                        slots: record.seen.slots,
+                        slots_used: used,
+                        version: record.seen.version,
+                        state: WorkerState::Disconnected,
+                        connected_since_ms: None,
+                        last_seen_ms: record.last_seen_ms,
+                        labels: record.seen.labels,
+                    },
+                }
             })
             .collect())
-    }
-}
-
-/// Turns a store refusal about an attempt into the engine's words.
-fn refusal(attempt: &AttemptRef, error: store::Error) -> Error {
-    match error {
-        store::Error::StaleEpoch { current, .. } => Error::StaleEpoch { attempt: attempt.clone(), current },
-        store::Error::WrongWorker { .. } | store::Error::AlreadyFinished { .. } => {
-            Error::NotHeld { attempt: attempt.clone() }
-        }
-        store::Error::NotFound(task) => Error::NotFound(task),
-        other => Error::Store(other),
     }
 }

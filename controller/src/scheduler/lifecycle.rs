@@ -26,12 +26,14 @@ pub enum Loss {
     LeaseExpired,
     /// The assignment was not acknowledged within the ack deadline.
     NoAck,
+    /// The agent reconnected without it (it restarted and lost its work).
+    AgentRestarted,
 }
 
 impl Loss {
     pub fn attempt_state(self) -> AttemptState {
         match self {
-            Loss::LeaseExpired => AttemptState::Lost,
+            Loss::LeaseExpired | Loss::AgentRestarted => AttemptState::Lost,
             Loss::NoAck => AttemptState::Revoked,
         }
     }
@@ -40,6 +42,7 @@ impl Loss {
         match self {
             Loss::LeaseExpired => "lease expired: the agent stopped heartbeating",
             Loss::NoAck => "the agent did not acknowledge the assignment in time",
+            Loss::AgentRestarted => "the agent reconnected without it (it restarted)",
         }
     }
 }

@@ -5,8 +5,10 @@
 //! owns.
 
 mod engine;
+mod leases;
 pub mod lifecycle;
 pub mod policy;
+mod queue;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,14 +18,31 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, AttemptOutcome, AttemptRecord, NewTask, Store, TaskFilter, TaskRecord};
+use crate::store::{self, AttemptRecord, NewTask, ResultRecord, Store, TaskFilter, TaskRecord};
+pub use lifecycle::RetryPolicy;
+use outpost_common::task::ResultStatus;
 
-/// Timings the engine hands to agents and enforces.
+/// Timings the engine hands to agents and enforces, and the retry rules.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub heartbeat_interval: Duration,
+    /// A lease expires when its agent is silent this long; also the reconnect grace after a restart.
     pub lease_ttl: Duration,
     pub keepalive_interval: Duration,
+    /// An assignment not acknowledged within this time is revoked and re-queued.
+    pub ack_deadline: Duration,
+    /// A cancel the agent never confirms ends CANCELLED after this time.
+    pub cancel_timeout: Duration,
+    /// How often leases, deadlines and backoffs are checked (and heartbeats persisted).
+    pub sweep_interval: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// What an agent reported at the end of an attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptResult {
+    pub status: ResultStatus,
+    pub record: ResultRecord,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +53,12 @@ pub enum Error {
     StaleEpoch { attempt: AttemptRef, current: outpost_common::ids::Epoch },
     #[error("attempt {attempt} is not held by this worker")]
     NotHeld { attempt: AttemptRef },
+    #[error("task {task} already finished as {state}")]
+    Finished { task: TaskId, state: outpost_common::task::TaskState },
     #[error("no task {0}")]
     NotFound(TaskId),
+    #[error("no connected worker {0}")]
+    NoSuchWorker(WorkerId),
     #[error("the session was replaced or closed")]
     SessionGone,
     #[error("the controller is shutting down")]
@@ -142,7 +165,7 @@ enum Event {
         worker: WorkerId,
         session: SessionId,
         attempt: AttemptRef,
-        outcome: AttemptOutcome,
+        outcome: AttemptResult,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Draining {
@@ -155,6 +178,15 @@ enum Event {
     },
     ListWorkers {
         reply: oneshot::Sender<Result<Vec<WorkerView>, Error>>,
+    },
+    Cancel {
+        task: TaskId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Drain {
+        worker: WorkerId,
+        reply: oneshot::Sender<Result<(), Error>>,
     },
 }
 
@@ -180,7 +212,7 @@ impl Scheduler {
         token: CancellationToken,
     ) -> Result<(Scheduler, JoinHandle<()>), Error> {
         let (events, receiver) = mpsc::channel(4096);
-        let engine = engine::Engine::load(store.clone()).await?;
+        let engine = engine::Engine::load(store.clone(), config.clone()).await?;
         let handle = tokio::spawn(engine.run(receiver, token));
         Ok((Scheduler { events, store, config }, handle))
     }
@@ -234,7 +266,7 @@ impl Scheduler {
         worker: &WorkerId,
         session: SessionId,
         attempt: AttemptRef,
-        outcome: AttemptOutcome,
+        outcome: AttemptResult,
     ) -> Result<(), Error> {
         self.call(|reply| Event::Result { worker: worker.clone(), session, attempt, outcome, reply }).await
     }
@@ -245,6 +277,16 @@ impl Scheduler {
 
     pub async fn disconnected(&self, worker: &WorkerId, session: SessionId) {
         self.tell(Event::Disconnected { worker: worker.clone(), session }).await
+    }
+
+    /// Cancels a task: a queued one at once; a running one is fenced out (epoch bump) and its agent told to stop.
+    pub async fn cancel(&self, task: &TaskId, reason: &str) -> Result<(), Error> {
+        self.call(|reply| Event::Cancel { task: task.clone(), reason: reason.to_owned(), reply }).await
+    }
+
+    /// Stops granting work to a connected worker and tells it to drain; its running work finishes.
+    pub async fn drain(&self, worker: &WorkerId) -> Result<(), Error> {
+        self.call(|reply| Event::Drain { worker: worker.clone(), reply }).await
     }
 
     pub async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {

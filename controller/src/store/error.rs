@@ -17,8 +17,6 @@ pub enum Error {
     NotQueued { task: TaskId, state: TaskState },
     #[error("task {task} already finished as {state}")]
     AlreadyFinished { task: TaskId, state: TaskState },
-    #[error("task {task} is held by another worker")]
-    WrongWorker { task: TaskId },
     #[error("stored row is unreadable: {0}")]
     Corrupt(String),
 }

@@ -2,8 +2,11 @@
 //! we have seen, in one SQLite file (WAL). This is the only module that writes SQL or knows the text forms of
 //! states in the database; it must never know about tonic, SQS or GMS.
 
+mod attempts;
 mod error;
 mod tasks;
+#[cfg(test)]
+mod tests;
 mod workers;
 
 use std::path::Path;
@@ -13,8 +16,9 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
 pub use error::Error;
-pub use tasks::{AttemptOutcome, AttemptRecord, Grant, NewTask, TaskFilter, TaskRecord, TaskResult};
+pub use tasks::{AttemptRecord, NewTask, TaskFilter, TaskRecord, TaskResult};
 pub use workers::{WorkerRecord, WorkerSeen};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

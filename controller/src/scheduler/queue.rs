@@ -1,0 +1,117 @@
+//! The queue of tasks waiting for an agent: FIFO per pool, plus tasks waiting out a retry backoff until their
+//! not-before time. In memory only; the store holds the same facts (state QUEUED, not_before_ms).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use outpost_common::ids::{PoolId, TaskId};
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    ready: HashMap<PoolId, VecDeque<TaskId>>,
+    /// (not before, task) → waiting out a backoff.
+    delayed: BTreeSet<(i64, TaskId)>,
+    delayed_pool: HashMap<TaskId, PoolId>,
+}
+
+impl Queue {
+    /// Adds a task at the back of its pool's queue, or to the delayed set if `not_before_ms` is in the future.
+    pub fn push(&mut self, pool: PoolId, task: TaskId, not_before_ms: i64, now_ms: i64) {
+        if not_before_ms > now_ms {
+            self.delayed.insert((not_before_ms, task.clone()));
+            self.delayed_pool.insert(task, pool);
+        } else {
+            self.ready.entry(pool).or_default().push_back(task);
+        }
+    }
+
+    /// Puts a task back at the front of its pool's queue (a grant that could not be made).
+    pub fn push_front(&mut self, pool: PoolId, task: TaskId) {
+        self.ready.entry(pool).or_default().push_front(task);
+    }
+
+    /// Moves every delayed task whose time has come to the back of its pool's queue. Returns how many moved.
+    pub fn promote_due(&mut self, now_ms: i64) -> usize {
+        let mut moved = 0;
+        while let Some((at, _)) = self.delayed.first() {
+            if *at > now_ms {
+                break;
+            }
+            let Some((_, task)) = self.delayed.pop_first() else { break };
+            if let Some(pool) = self.delayed_pool.remove(&task) {
+                self.ready.entry(pool).or_default().push_back(task);
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// Pools that have a ready task.
+    pub fn ready_pools(&self) -> Vec<PoolId> {
+        self.ready.iter().filter(|(_, q)| !q.is_empty()).map(|(p, _)| p.clone()).collect()
+    }
+
+    pub fn front(&self, pool: &PoolId) -> Option<&TaskId> {
+        self.ready.get(pool).and_then(|q| q.front())
+    }
+
+    pub fn pop_front(&mut self, pool: &PoolId) -> Option<TaskId> {
+        self.ready.get_mut(pool).and_then(|q| q.pop_front())
+    }
+
+    /// Removes a task wherever it waits; false when it is not queued here.
+    pub fn remove(&mut self, task: &TaskId) -> bool {
+        if self.delayed_pool.remove(task).is_some() {
+            self.delayed.retain(|(_, t)| t != task);
+            return true;
+        }
+        for queue in self.ready.values_mut() {
+            if let Some(index) = queue.iter().position(|t| t == task) {
+                queue.remove(index);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(p: &str) -> PoolId {
+        PoolId::parse(p).unwrap()
+    }
+    fn task(t: &str) -> TaskId {
+        TaskId::parse(t).unwrap()
+    }
+
+    #[test]
+    fn fifo_per_pool_with_delayed_tasks_promoted_in_time_order() {
+        let mut queue = Queue::default();
+        queue.push(pool("p"), task("a"), 0, 100);
+        queue.push(pool("p"), task("late"), 300, 100);
+        queue.push(pool("p"), task("later"), 500, 100);
+        queue.push(pool("q"), task("b"), 100, 100);
+        assert_eq!(queue.promote_due(299), 0);
+        assert_eq!(queue.promote_due(300), 1);
+        assert_eq!(queue.pop_front(&pool("p")), Some(task("a")));
+        assert_eq!(queue.pop_front(&pool("p")), Some(task("late")));
+        assert_eq!(queue.pop_front(&pool("p")), None);
+        queue.push_front(pool("q"), task("c"));
+        assert_eq!(queue.front(&pool("q")), Some(&task("c")));
+        let mut pools = queue.ready_pools();
+        pools.sort();
+        assert_eq!(pools, [pool("q")]);
+    }
+
+    #[test]
+    fn remove_finds_ready_and_delayed_tasks() {
+        let mut queue = Queue::default();
+        queue.push(pool("p"), task("a"), 0, 0);
+        queue.push(pool("p"), task("b"), 50, 0);
+        assert!(queue.remove(&task("b")));
+        assert!(queue.remove(&task("a")));
+        assert!(!queue.remove(&task("a")));
+        assert_eq!(queue.promote_due(100), 0);
+    }
+}

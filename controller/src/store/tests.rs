@@ -1,0 +1,190 @@
+//! Store tests against a real SQLite file in a temp dir.
+
+use std::collections::BTreeMap;
+
+use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::task::{AttemptState, TaskState};
+
+use super::*;
+
+fn new_task(id: &str) -> NewTask {
+    NewTask {
+        id: TaskId::parse(id).unwrap(),
+        task_name: "RUN_INGEST".into(),
+        pool: PoolId::parse("default").unwrap(),
+        args: BTreeMap::from([("recipe".to_owned(), "{}".to_owned())]),
+        source_type: "MANUAL_INGESTION_SOURCE".into(),
+        requested_at_ms: 1,
+    }
+}
+
+fn id(text: &str) -> TaskId {
+    TaskId::parse(text).unwrap()
+}
+
+fn worker(text: &str) -> WorkerId {
+    WorkerId::parse(text).unwrap()
+}
+
+fn attempt(task: &str, epoch: u64) -> AttemptRef {
+    AttemptRef { task_id: id(task), epoch: Epoch(epoch) }
+}
+
+fn finish(task: &str, epoch: u64, state: TaskState, attempt_state: AttemptState, report: &str) -> AttemptEnd {
+    AttemptEnd {
+        task_id: id(task),
+        task_epoch: Epoch(epoch),
+        attempt_epoch: Epoch(epoch),
+        attempt_state,
+        reason: attempt_state.to_string(),
+        change: TaskChange::Finish { state, result: ResultRecord { report: report.into(), ..ResultRecord::default() } },
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn submit_is_idempotent_on_the_execution_request_id() {
+    let (_dir, store) = open().await;
+    let (first, created) = store.insert_task(&new_task("a"), 100).await.unwrap();
+    assert!(created);
+    assert_eq!(first.state, TaskState::Queued);
+    let mut again = new_task("a");
+    again.task_name = "TEST_CONNECTION".into();
+    let (second, created) = store.insert_task(&again, 200).await.unwrap();
+    assert!(!created);
+    assert_eq!(second.task_name, "RUN_INGEST");
+    assert_eq!(second.created_at_ms, 100);
+    assert_eq!(store.queued_tasks().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn grant_bumps_the_epoch_and_fences_later_changes() {
+    let (_dir, store) = open().await;
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    let grant = store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
+    assert_eq!((grant.task.epoch, grant.attempt_number, grant.task.state), (Epoch(1), 1, TaskState::Assigned));
+    assert!(matches!(
+        store.grant(&id("a"), &worker("w2"), 3).await,
+        Err(Error::NotQueued { state: TaskState::Assigned, .. })
+    ));
+
+    assert!(matches!(
+        store.start_attempt(&attempt("a", 0), 4).await,
+        Err(Error::StaleEpoch { presented: Epoch(0), current: Epoch(1), .. })
+    ));
+    store.start_attempt(&attempt("a", 1), 4).await.unwrap();
+    store.start_attempt(&attempt("a", 1), 5).await.unwrap();
+
+    assert!(matches!(
+        store.end_attempt(&finish("a", 0, TaskState::Succeeded, AttemptState::Succeeded, "late"), 9).await,
+        Err(Error::StaleEpoch { .. })
+    ));
+    store.end_attempt(&finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 9).await.unwrap();
+    assert!(matches!(
+        store.end_attempt(&finish("a", 1, TaskState::Failed, AttemptState::Failed, "again"), 10).await,
+        Err(Error::AlreadyFinished { state: TaskState::Succeeded, .. })
+    ));
+    let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Succeeded);
+    assert_eq!(task.result.as_ref().unwrap().report, "done");
+    assert_eq!(task.result.as_ref().unwrap().finished_at_ms, 9);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, AttemptState::Succeeded);
+    assert_eq!((attempts[0].started_at_ms, attempts[0].ended_at_ms), (Some(4), Some(9)));
+}
+
+#[tokio::test]
+async fn a_requeued_task_waits_for_its_backoff_and_is_granted_at_a_new_epoch() {
+    let (_dir, store) = open().await;
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
+    let end = AttemptEnd {
+        task_id: id("a"),
+        task_epoch: Epoch(1),
+        attempt_epoch: Epoch(1),
+        attempt_state: AttemptState::Lost,
+        reason: "lease expired".into(),
+        change: TaskChange::Requeue { not_before_ms: 5000 },
+    };
+    store.end_attempt(&end, 3).await.unwrap();
+    let queued = store.queued_tasks().await.unwrap();
+    assert_eq!((queued[0].state, queued[0].not_before_ms), (TaskState::Queued, 5000));
+    let grant = store.grant(&id("a"), &worker("w2"), 6000).await.unwrap();
+    assert_eq!((grant.task.epoch, grant.attempt_number), (Epoch(2), 2));
+    let (_, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(attempts[0].state, AttemptState::Lost);
+    assert_eq!(attempts[0].reason.as_deref(), Some("lease expired"));
+    assert_eq!(attempts[1].state, AttemptState::Assigned);
+}
+
+#[tokio::test]
+async fn a_cancel_bumps_the_epoch_and_is_confirmed_for_the_previous_attempt() {
+    let (_dir, store) = open().await;
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
+    store.start_attempt(&attempt("a", 1), 3).await.unwrap();
+    assert_eq!(store.request_cancel(&id("a"), Epoch(1), 4).await.unwrap(), Epoch(2));
+    // The running attempt is fenced out.
+    assert!(matches!(store.start_attempt(&attempt("a", 1), 5).await, Err(Error::StaleEpoch { .. })));
+    assert!(matches!(store.request_cancel(&id("a"), Epoch(2), 5).await, Err(Error::NotQueued { .. })));
+    let held = store.held_tasks().await.unwrap();
+    assert!(held[0].task.cancel_requested);
+    let confirm = AttemptEnd {
+        task_epoch: Epoch(2),
+        attempt_epoch: Epoch(1),
+        ..finish("a", 2, TaskState::Cancelled, AttemptState::Cancelled, "cancelled")
+    };
+    store.end_attempt(&confirm, 6).await.unwrap();
+    let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!((task.state, task.cancel_requested), (TaskState::Cancelled, false));
+    assert_eq!(attempts[0].state, AttemptState::Cancelled);
+
+    store.insert_task(&new_task("b"), 7).await.unwrap();
+    store.cancel_queued(&id("b"), "cancelled before it ran", 8).await.unwrap();
+    let (task, attempts) = store.task(&id("b")).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Cancelled);
+    assert_eq!(task.result.unwrap().report, "cancelled before it ran");
+    assert!(attempts.is_empty());
+    assert!(matches!(
+        store.cancel_queued(&id("b"), "again", 9).await,
+        Err(Error::AlreadyFinished { state: TaskState::Cancelled, .. })
+    ));
+}
+
+#[tokio::test]
+async fn heartbeats_are_recorded_in_one_batch_for_live_attempts_only() {
+    let (_dir, store) = open().await;
+    for task in ["a", "b"] {
+        store.insert_task(&new_task(task), 1).await.unwrap();
+        store.grant(&id(task), &worker("w1"), 2).await.unwrap();
+    }
+    store.end_attempt(&finish("b", 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 3).await.unwrap();
+    store.record_heartbeats(&[(attempt("a", 1), 40), (attempt("b", 1), 41)]).await.unwrap();
+    let (_, a) = store.task(&id("a")).await.unwrap().unwrap();
+    let (_, b) = store.task(&id("b")).await.unwrap().unwrap();
+    assert_eq!(a[0].last_heartbeat_ms, Some(40));
+    assert_eq!(b[0].last_heartbeat_ms, None);
+    let held = store.held_tasks().await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].task.id.as_str(), held[0].worker_id.as_str()), ("a", "w1"));
+}
+
+#[tokio::test]
+async fn list_filters_by_state_and_pool_newest_first() {
+    let (_dir, store) = open().await;
+    for (i, task) in ["a", "b", "c"].iter().enumerate() {
+        store.insert_task(&new_task(task), i as i64).await.unwrap();
+    }
+    store.grant(&id("b"), &worker("w"), 5).await.unwrap();
+    let queued =
+        store.list_tasks(&TaskFilter { state: Some(TaskState::Queued), ..TaskFilter::default() }).await.unwrap();
+    let ids: Vec<_> = queued.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["c", "a"]);
+    let other_pool = TaskFilter { pool: Some(PoolId::parse("other").unwrap()), ..TaskFilter::default() };
+    assert!(store.list_tasks(&other_pool).await.unwrap().is_empty());
+}
