@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve agents and the admin API.
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// Make development certificates (a CA, the controller's, agents', admins').
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -24,6 +24,7 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(config) => {
+            let config = *config;
             outpost_common::tls::install_crypto_provider();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
