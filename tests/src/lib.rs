@@ -132,6 +132,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        kill_cli_groups(&self.log());
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -373,4 +374,180 @@ pub async fn tls_verdict(addr: SocketAddr, ca: &Path, client: Option<(&Path, &Pa
         Ok(_) => "accepted".to_owned(),
         Err(e) => e.to_string(),
     }
+}
+
+/// A DataHub mock-data recipe (offline) whose size sets how long the run takes: (6, 5) ≈ 7 s, (7, 5) ≈ 13 s,
+/// (6, 6) ≈ 35 s of CLI time on an idle 2-core machine.
+pub fn mock_recipe(fan_out: u32, hops: u32) -> String {
+    serde_json::json!({
+        "source": {"type": "datahub-mock-data",
+                   "config": {"gen_1": {"enabled": true, "lineage_fan_out": fan_out, "lineage_hops": hops}}},
+        "sink": {"type": "blackhole"}
+    })
+    .to_string()
+}
+
+/// Process-group ids of the `datahub` CLIs an agent started, read from its log.
+pub fn cli_process_groups(agent_log: &str) -> Vec<i32> {
+    agent_log
+        .lines()
+        .filter(|line| line.contains("datahub CLI started"))
+        .filter_map(|line| line.split("pid=Some(").nth(1)?.split(')').next()?.parse().ok())
+        .collect()
+}
+
+/// Live processes (not zombies) whose process group is `pgid`, from /proc.
+pub fn processes_in_group(pgid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command name in parentheses: state, ppid, pgrp, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Kills whatever is left of the CLIs an agent started (an agent killed with SIGKILL leaves them running).
+pub fn kill_cli_groups(agent_log: &str) {
+    for pgid in cli_process_groups(agent_log) {
+        // SAFETY: killpg(2) has no memory-safety preconditions.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A hand-driven agent session (in the test process, with a real agent certificate): it says exactly what a
+/// test makes it say, to reproduce agents that never ack or vanish mid-run.
+pub struct Ghost {
+    outbound: tokio::sync::mpsc::Sender<outpost_common::pb::AgentMessage>,
+    inbound: tonic::Streaming<outpost_common::pb::ControllerMessage>,
+}
+
+impl Ghost {
+    /// Connects as `worker`, serving `pool` with `slots`, and grants `slots` credits.
+    pub async fn connect(cluster: &Cluster, controller: &Controller, worker: &str, pool: &str, slots: u32) -> Ghost {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let (cert, key) = cluster.agent_cert(worker);
+        let tls = TlsFiles { cert, key, ca: cluster.certs.join("ca.pem") };
+        let channel = channel(&controller.url(), &tls).await.expect("ghost connects");
+        let (outbound, rx) = tokio::sync::mpsc::channel(16);
+        let hello = pb::Hello { worker_id: worker.into(), pools: vec![pool.into()], slots, ..Default::default() };
+        outbound.send(pb::AgentMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
+        let mut inbound = pb::agent_service_client::AgentServiceClient::new(channel)
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("ghost session accepted")
+            .into_inner();
+        let first = inbound.message().await.expect("welcome").expect("welcome");
+        assert!(matches!(first.msg, Some(pb::controller_message::Msg::Welcome(_))), "{first:?}");
+        outbound.send(pb::AgentMessage { msg: Some(Msg::Credit(pb::Credit { credits: slots })) }).await.unwrap();
+        Ghost { outbound, inbound }
+    }
+
+    /// The next assignment, skipping keepalives.
+    pub async fn next_assign(&mut self) -> outpost_common::pb::Assign {
+        use outpost_common::pb::controller_message::Msg;
+        let deadline = Duration::from_secs(30);
+        loop {
+            let message = tokio::time::timeout(deadline, self.inbound.message())
+                .await
+                .expect("an assignment within 30 s")
+                .expect("stream open")
+                .expect("a message");
+            match message.msg {
+                Some(Msg::Assign(assign)) => return assign,
+                Some(Msg::Keepalive(_)) => continue,
+                other => panic!("unexpected message to the ghost: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn ack(&self, assign: &outpost_common::pb::Assign) {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let ack = pb::Ack { attempt: assign.attempt.clone() };
+        self.outbound.send(pb::AgentMessage { msg: Some(Msg::Ack(ack)) }).await.unwrap();
+    }
+}
+
+// Admin API helpers.
+
+use outpost_common::pb;
+
+/// Submits a RUN_INGEST task with `recipe` to pool `default` under execution request id `id`.
+pub async fn submit(admin: &mut AdminServiceClient<Channel>, id: &str, recipe: String) -> pb::Task {
+    let request = pb::SubmitTaskRequest {
+        task: "RUN_INGEST".into(),
+        args: std::collections::HashMap::from([("recipe".to_owned(), recipe)]),
+        pool: "default".into(),
+        execution_request_id: id.into(),
+        source_type: String::new(),
+    };
+    let response = admin.submit_task(request).await.expect("submit").into_inner();
+    assert!(response.created, "{id} is new");
+    response.task.expect("task in response")
+}
+
+pub async fn get(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Task {
+    admin.get_task(pb::GetTaskRequest { id: id.into() }).await.expect("get task").into_inner()
+}
+
+pub fn is_terminal(state: i32) -> bool {
+    use pb::TaskState::*;
+    matches!(pb::TaskState::try_from(state), Ok(Succeeded | Failed | Cancelled | TimedOut | Aborted))
+}
+
+pub async fn wait_terminal(admin: &AdminServiceClient<Channel>, id: &str) -> pb::Task {
+    wait_until(&format!("task {id} to finish"), RUN_TIMEOUT, || {
+        let mut admin = admin.clone();
+        let id = id.to_owned();
+        async move {
+            let task = get(&mut admin, &id).await;
+            is_terminal(task.state).then_some(task)
+        }
+    })
+    .await
+}
+
+pub async fn wait_workers(admin: &AdminServiceClient<Channel>, ready: usize) {
+    wait_until(&format!("{ready} connected workers"), Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let workers = admin.list_workers(pb::ListWorkersRequest {}).await.ok()?.into_inner().workers;
+            let connected = workers.iter().filter(|w| w.state == pb::WorkerState::Ready as i32).count();
+            (connected == ready).then_some(())
+        }
+    })
+    .await
+}
+
+/// Polls GetTask until `accept` holds for the task (up to a run's timeout).
+pub async fn wait_task(
+    admin: &AdminServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    accept: impl Fn(&pb::Task) -> bool,
+) -> pb::Task {
+    wait_until(&format!("task {id}: {what}"), RUN_TIMEOUT, || {
+        let mut admin = admin.clone();
+        let id = id.to_owned();
+        let task = async move { get(&mut admin, &id).await };
+        let accept = &accept;
+        async move {
+            let task = task.await;
+            accept(&task).then_some(task)
+        }
+    })
+    .await
+}
+
+/// Waits until the task runs (acknowledged) and returns the worker running it.
+pub async fn wait_running(admin: &AdminServiceClient<Channel>, id: &str) -> String {
+    wait_task(admin, id, "running", |t| t.state == pb::TaskState::Running as i32).await.worker_id
 }

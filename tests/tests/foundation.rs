@@ -6,53 +6,6 @@ use std::time::Duration;
 use outpost_common::pb::{self, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient};
 use outpost_integration_tests::*;
 use tonic::Code;
-use tonic::transport::Channel;
-
-async fn submit(admin: &mut AdminServiceClient<Channel>, id: &str, recipe: String) -> pb::Task {
-    let request = pb::SubmitTaskRequest {
-        task: "RUN_INGEST".into(),
-        args: HashMap::from([("recipe".to_owned(), recipe)]),
-        pool: "default".into(),
-        execution_request_id: id.into(),
-        source_type: String::new(),
-    };
-    let response = admin.submit_task(request).await.expect("submit").into_inner();
-    assert!(response.created, "{id} is new");
-    response.task.expect("task in response")
-}
-
-async fn get(admin: &mut AdminServiceClient<Channel>, id: &str) -> pb::Task {
-    admin.get_task(pb::GetTaskRequest { id: id.into() }).await.expect("get task").into_inner()
-}
-
-fn is_terminal(state: i32) -> bool {
-    use pb::TaskState::*;
-    matches!(pb::TaskState::try_from(state), Ok(Succeeded | Failed | Cancelled | TimedOut | Aborted))
-}
-
-async fn wait_terminal(admin: &AdminServiceClient<Channel>, id: &str) -> pb::Task {
-    wait_until(&format!("task {id} to finish"), RUN_TIMEOUT, || {
-        let mut admin = admin.clone();
-        let id = id.to_owned();
-        async move {
-            let task = get(&mut admin, &id).await;
-            is_terminal(task.state).then_some(task)
-        }
-    })
-    .await
-}
-
-async fn wait_workers(admin: &AdminServiceClient<Channel>, ready: usize) {
-    wait_until(&format!("{ready} connected workers"), Duration::from_secs(30), || {
-        let mut admin = admin.clone();
-        async move {
-            let workers = admin.list_workers(pb::ListWorkersRequest {}).await.ok()?.into_inner().workers;
-            let connected = workers.iter().filter(|w| w.state == pb::WorkerState::Ready as i32).count();
-            (connected == ready).then_some(())
-        }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_share_the_work_and_each_task_runs_once() {
