@@ -259,3 +259,44 @@ async fn cancelling_a_running_ingest_kills_its_process_group() {
     assert_eq!((cancelled.state, cancelled.attempts), (pb::TaskState::Cancelled as i32, 0));
     assert_eq!(cancelled.result.unwrap().report, "Execution was cancelled by request before it ran: not needed\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_the_agent_never_confirms_ends_cancelled_after_the_cancel_timeout() {
+    let cluster = Cluster::new(bins!());
+    let controller = controller(&cluster, &[("--cancel-timeout", "1s"), ("--lease-ttl", "30s")]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let mut ghost = Ghost::connect(&cluster, &controller, "deaf", "default", 1).await;
+    submit(&mut admin, "unconfirmed", file_recipe()).await;
+    let assign = ghost.next_assign().await;
+    ghost.ack(&assign).await;
+    wait_running(&admin, "unconfirmed").await;
+    admin.cancel_task(pb::CancelTaskRequest { id: "unconfirmed".into(), reason: "stop".into() }).await.unwrap();
+    let task = wait_terminal(&admin, "unconfirmed").await;
+    assert_eq!(task.state, pb::TaskState::Cancelled as i32);
+    assert_eq!(task.attempt_history[0].reason, "the agent did not confirm the cancel in time");
+    assert!(task.result.unwrap().report.contains("Execution was cancelled by request."));
+    drop(ghost);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_leases_nobody_reclaims_expire_and_rerun() {
+    let cluster = Cluster::new(bins!());
+    let mut first = controller(&cluster, &[]).await;
+    let mut admin = cluster.admin(&first).await;
+    {
+        let mut ghost = Ghost::connect(&cluster, &first, "gone", "default", 1).await;
+        submit(&mut admin, "orphan", file_recipe()).await;
+        let assign = ghost.next_assign().await;
+        ghost.ack(&assign).await;
+        wait_running(&admin, "orphan").await;
+        first.proc.kill();
+    } // the agent is gone for good
+    let controller = controller(&cluster, &[]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let task = wait_terminal(&admin, "orphan").await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    let states: Vec<(&str, &str)> =
+        task.attempt_history.iter().map(|a| (a.worker_id.as_str(), a.state.as_str())).collect();
+    assert_eq!(states, [("gone", "LOST"), ("w-1", "SUCCEEDED")]);
+}
