@@ -114,6 +114,34 @@ pub struct RunConfig {
     /// Also retry runs that failed on their own (CLI exit code not 0); by default they end FAILED.
     #[arg(long, env = "OUTPOST_RETRY_TASK_FAILURES")]
     pub retry_task_failures: bool,
+    /// DataHub's metadata service, e.g. https://tenant.acryl.io/gms or http://datahub-gms:8080. Without it
+    /// nothing is reported to DataHub (results stay in SQLite).
+    #[arg(long, env = "DATAHUB_GMS_URL")]
+    pub gms_url: Option<String>,
+    /// The access token for GMS (a DataHub Remote Executor token).
+    #[arg(long, env = "DATAHUB_GMS_TOKEN", hide_env_values = true)]
+    pub gms_token: Option<crate::gms::Token>,
+    /// Timeout of one GMS call.
+    #[arg(long, env = "OUTPOST_GMS_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub gms_timeout: Duration,
+    /// How often running tasks report RUNNING with their log tail.
+    #[arg(long, env = "OUTPOST_PROGRESS_INTERVAL", value_parser = duration::parse, default_value = "5s")]
+    pub progress_interval: Duration,
+    /// How often KILL signals are read from GMS for unfinished tasks.
+    #[arg(long, env = "DATAHUB_EXECUTOR_INGESTION_SIGNAL_POLL_INTERVAL", value_parser = duration::parse, default_value = "2s")]
+    pub signal_poll_interval: Duration,
+    /// First retry backoff of a failed GMS write (doubled per try, jittered).
+    #[arg(long, env = "OUTPOST_GMS_RETRY_BACKOFF", value_parser = duration::parse, default_value = "1s")]
+    pub gms_retry_backoff: Duration,
+    /// Longest retry backoff of a failed GMS write.
+    #[arg(long, env = "OUTPOST_GMS_RETRY_BACKOFF_MAX", value_parser = duration::parse, default_value = "60s")]
+    pub gms_retry_backoff_max: Duration,
+    /// Cap on the report text sent to GMS (longer ones are cut in the middle, with a marker).
+    #[arg(long, env = "OUTPOST_GMS_MAX_REPORT_BYTES", default_value_t = 1024 * 1024)]
+    pub gms_max_report_bytes: usize,
+    /// Cap on the structured report sent to GMS (a larger one is left out, and the report says so).
+    #[arg(long, env = "OUTPOST_GMS_MAX_STRUCTURED_BYTES", default_value_t = 800 * 1000)]
+    pub gms_max_structured_bytes: usize,
     /// How long shutdown waits for each subsystem.
     #[arg(long, env = "OUTPOST_SHUTDOWN_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -137,6 +165,9 @@ impl RunConfig {
             ("--ack-deadline", self.ack_deadline),
             ("--cancel-timeout", self.cancel_timeout),
             ("--sweep-interval", self.sweep_interval),
+            ("--progress-interval", self.progress_interval),
+            ("--signal-poll-interval", self.signal_poll_interval),
+            ("--gms-timeout", self.gms_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::Zero(name));

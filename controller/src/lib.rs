@@ -7,7 +7,10 @@ pub mod certs;
 pub mod config;
 pub mod ctl;
 pub mod entry;
+pub mod gms;
 pub mod grpc;
+pub mod logs;
+pub mod reporter;
 pub mod scheduler;
 pub mod sources;
 pub mod store;
@@ -17,15 +20,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::RunConfig;
+use crate::logs::LogTails;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
-/// Runs the controller until `token` is cancelled: opens the store, starts the scheduler, serves gRPC; then stops
-/// intake first, the scheduler next, and closes the store last, waiting for each.
+/// Runs the controller until `token` is cancelled: opens the store, starts the scheduler, the GMS reporter and
+/// the KILL-signal poller (when a GMS URL is set), serves gRPC; then stops intake first (gRPC and agent sessions,
+/// signal polling), the scheduler next, lets the reporter make a last delivery pass, and closes the store last,
+/// waiting for each under the shutdown timeout.
 pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let tls = config.tls.files().load()?;
-    let store = Store::open(&config.db).await.with_context(|| format!("opening {}", config.db.display()))?;
+    let reporting = config.gms_url.is_some();
+    let store = Store::open(&config.db, reporting).await.with_context(|| format!("opening {}", config.db.display()))?;
+    let logs = LogTails::new(config.gms_max_report_bytes);
     let scheduler_token = token.child_token();
     let (scheduler, scheduler_task) = Scheduler::start(
         store.clone(),
@@ -47,6 +55,32 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     )
     .await?;
 
+    let reporter_token = token.child_token();
+    let sources_token = token.child_token();
+    let mut reporter = None;
+    let mut signals = None;
+    if let Some(url) = &config.gms_url {
+        let client = gms::Client::new(url, config.gms_token.clone(), config.gms_timeout)?;
+        let reporter_config = reporter::Config {
+            progress_interval: config.progress_interval,
+            retry_backoff: config.gms_retry_backoff,
+            retry_backoff_max: config.gms_retry_backoff_max,
+            max_report_bytes: config.gms_max_report_bytes,
+            max_structured_bytes: config.gms_max_structured_bytes,
+        };
+        let task = reporter::Reporter::new(store.clone(), client.clone(), logs.clone(), reporter_config);
+        reporter = Some(tokio::spawn(task.run(reporter_token.clone())));
+        signals = Some(tokio::spawn(sources::kill_signals::run(
+            scheduler.clone(),
+            client,
+            config.signal_poll_interval,
+            sources_token.clone(),
+        )));
+        info!(gms = %url, "reporting to DataHub GMS");
+    } else {
+        info!("no --gms-url: results are recorded in SQLite only");
+    }
+
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
@@ -61,25 +95,42 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let grpc_token = token.child_token();
     let serve_config =
         grpc::ServeConfig { tls, trust_domain: config.trust_domain.clone(), hello_timeout: config.hello_timeout };
-    let server = tokio::spawn(grpc::serve(serve_config, listener, scheduler, grpc_token.clone()));
+    let serve = grpc::serve(serve_config, listener, scheduler, logs, grpc_token.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
 
     token.cancelled().await;
     info!("shutting down");
-    // 1. Intake and agent sessions.
+    let limit = config.shutdown_timeout;
+    // 1. Intake: gRPC (agent sessions, admin) and signal polling.
     grpc_token.cancel();
-    match tokio::time::timeout(config.shutdown_timeout, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
-        Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
-        Err(_) => warn!("gRPC server did not stop within the shutdown timeout"),
+    sources_token.cancel();
+    wait("gRPC server", limit, server).await;
+    if let Some(signals) = signals {
+        wait("signal poller", limit, signals).await;
     }
     // 2. The scheduler.
     scheduler_token.cancel();
-    if tokio::time::timeout(config.shutdown_timeout, scheduler_task).await.is_err() {
-        warn!("scheduler did not stop within the shutdown timeout");
+    wait("scheduler", limit, scheduler_task).await;
+    // 3. The reporter's last delivery pass.
+    reporter_token.cancel();
+    if let Some(reporter) = reporter {
+        wait("GMS reporter", limit, reporter).await;
     }
-    // 3. The store.
+    // 4. The store.
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Waits for a subsystem's task to end, at most `limit`.
+async fn wait<T>(name: &str, limit: std::time::Duration, task: tokio::task::JoinHandle<T>) {
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(subsystem = name, error = %e, "task failed"),
+        Err(_) => warn!(subsystem = name, "did not stop within the shutdown timeout"),
+    }
 }

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{convert, identity, status};
+use crate::logs::LogTails;
 use crate::scheduler::{Scheduler, SessionId};
 
 /// How many commands may wait for one agent's stream.
@@ -24,6 +25,8 @@ const COMMAND_BUFFER: usize = 256;
 
 pub struct AgentService {
     pub scheduler: Scheduler,
+    /// Where agents' output lines go (for GMS progress reports).
+    pub logs: LogTails,
     pub trust_domain: String,
     pub hello_timeout: Duration,
     /// Cancelled at shutdown: every session ends so the server can stop.
@@ -74,6 +77,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let _ = outbound.send(Ok(pb::ControllerMessage { msg: Some(welcome_msg) })).await;
         let session = Session {
             scheduler: self.scheduler.clone(),
+            logs: self.logs.clone(),
             worker,
             id: welcome.session,
             outbound,
@@ -87,6 +91,7 @@ impl pb::agent_service_server::AgentService for AgentService {
 /// The relay of one connected agent.
 struct Session {
     scheduler: Scheduler,
+    logs: LogTails,
     worker: WorkerId,
     id: SessionId,
     outbound: Outbound,
@@ -148,13 +153,14 @@ impl Session {
             In::Heartbeat(_) | In::Keepalive(_) => self.scheduler.seen(&self.worker, self.id).await,
             In::Log(log) => {
                 let attempt = convert::attempt(log.attempt)?;
-                debug!(worker = %self.worker, attempt = %attempt, lines = log.lines.len(), "log chunk");
+                self.logs.append(&attempt, log.lines);
             }
             In::Result(result) => {
                 let attempt = convert::attempt(result.attempt.clone())?;
                 let outcome = convert::outcome(&result)?;
                 match self.scheduler.result(&self.worker, self.id, attempt.clone(), outcome).await {
                     Ok(()) => {
+                        self.logs.forget(&attempt.task_id);
                         let msg =
                             Out::ResultAccepted(pb::ResultAccepted { attempt: Some(convert::attempt_to_pb(&attempt)) });
                         let _ = self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
+use crate::logs::LogTails;
 use crate::scheduler::Scheduler;
 use crate::sources::local::LocalQueue;
 
@@ -42,10 +43,12 @@ pub async fn serve(
     config: ServeConfig,
     listener: TcpListener,
     scheduler: Scheduler,
+    logs: LogTails,
     token: CancellationToken,
 ) -> Result<(), Error> {
     let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
         scheduler: scheduler.clone(),
+        logs,
         trust_domain: config.trust_domain.clone(),
         hello_timeout: config.hello_timeout,
         shutdown: token.clone(),

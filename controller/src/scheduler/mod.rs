@@ -298,6 +298,11 @@ impl Scheduler {
         self.store.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
     }
 
+    /// Ids of tasks not yet finished.
+    pub async fn live_task_ids(&self) -> Result<Vec<TaskId>, Error> {
+        Ok(self.store.live_task_ids().await?)
+    }
+
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
         Ok(self.store.list_tasks(filter).await?)
     }

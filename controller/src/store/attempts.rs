@@ -5,6 +5,7 @@ use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, TaskState};
 use sqlx::{Sqlite, Transaction};
 
+use super::outbox::{OutboxKind, enqueue};
 use super::tasks::{TaskRecord, load_task};
 use super::{Error, Store};
 
@@ -121,12 +122,12 @@ impl Store {
         Ok(Grant { attempt_number: task.attempts, task })
     }
 
-    /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch. Repeating it is a no-op.
+    /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued
+    /// for GMS). Repeating it is a no-op.
     pub async fn start_attempt(&self, attempt: &AttemptRef, now_ms: i64) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? \
-             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
         )
         .bind(now_ms)
         .bind(attempt.task_id.as_str())
@@ -136,8 +137,12 @@ impl Store {
         .rows_affected();
         if updated == 0 {
             let task = load_task(&mut tx, &attempt.task_id).await?;
+            if task.epoch == attempt.epoch && task.state == TaskState::Running {
+                return Ok(());
+            }
             return Err(refusal(&task, attempt.epoch));
         }
+        enqueue(self, &mut tx, &attempt.task_id, OutboxKind::Running, now_ms, now_ms).await?;
         sqlx::query(
             "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ?) \
              WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
@@ -148,6 +153,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.outbox_added.notify_one();
         Ok(())
     }
 
@@ -186,7 +192,11 @@ impl Store {
             return Err(refusal(&task, end.task_epoch));
         }
         end_attempt_row(&mut tx, &end.task_id, end.attempt_epoch, end.attempt_state, &end.reason, now_ms).await?;
+        if let TaskChange::Finish { result, .. } = &end.change {
+            enqueue(self, &mut tx, &end.task_id, OutboxKind::Terminal, result.start_time_ms, now_ms).await?;
+        }
         tx.commit().await?;
+        self.outbox_added.notify_one();
         Ok(())
     }
 
@@ -232,7 +242,9 @@ impl Store {
             let task = load_task(&mut tx, id).await?;
             return Err(refusal(&task, task.epoch));
         }
+        enqueue(self, &mut tx, id, OutboxKind::Terminal, now_ms, now_ms).await?;
         tx.commit().await?;
+        self.outbox_added.notify_one();
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 mod attempts;
 mod error;
+mod outbox;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -11,13 +12,16 @@ mod workers;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Notify;
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
 pub use error::Error;
+pub use outbox::{OutboxEntry, OutboxKind, ProgressCandidate};
 pub use tasks::{AttemptRecord, NewTask, TaskFilter, TaskRecord, TaskResult};
 pub use workers::{WorkerRecord, WorkerSeen};
 
@@ -27,11 +31,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// Whether state changes also write GMS outbox rows (GMS reporting is on).
+    reporting: bool,
+    /// Woken after a transaction added outbox rows.
+    outbox_added: Arc<Notify>,
 }
 
 impl Store {
-    /// Opens (creating if missing) the SQLite file and runs pending migrations.
-    pub async fn open(path: &Path) -> Result<Store, Error> {
+    /// Opens (creating if missing) the SQLite file and runs pending migrations. With `reporting`, every attempt
+    /// start and task end also writes a GMS outbox row in the same transaction.
+    pub async fn open(path: &Path, reporting: bool) -> Result<Store, Error> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -41,7 +50,12 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, reporting, outbox_added: Arc::new(Notify::new()) })
+    }
+
+    /// Notified whenever outbox rows were added (the reporter waits on it).
+    pub fn outbox_added(&self) -> Arc<Notify> {
+        self.outbox_added.clone()
     }
 
     /// Closes every connection, checkpointing the WAL.

@@ -218,6 +218,15 @@ impl Store {
         Ok(Some((row.try_into()?, attempts)))
     }
 
+    /// Ids of every task not yet finished.
+    pub async fn live_task_ids(&self) -> Result<Vec<TaskId>, Error> {
+        let ids: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM tasks WHERE state IN ('RECEIVED', 'QUEUED', 'ASSIGNED', 'RUNNING')")
+                .fetch_all(&self.pool)
+                .await?;
+        ids.into_iter().map(|(id,)| TaskId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))).collect()
+    }
+
     /// Tasks matching the filter, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
         let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");

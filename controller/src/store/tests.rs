@@ -43,7 +43,7 @@ fn finish(task: &str, epoch: u64, state: TaskState, attempt_state: AttemptState,
 
 async fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    let store = Store::open(&dir.path().join("t.db"), true).await.unwrap();
     (dir, store)
 }
 

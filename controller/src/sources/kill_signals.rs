@@ -1,0 +1,58 @@
+//! KILL signals from DataHub: every poll interval, batch-read `dataHubExecutionRequestSignal` of the tasks not
+//! yet finished (as DataHub Cloud's executor does, only while there are any) and cancel those whose signal is
+//! KILL. A source: it turns GMS facts into scheduler calls and decides nothing itself.
+
+use std::time::Duration;
+
+use outpost_common::ids::TaskId;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::gms;
+use crate::scheduler::{self, Scheduler};
+
+/// URNs per batch read.
+const BATCH: usize = 100;
+
+pub async fn run(scheduler: Scheduler, gms: gms::Client, interval: Duration, token: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tick.tick() => poll(&scheduler, &gms).await,
+        }
+    }
+}
+
+async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
+    let live = match scheduler.live_task_ids().await {
+        Ok(live) => live,
+        Err(e) => {
+            warn!(error = %e, "cannot list live tasks for signal polling");
+            return;
+        }
+    };
+    for chunk in live.chunks(BATCH) {
+        let urns: Vec<String> = chunk.iter().map(TaskId::urn).collect();
+        let found = match gms.batch_get(&urns, &["dataHubExecutionRequestSignal"]).await {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(error = %e, "polling KILL signals failed");
+                return;
+            }
+        };
+        for (urn, aspects) in found {
+            let Some(signal) = aspects.get("dataHubExecutionRequestSignal") else { continue };
+            if signal["signal"].as_str() != Some("KILL") {
+                continue;
+            }
+            let Ok(task) = TaskId::parse_id_or_urn(&urn) else { continue };
+            match scheduler.cancel(&task, "KILL signal from DataHub").await {
+                Ok(()) => info!(task = %task, "KILL signal: cancelling"),
+                Err(scheduler::Error::Finished { .. }) => {}
+                Err(e) => warn!(task = %task, error = %e, "KILL signal: cancel failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The GMS outbox: rows written in the same transaction as the state change they report, read and retired by
+//! the reporter. Stores which task and what kind of write; the reporter builds the payload from the task row.
+
+use outpost_common::ids::{Epoch, TaskId};
+use sqlx::{FromRow, Sqlite, Transaction};
+
+use super::{Error, Store};
+
+/// A running attempt a progress report may go to.
+#[derive(Clone, Debug)]
+pub struct ProgressCandidate {
+    pub task_id: TaskId,
+    pub epoch: Epoch,
+    pub start_time_ms: i64,
+}
+
+/// What a row reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// An attempt started: RUNNING with its start time.
+    Running,
+    /// The task ended: its terminal status and result.
+    Terminal,
+}
+
+impl OutboxKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Running => "RUNNING",
+            OutboxKind::Terminal => "TERMINAL",
+        }
+    }
+}
+
+/// One pending write.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub task_id: TaskId,
+    pub kind: OutboxKind,
+    pub start_time_ms: i64,
+    pub tries: u32,
+}
+
+#[derive(FromRow)]
+struct OutboxRow {
+    seq: i64,
+    task_id: String,
+    kind: String,
+    start_time_ms: i64,
+    tries: i64,
+}
+
+/// Adds an outbox row inside a state change's transaction (when reporting is on).
+pub(super) async fn enqueue(
+    store: &Store,
+    tx: &mut Transaction<'_, Sqlite>,
+    task: &TaskId,
+    kind: OutboxKind,
+    start_time_ms: i64,
+    now_ms: i64,
+) -> Result<(), Error> {
+    if !store.reporting {
+        if kind == OutboxKind::Terminal {
+            // Nobody to report to: the result is delivered once it is recorded.
+            sqlx::query("UPDATE tasks SET reported_at_ms = ? WHERE id = ?")
+                .bind(now_ms)
+                .bind(task.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
+        .bind(task.as_str())
+        .bind(kind.as_str())
+        .bind(start_time_ms)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Rows due now, oldest first; the first row of each task only (later rows of a task wait for it).
+    pub async fn due_outbox(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, Error> {
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT o.seq, o.task_id, o.kind, o.start_time_ms, o.tries FROM gms_outbox o \
+             WHERE o.next_try_at_ms <= ? \
+             AND o.seq = (SELECT MIN(seq) FROM gms_outbox f WHERE f.task_id = o.task_id) \
+             ORDER BY o.seq LIMIT ?",
+        )
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(OutboxEntry {
+                    seq: row.seq,
+                    task_id: TaskId::parse(&row.task_id).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    kind: match row.kind.as_str() {
+                        "RUNNING" => OutboxKind::Running,
+                        "TERMINAL" => OutboxKind::Terminal,
+                        other => return Err(Error::Corrupt(format!("outbox kind {other}"))),
+                    },
+                    start_time_ms: row.start_time_ms,
+                    tries: row.tries as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// The earliest time a row becomes due, if any row waits.
+    pub async fn next_outbox_due(&self) -> Result<Option<i64>, Error> {
+        let next: Option<(i64,)> = sqlx::query_as("SELECT MIN(next_try_at_ms) FROM gms_outbox HAVING COUNT(*) > 0")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(next.map(|(at,)| at))
+    }
+
+    /// GMS took the write: the row goes; a terminal row marks the task reported.
+    pub async fn outbox_delivered(&self, entry: &OutboxEntry, now_ms: i64) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM gms_outbox WHERE seq = ?").bind(entry.seq).execute(&mut *tx).await?;
+        if entry.kind == OutboxKind::Terminal {
+            sqlx::query("UPDATE tasks SET reported_at_ms = ? WHERE id = ?")
+                .bind(now_ms)
+                .bind(entry.task_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A failed try: the row stays, due again at `next_try_at_ms`.
+    pub async fn outbox_failed(&self, entry: &OutboxEntry, error: &str, next_try_at_ms: i64) -> Result<(), Error> {
+        sqlx::query("UPDATE gms_outbox SET tries = tries + 1, next_try_at_ms = ?, last_error = ? WHERE seq = ?")
+            .bind(next_try_at_ms)
+            .bind(error)
+            .bind(entry.seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rows waiting to be sent.
+    pub async fn outbox_depth(&self) -> Result<u64, Error> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM gms_outbox").fetch_one(&self.pool).await?;
+        Ok(n as u64)
+    }
+
+    /// Running attempts of tasks whose outbox is empty (their RUNNING reached GMS and nothing else waits): the
+    /// ones a progress report may go to.
+    pub async fn progress_candidates(&self) -> Result<Vec<ProgressCandidate>, Error> {
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT t.id, t.epoch, a.started_at_ms FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.epoch = t.epoch \
+             WHERE t.state = 'RUNNING' AND t.cancel_requested_at_ms IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM gms_outbox o WHERE o.task_id = t.id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, epoch, started)| {
+                Ok(ProgressCandidate {
+                    task_id: TaskId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    epoch: Epoch(epoch as u64),
+                    start_time_ms: started.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""A stand-in for DataHub's metadata service (GMS) for Outpost's tests.
+
+Serves the calls an executor makes (datahub-protocol.md §2):
+  POST /aspects?action=ingestProposal                     -- every body is validated with DataHub's own schema
+                                                             classes (acryl-datahub): from_obj + validate() +
+                                                             round-trip; GMS's result state machine is enforced
+                                                             (a change away from SUCCESS/CANCELLED/ABORTED/DUPLICATE
+                                                             is 422, the same status again is accepted and ignored)
+  POST /openapi/v2/entity/batch/dataHubExecutionRequest   -- serves signals and inputs set by the test
+Both honour an optional path prefix (DataHub Cloud's /gms).
+
+Control API for tests (never authenticated):
+  GET  /__control/requests          every recorded request: method, path, headers, body, valid, error, status
+  POST /__control/fail              {"status": 503, "count": 3, "path": "aspects"}: the next N matching calls fail
+                                    with that status (0 = drop the connection); {"delay_ms": N} delays instead
+  POST /__control/signal            {"urn": "...", "signal": "KILL"}
+  POST /__control/input             {"urn": "...", "input": {ExecutionRequestInput}}
+  POST /__control/token             {"token": "..."}: the Bearer token GMS accepts (none = any)
+  GET  /__control/results           latest dataHubExecutionRequestResult per URN
+Usage: gms_standin.py --port 0 --port-file FILE [--max-payload BYTES]
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from datahub.metadata.schema_classes import ASPECT_NAME_MAP, MetadataChangeProposalClass
+
+IMMUTABLE = {"SUCCESS", "CANCELLED", "ABORTED", "DUPLICATE"}
+LOCK = threading.Lock()
+STATE = {
+    "requests": [],
+    "faults": [],  # list of {"status", "count", "path", "delay_ms"}
+    "signals": {},
+    "inputs": {},
+    "results": {},
+    "token": None,
+}
+
+
+def strip_nulls(d):
+    return {k: strip_nulls(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def validate_aspect(aspect_name, d):
+    cls = ASPECT_NAME_MAP[aspect_name]
+    obj = cls.from_obj(d)
+    if not obj.validate():
+        raise ValueError("avro validation failed")
+    if obj.to_obj() != strip_nulls(d):
+        raise ValueError(f"unknown or dropped fields: sent {sorted(d)}, schema kept {sorted(obj.to_obj())}")
+    return obj
+
+
+def validate_proposal_body(body):
+    if set(body) - {"proposal", "async"}:
+        raise ValueError(f"unexpected top-level keys {sorted(set(body) - {'proposal', 'async'})}")
+    if body.get("async") not in ("true", "false"):
+        raise ValueError(f"async must be the string 'true' or 'false', got {body.get('async')!r}")
+    p = body["proposal"]
+    if not MetadataChangeProposalClass.from_obj(p).validate():
+        raise ValueError("proposal failed avro validation")
+    if MetadataChangeProposalClass.from_obj(p).to_obj() != strip_nulls(p):
+        raise ValueError("proposal has unknown or dropped fields")
+    if p["entityType"] != "dataHubExecutionRequest":
+        raise ValueError(f"entityType {p['entityType']!r}")
+    if p["changeType"] != "UPSERT":
+        raise ValueError(f"changeType {p['changeType']!r}")
+    if p["aspect"]["contentType"] != "application/json":
+        raise ValueError("aspect.contentType must be application/json")
+    if not p.get("entityUrn", "").startswith("urn:li:dataHubExecutionRequest:"):
+        raise ValueError("entityUrn must be an execution request URN")
+    aspect = json.loads(p["aspect"]["value"])
+    validate_aspect(p["aspectName"], aspect)
+    return p["entityUrn"], p["aspectName"], aspect
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, obj=None):
+        data = b"" if obj is None else json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self):
+        with LOCK:
+            if self.path == "/__control/requests":
+                return self.reply(200, STATE["requests"])
+            if self.path == "/__control/results":
+                return self.reply(200, STATE["results"])
+        self.reply(404, {"message": "not found"})
+
+    def fault_for(self, path):
+        with LOCK:
+            for fault in STATE["faults"]:
+                if fault["count"] > 0 and fault.get("path", "") in path:
+                    fault["count"] -= 1
+                    return dict(fault)
+        return None
+
+    def do_POST(self):
+        raw = self.read_body()
+        path = self.path
+        if path.startswith("/__control/"):
+            return self.control(path, json.loads(raw or b"{}"))
+        record = {
+            "method": "POST",
+            "path": path,
+            "headers": {k: v for k, v in self.headers.items()},
+            "body": raw.decode("utf-8", "replace"),
+            "valid": None,
+            "error": None,
+            "status": None,
+            "time_ms": int(time.time() * 1000),
+        }
+        status, reply = self.handle_api(path, raw, record)
+        record["status"] = status
+        with LOCK:
+            STATE["requests"].append(record)
+        if status == 0:
+            self.close_connection = True
+            self.connection.close()
+            return
+        self.reply(status, reply)
+
+    def handle_api(self, path, raw, record):
+        fault = self.fault_for(path)
+        if fault and fault.get("delay_ms"):
+            time.sleep(fault["delay_ms"] / 1000)
+        elif fault:
+            return fault["status"], {"status": fault["status"], "message": "injected failure"}
+        token = STATE["token"]
+        auth = self.headers.get("Authorization", "")
+        if token is not None and auth != f"Bearer {token}":
+            return 401, {"status": 401, "message": "Unauthorized"}
+        if path.endswith("/aspects?action=ingestProposal"):
+            return self.ingest_proposal(raw, record)
+        if path.endswith("/openapi/v2/entity/batch/dataHubExecutionRequest"):
+            return self.batch_get(raw, record)
+        record["valid"] = False
+        record["error"] = f"unknown endpoint {path}"
+        return 404, {"message": "not found"}
+
+    def ingest_proposal(self, raw, record):
+        if self.headers.get("X-RestLi-Protocol-Version") != "2.0.0":
+            record["valid"] = False
+            record["error"] = "missing X-RestLi-Protocol-Version: 2.0.0"
+            return 400, {"status": 400, "message": record["error"]}
+        if ARGS.max_payload and len(raw) > ARGS.max_payload:
+            record["valid"] = False
+            record["error"] = f"payload of {len(raw)} bytes is over {ARGS.max_payload}"
+            return 413, {"status": 413, "message": "Payload Too Large"}
+        try:
+            urn, aspect_name, aspect = validate_proposal_body(json.loads(raw))
+        except Exception as e:  # noqa: BLE001 - any failure is an invalid payload
+            record["valid"] = False
+            record["error"] = f"{type(e).__name__}: {e}"
+            return 422, {"status": 422, "message": record["error"]}
+        record["valid"] = True
+        if aspect_name == "dataHubExecutionRequestResult":
+            with LOCK:
+                current = STATE["results"].get(urn)
+                if current and current["status"] in IMMUTABLE and aspect["status"] != "ROLLING_BACK":
+                    if aspect["status"] != current["status"]:
+                        return 422, {"status": 422, "message": "Invalid update to immutable state. Denied update."}
+                    return 200, {"value": "success"}
+                STATE["results"][urn] = aspect
+        return 200, {"value": "success"}
+
+    def batch_get(self, raw, record):
+        body = json.loads(raw)
+        record["valid"] = set(body) <= {"urns", "aspectNames", "withSystemMetadata"} and isinstance(body.get("urns"), list)
+        entities = []
+        with LOCK:
+            for urn in body.get("urns", []):
+                aspects = {}
+                names = body.get("aspectNames") or ["dataHubExecutionRequestSignal", "dataHubExecutionRequestInput"]
+                if "dataHubExecutionRequestSignal" in names and urn in STATE["signals"]:
+                    aspects["dataHubExecutionRequestSignal"] = {"value": STATE["signals"][urn]}
+                if "dataHubExecutionRequestInput" in names and urn in STATE["inputs"]:
+                    aspects["dataHubExecutionRequestInput"] = {"value": STATE["inputs"][urn]}
+                entities.append({"urn": urn, "aspects": aspects})
+        return 200, {"entities": entities}
+
+    def control(self, path, body):
+        with LOCK:
+            if path == "/__control/fail":
+                STATE["faults"].append({"status": body.get("status", 503), "count": body.get("count", 1),
+                                        "path": body.get("path", ""), "delay_ms": body.get("delay_ms", 0)})
+            elif path == "/__control/signal":
+                STATE["signals"][body["urn"]] = {
+                    "signal": body.get("signal", "KILL"),
+                    "createdAt": {"time": int(time.time() * 1000), "actor": "urn:li:corpuser:admin"},
+                }
+            elif path == "/__control/input":
+                validate_aspect("dataHubExecutionRequestInput", body["input"])
+                STATE["inputs"][body["urn"]] = body["input"]
+            elif path == "/__control/token":
+                STATE["token"] = body.get("token")
+            else:
+                return self.reply(404, {"message": "unknown control"})
+        self.reply(200, {})
+
+
+def main():
+    global ARGS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--max-payload", type=int, default=0, help="413 for proposals larger than this (0 = none)")
+    ARGS = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
+    server.daemon_threads = True
+    with open(ARGS.port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    import os
+    os.rename(ARGS.port_file + ".tmp", ARGS.port_file)
+    print(f"gms stand-in on 127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
