@@ -14,6 +14,7 @@ Control API for tests (never authenticated):
   GET  /__control/requests          every recorded request: method, path, headers, body, valid, error, status
   POST /__control/fail              {"status": 503, "count": 3, "path": "aspects"}: the next N matching calls fail
                                     with that status (0 = drop the connection); {"delay_ms": N} delays instead
+  POST /__control/clear             ends every injected failure
   POST /__control/signal            {"urn": "...", "signal": "KILL"}
   POST /__control/input             {"urn": "...", "input": {ExecutionRequestInput}}
   POST /__control/token             {"token": "..."}: the Bearer token GMS accepts (none = any)
@@ -121,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         record = {
             "method": "POST",
             "path": path,
-            "headers": {k: v for k, v in self.headers.items()},
+            "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": raw.decode("utf-8", "replace"),
             "valid": None,
             "error": None,
@@ -202,6 +203,8 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/__control/fail":
                 STATE["faults"].append({"status": body.get("status", 503), "count": body.get("count", 1),
                                         "path": body.get("path", ""), "delay_ms": body.get("delay_ms", 0)})
+            elif path == "/__control/clear":
+                STATE["faults"].clear()
             elif path == "/__control/signal":
                 STATE["signals"][body["urn"]] = {
                     "signal": body.get("signal", "KILL"),

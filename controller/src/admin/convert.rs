@@ -63,6 +63,7 @@ pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
             })
             .collect(),
         source_type: task.source_type,
+        reported_unix_ms: task.reported_at_ms.unwrap_or_default(),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct TaskRecord {
     pub result: Option<TaskResult>,
     /// A cancel was requested while an agent held the task (the epoch was bumped then).
     pub cancel_requested: bool,
+    /// When the terminal result reached GMS (or was recorded, with reporting off).
+    pub reported_at_ms: Option<i64>,
 }
 
 /// One attempt row, parsed.
@@ -96,6 +98,7 @@ pub(super) struct TaskRow {
     duration_ms: Option<i64>,
     finished_at_ms: Option<i64>,
     cancel_requested_at_ms: Option<i64>,
+    reported_at_ms: Option<i64>,
 }
 
 impl TryFrom<TaskRow> for TaskRecord {
@@ -126,6 +129,7 @@ impl TryFrom<TaskRow> for TaskRecord {
             updated_at_ms: row.updated_at_ms,
             result,
             cancel_requested: row.cancel_requested_at_ms.is_some(),
+            reported_at_ms: row.reported_at_ms,
         })
     }
 }
