@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use outpost_common::duration;
 use outpost_common::identity::DEFAULT_TRUST_DOMAIN;
+use outpost_common::ids::PoolId;
 use outpost_common::telemetry::LogFormat;
 use outpost_common::tls::TlsArgs;
 
@@ -142,9 +143,64 @@ pub struct RunConfig {
     /// Cap on the structured report sent to GMS (a larger one is left out, and the report says so).
     #[arg(long, env = "OUTPOST_GMS_MAX_STRUCTURED_BYTES", default_value_t = 800 * 1000)]
     pub gms_max_structured_bytes: usize,
+    /// An SQS queue and the pool (DataHub executor ID) its requests are for, as POOL=URL; repeatable.
+    #[arg(long = "queue", env = "OUTPOST_QUEUES", value_delimiter = ',', value_parser = parse_queue)]
+    pub queues: Vec<(PoolId, String)>,
+    /// The SQS queue of the pool named by --pool-id (DataHub's single-queue style).
+    #[arg(long, env = "OUTPOST_QUEUE_URL", requires = "pool_id")]
+    pub queue_url: Option<String>,
+    /// The pool of --queue-url.
+    #[arg(long, env = "DATAHUB_EXECUTOR_POOL_ID")]
+    pub pool_id: Option<String>,
+    /// SQS endpoint override (e.g. a local SQS API); otherwise the AWS default chain decides.
+    #[arg(long, env = "OUTPOST_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
+    /// Unusable messages are copied here before they are deleted (they are always quarantined in SQLite).
+    #[arg(long, env = "OUTPOST_DEAD_LETTER_QUEUE")]
+    pub dead_letter_queue: Option<String>,
+    /// Long-poll wait of an SQS receive (at most 20 s).
+    #[arg(long, env = "OUTPOST_SQS_WAIT", value_parser = duration::parse, default_value = "20s")]
+    pub sqs_wait: Duration,
+    /// Visibility timeout set on receive and renewed while a task lives.
+    #[arg(long, env = "OUTPOST_SQS_VISIBILITY_TIMEOUT", value_parser = duration::parse, default_value = "60s")]
+    pub sqs_visibility_timeout: Duration,
+    /// How often held messages' visibility is renewed (under the visibility timeout).
+    #[arg(long, env = "OUTPOST_SQS_KEEP_INTERVAL", value_parser = duration::parse, default_value = "20s")]
+    pub sqs_keep_interval: Duration,
+    /// Messages taken beyond the pool's free agent slots.
+    #[arg(long, env = "OUTPOST_SQS_PREFETCH", default_value_t = 1)]
+    pub sqs_prefetch: u32,
+    /// How often a pool without free slots checks again before receiving.
+    #[arg(long, env = "OUTPOST_SQS_IDLE_POLL", value_parser = duration::parse, default_value = "500ms")]
+    pub sqs_idle_poll: Duration,
+    /// Message bodies longer than this are quarantined.
+    #[arg(long, env = "OUTPOST_SQS_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    pub sqs_max_message_bytes: usize,
+    /// How much of a quarantined body is kept.
+    #[arg(long, env = "OUTPOST_QUARANTINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub quarantine_max_body_bytes: usize,
+    /// Visibility given back to a message for a pool no queue here serves (0 = at once).
+    #[arg(long, env = "OUTPOST_SQS_FOREIGN_VISIBILITY", value_parser = duration::parse, default_value = "0s")]
+    pub sqs_foreign_visibility: Duration,
+    /// First backoff after an SQS error (doubled per failure, jittered).
+    #[arg(long, env = "OUTPOST_SQS_RETRY_BACKOFF", value_parser = duration::parse, default_value = "1s")]
+    pub sqs_retry_backoff: Duration,
+    /// Longest backoff after SQS errors.
+    #[arg(long, env = "OUTPOST_SQS_RETRY_BACKOFF_MAX", value_parser = duration::parse, default_value = "30s")]
+    pub sqs_retry_backoff_max: Duration,
     /// How long shutdown waits for each subsystem.
     #[arg(long, env = "OUTPOST_SHUTDOWN_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub shutdown_timeout: Duration,
+}
+
+/// `POOL=URL`.
+fn parse_queue(value: &str) -> Result<(PoolId, String), String> {
+    let (pool, url) = value.split_once('=').ok_or_else(|| format!("{value:?} is not POOL=URL"))?;
+    let pool = PoolId::parse(pool.trim()).map_err(|e| e.to_string())?;
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!("{url:?} is not a queue URL"));
+    }
+    Ok((pool, url.trim().to_owned()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +209,24 @@ pub enum Error {
     Zero(&'static str),
     #[error("--heartbeat-interval ({heartbeat:?}) must be shorter than --lease-ttl ({lease:?})")]
     HeartbeatNotUnderLease { heartbeat: Duration, lease: Duration },
+    #[error("--sqs-keep-interval ({keep:?}) must be shorter than --sqs-visibility-timeout ({visibility:?})")]
+    KeepNotUnderVisibility { keep: Duration, visibility: Duration },
+    #[error("--sqs-wait must be at most 20s (SQS's limit), not {0:?}")]
+    WaitTooLong(Duration),
+    #[error("--pool-id: {0}")]
+    PoolId(outpost_common::ids::Error),
 }
 
 impl RunConfig {
+    /// Every (pool, queue URL): the --queue pairs plus --pool-id/--queue-url.
+    pub fn all_queues(&self) -> Result<Vec<(PoolId, String)>, Error> {
+        let mut queues = self.queues.clone();
+        if let (Some(url), Some(pool)) = (&self.queue_url, &self.pool_id) {
+            queues.push((PoolId::parse(pool).map_err(Error::PoolId)?, url.clone()));
+        }
+        Ok(queues)
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         for (name, value) in [
             ("--heartbeat-interval", self.heartbeat_interval),
@@ -175,6 +246,15 @@ impl RunConfig {
         }
         if self.max_attempts == 0 {
             return Err(Error::Zero("--max-attempts"));
+        }
+        if self.sqs_keep_interval >= self.sqs_visibility_timeout {
+            return Err(Error::KeepNotUnderVisibility {
+                keep: self.sqs_keep_interval,
+                visibility: self.sqs_visibility_timeout,
+            });
+        }
+        if self.sqs_wait > Duration::from_secs(20) {
+            return Err(Error::WaitTooLong(self.sqs_wait));
         }
         if self.heartbeat_interval >= self.lease_ttl {
             return Err(Error::HeartbeatNotUnderLease { heartbeat: self.heartbeat_interval, lease: self.lease_ttl });

@@ -59,8 +59,11 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let sources_token = token.child_token();
     let mut reporter = None;
     let mut signals = None;
-    if let Some(url) = &config.gms_url {
-        let client = gms::Client::new(url, config.gms_token.clone(), config.gms_timeout)?;
+    let gms_client = match &config.gms_url {
+        Some(url) => Some(gms::Client::new(url, config.gms_token.clone(), config.gms_timeout)?),
+        None => None,
+    };
+    if let (Some(url), Some(client)) = (&config.gms_url, gms_client.clone()) {
         let reporter_config = reporter::Config {
             progress_interval: config.progress_interval,
             retry_backoff: config.gms_retry_backoff,
@@ -79,6 +82,33 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         info!(gms = %url, "reporting to DataHub GMS");
     } else {
         info!("no --gms-url: results are recorded in SQLite only");
+    }
+    let queues = config.all_queues()?;
+    let mut bridge = None;
+    if !queues.is_empty() {
+        let sqs_config = sources::sqs::Config {
+            queues,
+            dead_letter_queue: config.dead_letter_queue.clone(),
+            wait: config.sqs_wait,
+            visibility_timeout: config.sqs_visibility_timeout,
+            keep_interval: config.sqs_keep_interval,
+            prefetch: config.sqs_prefetch,
+            idle_poll: config.sqs_idle_poll,
+            max_message_bytes: config.sqs_max_message_bytes,
+            quarantine_max_body_bytes: config.quarantine_max_body_bytes,
+            foreign_visibility: config.sqs_foreign_visibility,
+            retry_backoff: config.sqs_retry_backoff,
+            retry_backoff_max: config.sqs_retry_backoff_max,
+        };
+        let client = sources::sqs::client(config.sqs_endpoint.as_deref()).await;
+        bridge = Some(tokio::spawn(sources::sqs::run(
+            sqs_config,
+            client,
+            store.clone(),
+            scheduler.clone(),
+            gms_client.clone(),
+            sources_token.clone(),
+        )));
     }
 
     let listener =
@@ -111,6 +141,9 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     wait("gRPC server", limit, server).await;
     if let Some(signals) = signals {
         wait("signal poller", limit, signals).await;
+    }
+    if let Some(bridge) = bridge {
+        wait("SQS bridge", limit, bridge).await;
     }
     // 2. The scheduler.
     scheduler_token.cancel();

@@ -176,6 +176,16 @@ impl Engine {
             Event::Drain { worker, reply } => {
                 let _ = reply.send(self.drain(&worker));
             }
+            Event::Demand { pool, reply } => {
+                let free_slots = self
+                    .sessions
+                    .values()
+                    .filter(|s| !s.draining && s.hello.pools.contains(&pool))
+                    .map(|s| s.credits)
+                    .sum();
+                let queued = self.queue.ready_len(&pool) as u32;
+                let _ = reply.send(Ok(super::Demand { free_slots, queued }));
+            }
         }
     }
 

@@ -112,6 +112,15 @@ pub enum AgentCommand {
     Drain { reason: String },
 }
 
+/// How much work a pool could start now, for demand-driven intake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Credits of connected, non-draining agents serving the pool.
+    pub free_slots: u32,
+    /// Tasks of the pool waiting in the queue (ready now).
+    pub queued: u32,
+}
+
 /// Where a worker is, as operators see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
@@ -187,6 +196,10 @@ enum Event {
     Drain {
         worker: WorkerId,
         reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Demand {
+        pool: PoolId,
+        reply: oneshot::Sender<Result<Demand, Error>>,
     },
 }
 
@@ -287,6 +300,11 @@ impl Scheduler {
     /// Stops granting work to a connected worker and tells it to drain; its running work finishes.
     pub async fn drain(&self, worker: &WorkerId) -> Result<(), Error> {
         self.call(|reply| Event::Drain { worker: worker.clone(), reply }).await
+    }
+
+    /// Free agent slots and waiting tasks of a pool.
+    pub async fn demand(&self, pool: &PoolId) -> Result<Demand, Error> {
+        self.call(|reply| Event::Demand { pool: pool.clone(), reply }).await
     }
 
     pub async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {

@@ -58,6 +58,11 @@ impl Queue {
         self.ready.get_mut(pool).and_then(|q| q.pop_front())
     }
 
+    /// Ready tasks of a pool.
+    pub fn ready_len(&self, pool: &PoolId) -> usize {
+        self.ready.get(pool).map_or(0, VecDeque::len)
+    }
+
     /// Removes a task wherever it waits; false when it is not queued here.
     pub fn remove(&mut self, task: &TaskId) -> bool {
         if self.delayed_pool.remove(task).is_some() {
@@ -92,6 +97,7 @@ mod tests {
         queue.push(pool("p"), task("late"), 300, 100);
         queue.push(pool("p"), task("later"), 500, 100);
         queue.push(pool("q"), task("b"), 100, 100);
+        assert_eq!(queue.ready_len(&pool("p")), 1);
         assert_eq!(queue.promote_due(299), 0);
         assert_eq!(queue.promote_due(300), 1);
         assert_eq!(queue.pop_front(&pool("p")), Some(task("a")));

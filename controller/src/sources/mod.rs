@@ -3,3 +3,4 @@
 
 pub mod kill_signals;
 pub mod local;
+pub mod sqs;

@@ -154,6 +154,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.outbox_added.notify_one();
+        self.reported.notify_waiters();
         Ok(())
     }
 
@@ -197,6 +198,7 @@ impl Store {
         }
         tx.commit().await?;
         self.outbox_added.notify_one();
+        self.reported.notify_waiters();
         Ok(())
     }
 
@@ -245,6 +247,7 @@ impl Store {
         enqueue(self, &mut tx, id, OutboxKind::Terminal, now_ms, now_ms).await?;
         tx.commit().await?;
         self.outbox_added.notify_one();
+        self.reported.notify_waiters();
         Ok(())
     }
 

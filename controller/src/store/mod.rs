@@ -5,6 +5,7 @@
 mod attempts;
 mod error;
 mod outbox;
+mod sqs;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
 pub use error::Error;
 pub use outbox::{OutboxEntry, OutboxKind, ProgressCandidate};
+pub use sqs::{HeldMessage, Quarantined};
 pub use tasks::{AttemptRecord, NewTask, TaskFilter, TaskRecord, TaskResult};
 pub use workers::{WorkerRecord, WorkerSeen};
 
@@ -35,6 +37,8 @@ pub struct Store {
     reporting: bool,
     /// Woken after a transaction added outbox rows.
     outbox_added: Arc<Notify>,
+    /// Woken when a task's terminal result was delivered (its SQS message may go).
+    reported: Arc<Notify>,
 }
 
 impl Store {
@@ -50,7 +54,12 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, reporting, outbox_added: Arc::new(Notify::new()) })
+        Ok(Store { pool, reporting, outbox_added: Arc::new(Notify::new()), reported: Arc::new(Notify::new()) })
+    }
+
+    /// Notified whenever a terminal result was delivered (or recorded, with reporting off).
+    pub fn reported(&self) -> Arc<Notify> {
+        self.reported.clone()
     }
 
     /// Notified whenever outbox rows were added (the reporter waits on it).

@@ -131,6 +131,9 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        if entry.kind == OutboxKind::Terminal {
+            self.reported.notify_waiters();
+        }
         Ok(())
     }
 

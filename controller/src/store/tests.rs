@@ -188,3 +188,46 @@ async fn list_filters_by_state_and_pool_newest_first() {
     let other_pool = TaskFilter { pool: Some(PoolId::parse("other").unwrap()), ..TaskFilter::default() };
     assert!(store.list_tasks(&other_pool).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn held_messages_adopt_new_receipts_and_turn_done_when_reported() {
+    let (_dir, store) = open().await;
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    store.hold_message(&id("a"), "q", "m1", "r1", 2).await.unwrap();
+    store.hold_message(&id("a"), "q", "m1", "r2", 3).await.unwrap();
+    store.hold_message(&id("a"), "q", "m2", "r3", 4).await.unwrap();
+    let held = store.held_messages("q").await.unwrap();
+    let handles: Vec<(&str, &str, bool)> =
+        held.iter().map(|m| (m.message_id.as_str(), m.receipt_handle.as_str(), m.done)).collect();
+    assert_eq!(handles, [("m1", "r2", false), ("m2", "r3", false)], "a re-delivery adopts its new handle");
+    assert_eq!(held[0].first_received_at_ms, 2);
+    assert!(store.held_messages("other").await.unwrap().is_empty());
+
+    store.grant(&id("a"), &worker("w"), 5).await.unwrap();
+    store.end_attempt(&finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 6).await.unwrap();
+    let outbox = store.due_outbox(10, 10).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert!(!store.held_messages("q").await.unwrap()[0].done, "not done before GMS has the result");
+    store.outbox_delivered(&outbox[0], 7).await.unwrap();
+    assert!(store.held_messages("q").await.unwrap().iter().all(|m| m.done));
+
+    store.release_message("m1", "r1").await.unwrap();
+    assert_eq!(store.held_messages("q").await.unwrap().len(), 2, "a stale handle does not release the message");
+    store.release_message("m1", "r2").await.unwrap();
+    store.release_message("m2", "r3").await.unwrap();
+    assert!(store.held_messages("q").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn quarantine_keeps_the_reason_and_a_capped_body() {
+    let (_dir, store) = open().await;
+    let first = store.quarantine("q", "m1", "the body is neither JSON nor base64", "garbage", 100, 1).await.unwrap();
+    let second = store.quarantine("q", "m2", "too big", &"é".repeat(10), 5, 2).await.unwrap();
+    let listed = store.quarantined(10).await.unwrap();
+    assert_eq!(listed.iter().map(|q| q.id).collect::<Vec<_>>(), [second, first], "newest first");
+    assert_eq!((listed[0].body.as_str(), listed[0].body_bytes), ("éé", 20), "cut on a character boundary");
+    assert_eq!(listed[1].reason, "the body is neither JSON nor base64");
+    store.mark_replayed(first, 9).await.unwrap();
+    assert_eq!(store.quarantined_message(first).await.unwrap().unwrap().replayed_at_ms, Some(9));
+    assert_eq!(store.quarantined_message(999).await.unwrap(), None);
+}

@@ -1,0 +1,397 @@
+//! One queue's receiver and keeper. The receiver takes messages only when the pool can start them and turns
+//! them into tasks (or cancels, or quarantines them); the keeper renews the visibility of messages whose tasks
+//! live and deletes those whose results reached GMS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message};
+use outpost_common::clock::unix_ms;
+use outpost_common::ids::{PoolId, TaskId};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::message::{self, ExecutionInput, Request};
+use super::{Calls, Config};
+use crate::gms;
+use crate::scheduler::{self, Scheduler};
+use crate::store::{NewTask, Store};
+
+/// SQS batch calls take at most 10 entries.
+const BATCH: usize = 10;
+
+#[derive(Clone)]
+pub(super) struct Queue {
+    pub pool: PoolId,
+    pub url: String,
+    /// Pools this controller serves (a message for another is given back).
+    pub served: Vec<PoolId>,
+    pub config: Config,
+    pub sqs: aws_sdk_sqs::Client,
+    pub store: Store,
+    pub scheduler: Scheduler,
+    pub gms: Option<gms::Client>,
+    pub calls: Arc<Calls>,
+}
+
+/// How a received message ends up.
+enum Outcome {
+    /// Bound to a task; the keeper owns it now.
+    Held,
+    /// Done with: delete it.
+    Delete,
+    /// Unusable: quarantine, then dead-letter and delete.
+    Quarantine(String),
+    /// Not ours: give it back.
+    GiveBack,
+    /// Could not be handled now (e.g. GMS down): leave it; it returns after its visibility timeout.
+    Leave,
+}
+
+fn backoff(config: &Config, failures: u32) -> Duration {
+    let ceiling = config.retry_backoff.saturating_mul(1u32 << failures.min(16)).min(config.retry_backoff_max);
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// An SDK error with its service code and cause, readable in one line.
+fn sdk_error<E: std::error::Error + 'static>(error: &E) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+impl Queue {
+    pub async fn receive_loop(self, token: CancellationToken) {
+        let mut failures = 0u32;
+        while !token.is_cancelled() {
+            let want = match self.scheduler.demand(&self.pool).await {
+                Ok(demand) => (demand.free_slots + self.config.prefetch).saturating_sub(demand.queued),
+                Err(_) => break,
+            };
+            if want == 0 {
+                debug!(pool = %self.pool, "sqs: no demand for pool");
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(self.config.idle_poll) => continue,
+                }
+            }
+            Calls::count(&self.calls.receive);
+            let receive = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(want.min(BATCH as u32) as i32)
+                .wait_time_seconds(self.config.wait.as_secs() as i32)
+                .visibility_timeout(self.config.visibility_timeout.as_secs() as i32)
+                .send();
+            let received = tokio::select! {
+                _ = token.cancelled() => break,
+                received = receive => received,
+            };
+            match received {
+                Ok(output) => {
+                    failures = 0;
+                    for message in output.messages.unwrap_or_default() {
+                        self.handle(message).await;
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff(&self.config, failures);
+                    failures += 1;
+                    warn!(queue = %self.url, error = %sdk_error(&e), retry_in_ms = delay.as_millis() as u64, "sqs receive failed");
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, message: Message) {
+        let body = message.body().unwrap_or_default();
+        let message_id = message.message_id().unwrap_or_default().to_owned();
+        let Some(receipt) = message.receipt_handle().map(str::to_owned) else { return };
+        let outcome = if body.len() > self.config.max_message_bytes {
+            Outcome::Quarantine(format!(
+                "the body is {} bytes, over the {} byte limit",
+                body.len(),
+                self.config.max_message_bytes
+            ))
+        } else {
+            match message::parse(body) {
+                Ok(request) => self.act(request, &message_id, &receipt).await,
+                Err(reason) => Outcome::Quarantine(reason),
+            }
+        };
+        match outcome {
+            Outcome::Held | Outcome::Leave => {}
+            Outcome::Delete => self.delete(&message_id, &receipt).await,
+            Outcome::GiveBack => {
+                Calls::count(&self.calls.change_visibility);
+                let seconds = self.config.foreign_visibility.as_secs() as i32;
+                let result = self
+                    .sqs
+                    .change_message_visibility()
+                    .queue_url(&self.url)
+                    .receipt_handle(&receipt)
+                    .visibility_timeout(seconds)
+                    .send()
+                    .await;
+                if let Err(e) = result {
+                    warn!(message = %message_id, error = %sdk_error(&e), "could not give a message back");
+                }
+            }
+            Outcome::Quarantine(reason) => {
+                warn!(queue = %self.url, message = %message_id, reason = %reason, "message quarantined");
+                let stored = self
+                    .store
+                    .quarantine(&self.url, &message_id, &reason, body, self.config.quarantine_max_body_bytes, unix_ms())
+                    .await;
+                if let Err(e) = stored {
+                    // Not stored: leave the message in SQS rather than lose it.
+                    warn!(message = %message_id, error = %e, "could not quarantine; leaving the message in SQS");
+                    return;
+                }
+                if let Some(dlq) = &self.config.dead_letter_queue {
+                    Calls::count(&self.calls.send);
+                    if let Err(e) = self.sqs.send_message().queue_url(dlq).message_body(body).send().await {
+                        warn!(message = %message_id, error = %sdk_error(&e), "could not copy to the dead-letter queue");
+                    }
+                }
+                self.delete(&message_id, &receipt).await;
+            }
+        }
+    }
+
+    async fn act(&self, request: Request, message_id: &str, receipt: &str) -> Outcome {
+        match request {
+            Request::Run { id, input } => self.run(id, input, message_id, receipt).await,
+            Request::FetchAndRun { id } => {
+                let Some(gms) = &self.gms else {
+                    return Outcome::Quarantine(
+                        "a Celery message carries only the execution request URN; reading its input needs --gms-url"
+                            .into(),
+                    );
+                };
+                let urn = id.urn();
+                match gms.batch_get(std::slice::from_ref(&urn), &["dataHubExecutionRequestInput"]).await {
+                    Ok(found) => match found.get(&urn).and_then(|a| a.get("dataHubExecutionRequestInput")) {
+                        Some(input) => match message::parse_input(input) {
+                            Ok(input) => self.run(id, input, message_id, receipt).await,
+                            Err(reason) => Outcome::Quarantine(format!("the input GMS holds for {urn}: {reason}")),
+                        },
+                        None => Outcome::Quarantine(format!("GMS has no dataHubExecutionRequestInput for {urn}")),
+                    },
+                    Err(e) => {
+                        warn!(task = %id, error = %e, "cannot read the input from GMS; the message will come back");
+                        Outcome::Leave
+                    }
+                }
+            }
+            Request::Kill { id } => {
+                match self.scheduler.cancel(&id, "KILL signal from DataHub").await {
+                    Ok(()) => info!(task = %id, "KILL signal (SQS): cancelling"),
+                    Err(scheduler::Error::Finished { .. } | scheduler::Error::NotFound(_)) => {
+                        debug!(task = %id, "KILL signal for a task not running here")
+                    }
+                    Err(e) => {
+                        warn!(task = %id, error = %e, "KILL signal: cancel failed; the message will come back");
+                        return Outcome::Leave;
+                    }
+                }
+                Outcome::Delete
+            }
+        }
+    }
+
+    async fn run(&self, id: TaskId, input: ExecutionInput, message_id: &str, receipt: &str) -> Outcome {
+        let pool = match PoolId::parse(&input.executor_id) {
+            Ok(pool) => pool,
+            Err(e) => return Outcome::Quarantine(format!("executorId: {e}")),
+        };
+        if !self.served.contains(&pool) {
+            debug!(task = %id, pool = %pool, "a request for a pool this controller does not serve: given back");
+            return Outcome::GiveBack;
+        }
+        let task = NewTask {
+            id: id.clone(),
+            task_name: input.task,
+            pool,
+            args: input.args,
+            source_type: input.source_type,
+            requested_at_ms: input.requested_at_ms,
+        };
+        let (record, created) = match self.scheduler.submit(task).await {
+            Ok(submitted) => submitted,
+            Err(e) => {
+                warn!(task = %id, error = %e, "cannot take the task in; the message will come back");
+                return Outcome::Leave;
+            }
+        };
+        if !created && record.reported_at_ms.is_some() {
+            info!(task = %id, state = %record.state, "a re-delivery of a finished task: deleted");
+            return Outcome::Delete;
+        }
+        if let Err(e) = self.store.hold_message(&id, &self.url, message_id, receipt, unix_ms()).await {
+            warn!(task = %id, error = %e, "cannot record the message; it will come back and be recognised");
+            return Outcome::Leave;
+        }
+        if !created {
+            info!(task = %id, state = %record.state, "a re-delivery of a known task: its new receipt handle adopted");
+        }
+        Outcome::Held
+    }
+
+    async fn delete(&self, message_id: &str, receipt: &str) {
+        Calls::count(&self.calls.delete);
+        if let Err(e) = self.sqs.delete_message().queue_url(&self.url).receipt_handle(receipt).send().await {
+            warn!(message = %message_id, error = %sdk_error(&e), "could not delete a message");
+        }
+    }
+
+    /// Renews the visibility of held messages every keep interval and deletes those whose tasks are done,
+    /// promptly after a result is delivered.
+    pub async fn keep_loop(self, token: CancellationToken) {
+        let reported = self.store.reported();
+        let mut last_extension = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            let next_extension = last_extension + self.config.keep_interval;
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = reported.notified() => {}
+                _ = tokio::time::sleep_until(next_extension) => {}
+            }
+            let held = match self.store.held_messages(&self.url).await {
+                Ok(held) => held,
+                Err(e) => {
+                    warn!(error = %e, "cannot read held messages");
+                    continue;
+                }
+            };
+            let (done, live): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.done);
+            for chunk in done.chunks(BATCH) {
+                self.delete_batch(chunk).await;
+            }
+            if Instant::now() >= next_extension {
+                last_extension = Instant::now();
+                let mut ok = true;
+                for chunk in live.chunks(BATCH) {
+                    ok &= self.extend_batch(chunk).await;
+                }
+                failures = if ok { 0 } else { failures + 1 };
+                if !ok {
+                    // Retry sooner than a full interval, with backoff.
+                    last_extension = Instant::now() + backoff(&self.config, failures) - self.config.keep_interval;
+                }
+            }
+        }
+    }
+
+    async fn delete_batch(&self, messages: &[crate::store::HeldMessage]) {
+        let entries: Vec<DeleteMessageBatchRequestEntry> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&m.receipt_handle)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        Calls::count(&self.calls.delete);
+        let output = match self.sqs.delete_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await
+        {
+            Ok(output) => output,
+            Err(e) => {
+                warn!(queue = %self.url, error = %sdk_error(&e), "sqs delete failed; will retry");
+                return;
+            }
+        };
+        let failed: Vec<(String, String)> = output.failed.iter().map(|f| (f.id.clone(), f.code.clone())).collect();
+        for (i, held) in messages.iter().enumerate() {
+            let failure = failed.iter().find(|(id, _)| *id == i.to_string());
+            // An invalid handle means the message is gone or was received again (then it is recognised).
+            if failure.is_none_or(|(_, code)| code == "ReceiptHandleIsInvalid") {
+                if let Err(e) = self.store.release_message(&held.message_id, &held.receipt_handle).await {
+                    warn!(task = %held.task_id, error = %e, "cannot forget a deleted message");
+                } else {
+                    debug!(task = %held.task_id, "sqs message deleted: the result reached GMS");
+                }
+            } else if let Some((_, code)) = failure {
+                warn!(task = %held.task_id, code = %code, "sqs delete of one message failed; will retry");
+            }
+        }
+    }
+
+    async fn extend_batch(&self, messages: &[crate::store::HeldMessage]) -> bool {
+        let seconds = self.config.visibility_timeout.as_secs() as i32;
+        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&m.receipt_handle)
+                    .visibility_timeout(seconds)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        Calls::count(&self.calls.change_visibility);
+        match self.sqs.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+            Ok(output) => {
+                for failure in &output.failed {
+                    // Past SQS's 12-hour cap the message comes back; its URN is recognised and the run goes on.
+                    warn!(queue = %self.url, code = %failure.code, "sqs visibility renewal of one message failed");
+                }
+                true
+            }
+            Err(e) => {
+                warn!(queue = %self.url, error = %sdk_error(&e), "sqs visibility renewal failed; will retry");
+                false
+            }
+        }
+    }
+}
+
+/// Replays a quarantined message: parses its stored body again and takes the task in (no SQS message is held
+/// for it). Fails with the reason when the body is still unusable (or was cut when it was stored).
+pub async fn replay_quarantined(store: &Store, scheduler: &Scheduler, id: i64) -> Result<TaskId, String> {
+    let entry = store
+        .quarantined_message(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no quarantined message {id}"))?;
+    if entry.body.len() as u64 != entry.body_bytes {
+        return Err(format!("only {} of the body's {} bytes were kept", entry.body.len(), entry.body_bytes));
+    }
+    let (task_id, input) = match message::parse(&entry.body)? {
+        Request::Run { id, input } => (id, input),
+        Request::FetchAndRun { .. } => return Err("a Celery message: its input must be read from GMS".into()),
+        Request::Kill { id } => {
+            scheduler.cancel(&id, "KILL signal from DataHub (replayed)").await.map_err(|e| e.to_string())?;
+            store.mark_replayed(entry.id, unix_ms()).await.map_err(|e| e.to_string())?;
+            return Ok(id);
+        }
+    };
+    let task = NewTask {
+        id: task_id.clone(),
+        task_name: input.task,
+        pool: PoolId::parse(&input.executor_id).map_err(|e| format!("executorId: {e}"))?,
+        args: input.args,
+        source_type: input.source_type,
+        requested_at_ms: input.requested_at_ms,
+    };
+    scheduler.submit(task).await.map_err(|e| e.to_string())?;
+    store.mark_replayed(id, unix_ms()).await.map_err(|e| e.to_string())?;
+    Ok(task_id)
+}

@@ -1,0 +1,181 @@
+//! SQS bookkeeping: which message (and receipt handle) each task came in on, and the quarantine of unusable
+//! messages. Knows nothing of the AWS SDK: handles are opaque strings here.
+
+use outpost_common::ids::TaskId;
+use sqlx::FromRow;
+
+use super::{Error, Store};
+
+/// The message a task came in on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldMessage {
+    pub task_id: TaskId,
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub first_received_at_ms: i64,
+    /// The task's result reached GMS (or was recorded, with reporting off): the message may go.
+    pub done: bool,
+}
+
+/// A message that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    pub id: i64,
+    pub queue_url: String,
+    pub message_id: String,
+    pub reason: String,
+    pub body: String,
+    pub body_bytes: u64,
+    pub received_at_ms: i64,
+    pub replayed_at_ms: Option<i64>,
+}
+
+#[derive(FromRow)]
+struct HeldRow {
+    task_id: String,
+    message_id: String,
+    receipt_handle: String,
+    first_received_at_ms: i64,
+    reported_at_ms: Option<i64>,
+}
+
+#[derive(FromRow)]
+struct QuarantineRow {
+    id: i64,
+    queue_url: String,
+    message_id: String,
+    reason: String,
+    body: String,
+    body_bytes: i64,
+    received_at_ms: i64,
+    replayed_at_ms: Option<i64>,
+}
+
+impl From<QuarantineRow> for Quarantined {
+    fn from(row: QuarantineRow) -> Quarantined {
+        Quarantined {
+            id: row.id,
+            queue_url: row.queue_url,
+            message_id: row.message_id,
+            reason: row.reason,
+            body: row.body,
+            body_bytes: row.body_bytes as u64,
+            received_at_ms: row.received_at_ms,
+            replayed_at_ms: row.replayed_at_ms,
+        }
+    }
+}
+
+impl Store {
+    /// Binds a task to a message it came in on; a re-delivery of the message adopts its new receipt handle.
+    pub async fn hold_message(
+        &self,
+        task: &TaskId,
+        queue_url: &str,
+        message_id: &str,
+        receipt_handle: &str,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO sqs_messages (task_id, queue_url, message_id, receipt_handle, first_received_at_ms, \
+             received_at_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET \
+             task_id = excluded.task_id, queue_url = excluded.queue_url, \
+             receipt_handle = excluded.receipt_handle, received_at_ms = excluded.received_at_ms",
+        )
+        .bind(task.as_str())
+        .bind(queue_url)
+        .bind(message_id)
+        .bind(receipt_handle)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every message held for a queue, with whether its task is done.
+    pub async fn held_messages(&self, queue_url: &str) -> Result<Vec<HeldMessage>, Error> {
+        let rows: Vec<HeldRow> = sqlx::query_as(
+            "SELECT m.task_id, m.message_id, m.receipt_handle, m.first_received_at_ms, t.reported_at_ms \
+             FROM sqs_messages m JOIN tasks t ON t.id = m.task_id WHERE m.queue_url = ? ORDER BY m.received_at_ms",
+        )
+        .bind(queue_url)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(HeldMessage {
+                    task_id: TaskId::parse(&row.task_id).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    message_id: row.message_id,
+                    receipt_handle: row.receipt_handle,
+                    first_received_at_ms: row.first_received_at_ms,
+                    done: row.reported_at_ms.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// The message was deleted from SQS (unless it was received again meanwhile, with a new handle).
+    pub async fn release_message(&self, message_id: &str, receipt_handle: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM sqs_messages WHERE message_id = ? AND receipt_handle = ?")
+            .bind(message_id)
+            .bind(receipt_handle)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an unusable message (its body cut at `max_body_bytes`).
+    pub async fn quarantine(
+        &self,
+        queue_url: &str,
+        message_id: &str,
+        reason: &str,
+        body: &str,
+        max_body_bytes: usize,
+        now_ms: i64,
+    ) -> Result<i64, Error> {
+        let mut cut = body.len().min(max_body_bytes);
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO quarantine (queue_url, message_id, reason, body, body_bytes, received_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(queue_url)
+        .bind(message_id)
+        .bind(reason)
+        .bind(&body[..cut])
+        .bind(body.len() as i64)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Quarantined messages, newest first.
+    pub async fn quarantined(&self, limit: u32) -> Result<Vec<Quarantined>, Error> {
+        let rows: Vec<QuarantineRow> = sqlx::query_as("SELECT * FROM quarantine ORDER BY id DESC LIMIT ?")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn quarantined_message(&self, id: i64) -> Result<Option<Quarantined>, Error> {
+        let row: Option<QuarantineRow> =
+            sqlx::query_as("SELECT * FROM quarantine WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Marks a quarantined message replayed.
+    pub async fn mark_replayed(&self, id: i64, now_ms: i64) -> Result<(), Error> {
+        sqlx::query("UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
