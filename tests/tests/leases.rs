@@ -16,20 +16,8 @@ const FAST: &[(&str, &str)] = &[
     ("--sweep-interval", "100ms"),
 ];
 
-/// The fast timings with some flags replaced or added.
-fn timings(overrides: &[(&str, &str)]) -> Vec<String> {
-    let mut flags: Vec<(&str, &str)> = FAST.to_vec();
-    for (flag, value) in overrides {
-        match flags.iter_mut().find(|(f, _)| f == flag) {
-            Some(entry) => entry.1 = value,
-            None => flags.push((flag, value)),
-        }
-    }
-    flags.into_iter().flat_map(|(f, v)| [f.to_owned(), v.to_owned()]).collect()
-}
-
 async fn controller(cluster: &Cluster, overrides: &[(&str, &str)]) -> Controller {
-    let flags = timings(overrides);
+    let flags = merge_flags(FAST, overrides);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     cluster.controller("outpost.db", &flags).await
 }

@@ -5,7 +5,7 @@ use outpost_common::task::TaskState;
 use tonic::Status;
 
 use crate::scheduler::{WorkerState, WorkerView};
-use crate::store::{AttemptRecord, TaskRecord};
+use crate::store::{AttemptRecord, Quarantined, TaskRecord};
 
 pub fn task_state(state: TaskState) -> pb::TaskState {
     match state {
@@ -64,6 +64,19 @@ pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
             .collect(),
         source_type: task.source_type,
         reported_unix_ms: task.reported_at_ms.unwrap_or_default(),
+    }
+}
+
+pub fn quarantined(q: Quarantined) -> pb::QuarantinedMessage {
+    pb::QuarantinedMessage {
+        id: q.id,
+        queue_url: q.queue_url,
+        message_id: q.message_id,
+        reason: q.reason,
+        body: q.body,
+        body_bytes: q.body_bytes,
+        received_unix_ms: q.received_at_ms,
+        replayed_unix_ms: q.replayed_at_ms.unwrap_or_default(),
     }
 }
 

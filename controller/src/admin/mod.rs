@@ -92,6 +92,32 @@ impl pb::admin_service_server::AdminService for AdminService {
         Ok(Response::new(convert::task(task, attempts)))
     }
 
+    async fn list_quarantined(
+        &self,
+        request: Request<pb::ListQuarantinedRequest>,
+    ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            n => n,
+        };
+        let messages = self.scheduler.quarantined(limit).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(pb::ListQuarantinedResponse {
+            messages: messages.into_iter().map(convert::quarantined).collect(),
+        }))
+    }
+
+    async fn replay_quarantined(
+        &self,
+        request: Request<pb::ReplayQuarantinedRequest>,
+    ) -> Result<Response<pb::ReplayQuarantinedResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let task = crate::sources::sqs::replay_quarantined(&self.scheduler, request.get_ref().id)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ReplayQuarantinedResponse { task_id: task.to_string() }))
+    }
+
     async fn drain_worker(
         &self,
         request: Request<pb::DrainWorkerRequest>,

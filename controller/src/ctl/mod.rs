@@ -56,6 +56,11 @@ enum Command {
     },
     /// Stop giving work to a worker; what it runs finishes.
     Drain { worker: String },
+    /// List the SQS messages that could not be used, or replay one (`quarantine replay ID`).
+    Quarantine {
+        #[command(subcommand)]
+        action: Option<QuarantineAction>,
+    },
     /// Submit a recipe (YAML or JSON file) as a task on the local queue.
     Submit {
         /// The pool (executor ID) that must run it.
@@ -80,6 +85,12 @@ enum Command {
         #[arg(long, value_parser = outpost_common::duration::parse, default_value = "500ms")]
         poll_interval: Duration,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineAction {
+    /// Parse a quarantined message again and take its task in.
+    Replay { id: i64 },
 }
 
 /// The whole `outpostctl` program.
@@ -172,6 +183,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({ "workerId": worker, "draining": true }));
             } else {
                 println!("draining {worker}: it gets no new work; what it runs finishes");
+            }
+        }
+        Command::Quarantine { action: None } => {
+            let list =
+                client.list_quarantined(pb::ListQuarantinedRequest { limit: 100 }).await.map_err(status_error)?;
+            output::quarantined(&list.into_inner().messages, cli.json);
+        }
+        Command::Quarantine { action: Some(QuarantineAction::Replay { id }) } => {
+            let request = pb::ReplayQuarantinedRequest { id: *id };
+            let replayed = client.replay_quarantined(request).await.map_err(status_error)?.into_inner();
+            if cli.json {
+                println!("{}", serde_json::json!({ "id": id, "taskId": replayed.task_id }));
+            } else {
+                println!("replayed quarantined message {id} as task {}", replayed.task_id);
             }
         }
         Command::Submit { pool, recipe, task, id, args, wait, poll_interval } => {

@@ -103,6 +103,33 @@ pub fn workers(workers: &[pb::Worker], as_json: bool) {
     table(&["WORKER", "STATE", "POOLS", "SLOTS", "VERSION", "CONNECTED", "LAST SEEN"], &rows);
 }
 
+pub fn quarantined(messages: &[pb::QuarantinedMessage], as_json: bool) {
+    if as_json {
+        let values = messages
+            .iter()
+            .map(|q| {
+                json!({"id": q.id, "queueUrl": q.queue_url, "messageId": q.message_id, "reason": q.reason,
+                       "body": q.body, "bodyBytes": q.body_bytes, "receivedUnixMs": q.received_unix_ms,
+                       "replayedUnixMs": q.replayed_unix_ms})
+            })
+            .collect();
+        return print_json(&Value::Array(values));
+    }
+    let rows: Vec<Vec<String>> = messages
+        .iter()
+        .map(|q| {
+            vec![
+                q.id.to_string(),
+                time(q.received_unix_ms),
+                q.body_bytes.to_string(),
+                time(q.replayed_unix_ms),
+                q.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "RECEIVED", "BYTES", "REPLAYED", "REASON"], &rows);
+}
+
 pub fn tasks(tasks: &[pb::Task], as_json: bool) {
     if as_json {
         return print_json(&Value::Array(tasks.iter().map(task_json).collect()));

@@ -177,14 +177,10 @@ impl Engine {
                 let _ = reply.send(self.drain(&worker));
             }
             Event::Demand { pool, reply } => {
-                let free_slots = self
-                    .sessions
-                    .values()
-                    .filter(|s| !s.draining && s.hello.pools.contains(&pool))
-                    .map(|s| s.credits)
-                    .sum();
+                let serving = self.sessions.values().filter(|s| !s.draining && s.hello.pools.contains(&pool));
+                let (agents, free_slots) = serving.fold((0, 0), |(n, free), s| (n + 1, free + s.credits));
                 let queued = self.queue.ready_len(&pool) as u32;
-                let _ = reply.send(Ok(super::Demand { free_slots, queued }));
+                let _ = reply.send(Ok(super::Demand { agents, free_slots, queued }));
             }
         }
     }

@@ -115,6 +115,8 @@ pub enum AgentCommand {
 /// How much work a pool could start now, for demand-driven intake.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Demand {
+    /// Connected, non-draining agents serving the pool.
+    pub agents: u32,
     /// Credits of connected, non-draining agents serving the pool.
     pub free_slots: u32,
     /// Tasks of the pool waiting in the queue (ready now).
@@ -314,6 +316,21 @@ impl Scheduler {
     /// One task and its attempts.
     pub async fn task(&self, id: &TaskId) -> Result<(TaskRecord, Vec<AttemptRecord>), Error> {
         self.store.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
+    }
+
+    /// Quarantined SQS messages, newest first.
+    pub async fn quarantined(&self, limit: u32) -> Result<Vec<store::Quarantined>, Error> {
+        Ok(self.store.quarantined(limit).await?)
+    }
+
+    /// One quarantined message.
+    pub async fn quarantined_message(&self, id: i64) -> Result<Option<store::Quarantined>, Error> {
+        Ok(self.store.quarantined_message(id).await?)
+    }
+
+    /// Notes that a quarantined message was replayed.
+    pub async fn mark_replayed(&self, id: i64) -> Result<(), Error> {
+        Ok(self.store.mark_replayed(id, outpost_common::clock::unix_ms()).await?)
     }
 
     /// Ids of tasks not yet finished.

@@ -71,6 +71,8 @@ impl Queue {
         let mut failures = 0u32;
         while !token.is_cancelled() {
             let want = match self.scheduler.demand(&self.pool).await {
+                // Without an agent for the pool nothing is taken; with one, its free slots and a small prefetch.
+                Ok(demand) if demand.agents == 0 => 0,
                 Ok(demand) => (demand.free_slots + self.config.prefetch).saturating_sub(demand.queued),
                 Err(_) => break,
             };
@@ -365,8 +367,8 @@ impl Queue {
 
 /// Replays a quarantined message: parses its stored body again and takes the task in (no SQS message is held
 /// for it). Fails with the reason when the body is still unusable (or was cut when it was stored).
-pub async fn replay_quarantined(store: &Store, scheduler: &Scheduler, id: i64) -> Result<TaskId, String> {
-    let entry = store
+pub async fn replay_quarantined(scheduler: &Scheduler, id: i64) -> Result<TaskId, String> {
+    let entry = scheduler
         .quarantined_message(id)
         .await
         .map_err(|e| e.to_string())?
@@ -379,7 +381,7 @@ pub async fn replay_quarantined(store: &Store, scheduler: &Scheduler, id: i64) -
         Request::FetchAndRun { .. } => return Err("a Celery message: its input must be read from GMS".into()),
         Request::Kill { id } => {
             scheduler.cancel(&id, "KILL signal from DataHub (replayed)").await.map_err(|e| e.to_string())?;
-            store.mark_replayed(entry.id, unix_ms()).await.map_err(|e| e.to_string())?;
+            scheduler.mark_replayed(entry.id).await.map_err(|e| e.to_string())?;
             return Ok(id);
         }
     };
@@ -392,6 +394,6 @@ pub async fn replay_quarantined(store: &Store, scheduler: &Scheduler, id: i64) -
         requested_at_ms: input.requested_at_ms,
     };
     scheduler.submit(task).await.map_err(|e| e.to_string())?;
-    store.mark_replayed(id, unix_ms()).await.map_err(|e| e.to_string())?;
+    scheduler.mark_replayed(id).await.map_err(|e| e.to_string())?;
     Ok(task_id)
 }

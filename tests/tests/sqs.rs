@@ -1,0 +1,273 @@
+//! The SQS bridge against a real SQS API (moto server) with the real AWS SDK: the three message shapes, messages
+//! held until the result is recorded/in GMS, visibility renewal, redelivery after a crash, duplicates,
+//! quarantine, demand-driven receive, and SQS calls per task.
+
+use std::time::Duration;
+
+use outpost_common::pb;
+use outpost_integration_tests::*;
+
+async fn controller(cluster: &Cluster, moto: &Moto, queue: &str, overrides: &[(&str, &str)]) -> Controller {
+    let queue_flag = format!("default={queue}");
+    let base = [
+        ("--heartbeat-interval", "300ms"),
+        ("--lease-ttl", "3s"),
+        ("--sweep-interval", "100ms"),
+        ("--sqs-wait", "1s"),
+        ("--sqs-visibility-timeout", "3s"),
+        ("--sqs-keep-interval", "1s"),
+        ("--sqs-idle-poll", "100ms"),
+        ("--sqs-retry-backoff", "100ms"),
+        ("--sqs-retry-backoff-max", "500ms"),
+        ("--sqs-endpoint", moto.endpoint.as_str()),
+        ("--queue", queue_flag.as_str()),
+    ];
+    let flags = merge_flags(&base, overrides);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    cluster.controller("outpost.db", &flags).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_all_three_shapes_run_and_are_deleted_only_after_their_results_reached_gms() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let gms = cluster.gms(&[]).await;
+    let queue = moto.queue("executor-default").await;
+    let input = messages::input(&file_recipe(), "default");
+    gms.input("urn:li:dataHubExecutionRequest:via-celery", input.clone()).await;
+    moto.send(&queue, &messages::mcl_input("via-mcl", &input)).await;
+    moto.send(&queue, &messages::celery("via-celery", "default")).await;
+    moto.send(&queue, &messages::plain("via-plain", &input)).await;
+
+    let gms_url = format!("{}/gms", gms.base);
+    let controller =
+        controller(&cluster, &moto, &queue, &[("--gms-url", &gms_url), ("--progress-interval", "1s")]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 3, &[]);
+    for id in ["via-mcl", "via-celery", "via-plain"] {
+        let task = wait_task(&admin, id, "reported to GMS", |t| t.reported_unix_ms > 0).await;
+        assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{id}: {task:?}");
+        assert_eq!(
+            (task.task.as_str(), task.pool.as_str(), task.source_type.as_str()),
+            ("RUN_INGEST", "default", "SCHEDULED_INGESTION_SOURCE")
+        );
+        assert_eq!(task.attempts, 1);
+    }
+    moto.wait_empty(&queue).await;
+    // Each message was deleted after its task's terminal write reached GMS.
+    let log = controller.proc.log();
+    let lines: Vec<&str> = log.lines().collect();
+    for id in ["via-mcl", "via-celery", "via-plain"] {
+        let field = format!("task={id}");
+        let line_of = |what: &str, also: &str| {
+            lines.iter().position(|l| l.contains(what) && l.contains(also) && l.split_whitespace().any(|w| w == field))
+        };
+        let reported = line_of("reported to GMS", "kind=\"terminal\"").expect("a terminal report");
+        let deleted = line_of("sqs message deleted", "").expect("a deletion");
+        assert!(reported < deleted, "{id}: reported on line {reported}, deleted on line {deleted}");
+    }
+    assert!(gms.invalid().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_the_visibility_timeout_keeps_its_message_and_runs_once() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("long").await;
+    moto.send(&queue, &messages::mcl_input("long-run", &messages::input(&mock_recipe(6, 5), "default"))).await;
+    let controller =
+        controller(&cluster, &moto, &queue, &[("--sqs-visibility-timeout", "2s"), ("--sqs-keep-interval", "500ms")])
+            .await;
+    let admin = cluster.admin(&controller).await;
+    let _a1 = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _a2 = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let started = wait_task(&admin, "long-run", "running", |t| t.state == pb::TaskState::Running as i32).await;
+    let begun = std::time::Instant::now();
+    // Over several visibility timeouts the message never becomes visible again.
+    while get(&mut admin.clone(), "long-run").await.state == pb::TaskState::Running as i32 {
+        assert_eq!(moto.counts(&queue).await, (0, 1), "held invisible while it runs");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let task = wait_terminal(&admin, "long-run").await;
+    assert!(begun.elapsed() > Duration::from_secs(4), "the run outlasted two visibility timeouts");
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    assert_eq!((task.attempts, task.worker_id.as_str()), (1, started.worker_id.as_str()), "it ran once");
+    moto.wait_empty(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("crash").await;
+    moto.send(&queue, &messages::mcl_input("crash-run", &messages::input(&mock_recipe(5, 5), "default"))).await;
+    let mut first = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s")]).await;
+    let port = first.addr.to_string();
+    let admin = cluster.admin(&first).await;
+    let _agent = cluster.agent(&first, "w-1", "default", 1, &[]);
+    wait_running(&admin, "crash-run").await;
+    first.proc.kill();
+    wait_until("the message to be visible again", Duration::from_secs(30), || async {
+        (moto.counts(&queue).await.0 == 1).then_some(())
+    })
+    .await;
+    let controller = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s"), ("--listen", &port)]).await;
+    let admin = cluster.admin(&controller).await;
+    let task = wait_task(&admin, "crash-run", "recorded", |t| t.reported_unix_ms > 0).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    assert_eq!(task.attempts, 1, "the agent kept running it and reclaimed it");
+    assert!(controller.proc.log().contains("a re-delivery of a known task: its new receipt handle adopted"));
+    moto.wait_empty(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_delivery_runs_once() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("dupes").await;
+    let body = messages::mcl_input("twice", &messages::input(&mock_recipe(4, 4), "default"));
+    moto.send(&queue, &body).await;
+    moto.send(&queue, &body).await;
+    let controller = controller(&cluster, &moto, &queue, &[]).await;
+    let admin = cluster.admin(&controller).await;
+    let _a1 = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _a2 = cluster.agent(&controller, "w-2", "default", 2, &[]);
+    let task = wait_task(&admin, "twice", "recorded", |t| t.reported_unix_ms > 0).await;
+    assert_eq!((task.state, task.attempts, task.epoch), (pb::TaskState::Succeeded as i32, 1, 1));
+    moto.wait_empty(&queue).await;
+    let listed = admin.clone().list_tasks(pb::ListTasksRequest::default()).await.unwrap().into_inner().tasks;
+    assert_eq!(listed.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_messages_are_quarantined_with_their_reason_and_the_bridge_goes_on() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("mixed").await;
+    let dlq = moto.queue("mixed-dlq").await;
+    let wrong_aspect = messages::mcl_input("x", &messages::input(&file_recipe(), "default"))
+        .replace("dataHubExecutionRequestInput", "dataHubIngestionSourceInfo");
+    let oversized = messages::plain("big", &messages::input(&"x".repeat(5000), "default"));
+    for body in [
+        "garbage that is not json",
+        "{\"entityUrn\": \"urn:li:dataHubExecutionRequest:cut\", \"aspect",
+        &wrong_aspect,
+        &oversized,
+    ] {
+        moto.send(&queue, body).await;
+    }
+    moto.send(&queue, &messages::plain("fine", &messages::input(&file_recipe(), "default"))).await;
+    let controller =
+        controller(&cluster, &moto, &queue, &[("--sqs-max-message-bytes", "4000"), ("--dead-letter-queue", &dlq)])
+            .await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let fine = wait_task(&admin, "fine", "recorded", |t| t.reported_unix_ms > 0).await;
+    assert_eq!(fine.state, pb::TaskState::Succeeded as i32);
+    moto.wait_empty(&queue).await;
+    assert_eq!(moto.counts(&dlq).await.0, 4, "every unusable message was copied to the dead-letter queue");
+
+    let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
+    let quarantined = quarantined.into_inner().messages;
+    let mut reasons: Vec<String> = quarantined.iter().map(|q| q.reason.clone()).collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "aspect \"dataHubIngestionSourceInfo\" is neither dataHubExecutionRequestInput nor dataHubExecutionRequestSignal",
+            "the body is 5344 bytes, over the 4000 byte limit",
+            "the body is neither JSON (EOF while parsing a string at line 1 column 59) nor base64",
+            "the body is neither JSON (expected value at line 1 column 1) nor base64",
+        ]
+    );
+
+    // Replayable later: the oversized one is whole and parses; the garbage is still garbage.
+    let oversized = quarantined.iter().find(|q| q.reason.starts_with("the body is 5344 bytes")).unwrap();
+    let replayed = admin.clone().replay_quarantined(pb::ReplayQuarantinedRequest { id: oversized.id }).await.unwrap();
+    assert_eq!(replayed.into_inner().task_id, "big");
+    let big = wait_terminal(&admin, "big").await;
+    assert_eq!(big.state, pb::TaskState::Failed as i32, "its recipe is not JSON: the agent fails it");
+    assert!(big.result.unwrap().report.contains("The recipe is not valid JSON"));
+    let garbage = quarantined.iter().find(|q| q.body == "garbage that is not json").unwrap();
+    let output = cluster.ctl(&controller, &["quarantine", "replay", &garbage.id.to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: FailedPrecondition: the body is neither JSON (expected value at line 1 column 1) nor base64\n"
+    );
+    let listing = String::from_utf8(cluster.ctl(&controller, &["quarantine"]).stdout).unwrap();
+    assert!(listing.starts_with("ID  RECEIVED"), "{listing}");
+    assert_eq!(listing.lines().count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_follows_demand_no_agent_nothing_taken_two_slots_at_most_three_in_hand() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("demand").await;
+    for i in 0..6 {
+        moto.send(&queue, &messages::plain(&format!("d{i}"), &messages::input(&mock_recipe(4, 4), "default"))).await;
+    }
+    let controller = controller(&cluster, &moto, &queue, &[("--sqs-prefetch", "1")]).await;
+    wait_until("three idle demand checks", Duration::from_secs(30), || {
+        let idle = controller.proc.log().matches("sqs: no demand for pool").count();
+        async move { (idle >= 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(moto.counts(&queue).await, (6, 0), "no agent: nothing received");
+
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let mut seen_max = 0;
+    let mut finished = 0;
+    while finished < 6 {
+        let (_, in_flight) = moto.counts(&queue).await;
+        seen_max = seen_max.max(in_flight);
+        assert!(in_flight <= 3, "at most 2 slots + 1 prefetch in hand, saw {in_flight}");
+        let tasks = admin.clone().list_tasks(pb::ListTasksRequest::default()).await.unwrap().into_inner().tasks;
+        finished = tasks.iter().filter(|t| t.reported_unix_ms > 0).count();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_max >= 2, "work was taken as slots freed: max in hand {seen_max}");
+    moto.wait_empty(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_api_calls_per_task() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("calls").await;
+    let tasks = 20;
+    for i in 0..tasks {
+        moto.send(&queue, &messages::plain(&format!("c{i}"), &messages::input(&file_recipe(), "default"))).await;
+    }
+    let mut controller = controller(
+        &cluster,
+        &moto,
+        &queue,
+        &[("--sqs-wait", "20s"), ("--sqs-visibility-timeout", "60s"), ("--sqs-keep-interval", "20s")],
+    )
+    .await;
+    let admin = cluster.admin(&controller).await;
+    let _a1 = cluster.agent(&controller, "w-1", "default", 4, &[]);
+    let _a2 = cluster.agent(&controller, "w-2", "default", 4, &[]);
+    for i in 0..tasks {
+        wait_task(&admin, &format!("c{i}"), "recorded", |t| t.reported_unix_ms > 0).await;
+    }
+    moto.wait_empty(&queue).await;
+    controller.proc.signal(libc::SIGTERM);
+    controller.proc.wait_exit(Duration::from_secs(30)).await;
+    let log = controller.proc.log();
+    let line = log.lines().find(|l| l.contains("sqs api calls")).expect("the call summary");
+    let count = |name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    let total = count("receive") + count("change_visibility") + count("delete") + count("send");
+    let per_task = total as f64 / tasks as f64;
+    eprintln!("sqs api calls for {tasks} tasks: {line} -> {per_task:.2} per task");
+    assert!(per_task <= 3.0, "{per_task:.2} calls per task: {line}");
+}
