@@ -663,6 +663,11 @@ impl Cluster {
     pub async fn moto(&self) -> Moto {
         // moto_server takes a port, not 0: borrow a free one from the kernel.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        self.moto_on(port).await
+    }
+
+    /// A moto server on a given port (a restart on the same address starts with no queues).
+    pub async fn moto_on(&self, port: u16) -> Moto {
         let mut command = Command::new(repo_root().join(".venv/bin/moto_server"));
         command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let mut proc = Proc::spawn("moto", command, self.path(&format!("moto-{}.log", unique())));

@@ -271,3 +271,66 @@ async fn sqs_api_calls_per_task() {
     eprintln!("sqs api calls for {tasks} tasks: {line} -> {per_task:.2} per task");
     assert!(per_task <= 3.0, "{per_task:.2} calls per task: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_signal_on_sqs_cancels_the_running_task() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("kills").await;
+    moto.send(&queue, &messages::mcl_input("doomed", &messages::input(&mock_recipe(6, 6), "default"))).await;
+    let controller = controller(&cluster, &moto, &queue, &[]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    wait_running(&admin, "doomed").await;
+    moto.send(&queue, &messages::mcl_kill("doomed")).await;
+    let task = wait_terminal(&admin, "doomed").await;
+    assert_eq!(task.state, pb::TaskState::Cancelled as i32);
+    assert!(task.result.unwrap().report.contains("Execution was cancelled by request."));
+    moto.wait_empty(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_a_pool_not_served_here_is_given_back_not_run() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("shared").await;
+    moto.send(&queue, &messages::plain("elsewhere", &messages::input(&file_recipe(), "other-pool"))).await;
+    moto.send(&queue, &messages::plain("ours", &messages::input(&file_recipe(), "default"))).await;
+    let controller = controller(&cluster, &moto, &queue, &[("--sqs-foreign-visibility", "60s")]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    wait_task(&admin, "ours", "recorded", |t| t.reported_unix_ms > 0).await;
+    wait_until("the foreign message to be given back", Duration::from_secs(30), || async {
+        (moto.counts(&queue).await == (0, 1)).then_some(())
+    })
+    .await;
+    let status = admin.get_task(pb::GetTaskRequest { id: "elsewhere".into() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "never taken in");
+    assert!(controller.proc.log().contains("a request for a pool this controller does not serve: given back"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_backs_off_through_an_sqs_outage_and_recovers() {
+    let cluster = Cluster::new(bins!());
+    let mut moto = cluster.moto().await;
+    let port: u16 = moto.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let queue = moto.queue("flaky").await;
+    let controller = controller(&cluster, &moto, &queue, &[]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    wait_workers(&admin, 1).await;
+
+    moto.proc.kill();
+    wait_until("receive failures to be logged", Duration::from_secs(30), || {
+        let failures = controller.proc.log().matches("sqs receive failed").count();
+        async move { (failures >= 2).then_some(()) }
+    })
+    .await;
+    assert!(controller.proc.log().contains("retry_in_ms="), "failures back off");
+    let moto = cluster.moto_on(port).await;
+    assert_eq!(moto.queue("flaky").await, queue, "the same queue URL again");
+    moto.send(&queue, &messages::plain("after-outage", &messages::input(&file_recipe(), "default"))).await;
+    let task = wait_task(&admin, "after-outage", "recorded", |t| t.reported_unix_ms > 0).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    moto.wait_empty(&queue).await;
+}
