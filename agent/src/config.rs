@@ -9,6 +9,18 @@ use outpost_common::duration;
 use outpost_common::telemetry::LogFormat;
 use outpost_common::tls::TlsArgs;
 
+/// `NAME=ARN`.
+fn parse_secret(value: &str) -> Result<(String, String), String> {
+    let (name, id) = value.split_once('=').ok_or_else(|| format!("{value:?} is not NAME=ARN"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Err(format!("{name:?} is not a secret name (word characters only)"));
+    }
+    if id.is_empty() {
+        return Err(format!("secret {name} has no ARN"));
+    }
+    Ok((name.to_owned(), id.to_owned()))
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "outpost-agent",
@@ -36,6 +48,30 @@ pub struct Config {
     /// The `datahub` executable (default: `datahub` on PATH).
     #[arg(long, env = "OUTPOST_DATAHUB_CLI", default_value = "datahub")]
     pub datahub_cli: PathBuf,
+    /// Where per-version virtualenvs are built and cached; without it every task uses --datahub-cli.
+    #[arg(long, env = "OUTPOST_VENV_ROOT")]
+    pub venv_root: Option<PathBuf>,
+    /// The Python interpreter new virtualenvs are made from.
+    #[arg(long, env = "OUTPOST_VENV_PYTHON", default_value = "python3")]
+    pub venv_python: PathBuf,
+    /// A directory of secret files: `${NAME}` resolves to the content of NAME (trailing whitespace stripped).
+    #[arg(long, env = "DATAHUB_EXECUTOR_FILE_SECRET_BASEDIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Secret files larger than this are refused.
+    #[arg(long, env = "DATAHUB_EXECUTOR_FILE_SECRET_MAXLEN", default_value_t = 1024 * 1024)]
+    pub secret_max_file_bytes: u64,
+    /// A secret in AWS Secrets Manager, as NAME=ARN (or NAME=secret-name); repeatable.
+    #[arg(long = "secret", env = "OUTPOST_SECRETS", value_delimiter = ',', value_parser = parse_secret)]
+    pub secrets: Vec<(String, String)>,
+    /// Look names without a NAME=ARN mapping up in Secrets Manager as <prefix><NAME>.
+    #[arg(long, env = "OUTPOST_SECRET_PREFIX")]
+    pub secret_prefix: Option<String>,
+    /// How long a Secrets Manager value is reused before it is read again (rotation needs no restart).
+    #[arg(long, env = "OUTPOST_SECRET_CACHE_TTL", value_parser = duration::parse, default_value = "60s")]
+    pub secret_cache_ttl: Duration,
+    /// Secrets Manager endpoint override; otherwise the AWS default chain decides.
+    #[arg(long, env = "OUTPOST_SECRETS_MANAGER_ENDPOINT")]
+    pub secrets_manager_endpoint: Option<String>,
     /// Per-run working directories go here (default: <tmp>/outpost-agent-<worker-id>).
     #[arg(long, env = "OUTPOST_WORK_DIR")]
     pub work_dir: Option<PathBuf>,

@@ -4,15 +4,20 @@
 pub mod config;
 pub mod entry;
 pub mod runner;
+pub mod secrets;
 pub mod session;
+pub mod venv;
 
 use anyhow::Context;
 use outpost_common::ids::{PoolId, WorkerId};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::runner::{ProcessConfig, Runner};
 use crate::session::SessionConfig;
+use crate::venv::Venvs;
 
 /// Runs the agent until `shutdown` is cancelled and its work is finished or handed back.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -34,8 +39,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let work_dir =
         config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("outpost-agent-{worker_id}")));
     std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let secrets_config = secrets::Config {
+        dir: config.secrets_dir.clone(),
+        max_file_bytes: config.secret_max_file_bytes,
+        mappings: config.secrets.iter().cloned().collect(),
+        prefix: config.secret_prefix.clone(),
+        cache_ttl: config.secret_cache_ttl,
+    };
+    let secrets_manager = if secrets::Resolver::uses_secrets_manager(&secrets_config) {
+        Some(secrets::secrets_manager_client(config.secrets_manager_endpoint.as_deref()).await)
+    } else {
+        None
+    };
+    let venvs = Venvs::new(config.datahub_cli.clone(), config.venv_root.clone(), config.venv_python.clone());
     let (runner, events) = Runner::new(ProcessConfig {
-        cli: config.datahub_cli.clone(),
+        venvs: Arc::new(venvs),
+        secrets: Arc::new(secrets::Resolver::new(secrets_config, secrets_manager)),
         work_dir,
         cancel_grace: config.cancel_grace,
         output_drain_timeout: config.output_drain_timeout,

@@ -377,6 +377,7 @@ impl Agent {
                     task_name: assign.task,
                     args: assign.args.into_iter().collect(),
                     attempt_number: assign.attempt_number,
+                    deadline_unix_ms: (assign.deadline_unix_ms > 0).then_some(assign.deadline_unix_ms),
                 });
             }
             In::Cancel(cancel) => {

@@ -2,6 +2,7 @@
 //! the session loop (no shared state); reports through the event channel it hands out. Never builds wire types.
 
 pub mod output;
+pub mod prepare;
 pub mod process;
 pub mod report;
 
@@ -22,6 +23,8 @@ pub struct Assignment {
     pub task_name: String,
     pub args: BTreeMap<String, String>,
     pub attempt_number: u32,
+    /// Stop with TIMED_OUT at this time (Unix ms).
+    pub deadline_unix_ms: Option<i64>,
 }
 
 /// What running attempts report.
@@ -83,6 +86,9 @@ impl Runner {
             attempt_tag: assignment.attempt.epoch.to_string(),
             task_name: assignment.task_name,
             args: assignment.args,
+            deadline: assignment
+                .deadline_unix_ms
+                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)),
         };
         let config = self.config.clone();
         let events = self.events.clone();

@@ -1,0 +1,237 @@
+//! Secrets: `${NAME}` references in a recipe, resolved on the agent at task start from, in order, the
+//! environment, a secrets directory (`NAME` files) and AWS Secrets Manager (`NAME=ARN` mappings and/or a name
+//! prefix), with a short TTL cache so a rotated secret is used on the next run. Values leave this module only
+//! through [`SecretValue::expose`], for the CLI's stdin envelope and the masker; `Debug` never shows them and
+//! errors name the secret, never its value.
+
+pub mod mask;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::debug;
+
+/// A resolved secret value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: String) -> SecretValue {
+        SecretValue(value)
+    }
+
+    /// The value itself: only for the CLI's stdin envelope and the masker.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+/// Resolved secrets by name.
+pub type Secrets = BTreeMap<String, SecretValue>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("secret {} could not be resolved: not in the environment, the secrets directory or AWS Secrets Manager", .0.join(", "))]
+    Missing(Vec<String>),
+    #[error("secret {name} could not be read from {store}: {reason}")]
+    Store { name: String, store: &'static str, reason: String },
+}
+
+/// Where secrets come from.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// A directory of `NAME` files (Kubernetes secret mounts).
+    pub dir: Option<PathBuf>,
+    /// Files larger than this are refused.
+    pub max_file_bytes: u64,
+    /// `NAME` → Secrets Manager id (ARN or name).
+    pub mappings: BTreeMap<String, String>,
+    /// Names not mapped are looked up as `<prefix><NAME>` when set.
+    pub prefix: Option<String>,
+    /// How long a Secrets Manager value is reused.
+    pub cache_ttl: Duration,
+}
+
+/// The names of `${NAME}` references (word characters only, as DataHub's executor resolves them).
+pub fn references(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                if !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                    names.insert(name.to_owned());
+                }
+                rest = &after[end..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
+/// Resolves secret names. Shared by every run of an agent.
+pub struct Resolver {
+    config: Config,
+    secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    cache: Mutex<HashMap<String, (Instant, SecretValue)>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    /// `secrets_manager` is needed only when mappings or a prefix are configured.
+    pub fn new(config: Config, secrets_manager: Option<aws_sdk_secretsmanager::Client>) -> Resolver {
+        Resolver { config, secrets_manager, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn uses_secrets_manager(config: &Config) -> bool {
+        !config.mappings.is_empty() || config.prefix.is_some()
+    }
+
+    /// Resolves every name, or fails naming all the missing ones.
+    pub async fn resolve(&self, names: &BTreeSet<String>) -> Result<Secrets, Error> {
+        let mut secrets = Secrets::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match self.resolve_one(name).await? {
+                Some(value) => {
+                    secrets.insert(name.clone(), value);
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        if missing.is_empty() { Ok(secrets) } else { Err(Error::Missing(missing)) }
+    }
+
+    async fn resolve_one(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+        if let Ok(value) = std::env::var(name) {
+            debug!(secret = name, store = "environment", "secret resolved");
+            return Ok(Some(SecretValue(value)));
+        }
+        if let Some(value) = self.from_dir(name)? {
+            debug!(secret = name, store = "secrets directory", "secret resolved");
+            return Ok(Some(value));
+        }
+        self.from_secrets_manager(name).await
+    }
+
+    fn from_dir(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+        let Some(dir) = &self.config.dir else { return Ok(None) };
+        let path = dir.join(name);
+        let store_error =
+            |reason: String| Error::Store { name: name.to_owned(), store: "the secrets directory", reason };
+        let metadata = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store_error(e.to_string())),
+        };
+        if metadata.len() > self.config.max_file_bytes {
+            return Err(store_error(format!(
+                "the file is {} bytes, over {}",
+                metadata.len(),
+                self.config.max_file_bytes
+            )));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| store_error(e.to_string()))?;
+        Ok(Some(SecretValue(text.trim_end().to_owned())))
+    }
+
+    async fn from_secrets_manager(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+        let id = match (self.config.mappings.get(name), &self.config.prefix) {
+            (Some(id), _) => id.clone(),
+            (None, Some(prefix)) => format!("{prefix}{name}"),
+            (None, None) => return Ok(None),
+        };
+        let Some(client) = &self.secrets_manager else { return Ok(None) };
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, value)) = cache.get(&id)
+                && at.elapsed() < self.config.cache_ttl
+            {
+                return Ok(Some(value.clone()));
+            }
+        }
+        let store_error = |reason: String| Error::Store { name: name.to_owned(), store: "AWS Secrets Manager", reason };
+        let value = match client.get_secret_value().secret_id(&id).send().await {
+            Ok(output) => match output.secret_string {
+                Some(text) => SecretValue(text),
+                None => return Err(store_error("the secret has no string value".into())),
+            },
+            Err(e) => {
+                let service = e.into_service_error();
+                if service.is_resource_not_found_exception() {
+                    return Ok(None);
+                }
+                return Err(store_error(service.to_string()));
+            }
+        };
+        debug!(secret = name, store = "AWS Secrets Manager", "secret resolved");
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (Instant::now(), value.clone()));
+        Ok(Some(value))
+    }
+}
+
+/// A Secrets Manager client from the default AWS chain, over rustls with ring.
+pub async fn secrets_manager_client(endpoint: Option<&str>) -> aws_sdk_secretsmanager::Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    aws_sdk_secretsmanager::Client::new(&loader.load().await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_word_references_only() {
+        let text = r#"{"password": "${DB_PW}", "host": "${HOST_1}:${PORT}", "other": "${not-a-name}", "x": "${}", "env": "${VAR:-default}", "open": "${UNCLOSED"}"#;
+        let names: Vec<String> = references(text).into_iter().collect();
+        assert_eq!(names, ["DB_PW", "HOST_1", "PORT"]);
+    }
+
+    #[tokio::test]
+    async fn environment_then_directory_and_missing_names_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("FROM_FILE"), "file-value \n\n").unwrap();
+        std::fs::write(dir.path().join("HUGE"), "x".repeat(100)).unwrap();
+        let resolver =
+            Resolver::new(Config { dir: Some(dir.path().to_owned()), max_file_bytes: 50, ..Config::default() }, None);
+        let names: BTreeSet<String> = ["FROM_FILE".to_owned(), "PATH".to_owned()].into();
+        let secrets = resolver.resolve(&names).await.unwrap();
+        assert_eq!(secrets["FROM_FILE"].expose(), "file-value", "trailing whitespace stripped");
+        assert_eq!(secrets["PATH"].expose(), std::env::var("PATH").unwrap());
+        assert_eq!(format!("{:?}", secrets["FROM_FILE"]), "SecretValue(<redacted>)");
+
+        let names: BTreeSet<String> = ["NOPE_1".to_owned(), "NOPE_2".to_owned()].into();
+        let error = resolver.resolve(&names).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "secret NOPE_1, NOPE_2 could not be resolved: not in the environment, the secrets directory or AWS Secrets Manager"
+        );
+        let names: BTreeSet<String> = ["HUGE".to_owned()].into();
+        assert_eq!(
+            resolver.resolve(&names).await.unwrap_err().to_string(),
+            "secret HUGE could not be read from the secrets directory: the file is 100 bytes, over 50"
+        );
+    }
+}
