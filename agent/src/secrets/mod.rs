@@ -124,14 +124,14 @@ impl Resolver {
             debug!(secret = name, store = "environment", "secret resolved");
             return Ok(Some(SecretValue(value)));
         }
-        if let Some(value) = self.from_dir(name)? {
+        if let Some(value) = self.read_dir_secret(name)? {
             debug!(secret = name, store = "secrets directory", "secret resolved");
             return Ok(Some(value));
         }
-        self.from_secrets_manager(name).await
+        self.read_secrets_manager(name).await
     }
 
-    fn from_dir(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+    fn read_dir_secret(&self, name: &str) -> Result<Option<SecretValue>, Error> {
         let Some(dir) = &self.config.dir else { return Ok(None) };
         let path = dir.join(name);
         let store_error =
@@ -152,7 +152,7 @@ impl Resolver {
         Ok(Some(SecretValue(text.trim_end().to_owned())))
     }
 
-    async fn from_secrets_manager(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+    async fn read_secrets_manager(&self, name: &str) -> Result<Option<SecretValue>, Error> {
         let id = match (self.config.mappings.get(name), &self.config.prefix) {
             (Some(id), _) => id.clone(),
             (None, Some(prefix)) => format!("{prefix}{name}"),
