@@ -33,6 +33,9 @@ pub struct Venvs {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Written into a venv once its build finished.
+const READY_MARKER: &str = ".outpost-ready";
+
 /// FNV-1a, 64 bits: a stable name for a venv's contents (not a security hash).
 fn fnv1a(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -95,7 +98,9 @@ impl Venvs {
             locks.entry(name.clone()).or_default().clone()
         };
         let _building = lock.lock().await;
-        if cli.exists() {
+        // Built in place (venv scripts hold absolute paths); the marker says the build finished.
+        let ready = dir.join(READY_MARKER);
+        if ready.exists() {
             note(format!("Using the cached venv {name} for plugin '{}'", request.plugin));
             return Ok(cli);
         }
@@ -106,33 +111,27 @@ impl Venvs {
             dir.display()
         ));
         info!(venv = %dir.display(), requirement = %request.datahub_requirement(), "building virtualenv");
-        let staging = root.join(format!(".{name}.building"));
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-        let built = self.build(request, &staging, note).await;
+        let built = self.build(request, &dir, note).await;
         if let Err(e) = built {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        std::fs::rename(&staging, &dir).map_err(|e| format!("cannot move the new venv into place: {e}"))?;
+        std::fs::write(&ready, request.datahub_requirement())
+            .map_err(|e| format!("cannot mark the venv ready: {e}"))?;
         note(format!("Venv ready at: {}", dir.display()));
         Ok(cli)
     }
 
-    async fn build(
-        &self,
-        request: &Request,
-        staging: &Path,
-        note: &mut (dyn FnMut(String) + Send),
-    ) -> Result<(), String> {
+    async fn build(&self, request: &Request, dir: &Path, note: &mut (dyn FnMut(String) + Send)) -> Result<(), String> {
         let uv = which("uv");
-        let python_in_venv = staging.join("bin").join("python");
+        let python_in_venv = dir.join("bin").join("python");
         let mut install: Vec<String> = vec![request.datahub_requirement()];
         install.extend(request.extra_requirements.iter().cloned());
         match &uv {
             Some(uv) => {
-                let venv_args =
-                    vec!["venv".to_owned(), "--python".to_owned(), path_text(&self.python), path_text(staging)];
+                let venv_args = vec!["venv".to_owned(), "--python".to_owned(), path_text(&self.python), path_text(dir)];
                 run(uv, &venv_args, note).await?;
                 let mut args =
                     vec!["pip".to_owned(), "install".to_owned(), "--python".to_owned(), path_text(&python_in_venv)];
@@ -140,7 +139,7 @@ impl Venvs {
                 run(uv, &args, note).await
             }
             None => {
-                let venv_args = vec!["-m".to_owned(), "venv".to_owned(), path_text(staging)];
+                let venv_args = vec!["-m".to_owned(), "venv".to_owned(), path_text(dir)];
                 run(&self.python, &venv_args, note).await?;
                 let mut args = vec![
                     "-m".to_owned(),

@@ -103,6 +103,9 @@ pub struct RunConfig {
     /// How often leases, deadlines and backoffs are checked and heartbeats persisted (one transaction each time).
     #[arg(long, env = "OUTPOST_SWEEP_INTERVAL", value_parser = duration::parse, default_value = "500ms")]
     pub sweep_interval: Duration,
+    /// Stop a run still going after this long; it ends TIMED_OUT (unset: no limit, as in DataHub).
+    #[arg(long, env = "OUTPOST_TASK_TIMEOUT", value_parser = duration::parse)]
+    pub task_timeout: Option<Duration>,
     /// Attempts a task may make; after that an infrastructure failure ends it ABORTED.
     #[arg(long, env = "OUTPOST_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

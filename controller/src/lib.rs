@@ -44,6 +44,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             ack_deadline: config.ack_deadline,
             cancel_timeout: config.cancel_timeout,
             sweep_interval: config.sweep_interval,
+            task_timeout: config.task_timeout,
             retry: scheduler::RetryPolicy {
                 max_attempts: config.max_attempts,
                 backoff_base: config.retry_backoff,

@@ -144,6 +144,19 @@ impl Drop for Proc {
     }
 }
 
+/// How to start an agent.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentSpec<'a> {
+    /// Whose certificate it presents.
+    pub cert_worker: &'a str,
+    /// The worker ID its Hello claims.
+    pub worker: &'a str,
+    pub pool: &'a str,
+    pub slots: u32,
+    pub extra: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// A controller process and where it listens.
 pub struct Controller {
     pub proc: Proc,
@@ -249,19 +262,32 @@ impl Cluster {
 
     /// Starts an agent with its own certificate, serving `pool` with `slots`.
     pub fn agent(&self, controller: &Controller, worker: &str, pool: &str, slots: u32, extra: &[&str]) -> Proc {
-        self.agent_claiming(controller, worker, worker, pool, slots, extra)
+        self.spawn_agent(controller, &AgentSpec { cert_worker: worker, worker, pool, slots, extra, env: &[] })
+    }
+
+    /// An agent with extra environment variables.
+    pub fn agent_with_env(
+        &self,
+        controller: &Controller,
+        worker: &str,
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        self.spawn_agent(controller, &AgentSpec { cert_worker: worker, worker, pool: "default", slots, extra, env })
     }
 
     /// Starts an agent with the certificate of `cert_worker` that claims to be `worker` in its Hello.
-    pub fn agent_claiming(
-        &self,
-        controller: &Controller,
-        cert_worker: &str,
-        worker: &str,
-        pool: &str,
-        slots: u32,
-        extra: &[&str],
-    ) -> Proc {
+    pub fn agent_claiming(&self, controller: &Controller, cert_worker: &str, worker: &str) -> Proc {
+        self.spawn_agent(
+            controller,
+            &AgentSpec { cert_worker, worker, pool: "default", slots: 1, extra: &[], env: &[] },
+        )
+    }
+
+    /// Starts an agent process.
+    pub fn spawn_agent(&self, controller: &Controller, spec: &AgentSpec<'_>) -> Proc {
+        let AgentSpec { cert_worker, worker, pool, slots, extra, env } = *spec;
         let (cert, key) = self.agent_cert(cert_worker);
         let mut command = Command::new(&self.bins.agent);
         command
@@ -281,7 +307,12 @@ impl Cluster {
             .args(extra)
             .env("DATAHUB_TELEMETRY_ENABLED", "false")
             .env("OUTPOST_EXAMPLES", repo_root().join("examples"))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info,outpost_agent=debug")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied());
         Proc::spawn(&format!("agent {worker}"), command, self.path(&format!("agent-{worker}-{}.log", unique())))
     }
 
@@ -657,6 +688,7 @@ pub struct Moto {
     pub proc: Proc,
     pub endpoint: String,
     pub sqs: aws_sdk_sqs::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl Cluster {
@@ -695,7 +727,12 @@ impl Cluster {
             )
             .load()
             .await;
-        Moto { proc, endpoint, sqs: aws_sdk_sqs::Client::new(&config) }
+        Moto {
+            proc,
+            endpoint,
+            sqs: aws_sdk_sqs::Client::new(&config),
+            secrets: aws_sdk_secretsmanager::Client::new(&config),
+        }
     }
 }
 
@@ -801,4 +838,34 @@ pub mod messages {
     pub fn plain(id: &str, input: &Value) -> String {
         json!({"executionRequestUrn": format!("urn:li:dataHubExecutionRequest:{id}"), "input": input}).to_string()
     }
+}
+
+/// Submits a task of any kind with the given args to pool `default`.
+pub async fn submit_args(
+    admin: &mut AdminServiceClient<Channel>,
+    id: &str,
+    task: &str,
+    args: &[(&str, String)],
+) -> pb::Task {
+    let request = pb::SubmitTaskRequest {
+        task: task.into(),
+        args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        pool: "default".into(),
+        execution_request_id: id.into(),
+        source_type: String::new(),
+    };
+    let response = admin.submit_task(request).await.expect("submit").into_inner();
+    response.task.expect("task in response")
+}
+
+/// Writes the first `records` MCPs of the example file to `path` (for recipes whose input differs per run).
+pub fn write_mcps(path: &Path, records: usize) {
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("examples/sample_mcps.json")).unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_string(&all[..records]).unwrap()).unwrap();
+}
+
+/// Whether `needle` occurs anywhere in the bytes of `path` (false when the file does not exist).
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path).map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
 }

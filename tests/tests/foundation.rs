@@ -123,7 +123,7 @@ async fn connections_without_the_right_certificate_are_refused() {
     assert_eq!(status.message(), "the certificate identifies worker w-1, but Hello claims worker w-2");
 
     // The agent program with a mismatched worker ID gives up with the same refusal.
-    let mut impostor = cluster.agent_claiming(&controller, "w-1", "w-2", "default", 1, &[]);
+    let mut impostor = cluster.agent_claiming(&controller, "w-1", "w-2");
     let exit = impostor.wait_exit(Duration::from_secs(30)).await;
     assert!(!exit.success());
     assert!(

@@ -81,7 +81,7 @@ pub fn command(command: AgentCommand) -> pb::ControllerMessage {
             args: a.args.into_iter().collect(),
             pool: a.pool.to_string(),
             attempt_number: a.attempt_number,
-            deadline_unix_ms: 0,
+            deadline_unix_ms: a.deadline_unix_ms.unwrap_or_default(),
         }),
         AgentCommand::Cancel { attempt, reason } => {
             Msg::Cancel(pb::Cancel { attempt: Some(attempt_to_pb(&attempt)), reason })

@@ -617,6 +617,7 @@ impl Engine {
             args: task.args,
             pool: task.pool,
             attempt_number: grant.attempt_number,
+            deadline_unix_ms: self.config.task_timeout.map(|t| unix_ms() + t.as_millis() as i64),
         });
         self.send(worker, command);
     }

@@ -35,6 +35,8 @@ pub struct Config {
     pub cancel_timeout: Duration,
     /// How often leases, deadlines and backoffs are checked (and heartbeats persisted).
     pub sweep_interval: Duration,
+    /// A run still going after this long is stopped and ends TIMED_OUT (enforced by the agent).
+    pub task_timeout: Option<Duration>,
     pub retry: RetryPolicy,
 }
 
@@ -102,6 +104,8 @@ pub struct Assignment {
     pub args: BTreeMap<String, String>,
     pub pool: PoolId,
     pub attempt_number: u32,
+    /// Stop with TIMED_OUT at this time (Unix ms).
+    pub deadline_unix_ms: Option<i64>,
 }
 
 /// What the engine asks of a connected agent.
