@@ -105,6 +105,9 @@ pub struct Config {
     /// Cap on the report text of one run, in bytes.
     #[arg(long, env = "OUTPOST_MAX_REPORT_BYTES", default_value_t = 1024 * 1024)]
     pub max_report_bytes: usize,
+    /// Address for HTTP `/metrics` (Prometheus), `/healthz` and `/readyz`; off when unset.
+    #[arg(long, env = "OUTPOST_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log line format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod entry;
+pub mod metrics;
 pub mod runner;
 pub mod secrets;
 pub mod session;
@@ -75,7 +76,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         reconnect_max: config.reconnect_max,
         connect_timeout: config.connect_timeout,
     };
-    session::run(session, runner, events, shutdown).await?;
+    let metrics = metrics::Metrics::default();
+    metrics.set_slots(config.slots);
+    let http_stop = CancellationToken::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let answering = metrics.clone();
+        let handler: outpost_common::metrics::Handler = Arc::new(move |path: String| {
+            let answer = answering.answer(&path);
+            Box::pin(async move { answer })
+        });
+        tokio::spawn(outpost_common::metrics::serve(listener, handler, http_stop.clone()));
+    }
+    let result = session::run(session, runner, events, metrics, shutdown).await;
+    http_stop.cancel();
+    result?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::runner::{Assignment, RunOutcome, Runner, RunnerEvent, StopReason};
 
 /// What the session needs to know.
@@ -105,6 +106,7 @@ struct Agent {
     shutting_down: Option<Instant>,
     interrupted: bool,
     announced: bool,
+    metrics: Metrics,
 }
 
 /// Runs the agent until `shutdown` is cancelled and its work is finished (or handed back after the drain
@@ -113,6 +115,7 @@ pub async fn run(
     config: SessionConfig,
     runner: Runner,
     events: mpsc::Receiver<RunnerEvent>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
@@ -125,13 +128,16 @@ pub async fn run(
         shutting_down: None,
         interrupted: false,
         announced: false,
+        metrics,
     };
     loop {
         if agent.finished() {
             return Ok(());
         }
         let connected_at = Instant::now();
-        match agent.connected(&shutdown).await {
+        let ended = agent.connected(&shutdown).await;
+        agent.metrics.set_connected(false);
+        match ended {
             Ok(End::Done) => return Ok(()),
             Ok(End::Lost(reason)) => warn!(reason = %reason, "connection to the controller lost"),
             Err(e) if e.is_permanent() => return Err(e),
@@ -226,7 +232,9 @@ impl Agent {
     }
 
     fn record_finished(&mut self, attempt: AttemptRef, outcome: RunOutcome) {
+        self.metrics.run_ended(outcome.status);
         self.runner.finished(&attempt);
+        self.metrics.set_busy(self.runner.busy());
         self.pending.insert(attempt.task_id.clone(), (attempt, outcome));
     }
 
@@ -286,6 +294,7 @@ impl Agent {
             self.pending.remove(&attempt.task_id);
         }
         info!(session = %welcome.session_id, controller = %self.config.controller, "connected");
+        self.metrics.set_connected(true);
         if !self.announced {
             self.announced = true;
             info!(worker = %self.config.worker_id, slots = self.config.slots, "Starting datahub executor worker");
@@ -371,6 +380,7 @@ impl Agent {
                     return Ok(());
                 }
                 info!(attempt = %attempt, task = %assign.task, number = assign.attempt_number, "assignment received");
+                self.metrics.set_busy(self.runner.busy() + 1);
                 let _ = tx.send(msg(Out::Ack(pb::Ack { attempt: Some(attempt_pb(&attempt)) }))).await;
                 self.runner.start(Assignment {
                     attempt,

@@ -1,5 +1,6 @@
 //! Shared by every Outpost binary: the `outpost.v1` wire types, typed IDs and states, identity parsing and TLS
-//! helpers. Must never do network I/O, spawn tasks or touch SQL.
+//! helpers. Must never spawn long-lived tasks or touch SQL; its only network I/O is the metrics/health endpoint
+//! (`metrics::serve`) the binaries hand a listener to.
 
 pub mod pb {
     //! Generated `outpost.v1` protobuf types and services. Only the gRPC edges use these.
@@ -13,6 +14,7 @@ pub mod clock;
 pub mod duration;
 pub mod identity;
 pub mod ids;
+pub mod metrics;
 pub mod signal;
 pub mod task;
 pub mod telemetry;

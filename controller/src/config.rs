@@ -71,6 +71,9 @@ pub struct RunConfig {
     /// Address for gRPC (agents, admin, health, reflection), mTLS only. Port 0 picks a free port.
     #[arg(long, env = "OUTPOST_LISTEN", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
+    /// Address for HTTP `/metrics` (Prometheus), `/healthz` and `/readyz`; off when unset.
+    #[arg(long, env = "OUTPOST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Write the bound gRPC address to this file once serving (for scripts that listen on port 0).
     #[arg(long, env = "OUTPOST_LISTEN_ADDR_FILE")]
     pub listen_addr_file: Option<PathBuf>,

@@ -10,6 +10,7 @@ pub mod entry;
 pub mod gms;
 pub mod grpc;
 pub mod logs;
+pub mod metrics;
 pub mod reporter;
 pub mod scheduler;
 pub mod sources;
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::RunConfig;
 use crate::logs::LogTails;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -34,6 +36,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let reporting = config.gms_url.is_some();
     let store = Store::open(&config.db, reporting).await.with_context(|| format!("opening {}", config.db.display()))?;
     let logs = LogTails::new(config.gms_max_report_bytes);
+    let metrics = Metrics::default();
     let scheduler_token = token.child_token();
     let (scheduler, scheduler_task) = Scheduler::start(
         store.clone(),
@@ -52,6 +55,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
                 retry_task_failures: config.retry_task_failures,
             },
         },
+        metrics.clone(),
         scheduler_token.clone(),
     )
     .await?;
@@ -72,7 +76,8 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             max_report_bytes: config.gms_max_report_bytes,
             max_structured_bytes: config.gms_max_structured_bytes,
         };
-        let task = reporter::Reporter::new(store.clone(), client.clone(), logs.clone(), reporter_config);
+        let task =
+            reporter::Reporter::new(store.clone(), client.clone(), logs.clone(), metrics.clone(), reporter_config);
         reporter = Some(tokio::spawn(task.run(reporter_token.clone())));
         signals = Some(tokio::spawn(sources::kill_signals::run(
             scheduler.clone(),
@@ -108,6 +113,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             store.clone(),
             scheduler.clone(),
             gms_client.clone(),
+            metrics.clone(),
             sources_token.clone(),
         )));
     }
@@ -123,6 +129,19 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     }
 
+    let http_token = token.child_token();
+    let mut http = None;
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        info!(addr = %listener.local_addr()?, "metrics and health on http");
+        let (metrics, store) = (metrics.clone(), store.clone());
+        let handler: outpost_common::metrics::Handler = std::sync::Arc::new(move |path: String| {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            Box::pin(async move { http_answer(&path, &metrics, &store).await })
+        });
+        http = Some(tokio::spawn(outpost_common::metrics::serve(listener, handler, http_token.clone())));
+    }
+    metrics.set_ready(true);
     let grpc_token = token.child_token();
     let serve_config =
         grpc::ServeConfig { tls, trust_domain: config.trust_domain.clone(), hello_timeout: config.hello_timeout };
@@ -135,6 +154,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
 
     token.cancelled().await;
     info!("shutting down");
+    metrics.set_ready(false);
     let limit = config.shutdown_timeout;
     // 1. Intake: gRPC (agent sessions, admin) and signal polling.
     grpc_token.cancel();
@@ -154,10 +174,29 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     if let Some(reporter) = reporter {
         wait("GMS reporter", limit, reporter).await;
     }
-    // 4. The store.
+    // 4. Metrics and health, then the store.
+    http_token.cancel();
+    if let Some(http) = http {
+        wait("metrics endpoint", limit, http).await;
+    }
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Answers `/metrics`, `/healthz` (the process is up) and `/readyz` (the store answers and gRPC is serving).
+async fn http_answer(path: &str, metrics: &Metrics, store: &Store) -> outpost_common::metrics::Answer {
+    use outpost_common::metrics::PROMETHEUS_TEXT;
+    match path {
+        "/metrics" => (200, PROMETHEUS_TEXT, metrics.render(store).await),
+        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
+        "/readyz" => match store.ping().await {
+            Ok(()) if metrics.is_ready() => (200, "text/plain", "ready\n".to_owned()),
+            Ok(()) => (503, "text/plain", "not serving\n".to_owned()),
+            Err(e) => (503, "text/plain", format!("store: {e}\n")),
+        },
+        _ => (404, "text/plain", "not found\n".to_owned()),
+    }
 }
 
 /// Waits for a subsystem's task to end, at most `limit`.

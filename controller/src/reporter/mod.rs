@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::gms;
 use crate::logs::LogTails;
+use crate::metrics::{GmsOutcome, Metrics};
 use crate::store::{OutboxEntry, OutboxKind, Store};
 
 /// The reporter's settings.
@@ -30,6 +31,7 @@ pub struct Reporter {
     store: Store,
     gms: gms::Client,
     logs: LogTails,
+    metrics: Metrics,
     config: Config,
 }
 
@@ -40,8 +42,8 @@ enum Sent {
 }
 
 impl Reporter {
-    pub fn new(store: Store, gms: gms::Client, logs: LogTails, config: Config) -> Reporter {
-        Reporter { store, gms, logs, config }
+    pub fn new(store: Store, gms: gms::Client, logs: LogTails, metrics: Metrics, config: Config) -> Reporter {
+        Reporter { store, gms, logs, metrics, config }
     }
 
     /// Delivers until `token` is cancelled; then makes one last delivery pass and returns.
@@ -142,7 +144,21 @@ impl Reporter {
             OutboxKind::Running => "RUNNING",
             OutboxKind::Terminal => "terminal",
         };
-        match self.gms.ingest_result(&urn, &aspect).await {
+        let metric_kind = match entry.kind {
+            OutboxKind::Running => "running",
+            OutboxKind::Terminal => "terminal",
+        };
+        let result = self.gms.ingest_result(&urn, &aspect).await;
+        self.metrics.gms_write(
+            metric_kind,
+            match &result {
+                Ok(()) => GmsOutcome::Delivered,
+                Err(gms::Error::Rejected(_)) => GmsOutcome::Rejected,
+                Err(gms::Error::Unauthorized { .. }) => GmsOutcome::Unauthorized,
+                Err(_) => GmsOutcome::Failed,
+            },
+        );
+        match result {
             Ok(()) => {
                 info!(task = %entry.task_id, kind, status = %aspect["status"], "reported to GMS");
                 if entry.kind == OutboxKind::Terminal {
@@ -185,8 +201,12 @@ impl Reporter {
                 Ok(Some((task, _))) if task.state == TaskState::Running && task.epoch == candidate.epoch => {}
                 _ => continue,
             }
-            if let Err(e) = self.gms.ingest_result(&candidate.task_id.urn(), &aspect).await {
-                warn!(task = %candidate.task_id, error = %e, "progress report failed");
+            match self.gms.ingest_result(&candidate.task_id.urn(), &aspect).await {
+                Ok(()) => self.metrics.gms_write("progress", GmsOutcome::Delivered),
+                Err(e) => {
+                    self.metrics.gms_write("progress", GmsOutcome::Failed);
+                    warn!(task = %candidate.task_id, error = %e, "progress report failed");
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ use super::{
     AgentCommand, AgentHello, Assignment, AttemptResult, Config, Error, Event, SessionId, Welcome, WorkerState,
     WorkerView,
 };
+use crate::metrics::{Metrics, RetryReason};
 use crate::store::{self, AttemptEnd, NewTask, ResultRecord, Store, TaskChange, TaskRecord, WorkerSeen};
 
 /// One connected agent.
@@ -43,6 +44,7 @@ enum Cause<'a> {
 
 pub(super) struct Engine {
     store: Store,
+    metrics: Metrics,
     config: Config,
     sessions: BTreeMap<WorkerId, Session>,
     /// When each worker was last heard from (Instant for expiry, Unix ms for the record). Kept across a
@@ -70,7 +72,7 @@ fn facts_of(task: &TaskRecord) -> TaskFacts {
 impl Engine {
     /// Rebuilds queues and leases from the store. Every held task gets the reconnect grace (one lease TTL from
     /// now) for its agent to come back and claim it.
-    pub(super) async fn load(store: Store, config: Config) -> Result<Engine, Error> {
+    pub(super) async fn load(store: Store, config: Config, metrics: Metrics) -> Result<Engine, Error> {
         store.all_workers_disconnected().await?;
         let now = Instant::now();
         let now_ms = unix_ms();
@@ -103,6 +105,7 @@ impl Engine {
         info!(queued = queued.len(), held = held.len(), "loaded tasks; held tasks wait one lease TTL for their agents");
         Ok(Engine {
             store,
+            metrics,
             config,
             sessions: BTreeMap::new(),
             liveness,
@@ -271,6 +274,7 @@ impl Engine {
             worker,
             Session { id, hello, commands, kick, credits: 0, draining: false, connected_since_ms: now_ms },
         );
+        self.metrics.set_connected_agents(self.sessions.len());
         Ok(Welcome { session: id, cancel })
     }
 
@@ -337,6 +341,7 @@ impl Engine {
         let event = LifeEvent::Lost { epoch: lease.attempt_epoch(), loss };
         match lifecycle::decide(lease.facts(), event, &self.config.retry, fastrand::f64()) {
             Ok(decision) => {
+                self.metrics.lease_lost(loss);
                 warn!(task = %task, worker = %lease.worker, loss = loss.describe(), decision = ?decision, "attempt lost");
                 if let Err(e) = self.apply(task, decision, Cause::Loss(loss)).await {
                     warn!(task = %task, error = %e, "could not record the loss");
@@ -371,9 +376,17 @@ impl Engine {
                 (attempt, TaskChange::Finish { state, result: record })
             }
             Decision::Requeue { attempt, delay } => {
+                self.metrics.retried(match &cause {
+                    Cause::Loss(loss) => RetryReason::from(*loss),
+                    Cause::Result(outcome) if outcome.status == outpost_common::task::ResultStatus::Interrupted => {
+                        RetryReason::Interrupted
+                    }
+                    _ => RetryReason::TaskFailed,
+                });
                 (attempt, TaskChange::Requeue { not_before_ms: now_ms + delay.as_millis() as i64 })
             }
             Decision::Abort { attempt } => {
+                self.metrics.aborted();
                 let report = self.abort_report(task, &lease, &reason).await?;
                 let record = ResultRecord { report, start_time_ms: now_ms, ..ResultRecord::default() };
                 (attempt, TaskChange::Finish { state: TaskState::Aborted, result: record })
@@ -478,6 +491,7 @@ impl Engine {
             return;
         }
         self.sessions.remove(worker);
+        self.metrics.set_connected_agents(self.sessions.len());
         info!(
             worker = %worker, session = %session, held = self.leases.count_of_worker(worker),
             "agent disconnected; its leases wait one lease TTL for it to come back"
@@ -513,6 +527,7 @@ impl Engine {
         let quiet: Vec<WorkerId> = self.sessions.keys().filter(|w| silent(&self.liveness, w)).cloned().collect();
         for worker in quiet {
             if let Some(session) = self.sessions.remove(&worker) {
+                self.metrics.set_connected_agents(self.sessions.len());
                 warn!(worker = %worker, ttl = ?ttl, "agent silent for a lease TTL: closing its session");
                 session.kick.cancel();
                 let _ = self.store.worker_disconnected(&worker, unix_ms()).await;
@@ -575,9 +590,12 @@ impl Engine {
                         None => break,
                     }
                 };
-                self.queue.pop_front(&pool);
+                let waited = self.queue.pop_front(&pool).map(|(_, waited)| waited).unwrap_or_default();
                 match self.store.grant(&task_id, &worker, unix_ms()).await {
-                    Ok(grant) => self.announce(&worker, grant),
+                    Ok(grant) => {
+                        self.metrics.granted(waited.as_secs_f64());
+                        self.announce(&worker, grant);
+                    }
                     Err(store::Error::NotQueued { task, state }) => {
                         debug!(task = %task, state = %state, "queued entry no longer queued; dropped");
                     }

@@ -228,10 +228,11 @@ impl Scheduler {
     pub async fn start(
         store: Store,
         config: Config,
+        metrics: crate::metrics::Metrics,
         token: CancellationToken,
     ) -> Result<(Scheduler, JoinHandle<()>), Error> {
         let (events, receiver) = mpsc::channel(4096);
-        let engine = engine::Engine::load(store.clone(), config.clone()).await?;
+        let engine = engine::Engine::load(store.clone(), config.clone(), metrics).await?;
         let handle = tokio::spawn(engine.run(receiver, token));
         Ok((Scheduler { events, store, config }, handle))
     }

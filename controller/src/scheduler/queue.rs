@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use outpost_common::ids::{PoolId, TaskId};
+use tokio::time::Instant;
 
 #[derive(Debug, Default)]
 pub struct Queue {
@@ -11,6 +12,8 @@ pub struct Queue {
     /// (not before, task) → waiting out a backoff.
     delayed: BTreeSet<(i64, TaskId)>,
     delayed_pool: HashMap<TaskId, PoolId>,
+    /// When each ready task became ready (for the dispatch-latency histogram).
+    ready_since: HashMap<TaskId, Instant>,
 }
 
 impl Queue {
@@ -20,12 +23,14 @@ impl Queue {
             self.delayed.insert((not_before_ms, task.clone()));
             self.delayed_pool.insert(task, pool);
         } else {
+            self.ready_since.insert(task.clone(), Instant::now());
             self.ready.entry(pool).or_default().push_back(task);
         }
     }
 
     /// Puts a task back at the front of its pool's queue (a grant that could not be made).
     pub fn push_front(&mut self, pool: PoolId, task: TaskId) {
+        self.ready_since.entry(task.clone()).or_insert_with(Instant::now);
         self.ready.entry(pool).or_default().push_front(task);
     }
 
@@ -38,6 +43,7 @@ impl Queue {
             }
             let Some((_, task)) = self.delayed.pop_first() else { break };
             if let Some(pool) = self.delayed_pool.remove(&task) {
+                self.ready_since.insert(task.clone(), Instant::now());
                 self.ready.entry(pool).or_default().push_back(task);
                 moved += 1;
             }
@@ -54,8 +60,11 @@ impl Queue {
         self.ready.get(pool).and_then(|q| q.front())
     }
 
-    pub fn pop_front(&mut self, pool: &PoolId) -> Option<TaskId> {
-        self.ready.get_mut(pool).and_then(|q| q.pop_front())
+    /// The oldest ready task of a pool and how long it waited.
+    pub fn pop_front(&mut self, pool: &PoolId) -> Option<(TaskId, std::time::Duration)> {
+        let task = self.ready.get_mut(pool).and_then(|q| q.pop_front())?;
+        let waited = self.ready_since.remove(&task).map(|since| since.elapsed()).unwrap_or_default();
+        Some((task, waited))
     }
 
     /// Ready tasks of a pool.
@@ -72,6 +81,7 @@ impl Queue {
         for queue in self.ready.values_mut() {
             if let Some(index) = queue.iter().position(|t| t == task) {
                 queue.remove(index);
+                self.ready_since.remove(task);
                 return true;
             }
         }
@@ -100,8 +110,8 @@ mod tests {
         assert_eq!(queue.ready_len(&pool("p")), 1);
         assert_eq!(queue.promote_due(299), 0);
         assert_eq!(queue.promote_due(300), 1);
-        assert_eq!(queue.pop_front(&pool("p")), Some(task("a")));
-        assert_eq!(queue.pop_front(&pool("p")), Some(task("late")));
+        assert_eq!(queue.pop_front(&pool("p")).map(|(t, _)| t), Some(task("a")));
+        assert_eq!(queue.pop_front(&pool("p")).map(|(t, _)| t), Some(task("late")));
         assert_eq!(queue.pop_front(&pool("p")), None);
         queue.push_front(pool("q"), task("c"));
         assert_eq!(queue.front(&pool("q")), Some(&task("c")));

@@ -222,6 +222,23 @@ impl Store {
         Ok(Some((row.try_into()?, attempts)))
     }
 
+    /// How many tasks are in each (state, pool).
+    pub async fn task_counts(&self) -> Result<Vec<(TaskState, PoolId, u64)>, Error> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT state, pool, COUNT(*) FROM tasks GROUP BY state, pool ORDER BY state, pool")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(state, pool, n)| {
+                Ok((
+                    parse("task state", &state)?,
+                    PoolId::parse(&pool).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    n as u64,
+                ))
+            })
+            .collect()
+    }
+
     /// Ids of every task not yet finished.
     pub async fn live_task_ids(&self) -> Result<Vec<TaskId>, Error> {
         let ids: Vec<(String,)> =

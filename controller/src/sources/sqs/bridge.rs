@@ -2,7 +2,6 @@
 //! them into tasks (or cancels, or quarantines them); the keeper renews the visibility of messages whose tasks
 //! live and deletes those whose results reached GMS.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message};
@@ -12,9 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::Config;
 use super::message::{self, ExecutionInput, Request};
-use super::{Calls, Config};
 use crate::gms;
+use crate::metrics::Metrics;
 use crate::scheduler::{self, Scheduler};
 use crate::store::{NewTask, Store};
 
@@ -32,7 +32,7 @@ pub(super) struct Queue {
     pub store: Store,
     pub scheduler: Scheduler,
     pub gms: Option<gms::Client>,
-    pub calls: Arc<Calls>,
+    pub metrics: Metrics,
 }
 
 /// How a received message ends up.
@@ -83,7 +83,7 @@ impl Queue {
                     _ = tokio::time::sleep(self.config.idle_poll) => continue,
                 }
             }
-            Calls::count(&self.calls.receive);
+            self.metrics.sqs_call("receive");
             let receive = self
                 .sqs
                 .receive_message()
@@ -136,7 +136,7 @@ impl Queue {
             Outcome::Held | Outcome::Leave => {}
             Outcome::Delete => self.delete(&message_id, &receipt).await,
             Outcome::GiveBack => {
-                Calls::count(&self.calls.change_visibility);
+                self.metrics.sqs_call("change_visibility");
                 let seconds = self.config.foreign_visibility.as_secs() as i32;
                 let result = self
                     .sqs
@@ -162,7 +162,7 @@ impl Queue {
                     return;
                 }
                 if let Some(dlq) = &self.config.dead_letter_queue {
-                    Calls::count(&self.calls.send);
+                    self.metrics.sqs_call("send");
                     if let Err(e) = self.sqs.send_message().queue_url(dlq).message_body(body).send().await {
                         warn!(message = %message_id, error = %sdk_error(&e), "could not copy to the dead-letter queue");
                     }
@@ -252,7 +252,7 @@ impl Queue {
     }
 
     async fn delete(&self, message_id: &str, receipt: &str) {
-        Calls::count(&self.calls.delete);
+        self.metrics.sqs_call("delete");
         if let Err(e) = self.sqs.delete_message().queue_url(&self.url).receipt_handle(receipt).send().await {
             warn!(message = %message_id, error = %sdk_error(&e), "could not delete a message");
         }
@@ -309,7 +309,7 @@ impl Queue {
                     .ok()
             })
             .collect();
-        Calls::count(&self.calls.delete);
+        self.metrics.sqs_call("delete");
         let output = match self.sqs.delete_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await
         {
             Ok(output) => output,
@@ -348,7 +348,7 @@ impl Queue {
                     .ok()
             })
             .collect();
-        Calls::count(&self.calls.change_visibility);
+        self.metrics.sqs_call("change_visibility");
         match self.sqs.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
             Ok(output) => {
                 for failure in &output.failed {

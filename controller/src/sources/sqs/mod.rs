@@ -6,8 +6,6 @@
 mod bridge;
 pub mod message;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -19,6 +17,7 @@ use tracing::info;
 pub use bridge::replay_quarantined;
 
 use crate::gms;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -49,31 +48,6 @@ pub struct Config {
     pub retry_backoff_max: Duration,
 }
 
-/// SQS API calls made, by kind (for the calls-per-task figure and, later, metrics).
-#[derive(Debug, Default)]
-pub struct Calls {
-    pub receive: AtomicU64,
-    pub change_visibility: AtomicU64,
-    pub delete: AtomicU64,
-    pub send: AtomicU64,
-}
-
-impl Calls {
-    fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn summary(&self) -> String {
-        format!(
-            "receive={} change_visibility={} delete={} send={}",
-            self.receive.load(Ordering::Relaxed),
-            self.change_visibility.load(Ordering::Relaxed),
-            self.delete.load(Ordering::Relaxed),
-            self.send.load(Ordering::Relaxed)
-        )
-    }
-}
-
 /// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
 /// override, over rustls with ring (the workspace's only crypto provider).
 pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
@@ -93,9 +67,9 @@ pub async fn run(
     store: Store,
     scheduler: Scheduler,
     gms: Option<gms::Client>,
+    metrics: Metrics,
     token: CancellationToken,
 ) {
-    let calls = Arc::new(Calls::default());
     let served: Vec<PoolId> = config.queues.iter().map(|(pool, _)| pool.clone()).collect();
     let mut tasks = JoinSet::new();
     for (pool, url) in &config.queues {
@@ -108,7 +82,7 @@ pub async fn run(
             store: store.clone(),
             scheduler: scheduler.clone(),
             gms: gms.clone(),
-            calls: calls.clone(),
+            metrics: metrics.clone(),
         };
         info!(pool = %pool, queue = %url, "SQS bridge started");
         let receiver = queue.clone();
@@ -116,5 +90,6 @@ pub async fn run(
         tasks.spawn(queue.keep_loop(token.clone()));
     }
     while tasks.join_next().await.is_some() {}
-    info!(calls = %calls.summary(), "SQS bridge stopped; sqs api calls");
+    let calls: Vec<String> = metrics.sqs_calls().iter().map(|(call, n)| format!("{call}={n}")).collect();
+    info!(calls = %calls.join(" "), "SQS bridge stopped; sqs api calls");
 }

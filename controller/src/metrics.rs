@@ -1,0 +1,229 @@
+//! The controller's metrics: counters and histograms updated where things happen (lock-free atomics), plus
+//! gauges read from the store at scrape time; rendered as Prometheus text on `--metrics-listen` with `/healthz`
+//! and `/readyz`. Must never block a hot path: recording is an atomic add.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use outpost_common::metrics::{Histogram, LATENCY_BUCKETS, family, sample};
+use outpost_common::task::TaskState;
+
+use crate::scheduler::lifecycle::Loss;
+use crate::store::Store;
+
+/// Why a task went back to the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryReason {
+    LeaseExpired,
+    NoAck,
+    AgentRestarted,
+    Interrupted,
+    TaskFailed,
+}
+
+impl RetryReason {
+    const ALL: [RetryReason; 5] = [
+        RetryReason::LeaseExpired,
+        RetryReason::NoAck,
+        RetryReason::AgentRestarted,
+        RetryReason::Interrupted,
+        RetryReason::TaskFailed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RetryReason::LeaseExpired => "lease_expired",
+            RetryReason::NoAck => "no_ack",
+            RetryReason::AgentRestarted => "agent_restarted",
+            RetryReason::Interrupted => "interrupted",
+            RetryReason::TaskFailed => "task_failed",
+        }
+    }
+}
+
+impl From<Loss> for RetryReason {
+    fn from(loss: Loss) -> RetryReason {
+        match loss {
+            Loss::LeaseExpired => RetryReason::LeaseExpired,
+            Loss::NoAck => RetryReason::NoAck,
+            Loss::AgentRestarted => RetryReason::AgentRestarted,
+        }
+    }
+}
+
+/// The outcome of one GMS write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GmsOutcome {
+    Delivered,
+    /// 422: already terminal there.
+    Rejected,
+    Unauthorized,
+    Failed,
+}
+
+impl GmsOutcome {
+    const ALL: [GmsOutcome; 4] =
+        [GmsOutcome::Delivered, GmsOutcome::Rejected, GmsOutcome::Unauthorized, GmsOutcome::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            GmsOutcome::Delivered => "delivered",
+            GmsOutcome::Rejected => "rejected",
+            GmsOutcome::Unauthorized => "unauthorized",
+            GmsOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// SQS API calls by kind.
+pub const SQS_CALLS: [&str; 4] = ["receive", "change_visibility", "delete", "send"];
+/// GMS write kinds.
+pub const GMS_KINDS: [&str; 3] = ["running", "progress", "terminal"];
+
+/// Shared by every subsystem; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dispatch_latency: Histogram,
+    lease_losses: [AtomicU64; 3],
+    retries: [AtomicU64; 5],
+    aborted: AtomicU64,
+    grants: AtomicU64,
+    connected_agents: AtomicU64,
+    sqs_calls: [AtomicU64; 4],
+    gms_writes: [[AtomicU64; 4]; 3],
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            inner: Arc::new(Inner {
+                dispatch_latency: Histogram::new(LATENCY_BUCKETS),
+                lease_losses: Default::default(),
+                retries: Default::default(),
+                aborted: AtomicU64::new(0),
+                grants: AtomicU64::new(0),
+                connected_agents: AtomicU64::new(0),
+                sqs_calls: Default::default(),
+                gms_writes: Default::default(),
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+fn add(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// A task was granted after waiting `seconds` in the queue.
+    pub fn granted(&self, seconds: f64) {
+        add(&self.inner.grants);
+        self.inner.dispatch_latency.observe(seconds);
+    }
+
+    pub fn lease_lost(&self, loss: Loss) {
+        let index = match loss {
+            Loss::LeaseExpired => 0,
+            Loss::NoAck => 1,
+            Loss::AgentRestarted => 2,
+        };
+        add(&self.inner.lease_losses[index]);
+    }
+
+    pub fn retried(&self, reason: RetryReason) {
+        add(&self.inner.retries[RetryReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)]);
+    }
+
+    pub fn aborted(&self) {
+        add(&self.inner.aborted);
+    }
+
+    pub fn set_connected_agents(&self, n: usize) {
+        self.inner.connected_agents.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// `call` is one of [`SQS_CALLS`].
+    pub fn sqs_call(&self, call: &str) {
+        if let Some(index) = SQS_CALLS.iter().position(|c| *c == call) {
+            add(&self.inner.sqs_calls[index]);
+        }
+    }
+
+    pub fn sqs_calls(&self) -> Vec<(&'static str, u64)> {
+        SQS_CALLS.iter().zip(&self.inner.sqs_calls).map(|(c, n)| (*c, n.load(Ordering::Relaxed))).collect()
+    }
+
+    /// `kind` is one of [`GMS_KINDS`].
+    pub fn gms_write(&self, kind: &str, outcome: GmsOutcome) {
+        let Some(k) = GMS_KINDS.iter().position(|c| *c == kind) else { return };
+        let o = GmsOutcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
+        add(&self.inner.gms_writes[k][o]);
+    }
+
+    /// The controller is serving (store open, gRPC bound).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// The whole exposition: recorded series plus gauges read from the store now.
+    pub async fn render(&self, store: &Store) -> String {
+        let inner = &self.inner;
+        let mut out = String::new();
+        family(&mut out, "outpost_tasks", "gauge", "Tasks by state and pool.");
+        match store.task_counts().await {
+            Ok(counts) => {
+                for (state, pool, n) in counts {
+                    sample(&mut out, "outpost_tasks", &[("state", state.as_str()), ("pool", pool.as_str())], n as f64);
+                }
+            }
+            Err(_) => {
+                sample(&mut out, "outpost_tasks", &[("state", TaskState::Queued.as_str()), ("pool", "")], f64::NAN)
+            }
+        }
+        inner.dispatch_latency.render(
+            &mut out,
+            "outpost_dispatch_latency_seconds",
+            "Time from a task being ready in the queue to its grant to an agent.",
+        );
+        family(&mut out, "outpost_grants_total", "counter", "Tasks granted to agents.");
+        sample(&mut out, "outpost_grants_total", &[], inner.grants.load(Ordering::Relaxed) as f64);
+        family(&mut out, "outpost_lease_losses_total", "counter", "Attempts whose agent was lost, by reason.");
+        for (reason, n) in ["lease_expired", "no_ack", "agent_restarted"].iter().zip(&inner.lease_losses) {
+            sample(&mut out, "outpost_lease_losses_total", &[("reason", reason)], n.load(Ordering::Relaxed) as f64);
+        }
+        family(&mut out, "outpost_retries_total", "counter", "Tasks put back in the queue, by reason.");
+        for (reason, n) in RetryReason::ALL.iter().zip(&inner.retries) {
+            sample(&mut out, "outpost_retries_total", &[("reason", reason.label())], n.load(Ordering::Relaxed) as f64);
+        }
+        family(&mut out, "outpost_aborted_total", "counter", "Tasks ABORTED after exhausting their attempts.");
+        sample(&mut out, "outpost_aborted_total", &[], inner.aborted.load(Ordering::Relaxed) as f64);
+        family(&mut out, "outpost_connected_agents", "gauge", "Agents with an open session.");
+        sample(&mut out, "outpost_connected_agents", &[], inner.connected_agents.load(Ordering::Relaxed) as f64);
+        family(&mut out, "outpost_sqs_calls_total", "counter", "SQS API calls, by call.");
+        for (call, n) in self.sqs_calls() {
+            sample(&mut out, "outpost_sqs_calls_total", &[("call", call)], n as f64);
+        }
+        family(&mut out, "outpost_gms_writes_total", "counter", "Writes to DataHub GMS, by kind and outcome.");
+        for (kind, outcomes) in GMS_KINDS.iter().zip(&inner.gms_writes) {
+            for (outcome, n) in GmsOutcome::ALL.iter().zip(outcomes) {
+                let labels = [("kind", *kind), ("outcome", outcome.label())];
+                sample(&mut out, "outpost_gms_writes_total", &labels, n.load(Ordering::Relaxed) as f64);
+            }
+        }
+        family(&mut out, "outpost_gms_outbox_depth", "gauge", "GMS writes waiting in the durable outbox.");
+        let depth = store.outbox_depth().await.map(|d| d as f64).unwrap_or(f64::NAN);
+        sample(&mut out, "outpost_gms_outbox_depth", &[], depth);
+        out
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Parses Prometheus text (stdin) with the reference parser (prometheus_client) and prints the samples as JSON:
+[{"name", "labels", "value"}]. A malformed exposition makes the parser raise and this script exit non-zero."""
+import json
+import math
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        value = None if math.isnan(s.value) else s.value
+        samples.append({"family": family.name, "type": family.type, "name": s.name, "labels": s.labels, "value": value})
+json.dump(samples, sys.stdout)
