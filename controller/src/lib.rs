@@ -145,7 +145,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let grpc_token = token.child_token();
     let serve_config =
         grpc::ServeConfig { tls, trust_domain: config.trust_domain.clone(), hello_timeout: config.hello_timeout };
-    let serve = grpc::serve(serve_config, listener, scheduler, logs, grpc_token.clone());
+    let serve = grpc::serve(serve_config, listener, scheduler, logs, metrics.clone(), grpc_token.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "gRPC server failed");

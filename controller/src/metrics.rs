@@ -160,6 +160,20 @@ impl Metrics {
         SQS_CALLS.iter().zip(&self.inner.sqs_calls).map(|(c, n)| (*c, n.load(Ordering::Relaxed))).collect()
     }
 
+    /// Lease losses by reason label.
+    pub fn lease_losses(&self) -> Vec<(&'static str, u64)> {
+        ["lease_expired", "no_ack", "agent_restarted"]
+            .into_iter()
+            .zip(&self.inner.lease_losses)
+            .map(|(label, n)| (label, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Retries by reason label.
+    pub fn retries(&self) -> Vec<(&'static str, u64)> {
+        RetryReason::ALL.iter().zip(&self.inner.retries).map(|(r, n)| (r.label(), n.load(Ordering::Relaxed))).collect()
+    }
+
     /// `kind` is one of [`GMS_KINDS`].
     pub fn gms_write(&self, kind: &str, outcome: GmsOutcome) {
         let Some(k) = GMS_KINDS.iter().position(|c| *c == kind) else { return };

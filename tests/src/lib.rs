@@ -464,6 +464,15 @@ pub fn kill_cli_groups(agent_log: &str) {
 pub struct Ghost {
     outbound: tokio::sync::mpsc::Sender<outpost_common::pb::AgentMessage>,
     inbound: tonic::Streaming<outpost_common::pb::ControllerMessage>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Ghost {
+    fn drop(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+        }
+    }
 }
 
 impl Ghost {
@@ -484,7 +493,30 @@ impl Ghost {
         let first = inbound.message().await.expect("welcome").expect("welcome");
         assert!(matches!(first.msg, Some(pb::controller_message::Msg::Welcome(_))), "{first:?}");
         outbound.send(pb::AgentMessage { msg: Some(Msg::Credit(pb::Credit { credits: slots })) }).await.unwrap();
-        Ghost { outbound, inbound }
+        Ghost { outbound, inbound, heartbeat: None }
+    }
+
+    /// Like [`Ghost::connect`], but it heartbeats every 200 ms (until dropped), so its lease never expires.
+    pub async fn connect_alive(
+        cluster: &Cluster,
+        controller: &Controller,
+        worker: &str,
+        pool: &str,
+        slots: u32,
+    ) -> Ghost {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let mut ghost = Ghost::connect(cluster, controller, worker, pool, slots).await;
+        let outbound = ghost.outbound.clone();
+        ghost.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                let beat = pb::AgentMessage { msg: Some(Msg::Heartbeat(pb::Heartbeat { attempts: vec![] })) };
+                if outbound.send(beat).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+        ghost
     }
 
     /// The next assignment, skipping keepalives.

@@ -330,8 +330,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Output that means an allocation failed (CPython's `MemoryError`, or the C-level failures it sometimes turns
+/// into under RLIMIT_AS).
+const OUT_OF_MEMORY_SIGNS: &[&str] =
+    &["MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc", "error return without exception set"];
+
 /// Takes `first` and every other line already waiting, masks and records them, and forwards them as one chunk.
-/// Returns whether one of them reports a Python `MemoryError`.
+/// Returns whether one of them reports a failed allocation.
 fn take_lines(
     first: String,
     more: Option<&mut mpsc::Receiver<String>>,
@@ -349,7 +354,7 @@ fn take_lines(
             }
         }
     }
-    let memory_error = chunk.iter().any(|l| l.contains("MemoryError"));
+    let memory_error = chunk.iter().any(|l| OUT_OF_MEMORY_SIGNS.iter().any(|sign| l.contains(sign)));
     for line in &chunk {
         tail.push(line.clone());
     }

@@ -4,8 +4,11 @@ use outpost_common::pb;
 use outpost_common::task::TaskState;
 use tonic::Status;
 
-use crate::scheduler::{WorkerState, WorkerView};
-use crate::store::{AttemptRecord, Quarantined, TaskRecord};
+use outpost_common::ids::TaskId;
+
+use crate::metrics::Metrics;
+use crate::scheduler::{Explanation, PoolCapacity, Why, WorkerState, WorkerView};
+use crate::store::{AttemptRecord, PoolBacklog, Quarantined, TaskRecord};
 
 pub fn task_state(state: TaskState) -> pb::TaskState {
     match state {
@@ -64,6 +67,79 @@ pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
             .collect(),
         source_type: task.source_type,
         reported_unix_ms: task.reported_at_ms.unwrap_or_default(),
+        log_tail: String::new(),
+        not_before_unix_ms: if task.state == TaskState::Queued { task.not_before_ms } else { 0 },
+    }
+}
+
+pub fn stats(
+    backlogs: Vec<PoolBacklog>,
+    capacity: Vec<PoolCapacity>,
+    outbox_backlog: u64,
+    metrics: &Metrics,
+    now_ms: i64,
+) -> pb::Stats {
+    let mut pools: std::collections::BTreeMap<String, pb::PoolStats> = std::collections::BTreeMap::new();
+    for b in backlogs {
+        let entry =
+            pools.entry(b.pool.clone()).or_insert_with(|| pb::PoolStats { pool: b.pool.clone(), ..Default::default() });
+        entry.queued = b.queued;
+        entry.running = b.running;
+        entry.oldest_queued_age_ms = if b.oldest_queued_ms > 0 { (now_ms - b.oldest_queued_ms).max(0) } else { 0 };
+        entry.sqs_in_hand = b.sqs_in_hand;
+    }
+    for c in capacity {
+        let pool = c.pool.to_string();
+        let entry = pools.entry(pool.clone()).or_insert_with(|| pb::PoolStats { pool, ..Default::default() });
+        entry.agents = c.agents;
+        entry.free_slots = c.free_slots;
+    }
+    pb::Stats {
+        pools: pools.into_values().collect(),
+        lease_losses: metrics.lease_losses().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        retries: metrics.retries().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        outbox_backlog,
+    }
+}
+
+pub fn explanation(id: &TaskId, explanation: Explanation) -> pb::Explanation {
+    let mut worker_id = String::new();
+    let mut not_before_unix_ms = 0;
+    let (reason, message) = match explanation.why {
+        Why::NoAgentForPool => (pb::Reason::NoAgentForPool, "no connected agent serves the task's pool".to_owned()),
+        Why::AgentsDraining => (pb::Reason::AgentsDraining, "every agent serving the pool is draining".to_owned()),
+        Why::AllSlotsBusy => {
+            (pb::Reason::AllSlotsBusy, "every agent serving the pool is busy (no free slot)".to_owned())
+        }
+        Why::Backoff { not_before_ms } => {
+            not_before_unix_ms = not_before_ms;
+            (pb::Reason::Backoff, format!("waiting out a retry backoff until {not_before_ms} (Unix ms)"))
+        }
+        Why::WaitingItsTurn => (pb::Reason::WaitingItsTurn, "queued behind older tasks of its pool".to_owned()),
+        Why::Assigned { worker } => {
+            let message = format!("granted to {worker}, waiting for its ack");
+            worker_id = worker.to_string();
+            (pb::Reason::Assigned, message)
+        }
+        Why::Running { worker } => {
+            let message = format!("running on {worker}");
+            worker_id = worker.to_string();
+            (pb::Reason::Running, message)
+        }
+        Why::Cancelling { worker } => {
+            let message = format!("cancel requested; waiting for {worker} to confirm");
+            worker_id = worker.to_string();
+            (pb::Reason::Cancelling, message)
+        }
+        Why::Finished => (pb::Reason::Finished, format!("finished as {}", explanation.state)),
+    };
+    pb::Explanation {
+        id: id.to_string(),
+        state: task_state(explanation.state) as i32,
+        reason: reason as i32,
+        message,
+        not_before_unix_ms,
+        worker_id,
     }
 }
 

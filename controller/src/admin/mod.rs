@@ -8,6 +8,8 @@ use outpost_common::pb;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{identity, status};
+use crate::logs::LogTails;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::sources::local::{self, LocalQueue, Submission};
 use crate::store::TaskFilter;
@@ -15,7 +17,31 @@ use crate::store::TaskFilter;
 pub struct AdminService {
     pub scheduler: Scheduler,
     pub local_queue: LocalQueue,
+    pub logs: LogTails,
+    pub metrics: Metrics,
     pub trust_domain: String,
+}
+
+/// `<created_at_ms>:<id>` of the last task of a page.
+fn page_token(task: &crate::store::TaskRecord) -> String {
+    format!("{}:{}", task.created_at_ms, task.id)
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(i64, TaskId)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument(format!("page_token {token:?} is not one this API returned"));
+    let (created, id) = token.split_once(':').ok_or_else(bad)?;
+    Ok(Some((created.parse().map_err(|_| bad())?, TaskId::parse(id).map_err(|_| bad())?)))
+}
+
+fn task_id(id: &str) -> Result<TaskId, Status> {
+    TaskId::parse_id_or_urn(id).map_err(|e| Status::invalid_argument(format!("id: {e}")))
+}
+
+fn worker_id(id: &str) -> Result<WorkerId, Status> {
+    WorkerId::parse(id).map_err(|e| Status::invalid_argument(format!("worker_id: {e}")))
 }
 
 fn local_error(error: local::Error) -> Status {
@@ -50,6 +76,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         identity::require_admin(&request, &self.trust_domain)?;
         let r = request.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) };
         let filter = TaskFilter {
             state: convert::task_state_filter(r.state)?,
             pool: if r.pool.is_empty() {
@@ -57,20 +84,32 @@ impl pb::admin_service_server::AdminService for AdminService {
             } else {
                 Some(PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?)
             },
-            limit: r.limit,
+            worker: if r.worker_id.is_empty() { None } else { Some(worker_id(&r.worker_id)?) },
+            after: parse_page_token(&r.page_token)?,
+            // One more than asked tells whether another page follows.
+            limit: limit + 1,
         };
-        let tasks = self.scheduler.tasks(&filter).await.map_err(status::from_scheduler)?;
+        let mut tasks = self.scheduler.tasks(&filter).await.map_err(status::from_scheduler)?;
+        let next_page_token = if tasks.len() > limit as usize {
+            tasks.truncate(limit as usize);
+            tasks.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.into_iter().map(|t| convert::task(t, Vec::new())).collect(),
+            next_page_token,
         }))
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
         identity::require_admin(&request, &self.trust_domain)?;
-        let id =
-            TaskId::parse_id_or_urn(&request.get_ref().id).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
+        let id = task_id(&request.get_ref().id)?;
         let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
-        Ok(Response::new(convert::task(task, attempts)))
+        let tail = self.logs.tail(&task.id, task.epoch).unwrap_or_default();
+        let mut task = convert::task(task, attempts);
+        task.log_tail = tail;
+        Ok(Response::new(task))
     }
 
     async fn list_workers(
@@ -127,5 +166,40 @@ impl pb::admin_service_server::AdminService for AdminService {
             .map_err(|e| Status::invalid_argument(format!("worker_id: {e}")))?;
         self.scheduler.drain(&worker).await.map_err(status::from_scheduler)?;
         Ok(Response::new(pb::DrainWorkerResponse {}))
+    }
+
+    async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let worker = worker_id(&request.get_ref().worker_id)?;
+        let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
+        let found = workers.into_iter().find(|w| w.worker_id == worker);
+        found.map(|w| Response::new(convert::worker(w))).ok_or_else(|| Status::not_found(format!("no worker {worker}")))
+    }
+
+    async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let id = task_id(&request.get_ref().id)?;
+        self.scheduler.retry(&id).await.map_err(status::from_scheduler)?;
+        let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(convert::task(task, attempts)))
+    }
+
+    async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let backlogs = self.scheduler.backlogs().await.map_err(status::from_scheduler)?;
+        let capacity = self.scheduler.capacity().await.map_err(status::from_scheduler)?;
+        let outbox_backlog = self.scheduler.outbox_depth().await.map_err(status::from_scheduler)?;
+        let now = outpost_common::clock::unix_ms();
+        Ok(Response::new(convert::stats(backlogs, capacity, outbox_backlog, &self.metrics, now)))
+    }
+
+    async fn explain_task(
+        &self,
+        request: Request<pb::ExplainTaskRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let id = task_id(&request.get_ref().id)?;
+        let explanation = self.scheduler.explain(&id).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(convert::explanation(&id, explanation)))
     }
 }

@@ -42,11 +42,32 @@ enum Command {
         state: Option<String>,
         #[arg(long)]
         pool: Option<String>,
+        /// Only tasks held (or last held) by this worker.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Tasks per page.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Continue a listing (the token a previous page printed).
+        #[arg(long)]
+        page_token: Option<String>,
     },
     /// Show one task with its attempts and result.
-    Task { id: String },
+    Task {
+        id: String,
+        /// Print the log tail as it grows until the task ends.
+        #[arg(long)]
+        follow: bool,
+        /// How often --follow polls.
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "1s")]
+        poll_interval: Duration,
+    },
+    /// Run a finished task again.
+    Retry { id: String },
+    /// Backlog, capacity and failures per pool.
+    Stats,
+    /// Why a task is where it is (for a queued task: what keeps it from running).
+    Explain { id: String },
     /// Cancel a task (a running one is stopped on its agent).
     Cancel {
         id: String,
@@ -161,16 +182,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
             output::workers(&workers.workers, cli.json);
         }
-        Command::Tasks { state, pool, limit } => {
+        Command::Tasks { state, pool, worker, limit, page_token } => {
             let state = state.as_deref().map(parse_state).transpose()?.unwrap_or(pb::TaskState::Unspecified);
-            let request =
-                pb::ListTasksRequest { state: state as i32, pool: pool.clone().unwrap_or_default(), limit: *limit };
+            let request = pb::ListTasksRequest {
+                state: state as i32,
+                pool: pool.clone().unwrap_or_default(),
+                limit: *limit,
+                worker_id: worker.clone().unwrap_or_default(),
+                page_token: page_token.clone().unwrap_or_default(),
+            };
             let tasks = client.list_tasks(request).await.map_err(status_error)?.into_inner();
-            output::tasks(&tasks.tasks, cli.json);
+            output::tasks(&tasks.tasks, &tasks.next_page_token, cli.json);
         }
-        Command::Task { id } => {
+        Command::Task { id, follow: false, .. } => {
             let task = client.get_task(pb::GetTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
             output::task(&task, cli.json);
+        }
+        Command::Task { id, follow: true, poll_interval } => {
+            // Prints each new line of the running attempt's tail, then the finished task.
+            let mut printed: Vec<String> = Vec::new();
+            loop {
+                let task =
+                    client.get_task(pb::GetTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
+                let lines: Vec<String> = task.log_tail.lines().map(String::from).collect();
+                let overlap = (0..=printed.len().min(lines.len()))
+                    .rev()
+                    .find(|n| printed[printed.len() - n..] == lines[..*n])
+                    .unwrap_or(0);
+                for line in &lines[overlap..] {
+                    println!("{line}");
+                }
+                printed = lines;
+                if output::is_terminal(task.state) {
+                    output::task(&task, cli.json);
+                    break;
+                }
+                tokio::time::sleep(*poll_interval).await;
+            }
+        }
+        Command::Retry { id } => {
+            let task =
+                client.retry_task(pb::RetryTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
+            output::task(&task, cli.json);
+        }
+        Command::Stats => {
+            let stats = client.get_stats(pb::GetStatsRequest {}).await.map_err(status_error)?.into_inner();
+            output::stats(&stats, cli.json);
+        }
+        Command::Explain { id } => {
+            let request = pb::ExplainTaskRequest { id: id.clone() };
+            let explanation = client.explain_task(request).await.map_err(status_error)?.into_inner();
+            output::explanation(&explanation, cli.json);
         }
         Command::Cancel { id, reason } => {
             let request = pb::CancelTaskRequest { id: id.clone(), reason: reason.clone() };

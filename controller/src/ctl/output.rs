@@ -130,9 +130,10 @@ pub fn quarantined(messages: &[pb::QuarantinedMessage], as_json: bool) {
     table(&["ID", "RECEIVED", "BYTES", "REPLAYED", "REASON"], &rows);
 }
 
-pub fn tasks(tasks: &[pb::Task], as_json: bool) {
+pub fn tasks(tasks: &[pb::Task], next_page_token: &str, as_json: bool) {
     if as_json {
-        return print_json(&Value::Array(tasks.iter().map(task_json).collect()));
+        let list = Value::Array(tasks.iter().map(task_json).collect());
+        return print_json(&json!({"tasks": list, "nextPageToken": next_page_token}));
     }
     let rows: Vec<Vec<String>> = tasks
         .iter()
@@ -149,6 +150,61 @@ pub fn tasks(tasks: &[pb::Task], as_json: bool) {
         })
         .collect();
     table(&["ID", "TASK", "POOL", "STATE", "ATTEMPTS", "WORKER", "CREATED"], &rows);
+    if !next_page_token.is_empty() {
+        println!("more: --page-token {next_page_token}");
+    }
+}
+
+pub fn stats(stats: &pb::Stats, as_json: bool) {
+    if as_json {
+        let pools: Vec<Value> = stats
+            .pools
+            .iter()
+            .map(|p| {
+                json!({"pool": p.pool, "queued": p.queued, "running": p.running,
+                       "oldestQueuedAgeMs": p.oldest_queued_age_ms, "agents": p.agents, "freeSlots": p.free_slots,
+                       "sqsInHand": p.sqs_in_hand})
+            })
+            .collect();
+        return print_json(&json!({"pools": pools, "leaseLosses": stats.lease_losses, "retries": stats.retries,
+                                  "outboxBacklog": stats.outbox_backlog}));
+    }
+    let rows: Vec<Vec<String>> = stats
+        .pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.pool.clone(),
+                p.queued.to_string(),
+                p.running.to_string(),
+                format!("{:.1}s", p.oldest_queued_age_ms as f64 / 1000.0),
+                p.agents.to_string(),
+                p.free_slots.to_string(),
+                p.sqs_in_hand.to_string(),
+            ]
+        })
+        .collect();
+    table(&["POOL", "QUEUED", "RUNNING", "OLDEST QUEUED", "AGENTS", "FREE SLOTS", "SQS IN HAND"], &rows);
+    let mut losses: Vec<String> = stats.lease_losses.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    losses.sort();
+    let mut retries: Vec<String> = stats.retries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    retries.sort();
+    println!(
+        "\nlease losses: {}\nretries: {}\nGMS outbox backlog: {}",
+        losses.join(" "),
+        retries.join(" "),
+        stats.outbox_backlog
+    );
+}
+
+pub fn explanation(e: &pb::Explanation, as_json: bool) {
+    let reason = pb::Reason::try_from(e.reason).map(|r| r.as_str_name().trim_start_matches("REASON_").to_owned());
+    let reason = reason.unwrap_or_else(|_| e.reason.to_string());
+    if as_json {
+        return print_json(&json!({"id": e.id, "state": state_name(e.state), "reason": reason, "message": e.message,
+                                  "notBeforeUnixMs": e.not_before_unix_ms, "workerId": e.worker_id}));
+    }
+    println!("{} is {}: {} ({reason})", e.id, state_name(e.state), e.message);
 }
 
 pub fn submitted(task: &pb::Task, created: bool, as_json: bool) {

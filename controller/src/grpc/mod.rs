@@ -44,8 +44,10 @@ pub async fn serve(
     listener: TcpListener,
     scheduler: Scheduler,
     logs: LogTails,
+    metrics: crate::metrics::Metrics,
     token: CancellationToken,
 ) -> Result<(), Error> {
+    let logs_for_admin = logs.clone();
     let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
         scheduler: scheduler.clone(),
         logs,
@@ -55,6 +57,8 @@ pub async fn serve(
     });
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminService {
         local_queue: LocalQueue::new(scheduler.clone()),
+        logs: logs_for_admin,
+        metrics,
         scheduler,
         trust_domain: config.trust_domain,
     });

@@ -6,7 +6,9 @@ use crate::scheduler::Error;
 
 pub fn from_scheduler(error: Error) -> Status {
     let code = match &error {
-        Error::StaleEpoch { .. } | Error::NotHeld { .. } | Error::Finished { .. } => Code::FailedPrecondition,
+        Error::StaleEpoch { .. } | Error::NotHeld { .. } | Error::Finished { .. } | Error::NotFinished { .. } => {
+            Code::FailedPrecondition
+        }
         Error::NotFound(_) | Error::NoSuchWorker(_) => Code::NotFound,
         Error::SessionGone => Code::Aborted,
         Error::ShuttingDown => Code::Unavailable,

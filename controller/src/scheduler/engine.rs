@@ -179,6 +179,32 @@ impl Engine {
             Event::Drain { worker, reply } => {
                 let _ = reply.send(self.drain(&worker));
             }
+            Event::Retry { task, reply } => {
+                let _ = reply.send(self.retry(&task).await);
+            }
+            Event::Explain { task, reply } => {
+                let _ = reply.send(self.explain(&task).await);
+            }
+            Event::Capacity { reply } => {
+                let mut pools: BTreeMap<PoolId, super::PoolCapacity> = BTreeMap::new();
+                for session in self.sessions.values() {
+                    for pool in &session.hello.pools {
+                        let entry = pools.entry(pool.clone()).or_insert_with(|| super::PoolCapacity {
+                            pool: pool.clone(),
+                            agents: 0,
+                            draining: 0,
+                            free_slots: 0,
+                        });
+                        if session.draining {
+                            entry.draining += 1;
+                        } else {
+                            entry.agents += 1;
+                            entry.free_slots += session.credits;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(pools.into_values().collect()));
+            }
             Event::Demand { pool, reply } => {
                 let serving = self.sessions.values().filter(|s| !s.draining && s.hello.pools.contains(&pool));
                 let (agents, free_slots) = serving.fold((0, 0), |(n, free), s| (n + 1, free + s.credits));
@@ -476,6 +502,53 @@ impl Engine {
             Err(Refusal::Terminal { state }) => Err(Error::Finished { task: task.clone(), state }),
             Err(refusal) => Err(refused(&AttemptRef { task_id: task.clone(), epoch: facts.epoch }, refusal)),
         }
+    }
+
+    async fn retry(&mut self, task: &TaskId) -> Result<(), Error> {
+        let record = self.store.requeue_finished(task, unix_ms()).await.map_err(|e| match e {
+            store::Error::NotQueued { task, state } => Error::NotFinished { task, state },
+            store::Error::NotFound(task) => Error::NotFound(task),
+            other => Error::Store(other),
+        })?;
+        info!(task = %task, "finished task queued again by an operator");
+        self.queue.push(record.pool, record.id, 0, unix_ms());
+        self.dispatch().await;
+        Ok(())
+    }
+
+    async fn explain(&self, task: &TaskId) -> Result<super::Explanation, Error> {
+        use super::Why;
+        if let Some(lease) = self.leases.get(task) {
+            let worker = lease.worker.clone();
+            let why = if lease.cancel_deadline.is_some() {
+                Why::Cancelling { worker }
+            } else if lease.state == TaskState::Assigned {
+                Why::Assigned { worker }
+            } else {
+                Why::Running { worker }
+            };
+            return Ok(super::Explanation { state: lease.state, why });
+        }
+        let (record, _) = self.store.task(task).await?.ok_or_else(|| Error::NotFound(task.clone()))?;
+        let why = match self.queue.waiting(task) {
+            Some(Some(not_before_ms)) => Why::Backoff { not_before_ms },
+            Some(None) => {
+                let serving: Vec<&Session> =
+                    self.sessions.values().filter(|s| s.hello.pools.contains(&record.pool)).collect();
+                if serving.is_empty() {
+                    Why::NoAgentForPool
+                } else if serving.iter().all(|s| s.draining) {
+                    Why::AgentsDraining
+                } else if serving.iter().all(|s| s.draining || s.credits == 0) {
+                    Why::AllSlotsBusy
+                } else {
+                    Why::WaitingItsTurn
+                }
+            }
+            None if record.state.is_terminal() => Why::Finished,
+            None => Why::WaitingItsTurn,
+        };
+        Ok(super::Explanation { state: record.state, why })
     }
 
     fn drain(&mut self, worker: &WorkerId) -> Result<(), Error> {

@@ -57,6 +57,8 @@ pub enum Error {
     NotHeld { attempt: AttemptRef },
     #[error("task {task} already finished as {state}")]
     Finished { task: TaskId, state: outpost_common::task::TaskState },
+    #[error("task {task} is {state}: only a finished task can be retried")]
+    NotFinished { task: TaskId, state: outpost_common::task::TaskState },
     #[error("no task {0}")]
     NotFound(TaskId),
     #[error("no connected worker {0}")]
@@ -125,6 +127,37 @@ pub struct Demand {
     pub free_slots: u32,
     /// Tasks of the pool waiting in the queue (ready now).
     pub queued: u32,
+}
+
+/// Why a task is where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    NoAgentForPool,
+    AgentsDraining,
+    AllSlotsBusy,
+    Backoff { not_before_ms: i64 },
+    WaitingItsTurn,
+    Assigned { worker: WorkerId },
+    Running { worker: WorkerId },
+    Cancelling { worker: WorkerId },
+    Finished,
+}
+
+/// A task's state and why it is there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub state: outpost_common::task::TaskState,
+    pub why: Why,
+}
+
+/// Connected agents of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolCapacity {
+    pub pool: PoolId,
+    /// Connected, not draining.
+    pub agents: u32,
+    pub draining: u32,
+    pub free_slots: u32,
 }
 
 /// Where a worker is, as operators see it.
@@ -206,6 +239,17 @@ enum Event {
     Demand {
         pool: PoolId,
         reply: oneshot::Sender<Result<Demand, Error>>,
+    },
+    Retry {
+        task: TaskId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Explain {
+        task: TaskId,
+        reply: oneshot::Sender<Result<Explanation, Error>>,
+    },
+    Capacity {
+        reply: oneshot::Sender<Result<Vec<PoolCapacity>, Error>>,
     },
 }
 
@@ -312,6 +356,31 @@ impl Scheduler {
     /// Free agent slots and waiting tasks of a pool.
     pub async fn demand(&self, pool: &PoolId) -> Result<Demand, Error> {
         self.call(|reply| Event::Demand { pool: pool.clone(), reply }).await
+    }
+
+    /// Runs a finished task again.
+    pub async fn retry(&self, task: &TaskId) -> Result<(), Error> {
+        self.call(|reply| Event::Retry { task: task.clone(), reply }).await
+    }
+
+    /// Why a task is where it is.
+    pub async fn explain(&self, task: &TaskId) -> Result<Explanation, Error> {
+        self.call(|reply| Event::Explain { task: task.clone(), reply }).await
+    }
+
+    /// Connected agents and free slots per pool.
+    pub async fn capacity(&self) -> Result<Vec<PoolCapacity>, Error> {
+        self.call(|reply| Event::Capacity { reply }).await
+    }
+
+    /// Queued/running tasks and SQS messages in hand per pool.
+    pub async fn backlogs(&self) -> Result<Vec<store::PoolBacklog>, Error> {
+        Ok(self.store.pool_backlogs().await?)
+    }
+
+    /// GMS writes waiting.
+    pub async fn outbox_depth(&self) -> Result<u64, Error> {
+        Ok(self.store.outbox_depth().await?)
     }
 
     pub async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {

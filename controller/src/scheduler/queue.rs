@@ -67,6 +67,14 @@ impl Queue {
         Some((task, waited))
     }
 
+    /// Where a task waits: `Some(None)` ready, `Some(Some(t))` backing off until t, `None` not queued here.
+    pub fn waiting(&self, task: &TaskId) -> Option<Option<i64>> {
+        if self.delayed_pool.contains_key(task) {
+            return self.delayed.iter().find(|(_, t)| t == task).map(|(at, _)| Some(*at));
+        }
+        self.ready.values().any(|q| q.contains(task)).then_some(None)
+    }
+
     /// Ready tasks of a pool.
     pub fn ready_len(&self, pool: &PoolId) -> usize {
         self.ready.get(pool).map_or(0, VecDeque::len)

@@ -24,7 +24,7 @@ pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
 pub use error::Error;
 pub use outbox::{OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};
-pub use tasks::{AttemptRecord, NewTask, TaskFilter, TaskRecord, TaskResult};
+pub use tasks::{AttemptRecord, NewTask, PoolBacklog, TaskFilter, TaskRecord, TaskResult};
 pub use workers::{WorkerRecord, WorkerSeen};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

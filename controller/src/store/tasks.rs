@@ -73,7 +73,21 @@ pub struct AttemptRecord {
 pub struct TaskFilter {
     pub state: Option<TaskState>,
     pub pool: Option<PoolId>,
+    pub worker: Option<WorkerId>,
+    /// Only tasks listed after this one (newest first): its (created_at_ms, id).
+    pub after: Option<(i64, TaskId)>,
     pub limit: u32,
+}
+
+/// Backlog of one pool, from the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolBacklog {
+    pub pool: String,
+    pub queued: u32,
+    pub running: u32,
+    /// When the oldest queued task was last queued (0 = none).
+    pub oldest_queued_ms: i64,
+    pub sqs_in_hand: u32,
 }
 
 #[derive(FromRow)]
@@ -222,6 +236,61 @@ impl Store {
         Ok(Some((row.try_into()?, attempts)))
     }
 
+    /// Puts a finished task back in the queue for another run (its attempts and epoch go on).
+    pub async fn requeue_finished(&self, id: &TaskId, now_ms: i64) -> Result<TaskRecord, Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tasks SET state = 'QUEUED', not_before_ms = 0, exit_code = NULL, report = NULL, \
+             structured_report = NULL, start_time_ms = NULL, duration_ms = NULL, finished_at_ms = NULL, \
+             reported_at_ms = NULL, updated_at_ms = ? \
+             WHERE id = ? AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT', 'ABORTED')",
+        )
+        .bind(now_ms)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let task = load_task(&mut tx, id).await?;
+        if updated == 0 {
+            return Err(Error::NotQueued { task: id.clone(), state: task.state });
+        }
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// Queued and running tasks, the oldest queued, and SQS messages held, per pool.
+    pub async fn pool_backlogs(&self) -> Result<Vec<PoolBacklog>, Error> {
+        let rows: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT pool, SUM(state = 'QUEUED'), SUM(state IN ('ASSIGNED', 'RUNNING')), \
+             MIN(CASE WHEN state = 'QUEUED' THEN updated_at_ms END) FROM tasks \
+             WHERE state IN ('QUEUED', 'ASSIGNED', 'RUNNING') GROUP BY pool ORDER BY pool",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let held: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT t.pool, COUNT(*) FROM sqs_messages m JOIN tasks t ON t.id = m.task_id GROUP BY t.pool",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut backlogs: Vec<PoolBacklog> = rows
+            .into_iter()
+            .map(|(pool, queued, running, oldest)| PoolBacklog {
+                pool,
+                queued: queued as u32,
+                running: running as u32,
+                oldest_queued_ms: oldest.unwrap_or_default(),
+                sqs_in_hand: 0,
+            })
+            .collect();
+        for (pool, n) in held {
+            match backlogs.iter_mut().find(|b| b.pool == pool) {
+                Some(backlog) => backlog.sqs_in_hand = n as u32,
+                None => backlogs.push(PoolBacklog { pool, sqs_in_hand: n as u32, ..PoolBacklog::default() }),
+            }
+        }
+        Ok(backlogs)
+    }
+
     /// How many tasks are in each (state, pool).
     pub async fn task_counts(&self) -> Result<Vec<(TaskState, PoolId, u64)>, Error> {
         let rows: Vec<(String, String, i64)> =
@@ -256,6 +325,14 @@ impl Store {
         }
         if let Some(pool) = &filter.pool {
             query.push(" AND pool = ").push_bind(pool.as_str().to_owned());
+        }
+        if let Some(worker) = &filter.worker {
+            query.push(" AND worker_id = ").push_bind(worker.as_str().to_owned());
+        }
+        if let Some((created, id)) = &filter.after {
+            query.push(" AND (created_at_ms < ").push_bind(*created);
+            query.push(" OR (created_at_ms = ").push_bind(*created);
+            query.push(" AND id < ").push_bind(id.as_str().to_owned()).push("))");
         }
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         query.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ").push_bind(limit as i64);
