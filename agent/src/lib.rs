@@ -54,6 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let venvs = Venvs::new(config.datahub_cli.clone(), config.venv_root.clone(), config.venv_python.clone());
     let (runner, events) = Runner::new(ProcessConfig {
+        worker_id: worker_id.to_string(),
         venvs: Arc::new(venvs),
         secrets: Arc::new(secrets::Resolver::new(secrets_config, secrets_manager)),
         work_dir,

@@ -93,7 +93,15 @@ impl Runner {
         let config = self.config.clone();
         let events = self.events.clone();
         let attempt = assignment.attempt;
-        tokio::spawn(async move {
+        // One span per attempt: every line logged while it runs carries the task, epoch and worker.
+        let span = tracing::info_span!(
+            "attempt",
+            task = %attempt.task_id,
+            epoch = attempt.epoch.0,
+            worker = %config.worker_id,
+            number = assignment.attempt_number
+        );
+        let run = async move {
             let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<String>>(64);
             let forward_events = events.clone();
             let forward_attempt = attempt.clone();
@@ -106,7 +114,8 @@ impl Runner {
             let _ = forwarder.await;
             info!(attempt = %attempt, status = %outcome.status, exit_code = ?outcome.exit_code, "attempt ended");
             let _ = events.send(RunnerEvent::Finished { attempt, outcome }).await;
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
         true
     }
 

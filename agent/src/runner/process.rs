@@ -37,6 +37,8 @@ pub enum StopReason {
 /// How runs are executed; the same for every run of an agent.
 #[derive(Clone, Debug)]
 pub struct ProcessConfig {
+    /// This agent's worker ID (for log spans).
+    pub worker_id: String,
     /// Which `datahub` runs a task (native or a cached venv).
     pub venvs: Arc<Venvs>,
     /// Resolves `${NAME}` references at task start.

@@ -137,9 +137,26 @@ impl Session {
         self.scheduler.disconnected(&self.worker, self.id).await;
     }
 
+    /// Handles one agent message inside a span naming the attempt it is about (if any).
+    async fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
+        use pb::agent_message::Msg;
+        let attempt = match &message.msg {
+            Some(Msg::Ack(pb::Ack { attempt })) | Some(Msg::Log(pb::Log { attempt, .. })) => attempt.clone(),
+            Some(Msg::Result(result)) => result.attempt.clone(),
+            _ => None,
+        };
+        match attempt {
+            Some(a) => {
+                let span = tracing::info_span!("attempt", task = %a.task_id, epoch = a.epoch, worker = %self.worker);
+                tracing::Instrument::instrument(self.handle_message(message), span).await
+            }
+            None => self.handle_message(message).await,
+        }
+    }
+
     /// Handles one agent message. Refusals about one attempt are answered on the stream; only protocol
     /// violations end the session.
-    async fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
+    async fn handle_message(&self, message: pb::AgentMessage) -> Result<(), Status> {
         let Some(msg) = message.msg else { return Err(Status::invalid_argument("empty agent message")) };
         match msg {
             In::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once per stream")),
