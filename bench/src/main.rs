@@ -2,17 +2,16 @@
 //! (release build). Each benchmark prints one line of results; `bench/RESULTS.md` records them with the machine
 //! and date.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod benches;
+mod harness;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
-use outpost_common::tls::TlsFiles;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+
+use harness::{ControllerProcess, Session, message};
 
 #[derive(Parser)]
 #[command(about = "Outpost benchmarks")]
@@ -34,108 +33,43 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         attempts: usize,
     },
-}
-
-/// A controller process (the release binary next to this one) in a temp dir with fresh certificates.
-struct ControllerProcess {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("no exe dir")?.join(name);
-    if !path.exists() {
-        bail!("{} is missing: build with `cargo build --release --workspace`", path.display());
-    }
-    Ok(path)
-}
-
-fn start_controller(extra: &[&str]) -> anyhow::Result<ControllerProcess> {
-    let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
-    outpost_controller::certs::init(&certs, &[])?;
-    let addr_file = dir.path().join("addr");
-    let log = std::fs::File::create(dir.path().join("controller.log"))?;
-    let child = Command::new(sibling("outpost-controller")?)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .arg("--listen-addr-file")
-        .arg(&addr_file)
-        .arg("--db")
-        .arg(dir.path().join("bench.db"))
-        .arg("--tls-cert")
-        .arg(certs.join("controller.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("controller.key"))
-        .arg("--tls-ca")
-        .arg(certs.join("ca.pem"))
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            break addr;
-        }
-        if Instant::now() > deadline {
-            bail!("the controller did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(ControllerProcess { child, addr, dir })
-}
-
-async fn agent_channel(certs: &Path, worker: &str, addr: &str) -> anyhow::Result<Channel> {
-    outpost_controller::certs::agent(certs, worker, "outpost")?;
-    let tls = TlsFiles {
-        cert: certs.join(format!("agent-{worker}.pem")),
-        key: certs.join(format!("agent-{worker}.key")),
-        ca: certs.join("ca.pem"),
-    }
-    .load()?;
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.client_config("127.0.0.1"))?.connect().await?)
-}
-
-fn message(msg: Out) -> pb::AgentMessage {
-    pb::AgentMessage { msg: Some(msg) }
-}
-
-/// One agent session driven by the benchmark.
-struct Session {
-    outbound: mpsc::Sender<pb::AgentMessage>,
-    inbound: tonic::Streaming<pb::ControllerMessage>,
-}
-
-async fn open_session(channel: Channel, worker: &str) -> anyhow::Result<Session> {
-    let (outbound, rx) = mpsc::channel(1024);
-    let hello = pb::Hello { worker_id: worker.into(), pools: vec!["bench".into()], slots: 1, ..Default::default() };
-    outbound.send(message(Out::Hello(hello))).await?;
-    let mut inbound =
-        pb::agent_service_client::AgentServiceClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
-    match inbound.message().await?.and_then(|m| m.msg) {
-        Some(In::Welcome(_)) => Ok(Session { outbound, inbound }),
-        other => bail!("expected Welcome, got {other:?}"),
-    }
+    /// SubmitTask → Assign on an idle agent's stream, one no-op task at a time.
+    Dispatch {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
+    /// No-op tasks submitted, run and recorded, as fast as the controller goes.
+    Throughput {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        #[arg(long, default_value_t = 64)]
+        submitters: usize,
+    },
+    /// Idle agents on one controller: memory, idle CPU, reconnect after a restart.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "20s")]
+        idle: Duration,
+    },
+    /// A killed agent's task granted again, `trials` times.
+    Detection {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        #[arg(long, default_value = "5s")]
+        lease_ttl: String,
+    },
 }
 
 async fn heartbeats(agents: usize, beats: usize, attempts: usize) -> anyhow::Result<()> {
-    let controller = start_controller(&["--heartbeat-interval", "5s", "--lease-ttl", "60s"])?;
-    let certs = controller.dir.path().join("certs");
+    let controller = ControllerProcess::start(&["--heartbeat-interval", "5s", "--lease-ttl", "60s"])?;
     let mut sessions = Vec::with_capacity(agents);
     for i in 0..agents {
-        let worker = format!("hb-{i}");
-        let channel = agent_channel(&certs, &worker, &controller.addr).await?;
-        sessions.push(open_session(channel, &worker).await?);
+        sessions.push(Session::open(&controller, &format!("hb-{i}"), "bench", 1).await?);
     }
     let progress: Vec<pb::AttemptProgress> = (0..attempts)
         .map(|i| pb::AttemptProgress {
@@ -187,6 +121,12 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.bench {
             Bench::Heartbeats { agents, beats, attempts } => heartbeats(agents, beats, attempts).await,
+            Bench::Dispatch { tasks } => benches::dispatch(tasks).await,
+            Bench::Throughput { tasks, agents, slots, submitters } => {
+                benches::throughput(tasks, agents, slots, submitters).await
+            }
+            Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
+            Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,
         }
     })
 }

@@ -147,6 +147,9 @@ impl From<ResultStatus> for AttemptState {
 /// Task names the agent knows how to run.
 pub const RUN_INGEST: &str = "RUN_INGEST";
 pub const TEST_CONNECTION: &str = "TEST_CONNECTION";
+/// A built-in task that does nothing and succeeds at once: for diagnostics (is the fleet taking work?) and
+/// benchmarks of the controller.
+pub const NOOP: &str = "NOOP";
 
 #[cfg(test)]
 mod tests {

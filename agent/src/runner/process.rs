@@ -97,6 +97,16 @@ pub async fn run(
 ) -> RunOutcome {
     let start_time_ms = unix_ms();
     let started = Instant::now();
+    if spec.task_name == outpost_common::task::NOOP {
+        return RunOutcome {
+            status: ResultStatus::Succeeded,
+            exit_code: Some(0),
+            report: format!("~~~~ Execution Summary - {} ~~~~\nExecution finished successfully!\n", spec.task_name),
+            structured_report: String::new(),
+            start_time_ms,
+            duration_ms: started.elapsed().as_millis() as i64,
+        };
+    }
     let dir = config.work_dir.join(format!("{}-{}", spec.exec_id, spec.attempt_tag));
     let mut run = Run {
         config,

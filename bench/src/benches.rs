@@ -1,0 +1,249 @@
+//! The benchmarks. Each prints one result line; `bench/RESULTS.md` records them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
+use tokio::task::JoinSet;
+
+use crate::harness::{ControllerProcess, Session, noop, percentile_ms};
+
+/// Task queued (SubmitTask sent) → Assign on an idle agent's stream, one task at a time.
+pub async fn dispatch(tasks: usize) -> anyhow::Result<()> {
+    let controller = ControllerProcess::start(&[])?;
+    let mut admin = controller.admin().await?;
+    let mut agent = Session::open(&controller, "idle", "bench", 1).await?;
+    agent.send(Out::Credit(pb::Credit { credits: 1 })).await?;
+    let mut latencies = Vec::with_capacity(tasks);
+    for i in 0..tasks {
+        let started = Instant::now();
+        admin.submit_task(noop(format!("d{i}"), "bench")).await?;
+        let assign = loop {
+            if let In::Assign(assign) = agent.next().await? {
+                break assign;
+            }
+        };
+        latencies.push(started.elapsed());
+        agent.complete(&assign.attempt).await?;
+        loop {
+            if let In::ResultAccepted(_) = agent.next().await? {
+                break;
+            }
+        }
+        agent.send(Out::Credit(pb::Credit { credits: 1 })).await?;
+    }
+    latencies.sort();
+    let metrics = controller.metrics().await?;
+    let internal_sum: f64 = metric(&metrics, "outpost_dispatch_latency_seconds_sum");
+    let internal_count: f64 = metric(&metrics, "outpost_dispatch_latency_seconds_count");
+    println!(
+        "dispatch: {tasks} tasks, SubmitTask sent -> Assign received: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
+         controller-internal queued -> granted mean {:.3} ms",
+        percentile_ms(&latencies, 50.0),
+        percentile_ms(&latencies, 90.0),
+        percentile_ms(&latencies, 99.0),
+        percentile_ms(&latencies, 100.0),
+        internal_sum / internal_count.max(1.0) * 1000.0,
+    );
+    Ok(())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// No-op tasks submitted by `submitters` concurrent clients, run by `agents` sessions with `slots` each; from the
+/// first submit to the last result accepted (durable in SQLite).
+pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usize) -> anyhow::Result<()> {
+    let controller = ControllerProcess::start(&[])?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for a in 0..agents {
+        let mut session = Session::open(&controller, &format!("t{a}"), "bench", slots).await?;
+        session.send(Out::Credit(pb::Credit { credits: slots })).await?;
+        let done = done.clone();
+        workers.spawn(async move {
+            loop {
+                match session.next().await? {
+                    In::Assign(assign) => session.complete(&assign.attempt).await?,
+                    In::ResultAccepted(_) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        session.send(Out::Credit(pb::Credit { credits: 1 })).await?;
+                    }
+                    _ => {}
+                }
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        });
+    }
+    let (cpu_before, _) = controller.usage();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut submits = JoinSet::new();
+    for _ in 0..submitters {
+        let mut admin = controller.admin().await?;
+        let next = next.clone();
+        submits.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= tasks {
+                    break;
+                }
+                admin.submit_task(noop(format!("t{i}"), "bench")).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let mut peak_rss = 0;
+    while done.load(Ordering::Relaxed) < tasks {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak_rss = peak_rss.max(controller.usage().1);
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("only {} of {tasks} tasks finished in 10 minutes", done.load(Ordering::Relaxed));
+        }
+    }
+    let elapsed = started.elapsed();
+    while let Some(r) = submits.join_next().await {
+        r??;
+    }
+    let (cpu_after, _) = controller.usage();
+    let cpu = cpu_after - cpu_before;
+    println!(
+        "throughput: {tasks} no-op tasks, {agents} agents x {slots} slots, {submitters} submitters: {:.2} s -> {:.0} tasks/s; \
+         controller CPU {:.2} s ({:.0}% of one core), peak RSS {:.1} MiB",
+        elapsed.as_secs_f64(),
+        tasks as f64 / elapsed.as_secs_f64(),
+        cpu,
+        cpu / elapsed.as_secs_f64() * 100.0,
+        peak_rss as f64 / 1048576.0
+    );
+    workers.abort_all();
+    Ok(())
+}
+
+/// `agents` idle sessions (each with its own certificate) on one controller: memory per agent, CPU while idle
+/// (heartbeats every `heartbeat` and keepalives), and the time for all to reconnect after a controller restart.
+pub async fn fleet(agents: usize, idle: Duration) -> anyhow::Result<()> {
+    let flags = ["--heartbeat-interval", "5s", "--keepalive-interval", "15s"];
+    let mut controller = ControllerProcess::start(&flags)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_before) = controller.usage();
+    let connected = Instant::now();
+    let mut beats = JoinSet::new();
+    for a in 0..agents {
+        let session = Session::open(&controller, &format!("f{a}"), "bench", 1).await?;
+        beats.spawn(idle_agent(session));
+    }
+    let connect_time = connected.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_before, rss_after) = controller.usage();
+    tokio::time::sleep(idle).await;
+    let (cpu_after, _) = controller.usage();
+    let per_agent = (rss_after.saturating_sub(rss_before)) as f64 / agents as f64 / 1024.0;
+    println!(
+        "fleet: {agents} idle agents connected in {:.1} s; controller RSS {:.1} MiB -> {:.1} MiB ({per_agent:.1} KiB per agent); \
+         idle CPU {:.1}% of one core over {} s (heartbeat 5 s, keepalive 15 s)",
+        connect_time.as_secs_f64(),
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        (cpu_after - cpu_before) / idle.as_secs_f64() * 100.0,
+        idle.as_secs()
+    );
+    // Restart: every agent reconnects with full-jitter backoff (as the agent does, 200 ms .. 30 s).
+    beats.abort_all();
+    controller.restart(&flags)?;
+    let restarted = Instant::now();
+    let reconnected = Arc::new(AtomicUsize::new(0));
+    let mut reconnects = JoinSet::new();
+    let controller = Arc::new(controller);
+    for a in 0..agents {
+        let (controller, reconnected) = (controller.clone(), reconnected.clone());
+        reconnects.spawn(async move {
+            let mut ceiling = Duration::from_millis(200);
+            loop {
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling.as_millis() as u64))).await;
+                if Session::open(&controller, &format!("f{a}"), "bench", 1).await.is_ok() {
+                    reconnected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                ceiling = (ceiling * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+    while reconnects.join_next().await.is_some() {}
+    println!(
+        "fleet: after a controller restart all {agents} agents reconnected in {:.1} s (jittered backoff)",
+        restarted.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn idle_agent(session: Session) -> anyhow::Result<()> {
+    let Session { outbound, mut inbound } = session;
+    // Spread heartbeats over the interval like a real fleet.
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..5000))).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                outbound.send(crate::harness::message(Out::Heartbeat(pb::Heartbeat { attempts: vec![] }))).await?;
+            }
+            message = inbound.message() => {
+                if message?.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// An agent holding a task vanishes: time until its task is granted to another agent (`trials` times).
+pub async fn detection(trials: usize, lease_ttl: &str) -> anyhow::Result<()> {
+    let controller = ControllerProcess::start(&["--lease-ttl", lease_ttl, "--heartbeat-interval", "1s", "--retry-backoff", "10ms", "--retry-backoff-max", "10ms"])?;
+    let mut admin = controller.admin().await?;
+    let mut standby = Session::open(&controller, "standby", "bench", 1).await?;
+    let mut delays = Vec::new();
+    for trial in 0..trials {
+        let doomed = Session::open(&controller, &format!("doomed-{trial}"), "bench", 1).await?;
+        doomed.send(Out::Credit(pb::Credit { credits: 1 })).await?;
+        admin.submit_task(noop(format!("x{trial}"), "bench")).await?;
+        let Session { outbound, mut inbound } = doomed;
+        let assign = loop {
+            if let Some(In::Assign(a)) = inbound.message().await?.and_then(|m| m.msg) {
+                break a;
+            }
+        };
+        outbound.send(crate::harness::message(Out::Ack(pb::Ack { attempt: assign.attempt.clone() }))).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The agent dies: its connection closes, nothing more is heard from it.
+        drop((outbound, inbound));
+        let died = Instant::now();
+        standby.send(Out::Credit(pb::Credit { credits: 1 })).await?;
+        let regrant = loop {
+            if let In::Assign(a) = standby.next().await? {
+                break a;
+            }
+        };
+        delays.push(died.elapsed());
+        standby.complete(&regrant.attempt).await?;
+        loop {
+            if let In::ResultAccepted(_) = standby.next().await? {
+                break;
+            }
+        }
+    }
+    delays.sort();
+    println!(
+        "detection: lease TTL {lease_ttl}, {trials} agents killed mid-run -> task granted again after p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        percentile_ms(&delays, 50.0),
+        percentile_ms(&delays, 90.0),
+        percentile_ms(&delays, 100.0)
+    );
+    Ok(())
+}
