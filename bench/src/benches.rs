@@ -205,9 +205,29 @@ async fn idle_agent(session: Session) -> anyhow::Result<()> {
 
 /// An agent holding a task vanishes: time until its task is granted to another agent (`trials` times).
 pub async fn detection(trials: usize, lease_ttl: &str) -> anyhow::Result<()> {
-    let controller = ControllerProcess::start(&["--lease-ttl", lease_ttl, "--heartbeat-interval", "1s", "--retry-backoff", "10ms", "--retry-backoff-max", "10ms"])?;
+    let controller = ControllerProcess::start(&[
+        "--lease-ttl",
+        lease_ttl,
+        "--heartbeat-interval",
+        "1s",
+        "--retry-backoff",
+        "10ms",
+        "--retry-backoff-max",
+        "10ms",
+    ])?;
     let mut admin = controller.admin().await?;
     let mut standby = Session::open(&controller, "standby", "bench", 1).await?;
+    // The standby stays alive: it heartbeats every 500 ms.
+    let beating = standby.outbound.clone();
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            let beat = crate::harness::message(Out::Heartbeat(pb::Heartbeat { attempts: vec![] }));
+            if beating.send(beat).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
     let mut delays = Vec::new();
     for trial in 0..trials {
         let doomed = Session::open(&controller, &format!("doomed-{trial}"), "bench", 1).await?;
@@ -238,12 +258,117 @@ pub async fn detection(trials: usize, lease_ttl: &str) -> anyhow::Result<()> {
             }
         }
     }
+    heartbeat.abort();
     delays.sort();
     println!(
         "detection: lease TTL {lease_ttl}, {trials} agents killed mid-run -> task granted again after p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
         percentile_ms(&delays, 50.0),
         percentile_ms(&delays, 90.0),
         percentile_ms(&delays, 100.0)
+    );
+    Ok(())
+}
+
+/// The same file → blackhole recipe through Outpost (controller + a real agent + the GMS stand-in): SubmitTask →
+/// SUCCESS at the stand-in, `runs` times; and the bare CLI for comparison.
+pub async fn overhead(runs: usize) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+
+    use crate::harness::{Guard, http_get, repo_root, sibling};
+    let root = repo_root()?;
+    let python = root.join(".venv/bin/python");
+    let datahub = root.join(".venv/bin/datahub");
+    let sample = root.join("examples/sample_mcps.json");
+    let dir = tempfile::tempdir()?;
+    let port_file = dir.path().join("gms.port");
+    let _gms = Guard(
+        Command::new(&python)
+            .arg(root.join("tests/gms_standin.py"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let port = loop {
+        if let Ok(port) = std::fs::read_to_string(&port_file) {
+            break port.trim().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let gms = format!("127.0.0.1:{port}");
+    let gms_url = format!("http://{gms}");
+    let controller = ControllerProcess::start(&["--gms-url", &gms_url, "--progress-interval", "5s"])?;
+    let certs = controller.certs();
+    outpost_controller::certs::agent(&certs, "bench-agent", "outpost")?;
+    let _agent = Guard(
+        Command::new(sibling("outpost-agent")?)
+            .args(["--controller", &format!("https://{}", controller.addr), "--worker-id", "bench-agent"])
+            .args(["--pool", "default", "--slots", "1"])
+            .arg("--tls-cert")
+            .arg(certs.join("agent-bench-agent.pem"))
+            .arg("--tls-key")
+            .arg(certs.join("agent-bench-agent.key"))
+            .arg("--tls-ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--datahub-cli")
+            .arg(&datahub)
+            .env("DATAHUB_TELEMETRY_ENABLED", "false")
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let mut admin = controller.admin().await?;
+    let recipe =
+        serde_json::json!({"source": {"type": "file", "config": {"path": sample}}, "sink": {"type": "blackhole"}})
+            .to_string();
+    let mut outpost = Vec::new();
+    for i in 0..runs + 1 {
+        let id = format!("overhead-{i}");
+        let urn = format!("urn:li:dataHubExecutionRequest:{id}");
+        let started = Instant::now();
+        admin
+            .submit_task(pb::SubmitTaskRequest {
+                task: "RUN_INGEST".into(),
+                args: [("recipe".to_owned(), recipe.clone())].into(),
+                pool: "default".into(),
+                execution_request_id: id,
+                source_type: String::new(),
+            })
+            .await?;
+        loop {
+            let results: serde_json::Value = serde_json::from_str(&http_get(&gms, "/__control/results").await?)?;
+            if results[&urn]["status"] == "SUCCESS" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The first run warms the agent's connection; it is not counted.
+        if i > 0 {
+            outpost.push(started.elapsed());
+        }
+    }
+    let mut bare = Vec::new();
+    let recipe_file = dir.path().join("recipe.json");
+    std::fs::write(&recipe_file, &recipe)?;
+    for _ in 0..runs {
+        let started = Instant::now();
+        let status = Command::new(&datahub)
+            .args(["ingest", "run", "-c"])
+            .arg(&recipe_file)
+            .env("DATAHUB_TELEMETRY_ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "the bare CLI failed");
+        bare.push(started.elapsed());
+    }
+    outpost.sort();
+    bare.sort();
+    let (o, b) = (percentile_ms(&outpost, 50.0), percentile_ms(&bare, 50.0));
+    println!(
+        "overhead: file -> blackhole, {runs} runs: Outpost SubmitTask -> SUCCESS at GMS median {o:.0} ms; bare CLI median {b:.0} ms; \
+         Outpost overhead {:.0} ms",
+        o - b
     );
     Ok(())
 }

@@ -232,3 +232,29 @@ pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     let index = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[index].as_secs_f64() * 1000.0
 }
+
+/// GET `path` from `addr` over plain HTTP/1.1; the body.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// The repository root (the bench binary lives in `<root>/target/release`).
+pub fn repo_root() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.ancestors().nth(3).context("no repository root")?.to_owned())
+}
+
+/// A child process killed on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

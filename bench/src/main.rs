@@ -56,6 +56,11 @@ enum Bench {
         #[arg(long, value_parser = outpost_common::duration::parse, default_value = "20s")]
         idle: Duration,
     },
+    /// The same file → blackhole recipe through Outpost and the bare CLI.
+    Overhead {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// A killed agent's task granted again, `trials` times.
     Detection {
         #[arg(long, default_value_t = 10)]
@@ -127,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             }
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,
+            Bench::Overhead { runs } => benches::overhead(runs).await,
         }
     })
 }

@@ -664,9 +664,11 @@ impl Engine {
                     }
                 };
                 let waited = self.queue.pop_front(&pool).map(|(_, waited)| waited).unwrap_or_default();
+                let granting = Instant::now();
                 match self.store.grant(&task_id, &worker, unix_ms()).await {
                     Ok(grant) => {
-                        self.metrics.granted(waited.as_secs_f64());
+                        // Queued → durably granted (the Assign goes out right after).
+                        self.metrics.granted((waited + granting.elapsed()).as_secs_f64());
                         self.announce(&worker, grant);
                     }
                     Err(store::Error::NotQueued { task, state }) => {

@@ -93,20 +93,20 @@ impl Store {
     /// Grants a QUEUED task to a worker: bumps the epoch and records the attempt, in one transaction.
     pub async fn grant(&self, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Grant, Error> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
+        let updated: Option<super::tasks::TaskRow> = sqlx::query_as(
             "UPDATE tasks SET state = 'ASSIGNED', epoch = epoch + 1, attempts = attempts + 1, worker_id = ?, \
-             updated_at_ms = ? WHERE id = ? AND state = 'QUEUED'",
+             updated_at_ms = ? WHERE id = ? AND state = 'QUEUED' RETURNING *",
         )
         .bind(worker.as_str())
         .bind(now_ms)
         .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let task = load_task(&mut tx, id).await?;
-        if updated == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(updated) = updated else {
+            let task = load_task(&mut tx, id).await?;
             return Err(Error::NotQueued { task: id.clone(), state: task.state });
-        }
+        };
+        let task: TaskRecord = updated.try_into()?;
         sqlx::query(
             "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) \
              VALUES (?, ?, ?, ?, 'ASSIGNED', ?)",
