@@ -12,6 +12,7 @@ pub mod pb {
 
 pub mod clock;
 pub mod duration;
+pub mod errors;
 pub mod identity;
 pub mod ids;
 pub mod metrics;

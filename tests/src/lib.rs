@@ -354,18 +354,6 @@ pub async fn channel_without_client_cert(url: &str, ca: &Path) -> Result<Channel
     Endpoint::from_shared(url.to_owned())?.tls_config(tls)?.connect().await
 }
 
-/// The error and all its sources, joined: TLS alerts are only visible deep in the chain.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
 fn unique() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }

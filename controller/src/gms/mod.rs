@@ -148,14 +148,7 @@ impl Client {
 
 /// A transport error with its causes (reqwest hides the interesting part in the source chain).
 fn transport_error(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    outpost_common::errors::chain(error)
 }
 
 #[cfg(test)]

@@ -56,14 +56,7 @@ fn backoff(config: &Config, failures: u32) -> Duration {
 
 /// An SDK error with its service code and cause, readable in one line.
 fn sdk_error<E: std::error::Error + 'static>(error: &E) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    outpost_common::errors::chain(error)
 }
 
 impl Queue {
