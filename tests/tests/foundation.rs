@@ -211,3 +211,20 @@ async fn outpostctl_submits_the_example_recipes_and_shows_the_results() {
     let output = cluster.ctl(&controller, &["frobnicate"]);
     assert_eq!(output.status.code(), Some(2), "usage errors exit 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noop_task_needs_no_recipe_and_succeeds_at_once() {
+    let cluster = Cluster::new(bins!());
+    let controller = cluster.controller("outpost.db", &[]).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let output = cluster.ctl(&controller, &["--json", "submit", "--task", "NOOP", "--id", "ping", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let task: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((task["state"].as_str(), task["workerId"].as_str()), (Some("SUCCEEDED"), Some("w-1")));
+    let output = cluster.ctl(&controller, &["submit", "--task", "RUN_INGEST", "--id", "no-recipe"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: InvalidArgument: invalid args: RUN_INGEST needs a recipe\n"
+    );
+}

@@ -87,9 +87,9 @@ enum Command {
         /// The pool (executor ID) that must run it.
         #[arg(long, default_value = "default")]
         pool: String,
-        /// The recipe file.
+        /// The recipe file (YAML or JSON); RUN_INGEST and TEST_CONNECTION need one, NOOP does not.
         #[arg(long)]
-        recipe: PathBuf,
+        recipe: Option<PathBuf>,
         /// RUN_INGEST or TEST_CONNECTION.
         #[arg(long, default_value = "RUN_INGEST")]
         task: String,
@@ -267,7 +267,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (key, value) = arg.split_once('=').with_context(|| format!("--arg {arg:?} is not KEY=VALUE"))?;
                 arg_map.insert(key.to_owned(), value.to_owned());
             }
-            arg_map.insert("recipe".to_owned(), read_recipe(recipe)?);
+            if let Some(recipe) = recipe {
+                arg_map.insert("recipe".to_owned(), read_recipe(recipe)?);
+            }
             let request = pb::SubmitTaskRequest {
                 task: task.clone(),
                 args: arg_map,

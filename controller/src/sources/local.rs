@@ -43,6 +43,7 @@ pub fn validate(submission: Submission) -> Result<NewTask, Error> {
     if !task_name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
         return Err(invalid("task", format!("{task_name:?} is not a task name like RUN_INGEST")));
     }
+    // NOOP (and any other name) needs no recipe; agents fail names they do not know, with a clear report.
     if task_name == RUN_INGEST || task_name == TEST_CONNECTION {
         let recipe =
             submission.args.get("recipe").ok_or_else(|| invalid("args", format!("{task_name} needs a recipe")))?;
