@@ -1,0 +1,92 @@
+//! Hand-driven agent sessions for tests.
+
+use std::time::Duration;
+
+use outpost_common::tls::TlsFiles;
+
+use super::{Cluster, Controller, channel};
+
+/// A hand-driven agent session (in the test process, with a real agent certificate): it says exactly what a
+/// test makes it say, to reproduce agents that never ack or vanish mid-run.
+pub struct Ghost {
+    outbound: tokio::sync::mpsc::Sender<outpost_common::pb::AgentMessage>,
+    inbound: tonic::Streaming<outpost_common::pb::ControllerMessage>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Ghost {
+    fn drop(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+        }
+    }
+}
+
+impl Ghost {
+    /// Connects as `worker`, serving `pool` with `slots`, and grants `slots` credits.
+    pub async fn connect(cluster: &Cluster, controller: &Controller, worker: &str, pool: &str, slots: u32) -> Ghost {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let (cert, key) = cluster.agent_cert(worker);
+        let tls = TlsFiles { cert, key, ca: cluster.certs.join("ca.pem") };
+        let channel = channel(&controller.url(), &tls).await.expect("ghost connects");
+        let (outbound, rx) = tokio::sync::mpsc::channel(16);
+        let hello = pb::Hello { worker_id: worker.into(), pools: vec![pool.into()], slots, ..Default::default() };
+        outbound.send(pb::AgentMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
+        let mut inbound = pb::agent_service_client::AgentServiceClient::new(channel)
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("ghost session accepted")
+            .into_inner();
+        let first = inbound.message().await.expect("welcome").expect("welcome");
+        assert!(matches!(first.msg, Some(pb::controller_message::Msg::Welcome(_))), "{first:?}");
+        outbound.send(pb::AgentMessage { msg: Some(Msg::Credit(pb::Credit { credits: slots })) }).await.unwrap();
+        Ghost { outbound, inbound, heartbeat: None }
+    }
+
+    /// Like [`Ghost::connect`], but it heartbeats every 200 ms (until dropped), so its lease never expires.
+    pub async fn connect_alive(
+        cluster: &Cluster,
+        controller: &Controller,
+        worker: &str,
+        pool: &str,
+        slots: u32,
+    ) -> Ghost {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let mut ghost = Ghost::connect(cluster, controller, worker, pool, slots).await;
+        let outbound = ghost.outbound.clone();
+        ghost.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                let beat = pb::AgentMessage { msg: Some(Msg::Heartbeat(pb::Heartbeat { attempts: vec![] })) };
+                if outbound.send(beat).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+        ghost
+    }
+
+    /// The next assignment, skipping keepalives.
+    pub async fn next_assign(&mut self) -> outpost_common::pb::Assign {
+        use outpost_common::pb::controller_message::Msg;
+        let deadline = Duration::from_secs(30);
+        loop {
+            let message = tokio::time::timeout(deadline, self.inbound.message())
+                .await
+                .expect("an assignment within 30 s")
+                .expect("stream open")
+                .expect("a message");
+            match message.msg {
+                Some(Msg::Assign(assign)) => return assign,
+                Some(Msg::Keepalive(_)) => continue,
+                other => panic!("unexpected message to the ghost: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn ack(&self, assign: &outpost_common::pb::Assign) {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let ack = pb::Ack { attempt: assign.attempt.clone() };
+        self.outbound.send(pb::AgentMessage { msg: Some(Msg::Ack(ack)) }).await.unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! The GMS stand-in (tests/gms_standin.py) from the test side.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Cluster, Proc, repo_root, unique, wait_until};
+
+/// The GMS stand-in (tests/gms_standin.py): records every request, validates each payload with DataHub's own
+/// schema classes, serves signals and inputs, fails on demand.
+pub struct Gms {
+    pub proc: Proc,
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts the stand-in; `extra` goes to its command line (e.g. `--max-payload`).
+    pub async fn gms(&self, extra: &[&str]) -> Gms {
+        let port_file = self.path(&format!("gms-{}.port", unique()));
+        let mut command = Command::new(repo_root().join(".venv/bin/python"));
+        command.arg(repo_root().join("tests/gms_standin.py")).arg("--port-file").arg(&port_file).args(extra);
+        let mut proc = Proc::spawn("gms stand-in", command, self.path(&format!("gms-{}.log", unique())));
+        let port: u16 = wait_until("the GMS stand-in to listen", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&port_file).ok();
+            let exited = proc.child.try_wait().ok().flatten();
+            async move {
+                assert!(exited.is_none(), "the GMS stand-in exited early: {exited:?}");
+                text.and_then(|t| t.trim().parse().ok())
+            }
+        })
+        .await;
+        outpost_common::tls::install_crypto_provider();
+        Gms { proc, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+    }
+}
+
+impl Gms {
+    async fn control(&self, what: &str, body: serde_json::Value) {
+        let response = self.http.post(format!("{}/__control/{what}", self.base)).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "control {what}: {}", response.status());
+    }
+
+    /// Every request the stand-in saw.
+    pub async fn requests(&self) -> Vec<serde_json::Value> {
+        self.http.get(format!("{}/__control/requests", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The next `count` calls whose path contains `path` answer `status` (0 = the connection drops).
+    pub async fn fail(&self, status: u16, count: u32, path: &str) {
+        self.control("fail", serde_json::json!({"status": status, "count": count, "path": path})).await;
+    }
+
+    /// Ends every injected failure.
+    pub async fn heal(&self) {
+        self.control("clear", serde_json::json!({})).await;
+    }
+
+    pub async fn signal(&self, urn: &str) {
+        self.control("signal", serde_json::json!({"urn": urn, "signal": "KILL"})).await;
+    }
+
+    pub async fn input(&self, urn: &str, input: serde_json::Value) {
+        self.control("input", serde_json::json!({"urn": urn, "input": input})).await;
+    }
+
+    /// The Bearer token GMS accepts from now on (`None`: any).
+    pub async fn accept_token(&self, token: Option<&str>) {
+        self.control("token", serde_json::json!({"token": token})).await;
+    }
+
+    /// The `dataHubExecutionRequestResult` aspects written for `urn`, in order, with the HTTP status of each.
+    pub async fn result_writes(&self, urn: &str) -> Vec<(u16, serde_json::Value)> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposal")))
+            .filter_map(|r| {
+                let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
+                let proposal = &body["proposal"];
+                (proposal["entityUrn"] == urn).then(|| {
+                    let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
+                    (r["status"].as_u64().unwrap_or(0) as u16, aspect.unwrap_or_default())
+                })
+            })
+            .collect()
+    }
+
+    /// Requests whose payload failed DataHub's schema validation.
+    pub async fn invalid(&self) -> Vec<serde_json::Value> {
+        self.requests().await.into_iter().filter(|r| r["valid"] == false).collect()
+    }
+}
