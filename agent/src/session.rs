@@ -74,7 +74,7 @@ impl Backoff {
 
     /// The ceiling of the next wait, before jitter.
     pub fn ceiling(&self) -> Duration {
-        self.min.saturating_mul(1u32 << self.attempt.min(20)).min(self.max)
+        outpost_common::backoff::ceiling(self.min, self.max, self.attempt)
     }
 
     pub fn next_delay(&mut self) -> Duration {

@@ -10,6 +10,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("outpost_descriptor");
 }
 
+pub mod backoff;
 pub mod clock;
 pub mod duration;
 pub mod errors;

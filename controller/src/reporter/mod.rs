@@ -66,8 +66,7 @@ impl Reporter {
     }
 
     fn backoff(&self, tries: u32) -> Duration {
-        let ceiling =
-            self.config.retry_backoff.saturating_mul(1u32 << tries.min(20)).min(self.config.retry_backoff_max);
+        let ceiling = outpost_common::backoff::ceiling(self.config.retry_backoff, self.config.retry_backoff_max, tries);
         ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
     }
 

@@ -107,8 +107,7 @@ pub enum Refusal {
 
 /// Backoff before the next attempt: base·2^(attempts-1) capped at max, scaled by `jitter` ∈ [0, 1] (full jitter).
 pub fn backoff(policy: &RetryPolicy, attempts: u32, jitter: f64) -> Duration {
-    let exp = attempts.saturating_sub(1).min(30);
-    let ceiling = policy.backoff_base.saturating_mul(1u32 << exp).min(policy.backoff_max);
+    let ceiling = outpost_common::backoff::ceiling(policy.backoff_base, policy.backoff_max, attempts.saturating_sub(1));
     ceiling.mul_f64(jitter.clamp(0.0, 1.0))
 }
 

@@ -50,7 +50,7 @@ enum Outcome {
 }
 
 fn backoff(config: &Config, failures: u32) -> Duration {
-    let ceiling = config.retry_backoff.saturating_mul(1u32 << failures.min(16)).min(config.retry_backoff_max);
+    let ceiling = outpost_common::backoff::ceiling(config.retry_backoff, config.retry_backoff_max, failures);
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 

@@ -1,0 +1,22 @@
+//! Exponential backoff: the ceiling before jitter, shared by every retry loop (lease retries, GMS writes, SQS
+//! calls, agent reconnects). Each caller applies its own jitter to it.
+
+use std::time::Duration;
+
+/// `base · 2^attempt`, capped at `max` (attempt 0 is `base`).
+pub fn ceiling(base: Duration, max: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(30)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_up_to_the_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let ceilings: Vec<u64> = (0..6).map(|n| ceiling(base, max, n).as_millis() as u64).collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(ceiling(base, max, 1000), max, "no overflow");
+    }
+}
