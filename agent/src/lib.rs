@@ -35,7 +35,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tls = config.tls.files().load()?;
     let server_name = match &config.tls_server_name {
         Some(name) => name.clone(),
-        None => host_of(&config.controller).context("--controller must look like https://HOST:PORT")?,
+        None => outpost_common::tls::server_name_of(&config.controller)
+            .context("--controller must look like https://HOST:PORT")?,
     };
     let work_dir =
         config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("outpost-agent-{worker_id}")));
@@ -93,29 +94,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     http_stop.cancel();
     result?;
     Ok(())
-}
-
-/// The host part of `https://HOST:PORT[/...]` (brackets of an IPv6 literal removed).
-fn host_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split('/').next()?;
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
-    };
-    (!host.is_empty()).then(|| host.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_of;
-
-    #[test]
-    fn host_of_controller_urls() {
-        assert_eq!(host_of("https://localhost:7443").as_deref(), Some("localhost"));
-        assert_eq!(host_of("https://127.0.0.1:7443/").as_deref(), Some("127.0.0.1"));
-        assert_eq!(host_of("https://[::1]:7443").as_deref(), Some("::1"));
-        assert_eq!(host_of("https://:7443"), None);
-    }
 }

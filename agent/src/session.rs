@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use outpost_common::clock::unix_ms;
-use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
 use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
 use outpost_common::task::ResultStatus;
 use outpost_common::tls::TlsMaterial;
@@ -159,28 +159,18 @@ fn msg(msg: Out) -> pb::AgentMessage {
 }
 
 fn attempt_pb(attempt: &AttemptRef) -> pb::AttemptRef {
-    pb::AttemptRef { task_id: attempt.task_id.to_string(), epoch: attempt.epoch.0 }
+    pb::AttemptRef::from(attempt)
 }
 
 fn attempt_from_pb(attempt: Option<pb::AttemptRef>) -> Result<AttemptRef, Error> {
     let attempt = attempt.ok_or_else(|| Error::Protocol("message without attempt".into()))?;
-    Ok(AttemptRef {
-        task_id: TaskId::parse(&attempt.task_id).map_err(|e| Error::Protocol(e.to_string()))?,
-        epoch: Epoch(attempt.epoch),
-    })
+    AttemptRef::try_from(attempt).map_err(|e| Error::Protocol(e.to_string()))
 }
 
 fn result_pb(attempt: &AttemptRef, outcome: &RunOutcome) -> pb::AgentMessage {
-    let status = match outcome.status {
-        ResultStatus::Succeeded => pb::ResultStatus::Succeeded,
-        ResultStatus::Failed => pb::ResultStatus::Failed,
-        ResultStatus::Cancelled => pb::ResultStatus::Cancelled,
-        ResultStatus::TimedOut => pb::ResultStatus::TimedOut,
-        ResultStatus::Interrupted => pb::ResultStatus::Interrupted,
-    };
     msg(Out::Result(pb::Result {
         attempt: Some(attempt_pb(attempt)),
-        status: status as i32,
+        status: pb::ResultStatus::from(outcome.status) as i32,
         exit_code: outcome.exit_code,
         report: outcome.report.clone(),
         structured_report: outcome.structured_report.clone(),

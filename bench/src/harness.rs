@@ -82,12 +82,7 @@ impl ControllerProcess {
 
     /// The controller's /metrics text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr).await?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
-        Ok(text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+        http_get(&self.metrics_addr, "/metrics").await
     }
 }
 

@@ -21,3 +21,4 @@ pub mod signal;
 pub mod task;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;

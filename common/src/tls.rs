@@ -64,6 +64,19 @@ impl TlsMaterial {
     }
 }
 
+/// The host part of `https://HOST:PORT[/...]` (brackets of an IPv6 literal removed): the name a controller's
+/// certificate must carry unless one is given explicitly.
+pub fn server_name_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
 /// Installs ring as the process-wide rustls provider. Idempotent; call at the top of every binary and test harness.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -86,5 +99,18 @@ pub struct TlsArgs {
 impl TlsArgs {
     pub fn files(&self) -> TlsFiles {
         TlsFiles { cert: self.tls_cert.clone(), key: self.tls_key.clone(), ca: self.tls_ca.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_name_of;
+
+    #[test]
+    fn server_names_of_controller_urls() {
+        assert_eq!(server_name_of("https://localhost:7443").as_deref(), Some("localhost"));
+        assert_eq!(server_name_of("https://127.0.0.1:7443/").as_deref(), Some("127.0.0.1"));
+        assert_eq!(server_name_of("https://[::1]:7443").as_deref(), Some("::1"));
+        assert_eq!(server_name_of("https://:7443"), None);
     }
 }

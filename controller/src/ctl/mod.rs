@@ -138,13 +138,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<AdminServiceClient<Channel>> {
     let tls = cli.tls.files().load()?;
     let server_name = match &cli.tls_server_name {
         Some(name) => name.clone(),
-        None => cli
-            .controller
-            .split_once("://")
-            .map(|(_, rest)| rest)
-            .unwrap_or(&cli.controller)
-            .rsplit_once(':')
-            .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']').to_owned())
+        None => outpost_common::tls::server_name_of(&cli.controller)
             .context("--controller must look like https://HOST:PORT")?,
     };
     let channel = Endpoint::from_shared(cli.controller.clone())?

@@ -1,9 +1,8 @@
 //! Conversions between `outpost.v1` wire types and the scheduler's domain types. Required fields are checked
 //! here, once; a missing or malformed field names itself in the error.
 
-use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::ids::{AttemptRef, PoolId, WorkerId};
 use outpost_common::pb;
-use outpost_common::task::ResultStatus;
 use tonic::Status;
 
 use crate::scheduler::AttemptResult;
@@ -16,14 +15,11 @@ fn invalid(what: &str, error: impl std::fmt::Display) -> Status {
 
 pub fn attempt(attempt: Option<pb::AttemptRef>) -> Result<AttemptRef, Status> {
     let attempt = attempt.ok_or_else(|| Status::invalid_argument("attempt is missing"))?;
-    Ok(AttemptRef {
-        task_id: TaskId::parse(&attempt.task_id).map_err(|e| invalid("attempt.task_id", e))?,
-        epoch: Epoch(attempt.epoch),
-    })
+    AttemptRef::try_from(attempt).map_err(|e| invalid("attempt.task_id", e))
 }
 
 pub fn attempt_to_pb(attempt: &AttemptRef) -> pb::AttemptRef {
-    pb::AttemptRef { task_id: attempt.task_id.to_string(), epoch: attempt.epoch.0 }
+    pb::AttemptRef::from(attempt)
 }
 
 pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
@@ -49,16 +45,8 @@ pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
 }
 
 pub fn outcome(result: &pb::Result) -> Result<AttemptResult, Status> {
-    let status = match pb::ResultStatus::try_from(result.status) {
-        Ok(pb::ResultStatus::Succeeded) => ResultStatus::Succeeded,
-        Ok(pb::ResultStatus::Failed) => ResultStatus::Failed,
-        Ok(pb::ResultStatus::Cancelled) => ResultStatus::Cancelled,
-        Ok(pb::ResultStatus::TimedOut) => ResultStatus::TimedOut,
-        Ok(pb::ResultStatus::Interrupted) => ResultStatus::Interrupted,
-        Ok(pb::ResultStatus::Unspecified) | Err(_) => {
-            return Err(Status::invalid_argument(format!("result.status: {} is not a result status", result.status)));
-        }
-    };
+    let status = outpost_common::wire::result_status(result.status)
+        .ok_or_else(|| Status::invalid_argument(format!("result.status: {} is not a result status", result.status)))?;
     Ok(AttemptResult {
         status,
         record: ResultRecord {
