@@ -70,10 +70,13 @@ pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usi
         workers.spawn(async move {
             loop {
                 match session.next().await? {
-                    In::Assign(assign) => session.complete(&assign.attempt).await?,
+                    In::Assign(assign) => {
+                        session.complete(&assign.attempt).await?;
+                        // As the real agent does: the slot is free once the run ended and its result is sent.
+                        session.send(Out::Credit(pb::Credit { credits: 1 })).await?;
+                    }
                     In::ResultAccepted(_) => {
                         done.fetch_add(1, Ordering::Relaxed);
-                        session.send(Out::Credit(pb::Credit { credits: 1 })).await?;
                     }
                     _ => {}
                 }

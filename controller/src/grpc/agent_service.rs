@@ -5,10 +5,11 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
 use outpost_common::clock::unix_ms;
 use outpost_common::identity::Identity;
-use outpost_common::ids::WorkerId;
+use outpost_common::ids::{AttemptRef, WorkerId};
 use outpost_common::pb::{self, agent_message::Msg as In, controller_message::Msg as Out};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,10 +19,22 @@ use tracing::{info, warn};
 
 use super::{convert, identity, status};
 use crate::logs::LogTails;
-use crate::scheduler::{Scheduler, SessionId};
+use crate::scheduler::{Error as SchedulerError, Scheduler, SessionId};
 
 /// How many commands may wait for one agent's stream.
 const COMMAND_BUFFER: usize = 256;
+
+/// How many acks and results of one agent may wait for the engine's answer before the session stops reading
+/// (the engine answers after each group commit; the agent need not wait for one answer to send the next).
+const MAX_UNANSWERED: usize = 256;
+
+/// The engine's answer to an ack or a result, in the order the agent sent them.
+enum Answered {
+    Ack(AttemptRef, Result<(), SchedulerError>),
+    Result(AttemptRef, Result<(), SchedulerError>),
+}
+
+type Unanswered = FuturesOrdered<Pin<Box<dyn Future<Output = Answered> + Send>>>;
 
 pub struct AgentService {
     pub scheduler: Scheduler,
@@ -107,12 +120,13 @@ impl Session {
     ) {
         let mut keepalive = tokio::time::interval(self.keepalive);
         keepalive.tick().await;
+        let mut unanswered = Unanswered::new();
         let reason = loop {
             tokio::select! {
                 _ = kick.cancelled() => break "session closed by the controller".to_owned(),
-                message = inbound.message() => match message {
+                message = inbound.message(), if unanswered.len() < MAX_UNANSWERED => match message {
                     Ok(Some(message)) => {
-                        if let Err(e) = self.handle(message).await {
+                        if let Err(e) = self.handle(message, &mut unanswered).await {
                             let _ = self.outbound.send(Err(e.clone())).await;
                             break format!("protocol error: {e}");
                         }
@@ -120,6 +134,12 @@ impl Session {
                     Ok(None) => break "agent closed the stream".to_owned(),
                     Err(e) => break format!("stream error: {e}"),
                 },
+                Some(answered) = unanswered.next() => {
+                    if let Err(e) = self.answered(answered).await {
+                        let _ = self.outbound.send(Err(e.clone())).await;
+                        break format!("the controller could not record a message: {e}");
+                    }
+                }
                 Some(command) = commands.recv() => {
                     if self.outbound.send(Ok(convert::command(command))).await.is_err() {
                         break "agent stream gone".to_owned();
@@ -138,7 +158,7 @@ impl Session {
     }
 
     /// Handles one agent message inside a span naming the attempt it is about (if any).
-    async fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
+    async fn handle(&self, message: pb::AgentMessage, unanswered: &mut Unanswered) -> Result<(), Status> {
         use pb::agent_message::Msg;
         let attempt = match &message.msg {
             Some(Msg::Ack(pb::Ack { attempt })) | Some(Msg::Log(pb::Log { attempt, .. })) => attempt.clone(),
@@ -148,24 +168,23 @@ impl Session {
         match attempt {
             Some(a) => {
                 let span = tracing::info_span!("attempt", task = %a.task_id, epoch = a.epoch, worker = %self.worker);
-                tracing::Instrument::instrument(self.handle_message(message), span).await
+                tracing::Instrument::instrument(self.handle_message(message, unanswered), span).await
             }
-            None => self.handle_message(message).await,
+            None => self.handle_message(message, unanswered).await,
         }
     }
 
     /// Handles one agent message. Refusals about one attempt are answered on the stream; only protocol
     /// violations end the session.
-    async fn handle_message(&self, message: pb::AgentMessage) -> Result<(), Status> {
+    async fn handle_message(&self, message: pb::AgentMessage, unanswered: &mut Unanswered) -> Result<(), Status> {
         let Some(msg) = message.msg else { return Err(Status::invalid_argument("empty agent message")) };
         match msg {
             In::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once per stream")),
             In::Credit(credit) => self.scheduler.credit(&self.worker, self.id, credit.credits).await,
             In::Ack(ack) => {
                 let attempt = convert::attempt(ack.attempt)?;
-                if let Err(e) = self.scheduler.ack(&self.worker, self.id, attempt.clone()).await {
-                    self.refuse(&attempt, status::from_scheduler(e)).await;
-                }
+                let answer = self.scheduler.ack(&self.worker, self.id, attempt.clone()).await;
+                unanswered.push_back(Box::pin(async move { Answered::Ack(attempt, answer.get().await) }));
             }
             In::Heartbeat(_) | In::Keepalive(_) => self.scheduler.seen(&self.worker, self.id).await,
             In::Log(log) => {
@@ -175,22 +194,37 @@ impl Session {
             In::Result(result) => {
                 let attempt = convert::attempt(result.attempt.clone())?;
                 let outcome = convert::outcome(&result)?;
-                match self.scheduler.result(&self.worker, self.id, attempt.clone(), outcome).await {
-                    Ok(()) => {
-                        self.logs.forget(&attempt.task_id);
-                        let msg =
-                            Out::ResultAccepted(pb::ResultAccepted { attempt: Some(convert::attempt_to_pb(&attempt)) });
-                        let _ = self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await;
-                    }
-                    Err(e) => self.refuse(&attempt, status::from_scheduler(e)).await,
-                }
+                let answer = self.scheduler.result(&self.worker, self.id, attempt.clone(), outcome).await;
+                unanswered.push_back(Box::pin(async move { Answered::Result(attempt, answer.get().await) }));
             }
             In::Draining(_) => self.scheduler.draining(&self.worker, self.id).await,
         }
         Ok(())
     }
 
-    async fn refuse(&self, attempt: &outpost_common::ids::AttemptRef, status: Status) {
+    /// Passes the engine's answer on. A change that could not be made durable ends the session (an error
+    /// status): the agent reconnects and sends again what it still holds, so nothing is lost.
+    async fn answered(&self, answered: Answered) -> Result<(), Status> {
+        let (attempt, outcome, is_result) = match answered {
+            Answered::Ack(attempt, outcome) => (attempt, outcome, false),
+            Answered::Result(attempt, outcome) => (attempt, outcome, true),
+        };
+        match outcome {
+            Ok(()) if is_result => {
+                self.logs.forget(&attempt.task_id);
+                let msg = Out::ResultAccepted(pb::ResultAccepted { attempt: Some(convert::attempt_to_pb(&attempt)) });
+                let _ = self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await;
+            }
+            Ok(()) => {}
+            Err(e @ (SchedulerError::NotDurable(_) | SchedulerError::ShuttingDown | SchedulerError::Store(_))) => {
+                return Err(status::from_scheduler(e));
+            }
+            Err(e) => self.refuse(&attempt, status::from_scheduler(e)).await,
+        }
+        Ok(())
+    }
+
+    async fn refuse(&self, attempt: &AttemptRef, status: Status) {
         warn!(worker = %self.worker, attempt = %attempt, code = ?status.code(), message = %status.message(), "refused");
         let msg = Out::Refused(pb::Refused {
             attempt: Some(convert::attempt_to_pb(attempt)),

@@ -11,7 +11,7 @@ pub fn from_scheduler(error: Error) -> Status {
         }
         Error::NotFound(_) | Error::NoSuchWorker(_) => Code::NotFound,
         Error::SessionGone => Code::Aborted,
-        Error::ShuttingDown => Code::Unavailable,
+        Error::ShuttingDown | Error::NotDurable(_) => Code::Unavailable,
         Error::Store(_) => Code::Internal,
     };
     Status::new(code, error.to_string())

@@ -1,7 +1,8 @@
 //! The engine actor: the single owner of sessions, leases and queues. Every decision that changes who runs what
 //! is made here, one event at a time, by the pure rules of `lifecycle`, and made durable in the store before it
-//! is announced. A periodic sweep expires leases, revokes unacknowledged assignments, times out cancels, wakes
-//! backed-off tasks and persists heartbeats in one transaction.
+//! is announced. Events waiting together form a turn whose changes are committed in one transaction (group
+//! commit); answers and assignments go out only after that commit. A periodic sweep expires leases, revokes
+//! unacknowledged assignments, times out cancels, wakes backed-off tasks and persists heartbeats.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -11,12 +12,13 @@ use outpost_common::task::TaskState;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::leases::{Lease, Leases};
 use super::lifecycle::{self, Decision, Event as LifeEvent, Loss, Refusal, TaskFacts};
 use super::policy::{self, Candidate};
 use super::queue::Queue;
+use super::turn::Plan;
 use super::{
     AgentCommand, AgentHello, Assignment, AttemptResult, Config, Error, Event, SessionId, Welcome, WorkerState,
     WorkerView,
@@ -24,15 +26,27 @@ use super::{
 use crate::metrics::{Metrics, RetryReason};
 use crate::store::{self, AttemptEnd, NewTask, ResultRecord, Store, TaskChange, TaskRecord, WorkerSeen};
 
+/// The most events handled in one turn (one commit).
+const MAX_TURN: usize = 1024;
+
 /// One connected agent.
-struct Session {
+pub(super) struct Session {
     id: SessionId,
-    hello: AgentHello,
+    pub(super) hello: AgentHello,
     commands: mpsc::Sender<AgentCommand>,
     kick: CancellationToken,
-    credits: u32,
-    draining: bool,
-    connected_since_ms: i64,
+    pub(super) credits: u32,
+    pub(super) draining: bool,
+    pub(super) connected_since_ms: i64,
+}
+
+/// A queued task chosen for a worker in this turn, not yet granted.
+struct Pick {
+    task: TaskId,
+    worker: WorkerId,
+    /// How long it had been ready, and when it was picked (for the dispatch-latency histogram).
+    waited: std::time::Duration,
+    picked: Instant,
 }
 
 /// What ended an attempt, for the record.
@@ -43,18 +57,20 @@ enum Cause<'a> {
 }
 
 pub(super) struct Engine {
-    store: Store,
+    pub(super) store: Store,
     metrics: Metrics,
     config: Config,
-    sessions: BTreeMap<WorkerId, Session>,
+    pub(super) sessions: BTreeMap<WorkerId, Session>,
     /// When each worker was last heard from (Instant for expiry, Unix ms for the record). Kept across a
     /// disconnect: that is the reconnect grace.
-    liveness: HashMap<WorkerId, (Instant, i64)>,
+    pub(super) liveness: HashMap<WorkerId, (Instant, i64)>,
     /// Workers heard from since the last heartbeat commit.
     heard: HashSet<WorkerId>,
-    leases: Leases,
-    queue: Queue,
+    pub(super) leases: Leases,
+    pub(super) queue: Queue,
     next_session: u64,
+    /// This turn's changes, written by the next `flush`.
+    plan: Plan,
 }
 
 fn refused(attempt: &AttemptRef, refusal: Refusal) -> Error {
@@ -69,40 +85,47 @@ fn facts_of(task: &TaskRecord) -> TaskFacts {
     TaskFacts { state: task.state, epoch: task.epoch, attempts: task.attempts, cancel_requested: task.cancel_requested }
 }
 
+/// Queues and leases as the store has them. Held tasks get one lease TTL (and an unacknowledged one at least
+/// the ack deadline) from now.
+async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Error> {
+    let now = Instant::now();
+    let now_ms = unix_ms();
+    let mut queue = Queue::default();
+    let queued = store.queued_tasks().await?;
+    for task in &queued {
+        queue.push(task.pool.clone(), task.id.clone(), task.not_before_ms, now_ms);
+    }
+    let mut leases = Leases::default();
+    let held = store.held_tasks().await?;
+    for held_task in &held {
+        let task = &held_task.task;
+        let ack_window = config.ack_deadline.max(config.lease_ttl);
+        leases.insert(
+            task.id.clone(),
+            Lease {
+                worker: held_task.worker_id.clone(),
+                pool: task.pool.clone(),
+                task_name: task.task_name.clone(),
+                epoch: task.epoch,
+                state: task.state,
+                attempts: task.attempts,
+                ack_deadline: (task.state == TaskState::Assigned).then(|| now + ack_window),
+                cancel_deadline: task.cancel_requested.then(|| now + config.cancel_timeout),
+            },
+        );
+    }
+    info!(queued = queued.len(), held = held.len(), "loaded tasks; held tasks wait one lease TTL for their agents");
+    Ok((queue, leases))
+}
+
 impl Engine {
     /// Rebuilds queues and leases from the store. Every held task gets the reconnect grace (one lease TTL from
     /// now) for its agent to come back and claim it.
     pub(super) async fn load(store: Store, config: Config, metrics: Metrics) -> Result<Engine, Error> {
         store.all_workers_disconnected().await?;
-        let now = Instant::now();
-        let now_ms = unix_ms();
-        let mut queue = Queue::default();
-        let queued = store.queued_tasks().await?;
-        for task in &queued {
-            queue.push(task.pool.clone(), task.id.clone(), task.not_before_ms, now_ms);
-        }
-        let mut leases = Leases::default();
-        let mut liveness = HashMap::new();
-        let held = store.held_tasks().await?;
-        for held_task in &held {
-            let task = &held_task.task;
-            let ack_window = config.ack_deadline.max(config.lease_ttl);
-            leases.insert(
-                task.id.clone(),
-                Lease {
-                    worker: held_task.worker_id.clone(),
-                    pool: task.pool.clone(),
-                    task_name: task.task_name.clone(),
-                    epoch: task.epoch,
-                    state: task.state,
-                    attempts: task.attempts,
-                    ack_deadline: (task.state == TaskState::Assigned).then(|| now + ack_window),
-                    cancel_deadline: task.cancel_requested.then(|| now + config.cancel_timeout),
-                },
-            );
-            liveness.insert(held_task.worker_id.clone(), (now, now_ms));
-        }
-        info!(queued = queued.len(), held = held.len(), "loaded tasks; held tasks wait one lease TTL for their agents");
+        let (queue, leases) = rebuild(&store, &config).await?;
+        let now = (Instant::now(), unix_ms());
+        let liveness = leases.iter().map(|(_, lease)| (lease.worker.clone(), now)).collect();
         Ok(Engine {
             store,
             metrics,
@@ -113,6 +136,7 @@ impl Engine {
             leases,
             queue,
             next_session: 1,
+            plan: Plan::default(),
         })
     }
 
@@ -123,12 +147,16 @@ impl Engine {
             tokio::select! {
                 _ = token.cancelled() => break,
                 event = events.recv() => match event {
-                    Some(event) => self.handle(event).await,
+                    Some(event) => self.turn(event, &mut events).await,
                     None => break,
                 },
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick() => {
+                    self.sweep().await;
+                    self.flush().await;
+                }
             }
         }
+        self.flush().await;
         self.commit_heartbeats().await;
         for session in self.sessions.values() {
             session.kick.cancel();
@@ -136,23 +164,43 @@ impl Engine {
         debug!("scheduler stopped");
     }
 
+    /// Handles `first` and every event already waiting behind it (up to `MAX_TURN`), then commits their
+    /// changes together. Events that touch the store on their own are fenced by commits before and after.
+    async fn turn(&mut self, first: Event, events: &mut mpsc::Receiver<Event>) {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(event) = next.take() {
+            if event.is_barrier() {
+                self.flush().await;
+                self.handle(event).await;
+                self.flush().await;
+            } else {
+                self.handle(event).await;
+            }
+            handled += 1;
+            if handled < MAX_TURN {
+                next = events.try_recv().ok();
+            }
+        }
+        self.flush().await;
+    }
+
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit { task, reply } => {
-                let _ = reply.send(self.submit(task).await);
-            }
+            Event::Submit { task, reply } => self.plan.submit(task, reply),
             Event::Connect { hello, commands, kick, reply } => {
-                let _ = reply.send(self.connect(hello, commands, kick).await);
+                let welcome = self.connect(hello, commands, kick).await;
+                self.plan.answer(reply, welcome);
             }
             Event::Credit { worker, session, credits } => {
                 if let Some(s) = self.current(&worker, session) {
                     s.credits = s.credits.saturating_add(credits);
                     self.heard_from(&worker);
-                    self.dispatch().await;
                 }
             }
             Event::Ack { worker, session, attempt, reply } => {
-                let _ = reply.send(self.ack(&worker, session, &attempt).await);
+                let acked = self.ack(&worker, session, &attempt).await;
+                self.plan.answer(reply, acked);
             }
             Event::Seen { worker, session } => {
                 if self.current(&worker, session).is_some() {
@@ -160,7 +208,8 @@ impl Engine {
                 }
             }
             Event::Result { worker, session, attempt, outcome, reply } => {
-                let _ = reply.send(self.result(&worker, session, &attempt, &outcome).await);
+                let recorded = self.result(&worker, session, &attempt, &outcome).await;
+                self.plan.answer(reply, recorded);
             }
             Event::Draining { worker, session } => {
                 if let Some(s) = self.current(&worker, session) {
@@ -231,19 +280,6 @@ impl Engine {
         }
     }
 
-    async fn submit(&mut self, task: NewTask) -> Result<(TaskRecord, bool), Error> {
-        let now_ms = unix_ms();
-        let (record, created) = self.store.insert_task(&task, now_ms).await?;
-        if created {
-            info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
-            self.queue.push(record.pool.clone(), record.id.clone(), 0, now_ms);
-            self.dispatch().await;
-        } else {
-            info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
-        }
-        Ok((record, created))
-    }
-
     async fn connect(
         &mut self,
         hello: AgentHello,
@@ -273,10 +309,14 @@ impl Engine {
                 _ => cancel.push(attempt.clone()),
             }
         }
-        // What we think it holds but it does not: it restarted and lost that work.
+        // What we think it holds but it does not: it restarted and lost that work. What it holds and we still
+        // think is only assigned, it has acknowledged (the ack may have been lost with the old connection).
         for task in self.leases.of_worker(&worker) {
             if !kept.contains(&task) {
                 self.lose(&task, Loss::AgentRestarted).await;
+            } else if let Some(lease) = self.leases.get(&task).filter(|l| l.state == TaskState::Assigned) {
+                let attempt = lease.attempt(&task);
+                self.start(&attempt);
             }
         }
         self.store
@@ -329,16 +369,25 @@ impl Engine {
         let facts = self.facts(&attempt.task_id).await?;
         match lifecycle::decide(facts, LifeEvent::Ack { epoch: attempt.epoch }, &self.config.retry, 1.0) {
             Ok(Decision::Start) if facts.state == TaskState::Assigned => {
-                self.store.start_attempt(attempt, unix_ms()).await?;
-                if let Some(lease) = self.leases.get_mut(&attempt.task_id) {
-                    lease.state = TaskState::Running;
-                    lease.ack_deadline = None;
+                if self.leases.get(&attempt.task_id).is_none() {
+                    // Nobody holds it (its end is already decided): nothing to start.
+                    return Err(Error::NotHeld { attempt: attempt.clone() });
                 }
+                self.start(attempt);
                 debug!(worker = %worker, attempt = %attempt, "attempt running");
                 Ok(())
             }
             Ok(_) => Ok(()),
             Err(refusal) => Err(refused(attempt, refusal)),
+        }
+    }
+
+    /// A held attempt runs: ASSIGNED → RUNNING in memory now, in the store with the turn's commit.
+    fn start(&mut self, attempt: &AttemptRef) {
+        if let Some(lease) = self.leases.get_mut(&attempt.task_id) {
+            lease.state = TaskState::Running;
+            lease.ack_deadline = None;
+            self.plan.starts.push(attempt.clone());
         }
     }
 
@@ -441,17 +490,16 @@ impl Engine {
             attempt_epoch: lease.attempt_epoch(),
             attempt_state,
             reason,
-            change: change.clone(),
+            change,
         };
-        self.store.end_attempt(&end, now_ms).await?;
         self.leases.remove(task);
-        match change {
+        match &end.change {
             TaskChange::Requeue { not_before_ms } => {
-                self.queue.push(lease.pool.clone(), task.clone(), not_before_ms, now_ms);
-                self.dispatch().await;
+                self.queue.push(lease.pool.clone(), task.clone(), *not_before_ms, now_ms);
             }
             TaskChange::Finish { state, .. } => info!(task = %task, state = %state, "task finished"),
         }
+        self.plan.ends.push(end);
         Ok(())
     }
 
@@ -512,7 +560,6 @@ impl Engine {
         })?;
         info!(task = %task, "finished task queued again by an operator");
         self.queue.push(record.pool, record.id, 0, unix_ms());
-        self.dispatch().await;
         Ok(())
     }
 
@@ -611,7 +658,6 @@ impl Engine {
         self.liveness.retain(|w, _| sessions.contains_key(w) || leases.count_of_worker(w) > 0);
         self.queue.promote_due(unix_ms());
         self.commit_heartbeats().await;
-        self.dispatch().await;
     }
 
     async fn cancel_timed_out(&mut self, task: &TaskId) {
@@ -643,10 +689,75 @@ impl Engine {
         }
     }
 
-    /// Grants queued tasks to agents with credit until either runs out.
-    async fn dispatch(&mut self) {
+    /// Commits the turn: records submitted tasks, starts and ends attempts, grants queued tasks to agents with
+    /// credit — all in one transaction — then answers, and sends the assignments. If the commit fails nothing
+    /// of the turn happened: every answer says so, and queues and leases are reloaded from the store.
+    async fn flush(&mut self) {
+        let plan = std::mem::take(&mut self.plan);
+        if !plan.has_writes() && !self.can_dispatch() {
+            plan.settle(Vec::new(), None);
+            return;
+        }
+        let mut picks = Vec::new();
+        match self.write(&plan.new_tasks, &plan.starts, &plan.ends, &mut picks).await {
+            Ok((submitted, grants)) => {
+                plan.settle(submitted, None);
+                self.announce(picks, grants);
+            }
+            Err(e) => {
+                error!(error = %e, "could not commit the turn; reloading queues and leases from the store");
+                for pick in &picks {
+                    if let Some(session) = self.sessions.get_mut(&pick.worker) {
+                        session.credits = session.credits.saturating_add(1);
+                    }
+                }
+                plan.settle(Vec::new(), Some(&e.to_string()));
+                self.resync().await;
+            }
+        }
+    }
+
+    /// The turn's writes, in an order every same-turn sequence allows: new tasks, starts, ends, then grants
+    /// (a task requeued or submitted in this turn may be granted in it).
+    async fn write(
+        &mut self,
+        new_tasks: &[NewTask],
+        starts: &[AttemptRef],
+        ends: &[AttemptEnd],
+        picks: &mut Vec<Pick>,
+    ) -> Result<(Vec<(TaskRecord, bool)>, Vec<store::Grant>), store::Error> {
+        let now_ms = unix_ms();
+        let mut batch = self.store.batch().await?;
+        let submitted = batch.insert_tasks(new_tasks, now_ms).await?;
+        for (record, created) in &submitted {
+            if *created {
+                info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
+                self.queue.push(record.pool.clone(), record.id.clone(), 0, now_ms);
+            } else {
+                info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
+            }
+        }
+        // The engine's memory decided these; a refusal means memory and store disagree, so the turn fails.
+        batch.start_attempts(starts, now_ms).await?.into_iter().collect::<Result<Vec<()>, _>>()?;
+        batch.end_attempts(ends, now_ms).await?.into_iter().collect::<Result<Vec<()>, _>>()?;
+        *picks = self.pick();
+        let pairs: Vec<(TaskId, WorkerId)> = picks.iter().map(|p| (p.task.clone(), p.worker.clone())).collect();
+        let grants = batch.grant(&pairs, now_ms).await?;
+        batch.commit().await?;
+        Ok((submitted, grants))
+    }
+
+    /// Whether a ready task and an agent with credit might meet.
+    fn can_dispatch(&self) -> bool {
+        !self.queue.ready_pools().is_empty() && self.sessions.values().any(|s| s.credits > 0 && !s.draining)
+    }
+
+    /// Chooses agents for ready tasks until either runs out, taking the tasks off the queue and the credits
+    /// off the agents.
+    fn pick(&mut self) -> Vec<Pick> {
+        let mut picks = Vec::new();
         for pool in self.queue.ready_pools() {
-            while let Some(task_id) = self.queue.front(&pool).cloned() {
+            while self.queue.front(&pool).is_some() {
                 let worker = {
                     let candidates: Vec<Candidate<'_>> = self
                         .sessions
@@ -663,56 +774,72 @@ impl Engine {
                         None => break,
                     }
                 };
-                let waited = self.queue.pop_front(&pool).map(|(_, waited)| waited).unwrap_or_default();
-                let granting = Instant::now();
-                match self.store.grant(&task_id, &worker, unix_ms()).await {
-                    Ok(grant) => {
-                        // Queued → durably granted (the Assign goes out right after).
-                        self.metrics.granted((waited + granting.elapsed()).as_secs_f64());
-                        self.announce(&worker, grant);
-                    }
-                    Err(store::Error::NotQueued { task, state }) => {
-                        debug!(task = %task, state = %state, "queued entry no longer queued; dropped");
-                    }
-                    Err(e) => {
-                        warn!(task = %task_id, error = %e, "grant failed; the task stays queued");
-                        self.queue.push_front(pool.clone(), task_id);
-                        break;
-                    }
+                let Some((task, waited)) = self.queue.pop_front(&pool) else { break };
+                if let Some(session) = self.sessions.get_mut(&worker) {
+                    session.credits = session.credits.saturating_sub(1);
                 }
+                picks.push(Pick { task, worker, waited, picked: Instant::now() });
             }
+        }
+        picks
+    }
+
+    /// After the commit: leases for the grants, Assigns on the agents' streams. A pick the store did not grant
+    /// (the task was no longer queued) gives its credit back.
+    fn announce(&mut self, picks: Vec<Pick>, grants: Vec<store::Grant>) {
+        let mut grants: HashMap<TaskId, store::Grant> = grants.into_iter().map(|g| (g.task.id.clone(), g)).collect();
+        for pick in picks {
+            let Some(grant) = grants.remove(&pick.task) else {
+                debug!(task = %pick.task, "queued entry no longer queued; dropped");
+                if let Some(session) = self.sessions.get_mut(&pick.worker) {
+                    session.credits = session.credits.saturating_add(1);
+                }
+                continue;
+            };
+            // Queued → durably granted (the Assign goes out right after).
+            self.metrics.granted((pick.waited + pick.picked.elapsed()).as_secs_f64());
+            let task = grant.task;
+            let worker = pick.worker;
+            self.leases.insert(
+                task.id.clone(),
+                Lease {
+                    worker: worker.clone(),
+                    pool: task.pool.clone(),
+                    task_name: task.task_name.clone(),
+                    epoch: task.epoch,
+                    state: TaskState::Assigned,
+                    attempts: task.attempts,
+                    ack_deadline: Some(Instant::now() + self.config.ack_deadline),
+                    cancel_deadline: None,
+                },
+            );
+            let attempt = AttemptRef { task_id: task.id.clone(), epoch: task.epoch };
+            info!(worker = %worker, attempt = %attempt, number = grant.attempt_number, "task assigned");
+            let command = AgentCommand::Assign(Assignment {
+                attempt,
+                task_name: task.task_name,
+                args: task.args,
+                pool: task.pool,
+                attempt_number: grant.attempt_number,
+                deadline_unix_ms: self.config.task_timeout.map(|t| unix_ms() + t.as_millis() as i64),
+            });
+            self.send(&worker, command);
         }
     }
 
-    fn announce(&mut self, worker: &WorkerId, grant: store::Grant) {
-        let task = grant.task;
-        self.leases.insert(
-            task.id.clone(),
-            Lease {
-                worker: worker.clone(),
-                pool: task.pool.clone(),
-                task_name: task.task_name.clone(),
-                epoch: task.epoch,
-                state: TaskState::Assigned,
-                attempts: task.attempts,
-                ack_deadline: Some(Instant::now() + self.config.ack_deadline),
-                cancel_deadline: None,
-            },
-        );
-        if let Some(session) = self.sessions.get_mut(worker) {
-            session.credits = session.credits.saturating_sub(1);
+    /// After a failed commit: the store is the truth again. Held tasks keep (or get) the reconnect grace.
+    async fn resync(&mut self) {
+        match rebuild(&self.store, &self.config).await {
+            Ok((queue, leases)) => {
+                let now = (Instant::now(), unix_ms());
+                for (_, lease) in leases.iter() {
+                    self.liveness.entry(lease.worker.clone()).or_insert(now);
+                }
+                self.queue = queue;
+                self.leases = leases;
+            }
+            Err(e) => error!(error = %e, "could not reload from the store; the next turn tries again"),
         }
-        let attempt = AttemptRef { task_id: task.id.clone(), epoch: task.epoch };
-        info!(worker = %worker, attempt = %attempt, number = grant.attempt_number, "task assigned");
-        let command = AgentCommand::Assign(Assignment {
-            attempt,
-            task_name: task.task_name,
-            args: task.args,
-            pool: task.pool,
-            attempt_number: grant.attempt_number,
-            deadline_unix_ms: self.config.task_timeout.map(|t| unix_ms() + t.as_millis() as i64),
-        });
-        self.send(worker, command);
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {

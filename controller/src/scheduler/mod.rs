@@ -9,6 +9,7 @@ mod leases;
 pub mod lifecycle;
 pub mod policy;
 mod queue;
+mod turn;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,6 +68,9 @@ pub enum Error {
     SessionGone,
     #[error("the controller is shutting down")]
     ShuttingDown,
+    /// The turn this change belonged to could not be committed; nothing of it happened. Try again.
+    #[error("the change could not be made durable: {0}")]
+    NotDurable(String),
 }
 
 /// Identifies one agent session (a worker may reconnect; events of an old session are ignored).
@@ -253,12 +257,41 @@ enum Event {
     },
 }
 
+/// The engine's answer to an event it has been handed; await it with [`Answer::get`].
+#[derive(Debug)]
+pub struct Answer<T>(Option<oneshot::Receiver<Result<T, Error>>>);
+
+impl<T> Answer<T> {
+    pub async fn get(self) -> Result<T, Error> {
+        match self.0 {
+            Some(answer) => answer.await.map_err(|_| Error::ShuttingDown)?,
+            None => Err(Error::ShuttingDown),
+        }
+    }
+}
+
 /// The handle every edge uses. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     events: mpsc::Sender<Event>,
     store: Store,
     config: Config,
+}
+
+impl Event {
+    /// Events that read or write the store on their own (or change sessions): the engine commits what is
+    /// pending before and after them. Every other event joins the turn's group commit.
+    fn is_barrier(&self) -> bool {
+        matches!(
+            self,
+            Event::Connect { .. }
+                | Event::Disconnected { .. }
+                | Event::ListWorkers { .. }
+                | Event::Cancel { .. }
+                | Event::Retry { .. }
+                | Event::Explain { .. }
+        )
+    }
 }
 
 impl std::fmt::Debug for Event {
@@ -285,10 +318,18 @@ impl Scheduler {
         &self.config
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Event) -> Result<T, Error> {
+    /// Hands an event to the engine now (so events of one caller keep their order) and returns its answer to
+    /// await later: a caller can have many answers outstanding.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Event) -> Answer<T> {
         let (reply, answer) = oneshot::channel();
-        self.events.send(make(reply)).await.map_err(|_| Error::ShuttingDown)?;
-        answer.await.map_err(|_| Error::ShuttingDown)?
+        match self.events.send(make(reply)).await {
+            Ok(()) => Answer(Some(answer)),
+            Err(_) => Answer(None),
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Event) -> Result<T, Error> {
+        self.ask(make).await.get().await
     }
 
     async fn tell(&self, event: Event) {
@@ -316,8 +357,9 @@ impl Scheduler {
         self.tell(Event::Credit { worker: worker.clone(), session, credits }).await
     }
 
-    pub async fn ack(&self, worker: &WorkerId, session: SessionId, attempt: AttemptRef) -> Result<(), Error> {
-        self.call(|reply| Event::Ack { worker: worker.clone(), session, attempt, reply }).await
+    /// The agent started an attempt. Returns once the engine has the event; the answer comes with its commit.
+    pub async fn ack(&self, worker: &WorkerId, session: SessionId, attempt: AttemptRef) -> Answer<()> {
+        self.ask(|reply| Event::Ack { worker: worker.clone(), session, attempt, reply }).await
     }
 
     /// The agent is alive (heartbeat or keepalive).
@@ -325,14 +367,15 @@ impl Scheduler {
         self.tell(Event::Seen { worker: worker.clone(), session }).await
     }
 
+    /// An attempt's result. Returns once the engine has the event; the answer comes when it is durable.
     pub async fn result(
         &self,
         worker: &WorkerId,
         session: SessionId,
         attempt: AttemptRef,
         outcome: AttemptResult,
-    ) -> Result<(), Error> {
-        self.call(|reply| Event::Result { worker: worker.clone(), session, attempt, outcome, reply }).await
+    ) -> Answer<()> {
+        self.ask(|reply| Event::Result { worker: worker.clone(), session, attempt, outcome, reply }).await
     }
 
     pub async fn draining(&self, worker: &WorkerId, session: SessionId) {

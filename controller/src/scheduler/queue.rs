@@ -28,12 +28,6 @@ impl Queue {
         }
     }
 
-    /// Puts a task back at the front of its pool's queue (a grant that could not be made).
-    pub fn push_front(&mut self, pool: PoolId, task: TaskId) {
-        self.ready_since.entry(task.clone()).or_insert_with(Instant::now);
-        self.ready.entry(pool).or_default().push_front(task);
-    }
-
     /// Moves every delayed task whose time has come to the back of its pool's queue. Returns how many moved.
     pub fn promote_due(&mut self, now_ms: i64) -> usize {
         let mut moved = 0;
@@ -116,13 +110,13 @@ mod tests {
         queue.push(pool("p"), task("later"), 500, 100);
         queue.push(pool("q"), task("b"), 100, 100);
         assert_eq!(queue.ready_len(&pool("p")), 1);
+        assert_eq!(queue.ready_len(&pool("q")), 1);
         assert_eq!(queue.promote_due(299), 0);
         assert_eq!(queue.promote_due(300), 1);
         assert_eq!(queue.pop_front(&pool("p")).map(|(t, _)| t), Some(task("a")));
         assert_eq!(queue.pop_front(&pool("p")).map(|(t, _)| t), Some(task("late")));
         assert_eq!(queue.pop_front(&pool("p")), None);
-        queue.push_front(pool("q"), task("c"));
-        assert_eq!(queue.front(&pool("q")), Some(&task("c")));
+        assert_eq!(queue.front(&pool("q")), Some(&task("b")));
         let mut pools = queue.ready_pools();
         pools.sort();
         assert_eq!(pools, [pool("q")]);

@@ -3,7 +3,6 @@
 
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, TaskState};
-use sqlx::{Sqlite, Transaction};
 
 use super::outbox::{OutboxKind, enqueue};
 use super::tasks::{TaskRecord, load_task};
@@ -57,7 +56,7 @@ pub struct HeldTask {
 }
 
 /// Explains why a fenced update matched no row.
-fn refusal(task: &TaskRecord, presented: Epoch) -> Error {
+pub(super) fn refusal(task: &TaskRecord, presented: Epoch) -> Error {
     if task.epoch != presented {
         Error::StaleEpoch { task: task.id.clone(), presented, current: task.epoch }
     } else if task.state.is_terminal() {
@@ -67,139 +66,35 @@ fn refusal(task: &TaskRecord, presented: Epoch) -> Error {
     }
 }
 
-async fn end_attempt_row(
-    tx: &mut Transaction<'_, Sqlite>,
-    task_id: &TaskId,
-    epoch: Epoch,
-    state: AttemptState,
-    reason: &str,
-    now_ms: i64,
-) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE attempts SET state = ?, ended_at_ms = ?, reason = ? \
-         WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-    )
-    .bind(state.as_str())
-    .bind(now_ms)
-    .bind(reason)
-    .bind(task_id.as_str())
-    .bind(epoch.0 as i64)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 impl Store {
     /// Grants a QUEUED task to a worker: bumps the epoch and records the attempt, in one transaction.
     pub async fn grant(&self, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Grant, Error> {
-        let mut tx = self.pool.begin().await?;
-        let updated: Option<super::tasks::TaskRow> = sqlx::query_as(
-            "UPDATE tasks SET state = 'ASSIGNED', epoch = epoch + 1, attempts = attempts + 1, worker_id = ?, \
-             updated_at_ms = ? WHERE id = ? AND state = 'QUEUED' RETURNING *",
-        )
-        .bind(worker.as_str())
-        .bind(now_ms)
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(updated) = updated else {
-            let task = load_task(&mut tx, id).await?;
+        let mut batch = self.batch().await?;
+        let granted = batch.grant(&[(id.clone(), worker.clone())], now_ms).await?.pop();
+        let Some(grant) = granted else {
+            let task = self.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?.0;
             return Err(Error::NotQueued { task: id.clone(), state: task.state });
         };
-        let task: TaskRecord = updated.try_into()?;
-        sqlx::query(
-            "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) \
-             VALUES (?, ?, ?, ?, 'ASSIGNED', ?)",
-        )
-        .bind(id.as_str())
-        .bind(task.attempts as i64)
-        .bind(task.epoch.0 as i64)
-        .bind(worker.as_str())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Grant { attempt_number: task.attempts, task })
+        batch.commit().await?;
+        Ok(grant)
     }
 
     /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued
     /// for GMS). Repeating it is a no-op.
     pub async fn start_attempt(&self, attempt: &AttemptRef, now_ms: i64) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
-        )
-        .bind(now_ms)
-        .bind(attempt.task_id.as_str())
-        .bind(attempt.epoch.0 as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            let task = load_task(&mut tx, &attempt.task_id).await?;
-            if task.epoch == attempt.epoch && task.state == TaskState::Running {
-                return Ok(());
-            }
-            return Err(refusal(&task, attempt.epoch));
-        }
-        enqueue(self, &mut tx, &attempt.task_id, OutboxKind::Running, now_ms, now_ms).await?;
-        sqlx::query(
-            "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ?) \
-             WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(attempt.task_id.as_str())
-        .bind(attempt.epoch.0 as i64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.outbox_added.notify_one();
-        self.reported.notify_waiters();
-        Ok(())
+        let mut batch = self.batch().await?;
+        let answer = batch.start_attempts(std::slice::from_ref(attempt), now_ms).await?;
+        answer.into_iter().next().unwrap_or(Ok(()))?;
+        batch.commit().await
     }
 
     /// Ends an attempt and moves its task on (back to the queue, or to a terminal state with its result), fenced
     /// by the task's epoch: nothing changes unless the task is still held at `task_epoch`.
     pub async fn end_attempt(&self, end: &AttemptEnd, now_ms: i64) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        let query = match &end.change {
-            TaskChange::Requeue { not_before_ms } => sqlx::query(
-                "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, cancel_requested_at_ms = NULL, \
-                 updated_at_ms = ? WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-            )
-            .bind(*not_before_ms),
-            TaskChange::Finish { state, result } => sqlx::query(
-                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
-                 duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
-                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-            )
-            .bind(state.as_str())
-            .bind(result.exit_code)
-            .bind(&result.report)
-            .bind(&result.structured_report)
-            .bind(result.start_time_ms)
-            .bind(result.duration_ms)
-            .bind(now_ms),
-        };
-        let updated = query
-            .bind(now_ms)
-            .bind(end.task_id.as_str())
-            .bind(end.task_epoch.0 as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            let task = load_task(&mut tx, &end.task_id).await?;
-            return Err(refusal(&task, end.task_epoch));
-        }
-        end_attempt_row(&mut tx, &end.task_id, end.attempt_epoch, end.attempt_state, &end.reason, now_ms).await?;
-        if let TaskChange::Finish { result, .. } = &end.change {
-            enqueue(self, &mut tx, &end.task_id, OutboxKind::Terminal, result.start_time_ms, now_ms).await?;
-        }
-        tx.commit().await?;
-        self.outbox_added.notify_one();
-        self.reported.notify_waiters();
-        Ok(())
+        let mut batch = self.batch().await?;
+        let answer = batch.end_attempts(std::slice::from_ref(end), now_ms).await?;
+        answer.into_iter().next().unwrap_or(Ok(()))?;
+        batch.commit().await
     }
 
     /// A cancel of a held task: bumps the epoch (fencing the running attempt out) and notes the request.
@@ -244,7 +139,7 @@ impl Store {
             let task = load_task(&mut tx, id).await?;
             return Err(refusal(&task, task.epoch));
         }
-        enqueue(self, &mut tx, id, OutboxKind::Terminal, now_ms, now_ms).await?;
+        enqueue(self, &mut tx, OutboxKind::Terminal, &[(id, now_ms)], now_ms).await?;
         tx.commit().await?;
         self.outbox_added.notify_one();
         self.reported.notify_waiters();

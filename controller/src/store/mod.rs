@@ -3,6 +3,7 @@
 //! states in the database; it must never know about tonic, SQS or GMS.
 
 mod attempts;
+mod batch;
 mod error;
 mod outbox;
 mod sqs;
@@ -21,6 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::Notify;
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
+pub use batch::Batch;
 pub use error::Error;
 pub use outbox::{OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};

@@ -2,7 +2,7 @@
 //! the reporter. Stores which task and what kind of write; the reporter builds the payload from the task row.
 
 use outpost_common::ids::{Epoch, TaskId};
-use sqlx::{FromRow, Sqlite, Transaction};
+use sqlx::{FromRow, QueryBuilder, Sqlite, Transaction};
 
 use super::{Error, Store};
 
@@ -51,34 +51,39 @@ struct OutboxRow {
     tries: i64,
 }
 
-/// Adds an outbox row inside a state change's transaction (when reporting is on).
+/// Adds outbox rows (one per `(task, start time)`) inside a state change's transaction, when reporting is on;
+/// with reporting off, a terminal change counts as delivered at once. Returns whether rows were added.
 pub(super) async fn enqueue(
     store: &Store,
     tx: &mut Transaction<'_, Sqlite>,
-    task: &TaskId,
     kind: OutboxKind,
-    start_time_ms: i64,
+    rows: &[(&TaskId, i64)],
     now_ms: i64,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
+    if rows.is_empty() {
+        return Ok(false);
+    }
     if !store.reporting {
         if kind == OutboxKind::Terminal {
             // Nobody to report to: the result is delivered once it is recorded.
-            sqlx::query("UPDATE tasks SET reported_at_ms = ? WHERE id = ?")
-                .bind(now_ms)
-                .bind(task.as_str())
-                .execute(&mut **tx)
-                .await?;
+            let mut query = QueryBuilder::<Sqlite>::new("UPDATE tasks SET reported_at_ms = ");
+            query.push_bind(now_ms).push(" WHERE id IN (");
+            let mut ids = query.separated(", ");
+            for (task, _) in rows {
+                ids.push_bind(task.as_str());
+            }
+            query.push(")");
+            query.build().execute(&mut **tx).await?;
         }
-        return Ok(());
+        return Ok(false);
     }
-    sqlx::query("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
-        .bind(task.as_str())
-        .bind(kind.as_str())
-        .bind(start_time_ms)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let mut query =
+        QueryBuilder::<Sqlite>::new("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) ");
+    query.push_values(rows, |mut row, (task, start_time_ms)| {
+        row.push_bind(task.as_str()).push_bind(kind.as_str()).push_bind(*start_time_ms).push_bind(now_ms);
+    });
+    query.build().execute(&mut **tx).await?;
+    Ok(true)
 }
 
 impl Store {

@@ -188,29 +188,10 @@ impl Store {
     /// Records a new QUEUED task; a task with the same id already stored is returned unchanged
     /// (`created = false`): a second submit of the same execution request is the same task.
     pub async fn insert_task(&self, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
-        let args_json = serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
-        // One statement (autocommit, RETURNING): every statement is a round trip to SQLite's worker thread.
-        let inserted: Option<TaskRow> = sqlx::query_as(
-            "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, \
-             created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?) ON CONFLICT (id) DO NOTHING \
-             RETURNING *",
-        )
-        .bind(task.id.as_str())
-        .bind(&task.task_name)
-        .bind(task.pool.as_str())
-        .bind(args_json)
-        .bind(&task.source_type)
-        .bind(task.requested_at_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = inserted {
-            return Ok((row.try_into()?, true));
-        }
-        let existing: TaskRow =
-            sqlx::query_as("SELECT * FROM tasks WHERE id = ?").bind(task.id.as_str()).fetch_one(&self.pool).await?;
-        Ok((existing.try_into()?, false))
+        let mut batch = self.batch().await?;
+        let inserted = batch.insert_tasks(std::slice::from_ref(task), now_ms).await?.pop();
+        batch.commit().await?;
+        inserted.ok_or_else(|| Error::NotFound(task.id.clone()))
     }
 
     /// Every QUEUED task, oldest first (to rebuild the in-memory queues at start-up).

@@ -231,3 +231,87 @@ async fn quarantine_keeps_the_reason_and_a_capped_body() {
     assert_eq!(store.quarantined_message(first).await.unwrap().unwrap().replayed_at_ms, Some(9));
     assert_eq!(store.quarantined_message(999).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn one_batch_makes_many_changes_of_each_kind_in_one_commit() {
+    let (_dir, store) = open().await;
+    // Held before the batch: a and b granted, a running.
+    for task in ["a", "b", "c"] {
+        store.insert_task(&new_task(task), 1).await.unwrap();
+    }
+    store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
+    store.grant(&id("b"), &worker("w1"), 2).await.unwrap();
+    store.start_attempt(&attempt("a", 1), 3).await.unwrap();
+
+    let mut batch = store.batch().await.unwrap();
+    // New tasks, one already known and one named twice in the same batch.
+    let submitted =
+        batch.insert_tasks(&[new_task("d"), new_task("a"), new_task("e"), new_task("d")], 10).await.unwrap();
+    let created: Vec<(&str, bool, TaskState)> =
+        submitted.iter().map(|(t, created)| (t.id.as_str(), *created, t.state)).collect();
+    assert_eq!(
+        created,
+        [
+            ("d", true, TaskState::Queued),
+            ("a", false, TaskState::Running),
+            ("e", true, TaskState::Queued),
+            ("d", false, TaskState::Queued)
+        ]
+    );
+    // b starts; a stale start is refused alone; a repeated start of a running attempt is fine.
+    let started = batch.start_attempts(&[attempt("b", 1), attempt("c", 0), attempt("a", 1)], 11).await.unwrap();
+    assert!(started[0].is_ok() && started[2].is_ok());
+    assert!(matches!(started[1], Err(Error::NotQueued { state: TaskState::Queued, .. })));
+    // a finishes, b goes back to the queue, a stale end is refused alone.
+    let ends = [
+        finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1"),
+        AttemptEnd {
+            change: TaskChange::Requeue { not_before_ms: 0 },
+            ..finish("b", 1, TaskState::Queued, AttemptState::Lost, "")
+        },
+        finish("c", 3, TaskState::Succeeded, AttemptState::Succeeded, "late"),
+    ];
+    let ended = batch.end_attempts(&ends, 12).await.unwrap();
+    assert!(ended[0].is_ok() && ended[1].is_ok());
+    assert!(matches!(ended[2], Err(Error::StaleEpoch { presented: Epoch(3), current: Epoch(0), .. })));
+    // Grants: the requeued b (a new epoch), the new d, and a which is finished (left out).
+    let grants =
+        batch.grant(&[(id("b"), worker("w2")), (id("d"), worker("w2")), (id("a"), worker("w2"))], 13).await.unwrap();
+    let mut granted: Vec<(&str, Epoch, u32)> =
+        grants.iter().map(|g| (g.task.id.as_str(), g.task.epoch, g.attempt_number)).collect();
+    granted.sort();
+    assert_eq!(granted, [("b", Epoch(2), 2), ("d", Epoch(1), 1)]);
+
+    // Nothing is visible before the commit.
+    assert_eq!(store.task(&id("a")).await.unwrap().unwrap().0.state, TaskState::Running);
+    assert!(store.task(&id("d")).await.unwrap().is_none());
+    batch.commit().await.unwrap();
+
+    let (a, a_attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!((a.state, a.result.unwrap().report.as_str()), (TaskState::Failed, "exit 1"));
+    assert_eq!((a_attempts[0].state, a_attempts[0].ended_at_ms), (AttemptState::Failed, Some(12)));
+    let (b, b_attempts) = store.task(&id("b")).await.unwrap().unwrap();
+    assert_eq!((b.state, b.epoch, b.worker_id.unwrap().as_str()), (TaskState::Assigned, Epoch(2), "w2"));
+    let states: Vec<_> = b_attempts.iter().map(|a| (a.state, a.started_at_ms)).collect();
+    assert_eq!(states, [(AttemptState::Lost, Some(11)), (AttemptState::Assigned, None)]);
+    assert_eq!(store.task(&id("e")).await.unwrap().unwrap().0.state, TaskState::Queued);
+    // Outbox: RUNNING for a (before) and b, TERMINAL for a.
+    let kinds: Vec<(String, OutboxKind)> =
+        store.due_outbox(100, 10).await.unwrap().iter().map(|e| (e.task_id.to_string(), e.kind)).collect();
+    assert_eq!(kinds, [("a".to_owned(), OutboxKind::Running), ("b".to_owned(), OutboxKind::Running)]);
+    assert_eq!(store.outbox_depth().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_batch_dropped_without_commit_changes_nothing() {
+    let (_dir, store) = open().await;
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    {
+        let mut batch = store.batch().await.unwrap();
+        batch.insert_tasks(&[new_task("b")], 2).await.unwrap();
+        assert_eq!(batch.grant(&[(id("a"), worker("w"))], 3).await.unwrap().len(), 1);
+    }
+    assert!(store.task(&id("b")).await.unwrap().is_none());
+    let (a, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!((a.state, a.epoch, attempts.len()), (TaskState::Queued, Epoch(0), 0));
+}
