@@ -58,9 +58,15 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// No-op tasks submitted by `submitters` concurrent clients, run by `agents` sessions with `slots` each; from the
-/// first submit to the last result accepted (durable in SQLite).
-pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usize) -> anyhow::Result<()> {
-    let controller = ControllerProcess::start(&[])?;
+/// first submit to the last result accepted (durable in SQLite), or with `gms` to the last SUCCESS write
+/// received by a GMS stand-in.
+pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usize, gms: bool) -> anyhow::Result<()> {
+    let sink = if gms { Some(crate::gms_sink::start().await?) } else { None };
+    let controller = match &sink {
+        Some((url, _)) => ControllerProcess::start(&["--gms-url", url])?,
+        None => ControllerProcess::start(&[])?,
+    };
+    let reported = sink.as_ref().map(|(_, counts)| counts.clone());
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
     for a in 0..agents {
@@ -104,11 +110,15 @@ pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usi
         });
     }
     let mut peak_rss = 0;
-    while done.load(Ordering::Relaxed) < tasks {
+    let finished = || match &reported {
+        Some(counts) => counts.succeeded.load(Ordering::Relaxed),
+        None => done.load(Ordering::Relaxed),
+    };
+    while finished() < tasks {
         tokio::time::sleep(Duration::from_millis(50)).await;
         peak_rss = peak_rss.max(controller.usage().1);
         if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("only {} of {tasks} tasks finished in 10 minutes", done.load(Ordering::Relaxed));
+            anyhow::bail!("only {} of {tasks} tasks finished in 10 minutes", finished());
         }
     }
     let elapsed = started.elapsed();
@@ -118,8 +128,13 @@ pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usi
     let (cpu_after, _) = controller.usage();
     let cpu = cpu_after - cpu_before;
     println!(
-        "throughput: {tasks} no-op tasks, {agents} agents x {slots} slots, {submitters} submitters: {:.2} s -> {:.0} tasks/s; \
+        "throughput: {tasks} no-op tasks, {agents} agents x {slots} slots, {submitters} submitters{}: {:.2} s -> {:.0} tasks/s; \
          controller CPU {:.2} s ({:.0}% of one core), peak RSS {:.1} MiB",
+        match &reported {
+            Some(counts) =>
+                format!(", reported to a GMS stand-in ({} writes)", counts.proposals.load(Ordering::Relaxed)),
+            None => String::new(),
+        },
         elapsed.as_secs_f64(),
         tasks as f64 / elapsed.as_secs_f64(),
         cpu,

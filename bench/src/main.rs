@@ -3,6 +3,7 @@
 //! and date.
 
 mod benches;
+mod gms_sink;
 mod harness;
 
 use std::time::{Duration, Instant};
@@ -48,6 +49,10 @@ enum Bench {
         slots: u32,
         #[arg(long, default_value_t = 64)]
         submitters: usize,
+        /// Report every task to a GMS stand-in (bench/src/gms_sink.rs) and count a task done when its SUCCESS
+        /// write reached it.
+        #[arg(long)]
+        gms: bool,
     },
     /// Idle agents on one controller: memory, idle CPU, reconnect after a restart.
     Fleet {
@@ -127,8 +132,8 @@ fn main() -> anyhow::Result<()> {
         match cli.bench {
             Bench::Heartbeats { agents, beats, attempts } => heartbeats(agents, beats, attempts).await,
             Bench::Dispatch { tasks } => benches::dispatch(tasks).await,
-            Bench::Throughput { tasks, agents, slots, submitters } => {
-                benches::throughput(tasks, agents, slots, submitters).await
+            Bench::Throughput { tasks, agents, slots, submitters, gms } => {
+                benches::throughput(tasks, agents, slots, submitters, gms).await
             }
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,

@@ -143,6 +143,9 @@ pub struct RunConfig {
     /// Longest retry backoff of a failed GMS write.
     #[arg(long, env = "OUTPOST_GMS_RETRY_BACKOFF_MAX", value_parser = duration::parse, default_value = "60s")]
     pub gms_retry_backoff_max: Duration,
+    /// How many GMS writes may be in flight at once (writes of one task are always sent one after another).
+    #[arg(long, env = "OUTPOST_GMS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub gms_concurrency: u32,
     /// Cap on the report text sent to GMS (longer ones are cut in the middle, with a marker).
     #[arg(long, env = "OUTPOST_GMS_MAX_REPORT_BYTES", default_value_t = 1024 * 1024)]
     pub gms_max_report_bytes: usize,

@@ -75,6 +75,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             retry_backoff_max: config.gms_retry_backoff_max,
             max_report_bytes: config.gms_max_report_bytes,
             max_structured_bytes: config.gms_max_structured_bytes,
+            concurrency: config.gms_concurrency as usize,
         };
         let task =
             reporter::Reporter::new(store.clone(), client.clone(), logs.clone(), metrics.clone(), reporter_config);

@@ -7,6 +7,9 @@ mod payload;
 
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
 use outpost_common::clock::unix_ms;
 use outpost_common::task::TaskState;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,8 @@ pub struct Config {
     pub retry_backoff_max: Duration,
     pub max_report_bytes: usize,
     pub max_structured_bytes: usize,
+    /// GMS writes in flight at once (of different tasks).
+    pub concurrency: usize,
 }
 
 pub struct Reporter {
@@ -70,8 +75,10 @@ impl Reporter {
         ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
     }
 
-    /// Sends every due row, in order per task; returns how long until the next row is due (at most a second,
-    /// so rows added by another process are never missed for long).
+    /// Sends every due row, in order per task (a read returns only the oldest row of each task, so the rows of
+    /// one read are of different tasks and go out concurrently); then retires them in one transaction. Returns
+    /// how long until the next row is due (at most a second, so rows added by another process are never
+    /// missed for long).
     async fn deliver_due(&self) -> Duration {
         loop {
             let now = unix_ms();
@@ -85,24 +92,35 @@ impl Reporter {
             if due.is_empty() {
                 break;
             }
-            let mut delivered = 0;
-            for entry in &due {
-                match self.send(entry).await {
-                    Sent::Delivered => {
-                        delivered += 1;
-                        if let Err(e) = self.store.outbox_delivered(entry, unix_ms()).await {
-                            error!(task = %entry.task_id, error = %e, "cannot retire a delivered outbox row");
-                        }
-                    }
+            let mut sent = Vec::with_capacity(due.len());
+            let mut in_flight = FuturesUnordered::new();
+            let mut rows = due.iter();
+            loop {
+                while in_flight.len() < self.config.concurrency.max(1) {
+                    let Some(entry) = rows.next() else { break };
+                    in_flight.push(self.send_row(entry));
+                }
+                match in_flight.next().await {
+                    Some(outcome) => sent.push(outcome),
+                    None => break,
+                }
+            }
+            let mut delivered = Vec::new();
+            let mut failed = Vec::new();
+            for (entry, outcome) in sent {
+                match outcome {
+                    Sent::Delivered => delivered.push(entry),
                     Sent::Retry(reason) => {
                         let next = unix_ms() + self.backoff(entry.tries).as_millis() as i64;
-                        if let Err(e) = self.store.outbox_failed(entry, &reason, next).await {
-                            error!(task = %entry.task_id, error = %e, "cannot record a failed GMS write");
-                        }
+                        failed.push((entry, reason, next));
                     }
                 }
             }
-            if delivered == 0 {
+            if let Err(e) = self.store.outbox_settled(&delivered, &failed, unix_ms()).await {
+                error!(error = %e, count = due.len(), "cannot retire GMS outbox rows; they will be sent again");
+                return Duration::from_secs(1);
+            }
+            if delivered.is_empty() {
                 break;
             }
         }
@@ -110,6 +128,10 @@ impl Reporter {
             Ok(Some(at)) => Duration::from_millis((at - unix_ms()).clamp(0, 1_000) as u64),
             _ => Duration::from_secs(1),
         }
+    }
+
+    async fn send_row<'a>(&self, entry: &'a OutboxEntry) -> (&'a OutboxEntry, Sent) {
+        (entry, self.send(entry).await)
     }
 
     async fn send(&self, entry: &OutboxEntry) -> Sent {

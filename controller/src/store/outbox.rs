@@ -66,14 +66,7 @@ pub(super) async fn enqueue(
     if !store.reporting {
         if kind == OutboxKind::Terminal {
             // Nobody to report to: the result is delivered once it is recorded.
-            let mut query = QueryBuilder::<Sqlite>::new("UPDATE tasks SET reported_at_ms = ");
-            query.push_bind(now_ms).push(" WHERE id IN (");
-            let mut ids = query.separated(", ");
-            for (task, _) in rows {
-                ids.push_bind(task.as_str());
-            }
-            query.push(")");
-            query.build().execute(&mut **tx).await?;
+            mark_reported(tx, rows.iter().map(|(task, _)| *task), now_ms).await?;
         }
         return Ok(false);
     }
@@ -84,6 +77,23 @@ pub(super) async fn enqueue(
     });
     query.build().execute(&mut **tx).await?;
     Ok(true)
+}
+
+/// Marks tasks' terminal results delivered (their SQS messages may go).
+async fn mark_reported<'a>(
+    tx: &mut Transaction<'_, Sqlite>,
+    tasks: impl Iterator<Item = &'a TaskId>,
+    now_ms: i64,
+) -> Result<(), Error> {
+    let mut query = QueryBuilder::<Sqlite>::new("UPDATE tasks SET reported_at_ms = ");
+    query.push_bind(now_ms).push(" WHERE id IN (");
+    let mut ids = query.separated(", ");
+    for task in tasks {
+        ids.push_bind(task.as_str());
+    }
+    query.push(")");
+    query.build().execute(&mut **tx).await?;
+    Ok(())
 }
 
 impl Store {
@@ -124,32 +134,43 @@ impl Store {
         Ok(next.map(|(at,)| at))
     }
 
-    /// GMS took the write: the row goes; a terminal row marks the task reported.
-    pub async fn outbox_delivered(&self, entry: &OutboxEntry, now_ms: i64) -> Result<(), Error> {
+    /// The outcome of a delivery pass, in one transaction: delivered rows go (a terminal one marks its task
+    /// reported); failed ones stay, due again at their next try time, with the error.
+    pub async fn outbox_settled(
+        &self,
+        delivered: &[&OutboxEntry],
+        failed: &[(&OutboxEntry, String, i64)],
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        if delivered.is_empty() && failed.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM gms_outbox WHERE seq = ?").bind(entry.seq).execute(&mut *tx).await?;
-        if entry.kind == OutboxKind::Terminal {
-            sqlx::query("UPDATE tasks SET reported_at_ms = ? WHERE id = ?")
-                .bind(now_ms)
-                .bind(entry.task_id.as_str())
+        if !delivered.is_empty() {
+            let mut query = QueryBuilder::<Sqlite>::new("DELETE FROM gms_outbox WHERE seq IN (");
+            let mut seqs = query.separated(", ");
+            for entry in delivered {
+                seqs.push_bind(entry.seq);
+            }
+            query.push(")");
+            query.build().execute(&mut *tx).await?;
+        }
+        let terminal: Vec<&&OutboxEntry> = delivered.iter().filter(|e| e.kind == OutboxKind::Terminal).collect();
+        if !terminal.is_empty() {
+            mark_reported(&mut tx, terminal.iter().map(|e| &e.task_id), now_ms).await?;
+        }
+        for (entry, error, next_try_at_ms) in failed {
+            sqlx::query("UPDATE gms_outbox SET tries = tries + 1, next_try_at_ms = ?, last_error = ? WHERE seq = ?")
+                .bind(next_try_at_ms)
+                .bind(error)
+                .bind(entry.seq)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        if entry.kind == OutboxKind::Terminal {
+        if !terminal.is_empty() {
             self.reported.notify_waiters();
         }
-        Ok(())
-    }
-
-    /// A failed try: the row stays, due again at `next_try_at_ms`.
-    pub async fn outbox_failed(&self, entry: &OutboxEntry, error: &str, next_try_at_ms: i64) -> Result<(), Error> {
-        sqlx::query("UPDATE gms_outbox SET tries = tries + 1, next_try_at_ms = ?, last_error = ? WHERE seq = ?")
-            .bind(next_try_at_ms)
-            .bind(error)
-            .bind(entry.seq)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 

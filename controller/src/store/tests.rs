@@ -208,7 +208,7 @@ async fn held_messages_adopt_new_receipts_and_turn_done_when_reported() {
     let outbox = store.due_outbox(10, 10).await.unwrap();
     assert_eq!(outbox.len(), 1);
     assert!(!store.held_messages("q").await.unwrap()[0].done, "not done before GMS has the result");
-    store.outbox_delivered(&outbox[0], 7).await.unwrap();
+    store.outbox_settled(&[&outbox[0]], &[], 7).await.unwrap();
     assert!(store.held_messages("q").await.unwrap().iter().all(|m| m.done));
 
     store.release_message("m1", "r1").await.unwrap();
@@ -314,4 +314,23 @@ async fn a_batch_dropped_without_commit_changes_nothing() {
     assert!(store.task(&id("b")).await.unwrap().is_none());
     let (a, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!((a.state, a.epoch, attempts.len()), (TaskState::Queued, Epoch(0), 0));
+}
+
+#[tokio::test]
+async fn a_delivery_pass_retires_and_reschedules_its_rows_in_one_go() {
+    let (_dir, store) = open().await;
+    for task in ["a", "b"] {
+        store.insert_task(&new_task(task), 1).await.unwrap();
+        store.grant(&id(task), &worker("w"), 2).await.unwrap();
+        store.end_attempt(&finish(task, 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 3).await.unwrap();
+    }
+    let due = store.due_outbox(10, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    store.outbox_settled(&[&due[0]], &[(&due[1], "503 from GMS".to_owned(), 500)], 7).await.unwrap();
+    let (a, _) = store.task(&due[0].task_id).await.unwrap().unwrap();
+    let (b, _) = store.task(&due[1].task_id).await.unwrap().unwrap();
+    assert_eq!((a.reported_at_ms, b.reported_at_ms), (Some(7), None));
+    assert!(store.due_outbox(499, 10).await.unwrap().is_empty(), "the failed row waits for its next try");
+    let again = store.due_outbox(500, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].tries, &again[0].task_id), (1, 1, &due[1].task_id));
 }
