@@ -60,7 +60,14 @@ fn metric(text: &str, name: &str) -> f64 {
 /// No-op tasks submitted by `submitters` concurrent clients, run by `agents` sessions with `slots` each; from the
 /// first submit to the last result accepted (durable in SQLite), or with `gms` to the last SUCCESS write
 /// received by a GMS stand-in.
-pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usize, gms: bool) -> anyhow::Result<()> {
+pub async fn throughput(
+    tasks: usize,
+    agents: usize,
+    slots: u32,
+    submitters: usize,
+    gms: bool,
+    real_agents: bool,
+) -> anyhow::Result<()> {
     let sink = if gms { Some(crate::gms_sink::start().await?) } else { None };
     let controller = match &sink {
         Some((url, _)) => ControllerProcess::start(&["--gms-url", url])?,
@@ -69,7 +76,18 @@ pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usi
     let reported = sink.as_ref().map(|(_, counts)| counts.clone());
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
-    for a in 0..agents {
+    let mut processes = Vec::new();
+    if real_agents {
+        for a in 0..agents {
+            processes.push(crate::harness::agent_process(&controller, &format!("t{a}"), "bench", slots)?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(&controller.metrics().await?, "outpost_connected_agents") < agents as f64 {
+            anyhow::ensure!(Instant::now() < deadline, "the agents did not all connect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for a in 0..if real_agents { 0 } else { agents } {
         let mut session = Session::open(&controller, &format!("t{a}"), "bench", slots).await?;
         session.send(Out::Credit(pb::Credit { credits: slots })).await?;
         let done = done.clone();
@@ -110,15 +128,21 @@ pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usi
         });
     }
     let mut peak_rss = 0;
-    let finished = || match &reported {
-        Some(counts) => counts.succeeded.load(Ordering::Relaxed),
-        None => done.load(Ordering::Relaxed),
-    };
-    while finished() < tasks {
+    loop {
+        let finished = match &reported {
+            Some(counts) => counts.succeeded.load(Ordering::Relaxed),
+            None if real_agents => {
+                metric(&controller.metrics().await?, "outpost_tasks{state=\"SUCCEEDED\",pool=\"bench\"}") as usize
+            }
+            None => done.load(Ordering::Relaxed),
+        };
+        if finished >= tasks {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         peak_rss = peak_rss.max(controller.usage().1);
         if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("only {} of {tasks} tasks finished in 10 minutes", finished());
+            anyhow::bail!("only {finished} of {tasks} tasks finished in 10 minutes");
         }
     }
     let elapsed = started.elapsed();
@@ -128,8 +152,9 @@ pub async fn throughput(tasks: usize, agents: usize, slots: u32, submitters: usi
     let (cpu_after, _) = controller.usage();
     let cpu = cpu_after - cpu_before;
     println!(
-        "throughput: {tasks} no-op tasks, {agents} agents x {slots} slots, {submitters} submitters{}: {:.2} s -> {:.0} tasks/s; \
+        "throughput: {tasks} no-op tasks, {agents} {} x {slots} slots, {submitters} submitters{}: {:.2} s -> {:.0} tasks/s; \
          controller CPU {:.2} s ({:.0}% of one core), peak RSS {:.1} MiB",
+        if real_agents { "outpost-agent processes" } else { "agent sessions" },
         match &reported {
             Some(counts) =>
                 format!(", reported to a GMS stand-in ({} writes)", counts.proposals.load(Ordering::Relaxed)),
@@ -292,7 +317,7 @@ pub async fn detection(trials: usize, lease_ttl: &str) -> anyhow::Result<()> {
 pub async fn overhead(runs: usize) -> anyhow::Result<()> {
     use std::process::{Command, Stdio};
 
-    use crate::harness::{Guard, http_get, repo_root, sibling};
+    use crate::harness::{Guard, agent_process, http_get, repo_root};
     let root = repo_root()?;
     let python = root.join(".venv/bin/python");
     let datahub = root.join(".venv/bin/datahub");
@@ -316,25 +341,7 @@ pub async fn overhead(runs: usize) -> anyhow::Result<()> {
     let gms = format!("127.0.0.1:{port}");
     let gms_url = format!("http://{gms}");
     let controller = ControllerProcess::start(&["--gms-url", &gms_url, "--progress-interval", "5s"])?;
-    let certs = controller.certs();
-    outpost_controller::certs::agent(&certs, "bench-agent", "outpost")?;
-    let _agent = Guard(
-        Command::new(sibling("outpost-agent")?)
-            .args(["--controller", &format!("https://{}", controller.addr), "--worker-id", "bench-agent"])
-            .args(["--pool", "default", "--slots", "1"])
-            .arg("--tls-cert")
-            .arg(certs.join("agent-bench-agent.pem"))
-            .arg("--tls-key")
-            .arg(certs.join("agent-bench-agent.key"))
-            .arg("--tls-ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--datahub-cli")
-            .arg(&datahub)
-            .env("DATAHUB_TELEMETRY_ENABLED", "false")
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let _agent = agent_process(&controller, "bench-agent", "default", 1)?;
     let mut admin = controller.admin().await?;
     let recipe =
         serde_json::json!({"source": {"type": "file", "config": {"path": sample}}, "sink": {"type": "blackhole"}})

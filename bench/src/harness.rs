@@ -253,3 +253,28 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+/// A real `outpost-agent` process (the release binary next to this one) with its own certificate, serving `pool`
+/// with `slots` slots and running `datahub` from the project venv; killed on drop.
+pub fn agent_process(controller: &ControllerProcess, worker: &str, pool: &str, slots: u32) -> anyhow::Result<Guard> {
+    let certs = controller.certs();
+    outpost_controller::certs::agent(&certs, worker, "outpost")?;
+    let datahub = repo_root()?.join(".venv/bin/datahub");
+    let child = Command::new(sibling("outpost-agent")?)
+        .args(["--controller", &format!("https://{}", controller.addr), "--worker-id", worker])
+        .args(["--pool", pool, "--slots", &slots.to_string()])
+        .arg("--tls-cert")
+        .arg(certs.join(format!("agent-{worker}.pem")))
+        .arg("--tls-key")
+        .arg(certs.join(format!("agent-{worker}.key")))
+        .arg("--tls-ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--datahub-cli")
+        .arg(&datahub)
+        .env("DATAHUB_TELEMETRY_ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Guard(child))
+}

@@ -53,6 +53,9 @@ enum Bench {
         /// write reached it.
         #[arg(long)]
         gms: bool,
+        /// Run real `outpost-agent` processes (NOOP tasks) instead of agent sessions driven in this process.
+        #[arg(long)]
+        real_agents: bool,
     },
     /// Idle agents on one controller: memory, idle CPU, reconnect after a restart.
     Fleet {
@@ -132,8 +135,8 @@ fn main() -> anyhow::Result<()> {
         match cli.bench {
             Bench::Heartbeats { agents, beats, attempts } => heartbeats(agents, beats, attempts).await,
             Bench::Dispatch { tasks } => benches::dispatch(tasks).await,
-            Bench::Throughput { tasks, agents, slots, submitters, gms } => {
-                benches::throughput(tasks, agents, slots, submitters, gms).await
+            Bench::Throughput { tasks, agents, slots, submitters, gms, real_agents } => {
+                benches::throughput(tasks, agents, slots, submitters, gms, real_agents).await
             }
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,
