@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
+use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use crate::harness::{ControllerProcess, Session, noop, percentile_ms};
@@ -179,10 +180,17 @@ pub async fn fleet(agents: usize, idle: Duration) -> anyhow::Result<()> {
     let (_, rss_before) = controller.usage();
     let connected = Instant::now();
     let mut beats = JoinSet::new();
-    for a in 0..agents {
-        let session = Session::open(&controller, &format!("f{a}"), "bench", 1).await?;
-        beats.spawn(idle_agent(session));
+    // 32 connects (each issuing a certificate first) at a time.
+    let mut opening = futures::stream::iter(0..agents)
+        .map(|a| {
+            let controller = &controller;
+            async move { Session::open(controller, &format!("f{a}"), "bench", 1).await }
+        })
+        .buffer_unordered(32);
+    while let Some(session) = opening.next().await {
+        beats.spawn(idle_agent(session?));
     }
+    drop(opening);
     let connect_time = connected.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu_before, rss_after) = controller.usage();
