@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
 use futures::StreamExt;
+use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
 use tokio::task::JoinSet;
 
 use crate::harness::{ControllerProcess, Session, noop, percentile_ms};

@@ -9,6 +9,8 @@ mod leases;
 pub mod lifecycle;
 pub mod policy;
 mod queue;
+#[cfg(test)]
+mod tests;
 mod turn;
 
 use std::collections::BTreeMap;

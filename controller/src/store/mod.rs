@@ -75,6 +75,18 @@ impl Store {
         Ok(())
     }
 
+    /// Test-only: makes every new attempt row fail to insert (`on = true`) or lets them in again, so a grant — and
+    /// the whole transaction it is part of — fails the way a full disk would.
+    #[cfg(test)]
+    pub async fn refuse_attempts(&self, on: bool) {
+        let sql = if on {
+            "CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        } else {
+            "DROP TRIGGER refuse_attempts"
+        };
+        sqlx::query(sql).execute(&self.pool).await.unwrap();
+    }
+
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(&self) {
         self.pool.close().await;
