@@ -142,7 +142,7 @@ impl Store {
         enqueue(self, &mut tx, OutboxKind::Terminal, &[(id, now_ms)], now_ms).await?;
         tx.commit().await?;
         self.outbox_added.notify_one();
-        self.reported.notify_waiters();
+        self.announce_reported();
         Ok(())
     }
 

@@ -296,7 +296,7 @@ impl Batch {
             self.store.outbox_added.notify_one();
         }
         if self.finished || self.outbox_added {
-            self.store.reported.notify_waiters();
+            self.store.announce_reported();
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
 pub use batch::Batch;
@@ -39,8 +39,9 @@ pub struct Store {
     reporting: bool,
     /// Woken after a transaction added outbox rows.
     outbox_added: Arc<Notify>,
-    /// Woken when a task's terminal result was delivered (its SQS message may go).
-    reported: Arc<Notify>,
+    /// Bumped when a task's terminal result was delivered (its SQS message may go). A watch, not a `Notify`: a
+    /// bump while the SQS keeper is busy is seen on its next wait, never lost.
+    reported: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
@@ -56,12 +57,16 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, reporting, outbox_added: Arc::new(Notify::new()), reported: Arc::new(Notify::new()) })
+        Ok(Store { pool, reporting, outbox_added: Arc::new(Notify::new()), reported: Arc::new(watch::Sender::new(0)) })
     }
 
-    /// Notified whenever a terminal result was delivered (or recorded, with reporting off).
-    pub fn reported(&self) -> Arc<Notify> {
-        self.reported.clone()
+    /// Changes whenever a terminal result was delivered (or recorded, with reporting off).
+    pub fn reported(&self) -> watch::Receiver<u64> {
+        self.reported.subscribe()
+    }
+
+    fn announce_reported(&self) {
+        self.reported.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Notified whenever outbox rows were added (the reporter waits on it).

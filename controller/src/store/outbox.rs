@@ -169,7 +169,7 @@ impl Store {
         }
         tx.commit().await?;
         if !terminal.is_empty() {
-            self.reported.notify_waiters();
+            self.announce_reported();
         }
         Ok(())
     }

@@ -254,14 +254,14 @@ impl Queue {
     /// Renews the visibility of held messages every keep interval and deletes those whose tasks are done,
     /// promptly after a result is delivered.
     pub async fn keep_loop(self, token: CancellationToken) {
-        let reported = self.store.reported();
+        let mut reported = self.store.reported();
         let mut last_extension = Instant::now();
         let mut failures = 0u32;
         loop {
             let next_extension = last_extension + self.config.keep_interval;
             tokio::select! {
                 _ = token.cancelled() => break,
-                _ = reported.notified() => {}
+                _ = reported.changed() => {}
                 _ = tokio::time::sleep_until(next_extension) => {}
             }
             let held = match self.store.held_messages(&self.url).await {
