@@ -105,7 +105,9 @@ async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes(
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
     let queue = moto.queue("crash").await;
-    moto.send(&queue, &messages::mcl_input("crash-run", &messages::input(&mock_recipe(5, 5), "default"))).await;
+    // Long enough to still be running once the restarted controller has received the message again (the
+    // assertion on adoption below needs that), even on a loaded machine.
+    moto.send(&queue, &messages::mcl_input("crash-run", &messages::input(&mock_recipe(6, 5), "default"))).await;
     let mut first = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s")]).await;
     let port = first.addr.to_string();
     let admin = cluster.admin(&first).await;
