@@ -268,17 +268,8 @@ impl Engine {
     }
 
     fn heard_from(&mut self, worker: &WorkerId) {
-        let now = (Instant::now(), unix_ms());
-        // Called for every agent message: no allocation when the worker is already known.
-        match self.liveness.get_mut(worker) {
-            Some(seen) => *seen = now,
-            None => {
-                self.liveness.insert(worker.clone(), now);
-            }
-        }
-        if !self.heard.contains(worker) {
-            self.heard.insert(worker.clone());
-        }
+        self.liveness.insert(worker.clone(), (Instant::now(), unix_ms()));
+        self.heard.insert(worker.clone());
     }
 
     fn send(&self, worker: &WorkerId, command: AgentCommand) {
@@ -766,25 +757,23 @@ impl Engine {
     fn pick(&mut self) -> Vec<Pick> {
         let mut picks = Vec::new();
         for pool in self.queue.ready_pools() {
-            // One candidate list per pool and turn; credits are taken off it as tasks are placed.
-            let mut candidates: Vec<Candidate<'_>> = self
-                .sessions
-                .values()
-                .map(|s| Candidate {
-                    worker_id: &s.hello.worker_id,
-                    pools: &s.hello.pools,
-                    credits: s.credits,
-                    draining: s.draining,
-                })
-                .collect();
-            let mut chosen: Vec<WorkerId> = Vec::new();
-            while chosen.len() < self.queue.ready_len(&pool) {
-                let Some(index) = policy::choose(&pool, &candidates) else { break };
-                candidates[index].credits -= 1;
-                chosen.push(candidates[index].worker_id.clone());
-            }
-            drop(candidates);
-            for worker in chosen {
+            while self.queue.front(&pool).is_some() {
+                let worker = {
+                    let candidates: Vec<Candidate<'_>> = self
+                        .sessions
+                        .values()
+                        .map(|s| Candidate {
+                            worker_id: &s.hello.worker_id,
+                            pools: &s.hello.pools,
+                            credits: s.credits,
+                            draining: s.draining,
+                        })
+                        .collect();
+                    match policy::choose(&pool, &candidates) {
+                        Some(index) => candidates[index].worker_id.clone(),
+                        None => break,
+                    }
+                };
                 let Some((task, waited)) = self.queue.pop_front(&pool) else { break };
                 if let Some(session) = self.sessions.get_mut(&worker) {
                     session.credits = session.credits.saturating_sub(1);
