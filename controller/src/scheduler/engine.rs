@@ -24,7 +24,7 @@ use super::{
     WorkerView,
 };
 use crate::metrics::{Metrics, RetryReason};
-use crate::store::{self, AttemptEnd, NewTask, ResultRecord, Store, TaskChange, TaskRecord, WorkerSeen};
+use crate::store::{self, AttemptEnd, ResultRecord, Store, TaskChange, TaskRecord, WorkerSeen};
 
 /// The most events handled in one turn (one commit).
 const MAX_TURN: usize = 1024;
@@ -187,7 +187,14 @@ impl Engine {
 
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit { task, reply } => self.plan.submit(task, reply),
+            Event::Submit { task, reply } => {
+                // Queued now so the turn that records it can also grant it; the grant is fenced on the task
+                // being QUEUED in the store, so a known (finished) task submitted again is never granted.
+                if self.leases.get(&task.id).is_none() && !self.queue.contains(&task.id) {
+                    self.queue.push(task.pool.clone(), task.id.clone(), 0, unix_ms());
+                }
+                self.plan.submit(task, reply);
+            }
             Event::Connect { hello, commands, kick, reply } => {
                 let welcome = self.connect(hello, commands, kick).await;
                 self.plan.answer(reply, welcome);
@@ -693,16 +700,33 @@ impl Engine {
     /// credit — all in one transaction — then answers, and sends the assignments. If the commit fails nothing
     /// of the turn happened: every answer says so, and queues and leases are reloaded from the store.
     async fn flush(&mut self) {
-        let plan = std::mem::take(&mut self.plan);
-        if !plan.has_writes() && !self.can_dispatch() {
+        let mut plan = std::mem::take(&mut self.plan);
+        let picks = if self.can_dispatch() { self.pick() } else { Vec::new() };
+        if !plan.has_writes() && picks.is_empty() {
             plan.settle(Vec::new(), None);
             return;
         }
-        let mut picks = Vec::new();
-        match self.write(&plan.new_tasks, &plan.starts, &plan.ends, &mut picks).await {
-            Ok((submitted, grants)) => {
-                plan.settle(submitted, None);
-                self.announce(picks, grants);
+        let turn = store::Turn {
+            new_tasks: std::mem::take(&mut plan.new_tasks),
+            starts: std::mem::take(&mut plan.starts),
+            ends: std::mem::take(&mut plan.ends),
+            grants: picks.iter().map(|p| (p.task.clone(), p.worker.clone())).collect(),
+        };
+        match self.store.write_turn(turn, unix_ms()).await {
+            Ok(written) => {
+                for (record, created) in &written.submitted {
+                    if *created {
+                        info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
+                    } else {
+                        info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
+                        if record.state != TaskState::Queued {
+                            // Queued here when it was submitted; the store already had it, finished.
+                            self.queue.remove(&record.id);
+                        }
+                    }
+                }
+                plan.settle(written.submitted, None);
+                self.announce(picks, written.granted);
             }
             Err(e) => {
                 error!(error = %e, "could not commit the turn; reloading queues and leases from the store");
@@ -715,36 +739,6 @@ impl Engine {
                 self.resync().await;
             }
         }
-    }
-
-    /// The turn's writes, in an order every same-turn sequence allows: new tasks, starts, ends, then grants
-    /// (a task requeued or submitted in this turn may be granted in it).
-    async fn write(
-        &mut self,
-        new_tasks: &[NewTask],
-        starts: &[AttemptRef],
-        ends: &[AttemptEnd],
-        picks: &mut Vec<Pick>,
-    ) -> Result<(Vec<(TaskRecord, bool)>, Vec<store::Grant>), store::Error> {
-        let now_ms = unix_ms();
-        let mut batch = self.store.batch().await?;
-        let submitted = batch.insert_tasks(new_tasks, now_ms).await?;
-        for (record, created) in &submitted {
-            if *created {
-                info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
-                self.queue.push(record.pool.clone(), record.id.clone(), 0, now_ms);
-            } else {
-                info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
-            }
-        }
-        // The engine's memory decided these; a refusal means memory and store disagree, so the turn fails.
-        batch.start_attempts(starts, now_ms).await?.into_iter().collect::<Result<Vec<()>, _>>()?;
-        batch.end_attempts(ends, now_ms).await?.into_iter().collect::<Result<Vec<()>, _>>()?;
-        *picks = self.pick();
-        let pairs: Vec<(TaskId, WorkerId)> = picks.iter().map(|p| (p.task.clone(), p.worker.clone())).collect();
-        let grants = batch.grant(&pairs, now_ms).await?;
-        batch.commit().await?;
-        Ok((submitted, grants))
     }
 
     /// Whether a ready task and an agent with credit might meet.

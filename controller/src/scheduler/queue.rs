@@ -69,6 +69,11 @@ impl Queue {
         self.ready.values().any(|q| q.contains(task)).then_some(None)
     }
 
+    /// Whether the task waits here (ready or backing off).
+    pub fn contains(&self, task: &TaskId) -> bool {
+        self.ready_since.contains_key(task) || self.delayed_pool.contains_key(task)
+    }
+
     /// Ready tasks of a pool.
     pub fn ready_len(&self, pool: &PoolId) -> usize {
         self.ready.get(pool).map_or(0, VecDeque::len)

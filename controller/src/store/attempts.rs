@@ -69,32 +69,28 @@ pub(super) fn refusal(task: &TaskRecord, presented: Epoch) -> Error {
 impl Store {
     /// Grants a QUEUED task to a worker: bumps the epoch and records the attempt, in one transaction.
     pub async fn grant(&self, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Grant, Error> {
-        let mut batch = self.batch().await?;
-        let granted = batch.grant(&[(id.clone(), worker.clone())], now_ms).await?.pop();
-        let Some(grant) = granted else {
-            let task = self.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?.0;
-            return Err(Error::NotQueued { task: id.clone(), state: task.state });
-        };
-        batch.commit().await?;
-        Ok(grant)
+        let turn = super::Turn { grants: vec![(id.clone(), worker.clone())], ..super::Turn::default() };
+        match self.write_turn(turn, now_ms).await?.granted.pop() {
+            Some(grant) => Ok(grant),
+            None => {
+                let task = self.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?.0;
+                Err(Error::NotQueued { task: id.clone(), state: task.state })
+            }
+        }
     }
 
     /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued
     /// for GMS). Repeating it is a no-op.
     pub async fn start_attempt(&self, attempt: &AttemptRef, now_ms: i64) -> Result<(), Error> {
-        let mut batch = self.batch().await?;
-        let answer = batch.start_attempts(std::slice::from_ref(attempt), now_ms).await?;
-        answer.into_iter().next().unwrap_or(Ok(()))?;
-        batch.commit().await
+        self.write_turn(super::Turn { starts: vec![attempt.clone()], ..super::Turn::default() }, now_ms).await?;
+        Ok(())
     }
 
     /// Ends an attempt and moves its task on (back to the queue, or to a terminal state with its result), fenced
     /// by the task's epoch: nothing changes unless the task is still held at `task_epoch`.
     pub async fn end_attempt(&self, end: &AttemptEnd, now_ms: i64) -> Result<(), Error> {
-        let mut batch = self.batch().await?;
-        let answer = batch.end_attempts(std::slice::from_ref(end), now_ms).await?;
-        answer.into_iter().next().unwrap_or(Ok(()))?;
-        batch.commit().await
+        self.write_turn(super::Turn { ends: vec![end.clone()], ..super::Turn::default() }, now_ms).await?;
+        Ok(())
     }
 
     /// A cancel of a held task: bumps the epoch (fencing the running attempt out) and notes the request.

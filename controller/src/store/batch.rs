@@ -1,303 +1,247 @@
-//! Group commit: many task changes (submits, grants, starts, ends) in one transaction, each kind written with a
-//! few multi-row statements, so a busy engine turn costs one fsync and a constant number of round trips to
-//! SQLite whatever its size. Every change stays fenced (`WHERE epoch = ? AND state …`); a change the fence
-//! refuses is reported per item and changes nothing.
-
-use std::collections::{HashMap, HashSet};
+//! Group commit: a turn's task changes (submits, starts, ends, grants) in one transaction on the writer thread —
+//! one fsync and one hand-off between threads per turn, whatever its size. Every change stays fenced (`WHERE
+//! epoch = ? AND state …`); a start or end the fence refuses rolls the whole turn back (the engine's memory and
+//! the store disagree, so nothing of that turn may stand).
 
 use outpost_common::ids::{AttemptRef, TaskId, WorkerId};
 use outpost_common::task::TaskState;
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::attempts::{AttemptEnd, Grant, TaskChange, refusal};
-use super::outbox::{OutboxKind, enqueue};
-use super::tasks::{NewTask, TaskRecord, TaskRow, load_task};
+use super::tasks::{NewTask, TaskRecord, TaskRow};
+use super::writer::writer_error;
 use super::{Error, Store};
 
-/// Rows per statement (SQLite allows 32,766 bound values; the widest row here binds 8).
-const ROWS_PER_STATEMENT: usize = 256;
+/// One turn's changes, applied in this order: new tasks, starts, ends, grants (so a task submitted or requeued in
+/// the turn can be granted in it).
+#[derive(Clone, Debug, Default)]
+pub struct Turn {
+    pub new_tasks: Vec<NewTask>,
+    pub starts: Vec<AttemptRef>,
+    pub ends: Vec<AttemptEnd>,
+    pub grants: Vec<(TaskId, WorkerId)>,
+}
 
-/// An open group of changes; nothing is durable (or visible to others) until [`Batch::commit`].
-pub struct Batch {
-    tx: Transaction<'static, Sqlite>,
-    store: Store,
+/// What a committed turn did.
+#[derive(Debug, Default)]
+pub struct TurnWritten {
+    /// Per new task, in order: the stored task and whether this turn created it (`false`: the id was known).
+    pub submitted: Vec<(TaskRecord, bool)>,
+    /// The grants made; a task no longer QUEUED is left out (nothing changed for it).
+    pub granted: Vec<Grant>,
+}
+
+/// What to wake once the turn is durable.
+#[derive(Default)]
+struct Woken {
     outbox_added: bool,
     finished: bool,
 }
 
 impl Store {
-    /// Opens a group of changes.
-    pub async fn batch(&self) -> Result<Batch, Error> {
-        Ok(Batch { tx: self.pool.begin().await?, store: self.clone(), outbox_added: false, finished: false })
+    /// Applies a turn in one transaction and commits it; nothing of it happens if any start or end is refused
+    /// (the error is the first refusal) or the database fails.
+    pub async fn write_turn(&self, turn: Turn, now_ms: i64) -> Result<TurnWritten, Error> {
+        let reporting = self.reporting;
+        let (written, woken) = self
+            .writer
+            .run(move |connection| {
+                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
+                let mut woken = Woken::default();
+                let written = apply(&tx, &turn, now_ms, reporting, &mut woken)?;
+                tx.commit().map_err(writer_error)?;
+                Ok::<_, Error>((written, woken))
+            })
+            .await??;
+        if woken.outbox_added {
+            self.outbox_added.notify_one();
+        }
+        if woken.finished || woken.outbox_added {
+            self.announce_reported();
+        }
+        Ok(written)
     }
 }
 
-impl Batch {
-    /// Records new QUEUED tasks; a task whose id is already stored (or appears earlier in `tasks`) comes back
-    /// unchanged with `created = false`. Results are in the order of `tasks`.
-    pub async fn insert_tasks(&mut self, tasks: &[NewTask], now_ms: i64) -> Result<Vec<(TaskRecord, bool)>, Error> {
-        let mut created: HashMap<String, TaskRecord> = HashMap::new();
-        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for task in chunk {
-                let args = serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
-                rows.push((task, args));
-            }
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, \
-                 created_at_ms, updated_at_ms) ",
-            );
-            query.push_values(&rows, |mut row, (task, args)| {
-                row.push_bind(task.id.as_str())
-                    .push_bind(task.task_name.as_str())
-                    .push_bind(task.pool.as_str())
-                    .push_bind(args.as_str())
-                    .push_bind(task.source_type.as_str())
-                    .push_bind(task.requested_at_ms)
-                    .push_bind("QUEUED")
-                    .push_bind(now_ms)
-                    .push_bind(now_ms);
-            });
-            query.push(" ON CONFLICT (id) DO NOTHING RETURNING *");
-            let inserted: Vec<TaskRow> = query.build_query_as().fetch_all(&mut *self.tx).await?;
-            for row in inserted {
-                let record: TaskRecord = row.try_into()?;
-                created.insert(record.id.as_str().to_owned(), record);
-            }
-        }
-        let known: Vec<&TaskId> = {
-            let mut seen = HashSet::new();
-            tasks.iter().map(|t| &t.id).filter(|id| !created.contains_key(id.as_str()) && seen.insert(*id)).collect()
-        };
-        let mut existing: HashMap<String, TaskRecord> = HashMap::new();
-        for chunk in known.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE id IN (");
-            let mut ids = query.separated(", ");
-            for id in chunk {
-                ids.push_bind(id.as_str());
-            }
-            query.push(")");
-            let rows: Vec<TaskRow> = query.build_query_as().fetch_all(&mut *self.tx).await?;
-            for row in rows {
-                let record: TaskRecord = row.try_into()?;
-                existing.insert(record.id.as_str().to_owned(), record);
-            }
-        }
-        tasks
-            .iter()
-            .map(|task| match created.remove(task.id.as_str()) {
-                Some(record) => {
-                    existing.insert(task.id.as_str().to_owned(), record.clone());
-                    Ok((record, true))
-                }
-                None => existing
-                    .get(task.id.as_str())
-                    .map(|record| (record.clone(), false))
-                    .ok_or_else(|| Error::NotFound(task.id.clone())),
-            })
-            .collect()
+fn apply(
+    tx: &Transaction<'_>,
+    turn: &Turn,
+    now_ms: i64,
+    reporting: bool,
+    woken: &mut Woken,
+) -> Result<TurnWritten, Error> {
+    let mut written = TurnWritten::default();
+    for task in &turn.new_tasks {
+        written.submitted.push(insert(tx, task, now_ms)?);
     }
+    for attempt in &turn.starts {
+        start(tx, attempt, now_ms, reporting, woken)?;
+    }
+    for end in &turn.ends {
+        finish(tx, end, now_ms, reporting, woken)?;
+    }
+    for (task, worker) in &turn.grants {
+        if let Some(grant) = grant(tx, task, worker, now_ms)? {
+            written.granted.push(grant);
+        }
+    }
+    Ok(written)
+}
 
-    /// Grants QUEUED tasks to workers: bumps each epoch and records the attempt. A task no longer QUEUED is left
-    /// out of the answer (nothing changes for it).
-    pub async fn grant(&mut self, grants: &[(TaskId, WorkerId)], now_ms: i64) -> Result<Vec<Grant>, Error> {
-        let mut granted = Vec::with_capacity(grants.len());
-        for chunk in grants.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "UPDATE tasks SET state = 'ASSIGNED', epoch = epoch + 1, attempts = attempts + 1, \
-                 worker_id = v.column2, updated_at_ms = ",
-            );
-            query.push_bind(now_ms).push(" FROM (");
-            query.push_values(chunk, |mut row, (task, worker)| {
-                row.push_bind(task.as_str()).push_bind(worker.as_str());
-            });
-            query.push(") AS v WHERE tasks.id = v.column1 AND tasks.state = 'QUEUED' RETURNING *");
-            let rows: Vec<TaskRow> = query.build_query_as().fetch_all(&mut *self.tx).await?;
-            if rows.is_empty() {
-                continue;
-            }
-            let tasks = rows.into_iter().map(TaskRecord::try_from).collect::<Result<Vec<_>, _>>()?;
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) ",
-            );
-            insert.push_values(&tasks, |mut row, task| {
-                row.push_bind(task.id.as_str())
-                    .push_bind(task.attempts as i64)
-                    .push_bind(task.epoch.0 as i64)
-                    .push_bind(task.worker_id.as_ref().map(WorkerId::as_str))
-                    .push_bind("ASSIGNED")
-                    .push_bind(now_ms);
-            });
-            insert.build().execute(&mut *self.tx).await?;
-            granted.extend(tasks.into_iter().map(|task| Grant { attempt_number: task.attempts, task }));
-        }
-        Ok(granted)
-    }
+fn load(tx: &Transaction<'_>, id: &TaskId) -> Result<TaskRecord, Error> {
+    let row = tx
+        .prepare_cached("SELECT * FROM tasks WHERE id = ?")
+        .and_then(|mut s| s.query_row([id.as_str()], TaskRow::from_rusqlite).optional())
+        .map_err(writer_error)?;
+    row.ok_or_else(|| Error::NotFound(id.clone()))?.try_into()
+}
 
-    /// Agents acknowledged their assignments: ASSIGNED → RUNNING, fenced by epoch, with a RUNNING report queued
-    /// for GMS. One answer per attempt, in order; repeating a start is a no-op.
-    pub async fn start_attempts(
-        &mut self,
-        attempts: &[AttemptRef],
-        now_ms: i64,
-    ) -> Result<Vec<Result<(), Error>>, Error> {
-        let mut started: HashSet<String> = HashSet::new();
-        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new("UPDATE tasks SET state = 'RUNNING', updated_at_ms = ");
-            query.push_bind(now_ms).push(" FROM (");
-            query.push_values(chunk, |mut row, attempt| {
-                row.push_bind(attempt.task_id.as_str()).push_bind(attempt.epoch.0 as i64);
-            });
-            query.push(
-                ") AS v WHERE tasks.id = v.column1 AND tasks.epoch = v.column2 AND tasks.state = 'ASSIGNED' \
-                 RETURNING tasks.id",
-            );
-            let ids: Vec<(String,)> = query.build_query_as().fetch_all(&mut *self.tx).await?;
-            let applied: Vec<&AttemptRef> =
-                chunk.iter().filter(|a| ids.iter().any(|(id,)| id == a.task_id.as_str())).collect();
-            if applied.is_empty() {
-                continue;
-            }
-            let rows: Vec<(&TaskId, i64)> = applied.iter().map(|a| (&a.task_id, now_ms)).collect();
-            self.outbox_added |= enqueue(&self.store, &mut self.tx, OutboxKind::Running, &rows, now_ms).await?;
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ",
-            );
-            query.push_bind(now_ms).push(") FROM (");
-            query.push_values(&applied, |mut row, attempt| {
-                row.push_bind(attempt.task_id.as_str()).push_bind(attempt.epoch.0 as i64);
-            });
-            query.push(
-                ") AS v WHERE attempts.task_id = v.column1 AND attempts.epoch = v.column2 \
-                 AND attempts.ended_at_ms IS NULL",
-            );
-            query.build().execute(&mut *self.tx).await?;
-            started.extend(applied.iter().map(|a| a.task_id.as_str().to_owned()));
-        }
-        let mut answers = Vec::with_capacity(attempts.len());
-        for attempt in attempts {
-            if started.contains(attempt.task_id.as_str()) {
-                answers.push(Ok(()));
-                continue;
-            }
-            let task = load_task(&mut self.tx, &attempt.task_id).await?;
-            answers.push(if task.epoch == attempt.epoch && task.state == TaskState::Running {
-                Ok(())
-            } else {
-                Err(refusal(&task, attempt.epoch))
-            });
-        }
-        Ok(answers)
+fn insert(tx: &Transaction<'_>, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
+    let args = serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, created_at_ms, \
+             updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?) ON CONFLICT (id) DO NOTHING RETURNING *",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    task.id.as_str(),
+                    task.task_name,
+                    task.pool.as_str(),
+                    args,
+                    task.source_type,
+                    task.requested_at_ms,
+                    now_ms,
+                    now_ms
+                ],
+                TaskRow::from_rusqlite,
+            )
+            .optional()
+        })
+        .map_err(writer_error)?;
+    match inserted {
+        Some(row) => Ok((row.try_into()?, true)),
+        None => Ok((load(tx, &task.id)?, false)),
     }
+}
 
-    /// Ends attempts and moves their tasks on (back to the queue, or to a terminal state with the result),
-    /// fenced by each task's epoch. One answer per end, in order.
-    pub async fn end_attempts(&mut self, ends: &[AttemptEnd], now_ms: i64) -> Result<Vec<Result<(), Error>>, Error> {
-        let mut applied: HashSet<String> = HashSet::new();
-        for chunk in ends.chunks(ROWS_PER_STATEMENT) {
-            let requeues: Vec<(&AttemptEnd, i64)> = chunk
-                .iter()
-                .filter_map(|end| match &end.change {
-                    TaskChange::Requeue { not_before_ms } => Some((end, *not_before_ms)),
-                    TaskChange::Finish { .. } => None,
-                })
-                .collect();
-            if !requeues.is_empty() {
-                let mut query = QueryBuilder::<Sqlite>::new(
-                    "UPDATE tasks SET state = 'QUEUED', not_before_ms = v.column3, cancel_requested_at_ms = NULL, \
-                     updated_at_ms = ",
-                );
-                query.push_bind(now_ms).push(" FROM (");
-                query.push_values(&requeues, |mut row, (end, not_before_ms)| {
-                    row.push_bind(end.task_id.as_str()).push_bind(end.task_epoch.0 as i64).push_bind(*not_before_ms);
-                });
-                query.push(
-                    ") AS v WHERE tasks.id = v.column1 AND tasks.epoch = v.column2 \
-                     AND tasks.state IN ('ASSIGNED', 'RUNNING') RETURNING tasks.id",
-                );
-                let ids: Vec<(String,)> = query.build_query_as().fetch_all(&mut *self.tx).await?;
-                applied.extend(ids.into_iter().map(|(id,)| id));
-            }
-            let finishes: Vec<(&AttemptEnd, TaskState, &super::ResultRecord)> = chunk
-                .iter()
-                .filter_map(|end| match &end.change {
-                    TaskChange::Finish { state, result } => Some((end, *state, result)),
-                    TaskChange::Requeue { .. } => None,
-                })
-                .collect();
-            if !finishes.is_empty() {
-                let mut query = QueryBuilder::<Sqlite>::new(
-                    "UPDATE tasks SET state = v.column3, exit_code = v.column4, report = v.column5, \
-                     structured_report = v.column6, start_time_ms = v.column7, duration_ms = v.column8, \
-                     cancel_requested_at_ms = NULL, finished_at_ms = ",
-                );
-                query.push_bind(now_ms).push(", updated_at_ms = ").push_bind(now_ms).push(" FROM (");
-                query.push_values(&finishes, |mut row, (end, state, result)| {
-                    row.push_bind(end.task_id.as_str())
-                        .push_bind(end.task_epoch.0 as i64)
-                        .push_bind(state.as_str())
-                        .push_bind(result.exit_code)
-                        .push_bind(result.report.as_str())
-                        .push_bind(result.structured_report.as_str())
-                        .push_bind(result.start_time_ms)
-                        .push_bind(result.duration_ms);
-                });
-                query.push(
-                    ") AS v WHERE tasks.id = v.column1 AND tasks.epoch = v.column2 \
-                     AND tasks.state IN ('ASSIGNED', 'RUNNING') RETURNING tasks.id",
-                );
-                let ids: Vec<(String,)> = query.build_query_as().fetch_all(&mut *self.tx).await?;
-                let finished: HashSet<String> = ids.into_iter().map(|(id,)| id).collect();
-                let rows: Vec<(&TaskId, i64)> = finishes
-                    .iter()
-                    .filter(|(end, ..)| finished.contains(end.task_id.as_str()))
-                    .map(|(end, _, result)| (&end.task_id, result.start_time_ms))
-                    .collect();
-                self.outbox_added |= enqueue(&self.store, &mut self.tx, OutboxKind::Terminal, &rows, now_ms).await?;
-                self.finished |= !rows.is_empty();
-                applied.extend(finished);
-            }
-            let ended: Vec<&AttemptEnd> = chunk.iter().filter(|e| applied.contains(e.task_id.as_str())).collect();
-            if ended.is_empty() {
-                continue;
-            }
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "UPDATE attempts SET state = v.column3, reason = v.column4, ended_at_ms = ",
-            );
-            query.push_bind(now_ms).push(" FROM (");
-            query.push_values(&ended, |mut row, end| {
-                row.push_bind(end.task_id.as_str())
-                    .push_bind(end.attempt_epoch.0 as i64)
-                    .push_bind(end.attempt_state.as_str())
-                    .push_bind(end.reason.as_str());
-            });
-            query.push(
-                ") AS v WHERE attempts.task_id = v.column1 AND attempts.epoch = v.column2 \
-                 AND attempts.ended_at_ms IS NULL",
-            );
-            query.build().execute(&mut *self.tx).await?;
-        }
-        let mut answers = Vec::with_capacity(ends.len());
-        for end in ends {
-            if applied.contains(end.task_id.as_str()) {
-                answers.push(Ok(()));
-            } else {
-                let task = load_task(&mut self.tx, &end.task_id).await?;
-                answers.push(Err(refusal(&task, end.task_epoch)));
-            }
-        }
-        Ok(answers)
-    }
+fn outbox(tx: &Transaction<'_>, task: &TaskId, kind: &str, start_time_ms: i64, now_ms: i64) -> Result<(), Error> {
+    tx.prepare_cached("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
+        .and_then(|mut s| s.execute(params![task.as_str(), kind, start_time_ms, now_ms]))
+        .map_err(writer_error)?;
+    Ok(())
+}
 
-    /// Makes every change of the group durable (one fsync), then wakes the reporter and the SQS keeper.
-    pub async fn commit(self) -> Result<(), Error> {
-        self.tx.commit().await?;
-        if self.outbox_added {
-            self.store.outbox_added.notify_one();
+fn start(
+    tx: &Transaction<'_>,
+    attempt: &AttemptRef,
+    now_ms: i64,
+    reporting: bool,
+    woken: &mut Woken,
+) -> Result<(), Error> {
+    let epoch = attempt.epoch.0 as i64;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
+        )
+        .and_then(|mut s| s.execute(params![now_ms, attempt.task_id.as_str(), epoch]))
+        .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, &attempt.task_id)?;
+        if task.epoch == attempt.epoch && task.state == TaskState::Running {
+            return Ok(());
         }
-        if self.finished || self.outbox_added {
-            self.store.announce_reported();
-        }
-        Ok(())
+        return Err(refusal(&task, attempt.epoch));
     }
+    if reporting {
+        outbox(tx, &attempt.task_id, "RUNNING", now_ms, now_ms)?;
+        woken.outbox_added = true;
+    }
+    tx.prepare_cached(
+        "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ?) \
+         WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
+    )
+    .and_then(|mut s| s.execute(params![now_ms, attempt.task_id.as_str(), epoch]))
+    .map_err(writer_error)?;
+    Ok(())
+}
+
+fn finish(
+    tx: &Transaction<'_>,
+    end: &AttemptEnd,
+    now_ms: i64,
+    reporting: bool,
+    woken: &mut Woken,
+) -> Result<(), Error> {
+    let (id, epoch) = (end.task_id.as_str(), end.task_epoch.0 as i64);
+    let changed = match &end.change {
+        TaskChange::Requeue { not_before_ms } => tx
+            .prepare_cached(
+                "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
+                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            )
+            .and_then(|mut s| s.execute(params![not_before_ms, now_ms, id, epoch])),
+        TaskChange::Finish { state, result } => tx
+            .prepare_cached(
+                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
+                 duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ?, \
+                 reported_at_ms = ? WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            )
+            .and_then(|mut s| {
+                // With nobody to report to, the result is delivered once it is recorded.
+                let reported_at_ms = (!reporting).then_some(now_ms);
+                s.execute(params![
+                    state.as_str(),
+                    result.exit_code,
+                    result.report,
+                    result.structured_report,
+                    result.start_time_ms,
+                    result.duration_ms,
+                    now_ms,
+                    now_ms,
+                    reported_at_ms,
+                    id,
+                    epoch
+                ])
+            }),
+    }
+    .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, &end.task_id)?;
+        return Err(refusal(&task, end.task_epoch));
+    }
+    tx.prepare_cached(
+        "UPDATE attempts SET state = ?, ended_at_ms = ?, reason = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
+    )
+    .and_then(|mut s| {
+        s.execute(params![end.attempt_state.as_str(), now_ms, end.reason, id, end.attempt_epoch.0 as i64])
+    })
+    .map_err(writer_error)?;
+    if let TaskChange::Finish { result, .. } = &end.change {
+        woken.finished = true;
+        if reporting {
+            outbox(tx, &end.task_id, "TERMINAL", result.start_time_ms, now_ms)?;
+            woken.outbox_added = true;
+        }
+    }
+    Ok(())
+}
+
+fn grant(tx: &Transaction<'_>, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Option<Grant>, Error> {
+    let updated = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'ASSIGNED', epoch = epoch + 1, attempts = attempts + 1, worker_id = ?, \
+             updated_at_ms = ? WHERE id = ? AND state = 'QUEUED' RETURNING *",
+        )
+        .and_then(|mut s| s.query_row(params![worker.as_str(), now_ms, id.as_str()], TaskRow::from_rusqlite).optional())
+        .map_err(writer_error)?;
+    let Some(row) = updated else { return Ok(None) };
+    let task: TaskRecord = row.try_into()?;
+    tx.prepare_cached(
+        "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) VALUES (?, ?, ?, ?, 'ASSIGNED', ?)",
+    )
+    .and_then(|mut s| s.execute(params![id.as_str(), task.attempts as i64, task.epoch.0 as i64, worker.as_str(), now_ms]))
+    .map_err(writer_error)?;
+    Ok(Some(Grant { attempt_number: task.attempts, task }))
 }

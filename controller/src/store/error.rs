@@ -19,4 +19,6 @@ pub enum Error {
     AlreadyFinished { task: TaskId, state: TaskState },
     #[error("stored row is unreadable: {0}")]
     Corrupt(String),
+    #[error("database error (writer): {0}")]
+    Writer(String),
 }

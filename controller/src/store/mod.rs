@@ -11,6 +11,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 mod workers;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,7 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{Notify, watch};
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
-pub use batch::Batch;
+pub use batch::{Turn, TurnWritten};
 pub use error::Error;
 pub use outbox::{OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};
@@ -37,6 +38,8 @@ pub struct Store {
     pool: SqlitePool,
     /// Whether state changes also write GMS outbox rows (GMS reporting is on).
     reporting: bool,
+    /// The engine's turns are written here (its own connection and thread).
+    writer: Arc<writer::Writer>,
     /// Woken after a transaction added outbox rows.
     outbox_added: Arc<Notify>,
     /// Bumped when a task's terminal result was delivered (its SQS message may go). A watch, not a `Notify`: a
@@ -57,7 +60,14 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, reporting, outbox_added: Arc::new(Notify::new()), reported: Arc::new(watch::Sender::new(0)) })
+        let writer = Arc::new(writer::Writer::open(path)?);
+        Ok(Store {
+            pool,
+            reporting,
+            writer,
+            outbox_added: Arc::new(Notify::new()),
+            reported: Arc::new(watch::Sender::new(0)),
+        })
     }
 
     /// Changes whenever a terminal result was delivered (or recorded, with reporting off).

@@ -115,6 +115,35 @@ pub(super) struct TaskRow {
     reported_at_ms: Option<i64>,
 }
 
+impl TaskRow {
+    /// The same row read through the writer's connection (`SELECT *` or `RETURNING *`).
+    pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+        Ok(TaskRow {
+            id: row.get("id")?,
+            task_name: row.get("task_name")?,
+            pool: row.get("pool")?,
+            args_json: row.get("args_json")?,
+            source_type: row.get("source_type")?,
+            requested_at_ms: row.get("requested_at_ms")?,
+            state: row.get("state")?,
+            epoch: row.get("epoch")?,
+            attempts: row.get("attempts")?,
+            worker_id: row.get("worker_id")?,
+            not_before_ms: row.get("not_before_ms")?,
+            created_at_ms: row.get("created_at_ms")?,
+            updated_at_ms: row.get("updated_at_ms")?,
+            exit_code: row.get("exit_code")?,
+            report: row.get("report")?,
+            structured_report: row.get("structured_report")?,
+            start_time_ms: row.get("start_time_ms")?,
+            duration_ms: row.get("duration_ms")?,
+            finished_at_ms: row.get("finished_at_ms")?,
+            cancel_requested_at_ms: row.get("cancel_requested_at_ms")?,
+            reported_at_ms: row.get("reported_at_ms")?,
+        })
+    }
+}
+
 impl TryFrom<TaskRow> for TaskRecord {
     type Error = Error;
     fn try_from(row: TaskRow) -> Result<Self, Error> {
@@ -188,10 +217,8 @@ impl Store {
     /// Records a new QUEUED task; a task with the same id already stored is returned unchanged
     /// (`created = false`): a second submit of the same execution request is the same task.
     pub async fn insert_task(&self, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
-        let mut batch = self.batch().await?;
-        let inserted = batch.insert_tasks(std::slice::from_ref(task), now_ms).await?.pop();
-        batch.commit().await?;
-        inserted.ok_or_else(|| Error::NotFound(task.id.clone()))
+        let turn = super::Turn { new_tasks: vec![task.clone()], ..super::Turn::default() };
+        self.write_turn(turn, now_ms).await?.submitted.pop().ok_or_else(|| Error::NotFound(task.id.clone()))
     }
 
     /// Every QUEUED task, oldest first (to rebuild the in-memory queues at start-up).

@@ -233,9 +233,9 @@ async fn quarantine_keeps_the_reason_and_a_capped_body() {
 }
 
 #[tokio::test]
-async fn one_batch_makes_many_changes_of_each_kind_in_one_commit() {
+async fn one_turn_makes_many_changes_of_each_kind_in_one_commit() {
     let (_dir, store) = open().await;
-    // Held before the batch: a and b granted, a running.
+    // Held before the turn: a and b granted, a running; c queued.
     for task in ["a", "b", "c"] {
         store.insert_task(&new_task(task), 1).await.unwrap();
     }
@@ -243,12 +243,30 @@ async fn one_batch_makes_many_changes_of_each_kind_in_one_commit() {
     store.grant(&id("b"), &worker("w1"), 2).await.unwrap();
     store.start_attempt(&attempt("a", 1), 3).await.unwrap();
 
-    let mut batch = store.batch().await.unwrap();
-    // New tasks, one already known and one named twice in the same batch.
-    let submitted =
-        batch.insert_tasks(&[new_task("d"), new_task("a"), new_task("e"), new_task("d")], 10).await.unwrap();
+    let turn = Turn {
+        // New tasks, one already known and one named twice in the same turn.
+        new_tasks: vec![new_task("d"), new_task("a"), new_task("e"), new_task("d")],
+        // b starts; a repeated start of a running attempt is fine.
+        starts: vec![attempt("b", 1), attempt("a", 1)],
+        // a finishes, b goes back to the queue (after starting in the same turn).
+        ends: vec![
+            finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1"),
+            AttemptEnd {
+                change: TaskChange::Requeue { not_before_ms: 0 },
+                ..finish("b", 1, TaskState::Queued, AttemptState::Lost, "")
+            },
+        ],
+        // The requeued b (a new epoch), the new d, c, and a which is finished (left out).
+        grants: vec![
+            (id("b"), worker("w2")),
+            (id("d"), worker("w2")),
+            (id("a"), worker("w2")),
+            (id("c"), worker("w3")),
+        ],
+    };
+    let written = store.write_turn(turn, 12).await.unwrap();
     let created: Vec<(&str, bool, TaskState)> =
-        submitted.iter().map(|(t, created)| (t.id.as_str(), *created, t.state)).collect();
+        written.submitted.iter().map(|(t, created)| (t.id.as_str(), *created, t.state)).collect();
     assert_eq!(
         created,
         [
@@ -258,34 +276,9 @@ async fn one_batch_makes_many_changes_of_each_kind_in_one_commit() {
             ("d", false, TaskState::Queued)
         ]
     );
-    // b starts; a stale start is refused alone; a repeated start of a running attempt is fine.
-    let started = batch.start_attempts(&[attempt("b", 1), attempt("c", 0), attempt("a", 1)], 11).await.unwrap();
-    assert!(started[0].is_ok() && started[2].is_ok());
-    assert!(matches!(started[1], Err(Error::NotQueued { state: TaskState::Queued, .. })));
-    // a finishes, b goes back to the queue, a stale end is refused alone.
-    let ends = [
-        finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1"),
-        AttemptEnd {
-            change: TaskChange::Requeue { not_before_ms: 0 },
-            ..finish("b", 1, TaskState::Queued, AttemptState::Lost, "")
-        },
-        finish("c", 3, TaskState::Succeeded, AttemptState::Succeeded, "late"),
-    ];
-    let ended = batch.end_attempts(&ends, 12).await.unwrap();
-    assert!(ended[0].is_ok() && ended[1].is_ok());
-    assert!(matches!(ended[2], Err(Error::StaleEpoch { presented: Epoch(3), current: Epoch(0), .. })));
-    // Grants: the requeued b (a new epoch), the new d, and a which is finished (left out).
-    let grants =
-        batch.grant(&[(id("b"), worker("w2")), (id("d"), worker("w2")), (id("a"), worker("w2"))], 13).await.unwrap();
-    let mut granted: Vec<(&str, Epoch, u32)> =
-        grants.iter().map(|g| (g.task.id.as_str(), g.task.epoch, g.attempt_number)).collect();
-    granted.sort();
-    assert_eq!(granted, [("b", Epoch(2), 2), ("d", Epoch(1), 1)]);
-
-    // Nothing is visible before the commit.
-    assert_eq!(store.task(&id("a")).await.unwrap().unwrap().0.state, TaskState::Running);
-    assert!(store.task(&id("d")).await.unwrap().is_none());
-    batch.commit().await.unwrap();
+    let granted: Vec<(&str, Epoch, u32)> =
+        written.granted.iter().map(|g| (g.task.id.as_str(), g.task.epoch, g.attempt_number)).collect();
+    assert_eq!(granted, [("b", Epoch(2), 2), ("d", Epoch(1), 1), ("c", Epoch(1), 1)]);
 
     let (a, a_attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!((a.state, a.result.unwrap().report.as_str()), (TaskState::Failed, "exit 1"));
@@ -293,7 +286,7 @@ async fn one_batch_makes_many_changes_of_each_kind_in_one_commit() {
     let (b, b_attempts) = store.task(&id("b")).await.unwrap().unwrap();
     assert_eq!((b.state, b.epoch, b.worker_id.unwrap().as_str()), (TaskState::Assigned, Epoch(2), "w2"));
     let states: Vec<_> = b_attempts.iter().map(|a| (a.state, a.started_at_ms)).collect();
-    assert_eq!(states, [(AttemptState::Lost, Some(11)), (AttemptState::Assigned, None)]);
+    assert_eq!(states, [(AttemptState::Lost, Some(12)), (AttemptState::Assigned, None)]);
     assert_eq!(store.task(&id("e")).await.unwrap().unwrap().0.state, TaskState::Queued);
     // Outbox: RUNNING for a (before) and b, TERMINAL for a.
     let kinds: Vec<(String, OutboxKind)> =
@@ -303,14 +296,18 @@ async fn one_batch_makes_many_changes_of_each_kind_in_one_commit() {
 }
 
 #[tokio::test]
-async fn a_batch_dropped_without_commit_changes_nothing() {
+async fn a_refused_change_rolls_the_whole_turn_back() {
     let (_dir, store) = open().await;
     store.insert_task(&new_task("a"), 1).await.unwrap();
-    {
-        let mut batch = store.batch().await.unwrap();
-        batch.insert_tasks(&[new_task("b")], 2).await.unwrap();
-        assert_eq!(batch.grant(&[(id("a"), worker("w"))], 3).await.unwrap().len(), 1);
-    }
+    store.insert_task(&new_task("c"), 1).await.unwrap();
+    let turn = Turn {
+        new_tasks: vec![new_task("b")],
+        grants: vec![(id("a"), worker("w"))],
+        ends: vec![finish("c", 3, TaskState::Succeeded, AttemptState::Succeeded, "late")],
+        ..Turn::default()
+    };
+    let refused = store.write_turn(turn, 3).await;
+    assert!(matches!(refused, Err(Error::StaleEpoch { presented: Epoch(3), current: Epoch(0), .. })), "{refused:?}");
     assert!(store.task(&id("b")).await.unwrap().is_none());
     let (a, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!((a.state, a.epoch, attempts.len()), (TaskState::Queued, Epoch(0), 0));
