@@ -126,3 +126,30 @@ async fn many_events_in_flight_from_one_session_are_all_answered_and_recorded() 
     assert_eq!(succeeded, [(TaskState::Succeeded, PoolId::parse("p").unwrap(), 8)]);
     token.cancel();
 }
+
+#[tokio::test]
+async fn a_finished_task_submitted_again_is_not_run_and_its_slot_goes_to_the_next_task() {
+    let (_dir, store, scheduler, token) = start().await;
+    let (session, mut commands) = agent(&scheduler, "w1", 1).await;
+    let worker = WorkerId::parse("w1").unwrap();
+    scheduler.submit(task("a")).await.unwrap();
+    let first = assigned(&mut commands).await;
+    scheduler.ack(&worker, session, first.attempt.clone()).await.get().await.unwrap();
+    let outcome = AttemptResult {
+        status: ResultStatus::Succeeded,
+        record: ResultRecord { exit_code: Some(0), report: "ok".into(), ..ResultRecord::default() },
+    };
+    scheduler.result(&worker, session, first.attempt, outcome).await.get().await.unwrap();
+    scheduler.credit(&worker, session, 1).await;
+
+    // The same execution request again: known and finished, so it is answered as such and never granted.
+    let (again, created) = scheduler.submit(task("a")).await.unwrap();
+    assert_eq!((again.state, created), (TaskState::Succeeded, false));
+    // The slot it was offered (if any) is free again: the next new task takes it.
+    scheduler.submit(task("b")).await.unwrap();
+    let next = assigned(&mut commands).await;
+    assert_eq!((next.attempt.task_id.as_str(), next.attempt.epoch.0), ("b", 1));
+    let (a, attempts) = store.task(&TaskId::parse("a").unwrap()).await.unwrap().unwrap();
+    assert_eq!((a.state, a.epoch.0, attempts.len()), (TaskState::Succeeded, 1, 1));
+    token.cancel();
+}
