@@ -32,7 +32,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect::<Option<_>>()
         .context("--label must be KEY=VALUE")?;
-    let tls = config.tls.files().load()?;
+    let tls_files = config.tls.files();
+    let tls = tls_files.load()?;
     let server_name = match &config.tls_server_name {
         Some(name) => name.clone(),
         None => outpost_common::tls::server_name_of(&config.controller)
@@ -68,6 +69,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let session = SessionConfig {
         controller: config.controller.clone(),
         server_name,
+        tls_files,
         tls,
         worker_id,
         pools,

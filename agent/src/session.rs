@@ -9,7 +9,7 @@ use outpost_common::clock::unix_ms;
 use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
 use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
 use outpost_common::task::ResultStatus;
-use outpost_common::tls::TlsMaterial;
+use outpost_common::tls::{TlsFiles, TlsMaterial};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +25,9 @@ use crate::runner::{Assignment, RunOutcome, Runner, RunnerEvent, StopReason};
 pub struct SessionConfig {
     pub controller: String,
     pub server_name: String,
+    /// Read again before every connection, so rotated certificates are used without a restart.
+    pub tls_files: TlsFiles,
+    /// What the files held at start-up (used while a rotation leaves them unreadable).
     pub tls: TlsMaterial,
     pub worker_id: WorkerId,
     pub pools: Vec<PoolId>,
@@ -96,6 +99,8 @@ enum End {
 /// The agent's state that outlives connections.
 struct Agent {
     config: SessionConfig,
+    /// The certificate, key and CA of the last connection attempt.
+    tls: TlsMaterial,
     runner: Runner,
     events: mpsc::Receiver<RunnerEvent>,
     /// Results not yet accepted by the controller, by task.
@@ -120,6 +125,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
     let mut agent = Agent {
+        tls: config.tls.clone(),
         config,
         runner,
         events,
@@ -254,9 +260,23 @@ impl Agent {
         }
     }
 
+    /// The TLS files as they are now: a rotated certificate is picked up here. Unreadable files (a rotation
+    /// half done) leave the last good ones in use.
+    fn refresh_tls(&mut self) {
+        match self.config.tls_files.load() {
+            Ok(tls) if tls.cert != self.tls.cert => {
+                info!(cert = %self.config.tls_files.cert.display(), "certificate files changed: using the new ones");
+                self.tls = tls;
+            }
+            Ok(tls) => self.tls = tls,
+            Err(e) => warn!(error = %e, "cannot read the certificate files; using the last good ones"),
+        }
+    }
+
     async fn connected(&mut self, shutdown: &CancellationToken) -> Result<End, Error> {
+        self.refresh_tls();
         let endpoint = Endpoint::from_shared(self.config.controller.clone())?
-            .tls_config(self.config.tls.client_config(&self.config.server_name))?
+            .tls_config(self.tls.client_config(&self.config.server_name))?
             .connect_timeout(self.config.connect_timeout);
         let channel = endpoint.connect().await?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel);

@@ -214,6 +214,23 @@ impl Cluster {
         assert!(output.status.success(), "certs {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     }
 
+    /// A second, unrelated CA (with the same CA name) in a temp dir, with the certificates `issue` asks for
+    /// (`certs` subcommands, e.g. `["agent", "--worker-id", "w-1"]`): certificates this cluster must refuse.
+    pub fn other_ca(&self, issue: &[&[&str]]) -> tempfile::TempDir {
+        let other = tempfile::tempdir().expect("temp dir");
+        for args in std::iter::once(&["init"][..]).chain(issue.iter().copied()) {
+            let output = Command::new(&self.bins.controller)
+                .arg("certs")
+                .args(args)
+                .arg("--out")
+                .arg(other.path())
+                .output()
+                .expect("run certs");
+            assert!(output.status.success(), "certs {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        other
+    }
+
     /// (certificate, key) of an agent, issued on first use.
     pub fn agent_cert(&self, worker: &str) -> (PathBuf, PathBuf) {
         let cert = self.certs.join(format!("agent-{worker}.pem"));

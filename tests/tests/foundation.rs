@@ -85,17 +85,7 @@ async fn connections_without_the_right_certificate_are_refused() {
     AdminServiceClient::new(bare).list_workers(pb::ListWorkersRequest {}).await.unwrap_err();
 
     // A certificate from another CA (with the same CA name, so only the signature gives it away).
-    let other = tempfile::tempdir().unwrap();
-    for args in [vec!["init"], vec!["admin", "--name", "ops"]] {
-        let status = std::process::Command::new(&cluster.bins.controller)
-            .arg("certs")
-            .args(&args)
-            .arg("--out")
-            .arg(other.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    let other = cluster.other_ca(&[&["admin", "--name", "ops"]]);
     let foreign = (other.path().join("admin-ops.pem"), other.path().join("admin-ops.key"));
     assert_eq!(
         tls_verdict(controller.addr, &ca, Some((&foreign.0, &foreign.1))).await,
@@ -227,4 +217,31 @@ async fn a_noop_task_needs_no_recipe_and_succeeds_at_once() {
         String::from_utf8_lossy(&output.stderr),
         "error: InvalidArgument: invalid args: RUN_INGEST needs a recipe\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_picks_up_rotated_certificate_files_without_a_restart() {
+    let cluster = Cluster::new(bins!());
+    let controller = cluster.controller("outpost.db", &[]).await;
+    let admin = cluster.admin(&controller).await;
+    // The agent's files first hold a certificate for its worker ID from another CA: the controller refuses it.
+    let (cert, key) = cluster.agent_cert("w-rot");
+    let (good_cert, good_key) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    let other = cluster.other_ca(&[&["agent", "--worker-id", "w-rot"]]);
+    std::fs::copy(other.path().join("agent-w-rot.pem"), &cert).unwrap();
+    std::fs::copy(other.path().join("agent-w-rot.key"), &key).unwrap();
+    let agent = cluster.agent(&controller, "w-rot", "default", 1, &[]);
+    wait_until("the agent's refused connection attempts", Duration::from_secs(30), || {
+        let log = agent.log();
+        async move { (log.matches("connection to the controller failed").count() >= 2).then_some(()) }
+    })
+    .await;
+    // Rotation: the right certificate is written to the same files; the running agent uses it on its next try.
+    std::fs::write(&key, good_key).unwrap();
+    std::fs::write(&cert, good_cert).unwrap();
+    wait_workers(&admin, 1).await;
+    // The same process: it failed with the old files, then switched to the new ones.
+    let log = agent.log();
+    let switched = log.find("certificate files changed: using the new ones").expect("the switch is logged");
+    assert!(log[..switched].contains("connection to the controller failed"), "{log}");
 }
