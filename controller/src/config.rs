@@ -94,6 +94,12 @@ pub struct RunConfig {
     /// Application-level keepalive cadence on agent streams, both ways.
     #[arg(long, env = "OUTPOST_KEEPALIVE_INTERVAL", value_parser = duration::parse, default_value = "15s")]
     pub keepalive_interval: Duration,
+    /// How often the TLS certificate, key and CA files are checked for changes (a rotation needs no restart).
+    #[arg(long, env = "OUTPOST_TLS_RELOAD_INTERVAL", value_parser = duration::parse, default_value = "30s")]
+    pub tls_reload_interval: Duration,
+    /// A TLS handshake not finished within this time is dropped.
+    #[arg(long, env = "OUTPOST_TLS_HANDSHAKE_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub tls_handshake_timeout: Duration,
     /// An agent stream that sends no Hello within this time is closed.
     #[arg(long, env = "OUTPOST_HELLO_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub hello_timeout: Duration,
@@ -242,6 +248,8 @@ impl RunConfig {
             ("--lease-ttl", self.lease_ttl),
             ("--keepalive-interval", self.keepalive_interval),
             ("--hello-timeout", self.hello_timeout),
+            ("--tls-reload-interval", self.tls_reload_interval),
+            ("--tls-handshake-timeout", self.tls_handshake_timeout),
             ("--ack-deadline", self.ack_deadline),
             ("--cancel-timeout", self.cancel_timeout),
             ("--sweep-interval", self.sweep_interval),

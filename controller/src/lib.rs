@@ -32,7 +32,7 @@ use crate::store::Store;
 /// waiting for each under the shutdown timeout.
 pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    let tls = config.tls.files().load()?;
+    let tls = std::sync::Arc::new(grpc::tls::Reloading::load(config.tls.files())?);
     let reporting = config.gms_url.is_some();
     let store = Store::open(&config.db, reporting).await.with_context(|| format!("opening {}", config.db.display()))?;
     let logs = LogTails::new(config.gms_max_report_bytes);
@@ -144,8 +144,13 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     }
     metrics.set_ready(true);
     let grpc_token = token.child_token();
-    let serve_config =
-        grpc::ServeConfig { tls, trust_domain: config.trust_domain.clone(), hello_timeout: config.hello_timeout };
+    let serve_config = grpc::ServeConfig {
+        tls,
+        tls_reload_interval: config.tls_reload_interval,
+        tls_handshake_timeout: config.tls_handshake_timeout,
+        trust_domain: config.trust_domain.clone(),
+        hello_timeout: config.hello_timeout,
+    };
     let serve = grpc::serve(serve_config, listener, scheduler, logs, metrics.clone(), grpc_token.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = serve.await {

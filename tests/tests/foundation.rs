@@ -245,3 +245,45 @@ async fn an_agent_picks_up_rotated_certificate_files_without_a_restart() {
     let switched = log.find("certificate files changed: using the new ones").expect("the switch is logged");
     assert!(log[..switched].contains("connection to the controller failed"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_picks_up_rotated_certificate_files_without_a_restart() {
+    let cluster = Cluster::new(bins!());
+    let controller = cluster.controller("outpost.db", &["--tls-reload-interval", "200ms"]).await;
+    let old_admin = cluster.admin_tls();
+    // Rotation to a new CA: the controller's key, certificate and CA files are replaced in place.
+    let other = cluster.other_ca(&[&["admin", "--name", "ops"]]);
+    for name in ["controller.key", "controller.pem", "ca.pem"] {
+        std::fs::copy(other.path().join(name), cluster.certs.join(name)).unwrap();
+    }
+    let new_admin = outpost_common::tls::TlsFiles {
+        cert: other.path().join("admin-ops.pem"),
+        key: other.path().join("admin-ops.key"),
+        ca: other.path().join("ca.pem"),
+    };
+    // New connections get the new certificate and must present one from the new CA...
+    wait_until("the controller to serve the new certificate", Duration::from_secs(30), || {
+        let (url, tls) = (controller.url(), new_admin.clone());
+        async move {
+            let channel = channel(&url, &tls).await.ok()?;
+            AdminServiceClient::new(channel).list_workers(pb::ListWorkersRequest {}).await.ok().map(|_| ())
+        }
+    })
+    .await;
+    // ...so the old CA's certificates are refused now (same CA name: only the signature gives them away).
+    assert_eq!(
+        tls_verdict(controller.addr, &new_admin.ca, Some((&old_admin.cert, &old_admin.key))).await,
+        "received fatal alert: DecryptError"
+    );
+    assert!(controller.proc.log().contains("TLS files changed: new connections use the new certificate"));
+
+    // A rotation gone wrong (an unreadable certificate) keeps the last good one in use.
+    std::fs::write(cluster.certs.join("controller.pem"), "not a certificate").unwrap();
+    wait_until("the broken files to be noticed", Duration::from_secs(30), || {
+        let log = controller.proc.log();
+        async move { log.contains("TLS files changed but cannot be used; keeping the previous certificate").then_some(()) }
+    })
+    .await;
+    let channel = channel(&controller.url(), &new_admin).await.unwrap();
+    AdminServiceClient::new(channel).list_workers(pb::ListWorkersRequest {}).await.unwrap();
+}

@@ -6,13 +6,12 @@ mod agent_service;
 mod convert;
 pub mod identity;
 pub mod status;
+pub mod tls;
 
 use std::time::Duration;
 
 use outpost_common::pb;
-use outpost_common::tls::TlsMaterial;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -23,8 +22,6 @@ use crate::sources::local::LocalQueue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("TLS setup failed: {0}")]
-    Tls(#[source] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
@@ -33,7 +30,10 @@ pub enum Error {
 
 /// What the gRPC server needs.
 pub struct ServeConfig {
-    pub tls: TlsMaterial,
+    /// The server's TLS settings, re-read from their files when they change.
+    pub tls: std::sync::Arc<tls::Reloading>,
+    pub tls_reload_interval: Duration,
+    pub tls_handshake_timeout: Duration,
     pub trust_domain: String,
     pub hello_timeout: Duration,
 }
@@ -75,15 +75,15 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let incoming =
+        tls::incoming(listener, config.tls, config.tls_handshake_timeout, config.tls_reload_interval, token.clone());
     Server::builder()
-        .tls_config(config.tls.server_config())
-        .map_err(Error::Tls)?
         .add_service(agent)
         .add_service(admin)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
         .await
         .map_err(Error::Serve)
 }

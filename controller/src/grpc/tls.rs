@@ -1,0 +1,114 @@
+//! The server side of mTLS: accepts TCP connections, completes the TLS handshake with the latest good
+//! configuration, and hands the streams to the gRPC server. The certificate, key and CA files are re-read when
+//! they change (checked every `--tls-reload-interval`), so a rotation needs no restart; files that cannot be used
+//! keep the previous configuration. Never looks at identities (that is `identity.rs`, per request).
+
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use outpost_common::tls::TlsFiles;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// When each file last changed, as far as the file system says (modification time and size).
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(files: &TlsFiles) -> Stamp {
+    [&files.cert, &files.key, &files.ca]
+        .iter()
+        .map(|path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .collect()
+}
+
+/// The TLS settings of the server and the files they come from.
+pub struct Reloading {
+    files: TlsFiles,
+    current: RwLock<(Arc<ServerConfig>, Stamp)>,
+}
+
+impl Reloading {
+    /// Loads the files now; they must be usable at start-up.
+    pub fn load(files: TlsFiles) -> Result<Reloading, outpost_common::tls::Error> {
+        let seen = stamp(&files);
+        let config = files.load()?.rustls_server_config()?;
+        Ok(Reloading { files, current: RwLock::new((config, seen)) })
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Re-reads the files if they changed since the last look. Returns whether a new configuration is in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamp(&self.files);
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).1 == now {
+            return false;
+        }
+        let loaded = self.files.load().and_then(|material| material.rustls_server_config());
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        // Either way this version of the files has been looked at; a fix will change them again.
+        current.1 = now;
+        match loaded {
+            Ok(config) => {
+                current.0 = config;
+                info!(cert = %self.files.cert.display(), "TLS files changed: new connections use the new certificate");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "TLS files changed but cannot be used; keeping the previous certificate");
+                false
+            }
+        }
+    }
+}
+
+/// Accepted and handshaken connections, until `token` is cancelled.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<Reloading>,
+    handshake_timeout: Duration,
+    reload_interval: Duration,
+    token: CancellationToken,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    let (streams, received) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut reload = tokio::time::interval(reload_interval);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = reload.tick() => {
+                    tls.reload_if_changed();
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let acceptor = TlsAcceptor::from(tls.config());
+                        let streams = streams.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => {
+                                    let _ = streams.send(Ok(stream)).await;
+                                }
+                                Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                    // Out of file descriptors and the like: the listener itself is fine; try again shortly.
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    });
+    ReceiverStream::new(received)
+}
