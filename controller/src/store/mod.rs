@@ -102,8 +102,9 @@ impl Store {
         sqlx::query(sql).execute(&self.pool).await.unwrap();
     }
 
-    /// Closes every connection, checkpointing the WAL.
+    /// Closes every connection (the writer's after its pending jobs), checkpointing the WAL.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

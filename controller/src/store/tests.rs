@@ -331,3 +331,18 @@ async fn a_delivery_pass_retires_and_reschedules_its_rows_in_one_go() {
     let again = store.due_outbox(500, 10).await.unwrap();
     assert_eq!((again.len(), again[0].tries, &again[0].task_id), (1, 1, &due[1].task_id));
 }
+
+#[tokio::test]
+async fn close_waits_for_the_writer_and_leaves_a_checkpointed_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path, false).await.unwrap();
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    store.close().await;
+    let refused = store.insert_task(&new_task("b"), 2).await;
+    assert!(matches!(&refused, Err(Error::Writer(why)) if why == "the writer is closed"), "{refused:?}");
+    // Every connection is closed: SQLite folded the WAL into the database file and removed it.
+    assert!(!dir.path().join("t.db-wal").exists());
+    let reopened = Store::open(&path, false).await.unwrap();
+    assert_eq!(reopened.queued_tasks().await.unwrap().len(), 1);
+}
