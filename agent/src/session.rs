@@ -264,11 +264,12 @@ impl Agent {
     /// half done) leave the last good ones in use.
     fn refresh_tls(&mut self) {
         match self.config.tls_files.load() {
-            Ok(tls) if tls.cert != self.tls.cert => {
-                info!(cert = %self.config.tls_files.cert.display(), "certificate files changed: using the new ones");
+            Ok(tls) => {
+                if tls.cert != self.tls.cert {
+                    info!(cert = %self.config.tls_files.cert.display(), "certificate files changed: using the new ones");
+                }
                 self.tls = tls;
             }
-            Ok(tls) => self.tls = tls,
             Err(e) => warn!(error = %e, "cannot read the certificate files; using the last good ones"),
         }
     }

@@ -20,18 +20,9 @@ pub async fn dispatch(tasks: usize) -> anyhow::Result<()> {
     for i in 0..tasks {
         let started = Instant::now();
         admin.submit_task(noop(format!("d{i}"), "bench")).await?;
-        let assign = loop {
-            if let In::Assign(assign) = agent.next().await? {
-                break assign;
-            }
-        };
+        let assign = agent.next_assign().await?;
         latencies.push(started.elapsed());
-        agent.complete(&assign.attempt).await?;
-        loop {
-            if let In::ResultAccepted(_) = agent.next().await? {
-                break;
-            }
-        }
+        agent.complete_accepted(&assign.attempt).await?;
         agent.send(Out::Credit(pb::Credit { credits: 1 })).await?;
     }
     latencies.sort();
@@ -296,18 +287,9 @@ pub async fn detection(trials: usize, lease_ttl: &str) -> anyhow::Result<()> {
         drop((outbound, inbound));
         let died = Instant::now();
         standby.send(Out::Credit(pb::Credit { credits: 1 })).await?;
-        let regrant = loop {
-            if let In::Assign(a) = standby.next().await? {
-                break a;
-            }
-        };
+        let regrant = standby.next_assign().await?;
         delays.push(died.elapsed());
-        standby.complete(&regrant.attempt).await?;
-        loop {
-            if let In::ResultAccepted(_) = standby.next().await? {
-                break;
-            }
-        }
+        standby.complete_accepted(&regrant.attempt).await?;
     }
     heartbeat.abort();
     delays.sort();

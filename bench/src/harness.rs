@@ -194,6 +194,25 @@ impl Session {
         }
     }
 
+    /// The next Assign, skipping anything else.
+    pub async fn next_assign(&mut self) -> anyhow::Result<pb::Assign> {
+        loop {
+            if let In::Assign(assign) = self.next().await? {
+                return Ok(assign);
+            }
+        }
+    }
+
+    /// Completes an assignment (see [`Session::complete`]) and waits until the controller accepted a result.
+    pub async fn complete_accepted(&mut self, attempt: &Option<pb::AttemptRef>) -> anyhow::Result<()> {
+        self.complete(attempt).await?;
+        loop {
+            if let In::ResultAccepted(_) = self.next().await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// Acks an assignment and reports it SUCCEEDED at once (a no-op run).
     pub async fn complete(&self, attempt: &Option<pb::AttemptRef>) -> anyhow::Result<()> {
         self.send(Out::Ack(pb::Ack { attempt: attempt.clone() })).await?;

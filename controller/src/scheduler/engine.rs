@@ -701,7 +701,7 @@ impl Engine {
     /// of the turn happened: every answer says so, and queues and leases are reloaded from the store.
     async fn flush(&mut self) {
         let mut plan = std::mem::take(&mut self.plan);
-        let picks = if self.can_dispatch() { self.pick() } else { Vec::new() };
+        let picks = self.pick();
         if !plan.has_writes() && picks.is_empty() {
             plan.settle(Vec::new(), None);
             return;
@@ -739,11 +739,6 @@ impl Engine {
                 self.resync().await;
             }
         }
-    }
-
-    /// Whether a ready task and an agent with credit might meet.
-    fn can_dispatch(&self) -> bool {
-        !self.queue.ready_pools().is_empty() && self.sessions.values().any(|s| s.credits > 0 && !s.draining)
     }
 
     /// Chooses agents for ready tasks until either runs out, taking the tasks off the queue and the credits

@@ -40,6 +40,14 @@ fn task(id: &str) -> NewTask {
     }
 }
 
+/// A run that exited 0.
+fn succeeded() -> AttemptResult {
+    AttemptResult {
+        status: ResultStatus::Succeeded,
+        record: ResultRecord { exit_code: Some(0), report: "ok".into(), ..ResultRecord::default() },
+    }
+}
+
 async fn start() -> (tempfile::TempDir, Store, Scheduler, CancellationToken) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db"), false).await.unwrap();
@@ -113,11 +121,7 @@ async fn many_events_in_flight_from_one_session_are_all_answered_and_recorded() 
     for _ in 0..8 {
         let assignment = assigned(&mut commands).await;
         acks.push(scheduler.ack(&worker, session, assignment.attempt.clone()).await);
-        let outcome = AttemptResult {
-            status: ResultStatus::Succeeded,
-            record: ResultRecord { exit_code: Some(0), report: "ok".into(), ..ResultRecord::default() },
-        };
-        results.push(scheduler.result(&worker, session, assignment.attempt, outcome).await);
+        results.push(scheduler.result(&worker, session, assignment.attempt, succeeded()).await);
     }
     for answer in acks.into_iter().chain(results) {
         answer.get().await.unwrap();
@@ -135,11 +139,7 @@ async fn a_finished_task_submitted_again_is_not_run_and_its_slot_goes_to_the_nex
     scheduler.submit(task("a")).await.unwrap();
     let first = assigned(&mut commands).await;
     scheduler.ack(&worker, session, first.attempt.clone()).await.get().await.unwrap();
-    let outcome = AttemptResult {
-        status: ResultStatus::Succeeded,
-        record: ResultRecord { exit_code: Some(0), report: "ok".into(), ..ResultRecord::default() },
-    };
-    scheduler.result(&worker, session, first.attempt, outcome).await.get().await.unwrap();
+    scheduler.result(&worker, session, first.attempt, succeeded()).await.get().await.unwrap();
     scheduler.credit(&worker, session, 1).await;
 
     // The same execution request again: known and finished, so it is answered as such and never granted.

@@ -4,7 +4,7 @@
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, TaskState};
 
-use super::outbox::{OutboxKind, enqueue};
+use super::outbox::enqueue_terminal;
 use super::tasks::{TaskRecord, load_task};
 use super::{Error, Store};
 
@@ -135,7 +135,7 @@ impl Store {
             let task = load_task(&mut tx, id).await?;
             return Err(refusal(&task, task.epoch));
         }
-        enqueue(self, &mut tx, OutboxKind::Terminal, &[(id, now_ms)], now_ms).await?;
+        enqueue_terminal(self, &mut tx, id, now_ms, now_ms).await?;
         tx.commit().await?;
         self.outbox_added.notify_one();
         self.announce_reported();

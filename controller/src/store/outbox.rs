@@ -51,32 +51,27 @@ struct OutboxRow {
     tries: i64,
 }
 
-/// Adds outbox rows (one per `(task, start time)`) inside a state change's transaction, when reporting is on;
-/// with reporting off, a terminal change counts as delivered at once. Returns whether rows were added.
-pub(super) async fn enqueue(
+/// A task ended (inside the transaction that ended it, outside the writer's turns — a cancel of a queued task):
+/// its terminal result waits in the outbox for the reporter or, with reporting off, counts as delivered at once.
+pub(super) async fn enqueue_terminal(
     store: &Store,
     tx: &mut Transaction<'_, Sqlite>,
-    kind: OutboxKind,
-    rows: &[(&TaskId, i64)],
+    task: &TaskId,
+    start_time_ms: i64,
     now_ms: i64,
-) -> Result<bool, Error> {
-    if rows.is_empty() {
-        return Ok(false);
-    }
+) -> Result<(), Error> {
     if !store.reporting {
-        if kind == OutboxKind::Terminal {
-            // Nobody to report to: the result is delivered once it is recorded.
-            mark_reported(tx, rows.iter().map(|(task, _)| *task), now_ms).await?;
-        }
-        return Ok(false);
+        // Nobody to report to: the result is delivered once it is recorded.
+        return mark_reported(tx, std::iter::once(task), now_ms).await;
     }
-    let mut query =
-        QueryBuilder::<Sqlite>::new("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) ");
-    query.push_values(rows, |mut row, (task, start_time_ms)| {
-        row.push_bind(task.as_str()).push_bind(kind.as_str()).push_bind(*start_time_ms).push_bind(now_ms);
-    });
-    query.build().execute(&mut **tx).await?;
-    Ok(true)
+    sqlx::query("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
+        .bind(task.as_str())
+        .bind(OutboxKind::Terminal.as_str())
+        .bind(start_time_ms)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Marks tasks' terminal results delivered (their SQS messages may go).
