@@ -144,6 +144,49 @@ impl From<ResultStatus> for AttemptState {
     }
 }
 
+/// Why a change about a task was refused. One type from the life-cycle rules through the store's fences to the
+/// gRPC status: a refusal changes nothing and is never an internal error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The change is about an older attempt: the task is now at epoch `current`.
+    StaleEpoch { current: crate::ids::Epoch },
+    /// The task is not held by an agent (queued), or by another one.
+    NotHeld { state: TaskState },
+    /// The task already finished.
+    Terminal { state: TaskState },
+    /// Only a finished task can be run again.
+    NotFinished { state: TaskState },
+    /// The change needs a task waiting in the queue (a grant, the cancel of a queued task).
+    NotQueued { state: TaskState },
+}
+
+/// A refusal with what it was about: the task and, for an agent's message, the epoch it presented.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct Refused {
+    pub task: crate::ids::TaskId,
+    pub presented: Option<crate::ids::Epoch>,
+    pub refusal: Refusal,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let task = &self.task;
+        match (self.refusal, self.presented) {
+            (Refusal::StaleEpoch { current }, Some(epoch)) => {
+                write!(f, "attempt {task}@{epoch} is stale: the task is now at epoch {current}")
+            }
+            (Refusal::StaleEpoch { current }, None) => write!(f, "task {task} is now at epoch {current}"),
+            (Refusal::NotHeld { .. }, Some(epoch)) => write!(f, "attempt {task}@{epoch} is not held by this worker"),
+            (Refusal::NotHeld { state }, None) => write!(f, "task {task} is {state}, not held by an agent"),
+            (Refusal::NotQueued { state }, _) => write!(f, "task {task} is {state}, not QUEUED"),
+            (Refusal::Terminal { state }, _) => write!(f, "task {task} already finished as {state}"),
+            (Refusal::NotFinished { state }, _) => {
+                write!(f, "task {task} is {state}: only a finished task can be retried")
+            }
+        }
+    }
+}
+
 /// Task names the agent knows how to run.
 pub const RUN_INGEST: &str = "RUN_INGEST";
 pub const TEST_CONNECTION: &str = "TEST_CONNECTION";

@@ -55,20 +55,29 @@ impl From<Loss> for RetryReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GmsOutcome {
     Delivered,
-    /// 422: already terminal there.
-    Rejected,
+    /// 422 "immutable state": GMS already has a final status (settled, not retried).
+    AlreadyTerminal,
+    /// GMS refused the payload for good (400, 413, another 422): recorded on the task as a delivery failure.
+    Refused,
     Unauthorized,
+    /// Retried later (outage, timeout, 404).
     Failed,
 }
 
 impl GmsOutcome {
-    const ALL: [GmsOutcome; 4] =
-        [GmsOutcome::Delivered, GmsOutcome::Rejected, GmsOutcome::Unauthorized, GmsOutcome::Failed];
+    const ALL: [GmsOutcome; 5] = [
+        GmsOutcome::Delivered,
+        GmsOutcome::AlreadyTerminal,
+        GmsOutcome::Refused,
+        GmsOutcome::Unauthorized,
+        GmsOutcome::Failed,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             GmsOutcome::Delivered => "delivered",
-            GmsOutcome::Rejected => "rejected",
+            GmsOutcome::AlreadyTerminal => "already_terminal",
+            GmsOutcome::Refused => "refused",
             GmsOutcome::Unauthorized => "unauthorized",
             GmsOutcome::Failed => "failed",
         }
@@ -95,7 +104,7 @@ struct Inner {
     grants: AtomicU64,
     connected_agents: AtomicU64,
     sqs_calls: [AtomicU64; 4],
-    gms_writes: [[AtomicU64; 4]; 3],
+    gms_writes: [[AtomicU64; 5]; 3],
     ready: AtomicBool,
 }
 

@@ -69,6 +69,7 @@ pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
         reported_unix_ms: task.reported_at_ms.unwrap_or_default(),
         log_tail: String::new(),
         not_before_unix_ms: if task.state == TaskState::Queued { task.not_before_ms } else { 0 },
+        delivery_failure: task.delivery_failure.unwrap_or_default(),
     }
 }
 

@@ -63,6 +63,7 @@ fn task_json(t: &pb::Task) -> Value {
         "id": t.id, "urn": t.urn, "task": t.task, "pool": t.pool, "state": state_name(t.state), "epoch": t.epoch,
         "attempts": t.attempts, "workerId": t.worker_id, "args": t.args, "sourceType": t.source_type,
         "createdUnixMs": t.created_unix_ms, "updatedUnixMs": t.updated_unix_ms,
+        "reportedUnixMs": t.reported_unix_ms, "deliveryFailure": t.delivery_failure,
         "attemptHistory": t.attempt_history.iter().map(|a| json!({
             "number": a.number, "epoch": a.epoch, "workerId": a.worker_id, "state": a.state,
             "assignedUnixMs": a.assigned_unix_ms, "startedUnixMs": a.started_unix_ms, "endedUnixMs": a.ended_unix_ms,
@@ -239,6 +240,9 @@ pub fn task(task: &pb::Task, as_json: bool) {
     if let Some(r) = &task.result {
         println!("{:<10}{}", "EXIT CODE", r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
         println!("{:<10}{} ms", "DURATION", r.duration_ms);
+    }
+    if !task.delivery_failure.is_empty() {
+        println!("{:<10}{}", "GMS", format_args!("refused for good: {}", task.delivery_failure));
     }
     if !task.attempt_history.is_empty() {
         println!();

@@ -35,25 +35,66 @@ impl fmt::Debug for Token {
 /// How a GMS call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// 422: GMS refused the change (for a result: it is already terminal).
-    #[error("GMS refused the change (HTTP 422): {0}")]
-    Rejected(String),
+    /// 422 "Invalid update to immutable state": the request already has a terminal status there.
+    #[error("GMS already has a final status for this request (HTTP 422): {0}")]
+    AlreadyTerminal(String),
+    /// 422 (Rest.li) or 412 (OpenAPI) "Expected version …": a conditional write lost to another writer.
+    #[error("GMS refused the write: the aspect changed since it was read (HTTP {status}): {body}")]
+    PreconditionFailed { status: u16, body: String },
+    /// 413: the payload is too large for GMS (or a proxy in front of it).
+    #[error("GMS refused the payload as too large (HTTP 413): {0}")]
+    TooLarge(String),
     /// 401/403: the token is missing, wrong or lacks privileges. Keeps failing until someone fixes it.
     #[error("GMS refused our credentials (HTTP {status}): {body}; check DATAHUB_GMS_TOKEN")]
     Unauthorized { status: u16, body: String },
-    /// 408, 429, 5xx and transport errors: worth retrying.
+    /// 404: nothing answers at this path (a wrong --gms-url, or GMS starting behind a proxy).
+    #[error("GMS answered HTTP 404 for {path}: {body}; check DATAHUB_GMS_URL")]
+    NoSuchEndpoint { path: String, body: String },
+    /// 408, 429, 5xx and transport errors (timeouts included): worth retrying.
     #[error("GMS is unavailable: {0}")]
     Unavailable(String),
-    /// Any other answer.
-    #[error("GMS answered HTTP {status}: {body}")]
-    Other { status: u16, body: String },
+    /// Any other answer (400, another 422, 409, 415, …): GMS refused this payload; sending it again cannot help.
+    #[error("GMS refused the write (HTTP {status}): {body}")]
+    Invalid { status: u16, body: String },
     #[error("GMS answered with a body we cannot read: {0}")]
     BadResponse(String),
 }
 
+/// What to do about a failed write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// GMS already has a final status: the write is settled, nothing more to send.
+    Settled,
+    /// It may succeed later (an outage, credentials or a URL an operator can fix): retry with backoff.
+    Retry,
+    /// This payload can never succeed: stop sending it and record why.
+    GiveUp,
+}
+
 impl Error {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Unauthorized { .. })
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            Error::AlreadyTerminal(_) => Disposition::Settled,
+            Error::Unavailable(_)
+            | Error::Unauthorized { .. }
+            | Error::NoSuchEndpoint { .. }
+            | Error::BadResponse(_) => Disposition::Retry,
+            Error::PreconditionFailed { .. } | Error::TooLarge(_) | Error::Invalid { .. } => Disposition::GiveUp,
+        }
+    }
+}
+
+/// Sorts an HTTP answer that is not 2xx into an [`Error`] (the body already cut short).
+fn classify(status: u16, path: &str, body: String) -> Error {
+    match status {
+        422 if body.contains("Expected version") => Error::PreconditionFailed { status, body },
+        412 => Error::PreconditionFailed { status, body },
+        422 if body.contains("immutable state") || body.contains("Denied update") => Error::AlreadyTerminal(body),
+        413 => Error::TooLarge(body),
+        401 | 403 => Error::Unauthorized { status, body },
+        404 => Error::NoSuchEndpoint { path: path.to_owned(), body },
+        408 | 429 | 500..=599 => Error::Unavailable(format!("HTTP {status}: {body}")),
+        _ => Error::Invalid { status, body },
     }
 }
 
@@ -101,10 +142,7 @@ impl Client {
         let text = response.text().await.unwrap_or_default();
         match status {
             200..=299 => Ok(text),
-            422 => Err(Error::Rejected(short(&text))),
-            401 | 403 => Err(Error::Unauthorized { status, body: short(&text) }),
-            408 | 429 | 500..=599 => Err(Error::Unavailable(format!("HTTP {status}: {}", short(&text)))),
-            _ => Err(Error::Other { status, body: short(&text) }),
+            _ => Err(classify(status, path, short(&text))),
         }
     }
 
@@ -166,10 +204,31 @@ mod tests {
     }
 
     #[test]
-    fn only_outages_and_credentials_are_retried() {
-        assert!(Error::Unavailable("x".into()).is_retryable());
-        assert!(Error::Unauthorized { status: 401, body: String::new() }.is_retryable());
-        assert!(!Error::Rejected("terminal".into()).is_retryable());
-        assert!(!Error::Other { status: 400, body: String::new() }.is_retryable());
+    fn every_answer_is_sorted_into_settled_retry_or_give_up() {
+        use Disposition::*;
+        let immutable = "Failed to validate MCP due to: Invalid update to immutable state for aspect \
+                         dataHubExecutionRequestResult ... Denied update.";
+        let version = "Failed to validate MCP due to: ValidationExceptionCollection{... \
+                       AspectValidationException(subType=PRECONDITION, msg=Expected version -1, actual version 1)]}";
+        let table = [
+            (422, immutable, Settled),
+            (422, version, GiveUp),
+            (412, "{\"error\":\"Precondition Error\"}", GiveUp),
+            (422, "some other validation failure", GiveUp),
+            (400, "bad request", GiveUp),
+            (413, "Request Entity Too Large", GiveUp),
+            (409, "conflict", GiveUp),
+            (401, "", Retry),
+            (403, "", Retry),
+            (404, "", Retry),
+            (408, "", Retry),
+            (429, "", Retry),
+            (500, "", Retry),
+            (503, "", Retry),
+        ];
+        for (status, body, want) in table {
+            assert_eq!(classify(status, "/aspects", body.to_owned()).disposition(), want, "HTTP {status} {body}");
+        }
+        assert_eq!(Error::Unavailable("timed out".into()).disposition(), Retry);
     }
 }

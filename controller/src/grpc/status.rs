@@ -6,9 +6,7 @@ use crate::scheduler::Error;
 
 pub fn from_scheduler(error: Error) -> Status {
     let code = match &error {
-        Error::StaleEpoch { .. } | Error::NotHeld { .. } | Error::Finished { .. } | Error::NotFinished { .. } => {
-            Code::FailedPrecondition
-        }
+        Error::Refused(_) => Code::FailedPrecondition,
         Error::NotFound(_) | Error::NoSuchWorker(_) => Code::NotFound,
         Error::SessionGone => Code::Aborted,
         Error::ShuttingDown | Error::NotDurable(_) => Code::Unavailable,

@@ -1,24 +1,29 @@
 //! The reporter: delivers the GMS outbox (RUNNING when an attempt starts, the terminal result when a task ends)
-//! in order per task, retrying through outages and restarts with backoff and jitter, and sends RUNNING progress
-//! with the log tail every progress interval. It reads the store and the log tails; nothing calls it from a
-//! request path — it wakes on the store's outbox notification.
+//! in order per task, and — in a task of its own, so a slow GMS never holds terminal writes behind them — sends
+//! RUNNING progress with the log tail every progress interval. Every GMS answer is classified
+//! (`gms::Disposition`): outages, timeouts and credentials are retried with capped backoff; "already final" is
+//! settled; a payload GMS can never accept is given up, recorded on the task, and stops blocking the task's later
+//! writes and its SQS message. It reads the store and the log tails; nothing calls it from a request path.
 
 mod payload;
+mod progress;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-
 use outpost_common::clock::unix_ms;
-use outpost_common::task::TaskState;
+use outpost_common::ids::TaskId;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::gms;
+use crate::gms::{self, Disposition};
 use crate::logs::LogTails;
 use crate::metrics::{GmsOutcome, Metrics};
-use crate::store::{OutboxEntry, OutboxKind, Store};
+use crate::store::{Delivery, OutboxEntry, OutboxKind, Store, TaskRecord};
 
 /// The reporter's settings.
 #[derive(Clone, Debug)]
@@ -28,44 +33,52 @@ pub struct Config {
     pub retry_backoff_max: Duration,
     pub max_report_bytes: usize,
     pub max_structured_bytes: usize,
-    /// GMS writes in flight at once (of different tasks).
+    /// GMS writes in flight at once (of different tasks), for deliveries and for progress each.
     pub concurrency: usize,
 }
 
+/// One write at a time per task, across the delivery and progress tasks: a RUNNING progress write in flight
+/// is finished before the task's terminal write goes out (GMS would let a late RUNNING overwrite FAILURE).
+#[derive(Clone, Default)]
+struct TaskLocks(Arc<Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl TaskLocks {
+    fn of(&self, task: &TaskId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget locks nobody holds or waits for.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(task.clone()).or_default().clone()
+    }
+}
+
+#[derive(Clone)]
 pub struct Reporter {
     store: Store,
     gms: gms::Client,
     logs: LogTails,
     metrics: Metrics,
     config: Config,
-}
-
-/// What became of one outbox row.
-enum Sent {
-    Delivered,
-    Retry(String),
+    locks: TaskLocks,
 }
 
 impl Reporter {
     pub fn new(store: Store, gms: gms::Client, logs: LogTails, metrics: Metrics, config: Config) -> Reporter {
-        Reporter { store, gms, logs, metrics, config }
+        Reporter { store, gms, logs, metrics, config, locks: TaskLocks::default() }
     }
 
-    /// Delivers until `token` is cancelled; then makes one last delivery pass and returns.
+    /// Delivers (and sends progress) until `token` is cancelled; then makes one last delivery pass and returns.
     pub async fn run(self, token: CancellationToken) {
+        let progress = tokio::spawn(self.clone().progress_loop(token.clone()));
         let added = self.store.outbox_added();
-        let mut progress = tokio::time::interval(self.config.progress_interval);
-        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        progress.tick().await;
         loop {
             let wait = self.deliver_due().await;
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = added.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = progress.tick() => self.send_progress().await,
             }
         }
+        let _ = progress.await;
         self.deliver_due().await;
         debug!("reporter stopped");
     }
@@ -76,13 +89,12 @@ impl Reporter {
     }
 
     /// Sends every due row, in order per task (a read returns only the oldest row of each task, so the rows of
-    /// one read are of different tasks and go out concurrently); then retires them in one transaction. Returns
+    /// one read are of different tasks and go out concurrently); then settles them in one transaction. Returns
     /// how long until the next row is due (at most a second, so rows added by another process are never
     /// missed for long).
     async fn deliver_due(&self) -> Duration {
         loop {
-            let now = unix_ms();
-            let due = match self.store.due_outbox(now, 100).await {
+            let due = match self.store.due_outbox(unix_ms(), 100).await {
                 Ok(due) => due,
                 Err(e) => {
                     error!(error = %e, "cannot read the GMS outbox");
@@ -92,35 +104,25 @@ impl Reporter {
             if due.is_empty() {
                 break;
             }
-            let mut sent = Vec::with_capacity(due.len());
+            let mut outcomes = Vec::with_capacity(due.len());
             let mut in_flight = FuturesUnordered::new();
             let mut rows = due.iter();
             loop {
                 while in_flight.len() < self.config.concurrency.max(1) {
                     let Some(entry) = rows.next() else { break };
-                    in_flight.push(self.send_row(entry));
+                    in_flight.push(async move { (entry, self.deliver(entry).await) });
                 }
                 match in_flight.next().await {
-                    Some(outcome) => sent.push(outcome),
+                    Some(outcome) => outcomes.push(outcome),
                     None => break,
                 }
             }
-            let mut delivered = Vec::new();
-            let mut failed = Vec::new();
-            for (entry, outcome) in sent {
-                match outcome {
-                    Sent::Delivered => delivered.push(entry),
-                    Sent::Retry(reason) => {
-                        let next = unix_ms() + self.backoff(entry.tries).as_millis() as i64;
-                        failed.push((entry, reason, next));
-                    }
-                }
-            }
-            if let Err(e) = self.store.outbox_settled(&delivered, &failed, unix_ms()).await {
-                error!(error = %e, count = due.len(), "cannot retire GMS outbox rows; they will be sent again");
+            let progressed = outcomes.iter().any(|(_, d)| !matches!(d, Delivery::Retry { .. }));
+            if let Err(e) = self.store.outbox_settled(&outcomes, unix_ms()).await {
+                error!(error = %e, count = due.len(), "cannot settle GMS outbox rows; they will be sent again");
                 return Duration::from_secs(1);
             }
-            if delivered.is_empty() {
+            if !progressed {
                 break;
             }
         }
@@ -130,105 +132,97 @@ impl Reporter {
         }
     }
 
-    async fn send_row<'a>(&self, entry: &'a OutboxEntry) -> (&'a OutboxEntry, Sent) {
-        (entry, self.send(entry).await)
-    }
-
-    async fn send(&self, entry: &OutboxEntry) -> Sent {
-        let urn = entry.task_id.urn();
-        let aspect = match entry.kind {
-            OutboxKind::Running => payload::running(entry.start_time_ms, None, self.config.max_report_bytes),
+    /// Sends one row (after any progress write of its task in flight) and says what became of it.
+    async fn deliver(&self, entry: &OutboxEntry) -> Delivery {
+        let lock = self.locks.of(&entry.task_id);
+        let _one_at_a_time = lock.lock().await;
+        let (kind, metric_kind) = match entry.kind {
+            OutboxKind::Running => ("RUNNING", "running"),
+            OutboxKind::Terminal => ("terminal", "terminal"),
+        };
+        let task = match entry.kind {
+            OutboxKind::Running => None,
             OutboxKind::Terminal => match self.store.task(&entry.task_id).await {
-                Ok(Some((task, _))) => {
-                    let (Some(status), Some(result)) = (task.state.gms_status(), task.result.as_ref()) else {
-                        error!(task = %task.id, state = %task.state, "a terminal outbox row for an unfinished task");
-                        return Sent::Retry(format!("task is {}", task.state));
-                    };
-                    payload::terminal(
-                        &payload::Terminal {
-                            status,
-                            task_name: &task.task_name,
-                            start_time_ms: result.start_time_ms,
-                            duration_ms: result.duration_ms,
-                            report: &result.report,
-                            structured_report: &result.structured_report,
-                        },
-                        self.config.max_report_bytes,
-                        self.config.max_structured_bytes,
-                    )
-                }
-                Ok(None) => return Sent::Delivered,
-                Err(e) => return Sent::Retry(e.to_string()),
+                Ok(Some((task, _))) => Some(task),
+                Ok(None) => return Delivery::Delivered,
+                Err(e) => return self.retry(entry, e.to_string()),
             },
         };
-        let kind = match entry.kind {
-            OutboxKind::Running => "RUNNING",
-            OutboxKind::Terminal => "terminal",
-        };
-        let metric_kind = match entry.kind {
-            OutboxKind::Running => "running",
-            OutboxKind::Terminal => "terminal",
-        };
-        let result = self.gms.ingest_result(&urn, &aspect).await;
-        self.metrics.gms_write(
-            metric_kind,
-            match &result {
-                Ok(()) => GmsOutcome::Delivered,
-                Err(gms::Error::Rejected(_)) => GmsOutcome::Rejected,
-                Err(gms::Error::Unauthorized { .. }) => GmsOutcome::Unauthorized,
-                Err(_) => GmsOutcome::Failed,
-            },
-        );
-        match result {
-            Ok(()) => {
+        let mut result = self.write(entry, task.as_ref(), false).await;
+        if let (Err(gms::Error::TooLarge(_)), Some(_)) = (&result, &task) {
+            warn!(task = %entry.task_id, "GMS refused the result as too large; sending it again with a shorter report");
+            result = self.write(entry, task.as_ref(), true).await;
+        }
+        let error = match result {
+            Ok(aspect) => {
+                self.metrics.gms_write(metric_kind, GmsOutcome::Delivered);
                 info!(task = %entry.task_id, kind, status = %aspect["status"], "reported to GMS");
                 if entry.kind == OutboxKind::Terminal {
                     self.logs.forget(&entry.task_id);
                 }
-                Sent::Delivered
+                return Delivery::Delivered;
             }
-            Err(gms::Error::Rejected(body)) => {
-                // GMS refuses changes to a finished request: it already has a terminal status.
-                warn!(task = %entry.task_id, kind, body = %body, "GMS says the request is already finished; not retrying");
-                Sent::Delivered
+            Err(e) => e,
+        };
+        match error.disposition() {
+            Disposition::Settled => {
+                self.metrics.gms_write(metric_kind, GmsOutcome::AlreadyTerminal);
+                warn!(task = %entry.task_id, kind, error = %error, "GMS already has a final status; not retrying");
+                Delivery::Delivered
             }
-            Err(e @ gms::Error::Unauthorized { .. }) => {
-                error!(task = %entry.task_id, kind, error = %e, tries = entry.tries + 1, "GMS write refused; will retry");
-                Sent::Retry(e.to_string())
+            Disposition::GiveUp => {
+                self.metrics.gms_write(metric_kind, GmsOutcome::Refused);
+                error!(
+                    task = %entry.task_id, kind, error = %error,
+                    "GMS refused this write for good; recorded as a delivery failure on the task, not retried"
+                );
+                Delivery::GaveUp { error: error.to_string() }
             }
-            Err(e) => {
-                warn!(task = %entry.task_id, kind, error = %e, tries = entry.tries + 1, "GMS write failed; will retry");
-                Sent::Retry(e.to_string())
+            Disposition::Retry => {
+                let outcome = match error {
+                    gms::Error::Unauthorized { .. } => GmsOutcome::Unauthorized,
+                    _ => GmsOutcome::Failed,
+                };
+                self.metrics.gms_write(metric_kind, outcome);
+                warn!(task = %entry.task_id, kind, error = %error, tries = entry.tries + 1, "GMS write failed; will retry");
+                self.retry(entry, error.to_string())
             }
         }
     }
 
-    /// RUNNING with the log tail for every running task whose earlier writes all reached GMS. Failures are
-    /// only logged: the next interval sends a fresher tail.
-    async fn send_progress(&self) {
-        let candidates = match self.store.progress_candidates().await {
-            Ok(candidates) => candidates,
-            Err(e) => {
-                warn!(error = %e, "cannot list running tasks for progress");
-                return;
+    fn retry(&self, entry: &OutboxEntry, error: String) -> Delivery {
+        Delivery::Retry { error, next_try_at_ms: unix_ms() + self.backoff(entry.tries).as_millis() as i64 }
+    }
+
+    /// Builds and sends a row's aspect (`shrunk`: with the report cut to a sixteenth and no structured report,
+    /// after GMS said the full one was too large). Returns what was sent.
+    async fn write(&self, entry: &OutboxEntry, task: Option<&TaskRecord>, shrunk: bool) -> Result<Value, gms::Error> {
+        let aspect = match task {
+            None => payload::running(entry.start_time_ms, None, self.config.max_report_bytes),
+            Some(task) => {
+                let (Some(status), Some(result)) = (task.state.gms_status(), task.result.as_ref()) else {
+                    error!(task = %task.id, state = %task.state, "a terminal outbox row for an unfinished task");
+                    return Err(gms::Error::Invalid { status: 0, body: format!("task is {}", task.state) });
+                };
+                let (max_report, max_structured) = if shrunk {
+                    ((self.config.max_report_bytes / 16).max(16 * 1024), 0)
+                } else {
+                    (self.config.max_report_bytes, self.config.max_structured_bytes)
+                };
+                payload::terminal(
+                    &payload::Terminal {
+                        status,
+                        task_name: &task.task_name,
+                        start_time_ms: result.start_time_ms,
+                        duration_ms: result.duration_ms,
+                        report: &result.report,
+                        structured_report: &result.structured_report,
+                    },
+                    max_report,
+                    max_structured,
+                )
             }
         };
-        for candidate in candidates {
-            let tail = self.logs.tail(&candidate.task_id, candidate.epoch);
-            let report = tail.as_deref().unwrap_or("No logs yet\n");
-            let aspect = payload::running(candidate.start_time_ms, Some(report), self.config.max_report_bytes);
-            // The task may have ended since the listing; never send RUNNING after a terminal status.
-            match self.store.task(&candidate.task_id).await {
-                Ok(Some((task, _))) if task.state == TaskState::Running && task.epoch == candidate.epoch => {}
-                _ => continue,
-            }
-            match self.gms.ingest_result(&candidate.task_id.urn(), &aspect).await {
-                Ok(()) => self.metrics.gms_write("progress", GmsOutcome::Delivered),
-                Err(e) => {
-                    self.metrics.gms_write("progress", GmsOutcome::Failed);
-                    warn!(task = %candidate.task_id, error = %e, "progress report failed");
-                }
-            }
-        }
+        self.gms.ingest_result(&entry.task_id.urn(), &aspect).await.map(|()| aspect)
     }
 }

@@ -60,6 +60,8 @@ pub enum Event {
     Cancel,
     /// A requested cancel was not confirmed in time.
     CancelTimeout,
+    /// An operator asked to run the task again.
+    Retry,
 }
 
 /// The facts about a task the rules need.
@@ -90,20 +92,14 @@ pub enum Decision {
     /// The agent's answer ended a requested cancel: the task is CANCELLED, the attempt CANCELLED. The agent's
     /// report is kept when it reported CANCELLED itself.
     ConfirmCancel { keep_report: bool },
+    /// A finished task goes back to the queue for another run (attempts and epoch go on).
+    Retry,
     /// Nothing to do (a duplicate).
     Nothing,
 }
 
-/// Why an event is refused. A refusal changes nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// The event is about an older attempt.
-    StaleEpoch { current: Epoch },
-    /// The task is not held by an agent (queued or finished).
-    NotHeld { state: TaskState },
-    /// The task already finished.
-    Terminal { state: TaskState },
-}
+/// Why an event is refused (shared with the store's fences and the gRPC edge). A refusal changes nothing.
+pub use outpost_common::task::Refusal;
 
 /// Backoff before the next attempt: base·2^(attempts-1) capped at max, scaled by `jitter` ∈ [0, 1] (full jitter).
 pub fn backoff(policy: &RetryPolicy, attempts: u32, jitter: f64) -> Duration {
@@ -128,6 +124,8 @@ pub fn decide(facts: TaskFacts, event: Event, policy: &RetryPolicy, jitter: f64)
             TaskState::Assigned | TaskState::Running => Ok(Decision::RequestCancel),
             state => Err(Refusal::Terminal { state }),
         },
+        Event::Retry if facts.state.is_terminal() => Ok(Decision::Retry),
+        Event::Retry => Err(Refusal::NotFinished { state: facts.state }),
         Event::CancelTimeout => {
             if held && facts.cancel_requested {
                 Ok(Decision::ConfirmCancel { keep_report: false })
@@ -180,7 +178,7 @@ pub fn decide(facts: TaskFacts, event: Event, policy: &RetryPolicy, jitter: f64)
                 Event::Lost { loss, .. } => {
                     Ok(retry_or_abort(loss.attempt_state(), backoff(policy, facts.attempts, jitter)))
                 }
-                Event::Cancel | Event::CancelTimeout => unreachable!("handled above"),
+                Event::Cancel | Event::CancelTimeout | Event::Retry => unreachable!("handled above"),
             }
         }
     }
@@ -388,6 +386,21 @@ mod tests {
                 Ok(ConfirmCancel { keep_report: false }),
             ),
             ("timeout after confirmation", facts(Cancelled, 2, 1, false), Event::CancelTimeout, Ok(Nothing)),
+            // Operator retry.
+            ("a finished task runs again", facts(Failed, 1, 1, false), Event::Retry, Ok(Retry)),
+            ("an aborted task runs again", facts(Aborted, 3, 3, false), Event::Retry, Ok(Retry)),
+            (
+                "a running task is not retried",
+                facts(Running, 1, 1, false),
+                Event::Retry,
+                Err(Refusal::NotFinished { state: Running }),
+            ),
+            (
+                "a queued task is not retried",
+                facts(Queued, 0, 0, false),
+                Event::Retry,
+                Err(Refusal::NotFinished { state: Queued }),
+            ),
         ];
         for (name, facts, event, want) in table {
             assert_eq!(check(facts, event), want, "case: {name}");

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{self, AttemptRecord, NewTask, ResultRecord, Store, TaskFilter, TaskRecord};
 pub use lifecycle::RetryPolicy;
-use outpost_common::task::ResultStatus;
+use outpost_common::task::{Refusal, Refused, ResultStatus};
 
 /// Timings the engine hands to agents and enforces, and the retry rules.
 #[derive(Clone, Debug)]
@@ -53,15 +53,10 @@ pub struct AttemptResult {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Store(#[from] store::Error),
-    #[error("attempt {attempt} is stale: the task is now at epoch {current}")]
-    StaleEpoch { attempt: AttemptRef, current: outpost_common::ids::Epoch },
-    #[error("attempt {attempt} is not held by this worker")]
-    NotHeld { attempt: AttemptRef },
-    #[error("task {task} already finished as {state}")]
-    Finished { task: TaskId, state: outpost_common::task::TaskState },
-    #[error("task {task} is {state}: only a finished task can be retried")]
-    NotFinished { task: TaskId, state: outpost_common::task::TaskState },
+    Store(store::Error),
+    /// The rules (or the store's fences, which enforce the same rules) refused the change; nothing changed.
+    #[error(transparent)]
+    Refused(Refused),
     #[error("no task {0}")]
     NotFound(TaskId),
     #[error("no connected worker {0}")]
@@ -73,6 +68,28 @@ pub enum Error {
     /// The turn this change belonged to could not be committed; nothing of it happened. Try again.
     #[error("the change could not be made durable: {0}")]
     NotDurable(String),
+}
+
+impl From<store::Error> for Error {
+    fn from(error: store::Error) -> Error {
+        match error {
+            store::Error::Refused(refused) => Error::Refused(refused),
+            store::Error::NotFound(task) => Error::NotFound(task),
+            other => Error::Store(other),
+        }
+    }
+}
+
+impl Error {
+    /// A refusal of a change about `task` (with the epoch an agent presented, if any).
+    pub fn refused(task: &TaskId, presented: Option<outpost_common::ids::Epoch>, refusal: Refusal) -> Error {
+        Error::Refused(Refused { task: task.clone(), presented, refusal })
+    }
+
+    /// The task had already finished.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Error::Refused(Refused { refusal: Refusal::Terminal { .. }, .. }))
+    }
 }
 
 /// Identifies one agent session (a worker may reconnect; events of an old session are ignored).
@@ -278,22 +295,6 @@ pub struct Scheduler {
     events: mpsc::Sender<Event>,
     store: Store,
     config: Config,
-}
-
-impl Event {
-    /// Events that read or write the store on their own (or change sessions): the engine commits what is
-    /// pending before and after them. Every other event joins the turn's group commit.
-    fn is_barrier(&self) -> bool {
-        matches!(
-            self,
-            Event::Connect { .. }
-                | Event::Disconnected { .. }
-                | Event::ListWorkers { .. }
-                | Event::Cancel { .. }
-                | Event::Retry { .. }
-                | Event::Explain { .. }
-        )
-    }
 }
 
 impl std::fmt::Debug for Event {

@@ -1,11 +1,16 @@
 //! One engine turn's pending durable changes (group commit) and the answers that wait for them: nobody hears
-//! about a change before it is committed. Holds no state beyond the turn; never touches the store or the network.
+//! about a change before it is committed. Also what the turn decided about tasks whose stored row it will change
+//! (so later events of the same turn see it). Holds no state beyond the turn; never touches the store or the
+//! network.
 
-use outpost_common::ids::AttemptRef;
+use std::collections::HashMap;
+
+use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use tokio::sync::oneshot;
 
-use super::Error;
-use crate::store::{AttemptEnd, NewTask, TaskRecord};
+use super::lifecycle::TaskFacts;
+use super::{AgentCommand, Error, SessionId};
+use crate::store::{Change, NewTask, TaskRecord};
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send + Sync>;
 type SubmitReply = oneshot::Sender<Result<(TaskRecord, bool), Error>>;
@@ -13,18 +18,45 @@ type SubmitReply = oneshot::Sender<Result<(TaskRecord, bool), Error>>;
 /// The changes decided in this turn, not yet written.
 #[derive(Default)]
 pub(super) struct Plan {
-    pub new_tasks: Vec<NewTask>,
+    changes: Vec<Change>,
     submit_replies: Vec<SubmitReply>,
-    pub starts: Vec<AttemptRef>,
-    pub ends: Vec<AttemptEnd>,
     answers: Vec<Answer>,
+    /// Tasks submitted in this turn (not in the store yet if new), with their pools.
+    submitted: HashMap<TaskId, PoolId>,
+    /// Tasks nobody holds any more whose row this turn changes: their facts once it commits.
+    decided: HashMap<TaskId, (TaskFacts, PoolId)>,
+    /// Sessions opened in this turn (closed again if it does not commit).
+    pub opened: Vec<(WorkerId, SessionId)>,
+    /// Commands that announce this turn's changes (a cancel), sent once it is committed.
+    commands: Vec<(WorkerId, AgentCommand)>,
 }
 
 impl Plan {
+    /// A change to write with the turn, after the ones before it.
+    pub fn change(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
     /// A task to record (its answer comes from the insert).
     pub fn submit(&mut self, task: NewTask, reply: SubmitReply) {
-        self.new_tasks.push(task);
+        self.submitted.insert(task.id.clone(), task.pool.clone());
+        self.changes.push(Change::Submit(task));
         self.submit_replies.push(reply);
+    }
+
+    /// Notes what the turn made of a task nobody holds now (ended, requeued, cancelled, retried).
+    pub fn decided(&mut self, task: &TaskId, facts: TaskFacts, pool: &PoolId) {
+        self.decided.insert(task.clone(), (facts, pool.clone()));
+    }
+
+    /// A task's facts as this turn left them, when it changed them.
+    pub fn facts(&self, task: &TaskId) -> Option<&(TaskFacts, PoolId)> {
+        self.decided.get(task)
+    }
+
+    /// The pool of a task submitted in this turn.
+    pub fn submitted(&self, task: &TaskId) -> Option<&PoolId> {
+        self.submitted.get(task)
     }
 
     /// An answer to send once the turn is durable. A success turns into `NotDurable` if the commit fails; a
@@ -43,9 +75,18 @@ impl Plan {
         }));
     }
 
-    /// Whether anything must be written.
-    pub fn has_writes(&self) -> bool {
-        !self.new_tasks.is_empty() || !self.starts.is_empty() || !self.ends.is_empty()
+    /// A command to send once the turn is committed (dropped if it is not).
+    pub fn command(&mut self, worker: &WorkerId, command: AgentCommand) {
+        self.commands.push((worker.clone(), command));
+    }
+
+    pub fn take_commands(&mut self) -> Vec<(WorkerId, AgentCommand)> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// Takes the changes to write (the answers stay until [`Plan::settle`]).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Sends every answer: `submitted` holds the insert's answers (in submit order) when the turn committed,

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::gms;
-use crate::scheduler::{self, Scheduler};
+use crate::scheduler::Scheduler;
 
 /// URNs per batch read.
 const BATCH: usize = 100;
@@ -50,7 +50,7 @@ async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
             let Ok(task) = TaskId::parse_id_or_urn(&urn) else { continue };
             match scheduler.cancel(&task, "KILL signal from DataHub").await {
                 Ok(()) => info!(task = %task, "KILL signal: cancelling"),
-                Err(scheduler::Error::Finished { .. }) => {}
+                Err(e) if e.is_finished() => {}
                 Err(e) => warn!(task = %task, error = %e, "KILL signal: cancel failed"),
             }
         }

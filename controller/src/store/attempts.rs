@@ -1,11 +1,17 @@
-//! Attempts: grant (bumps the epoch), start, end, cancel, heartbeats. Every change about an attempt is fenced by
-//! `WHERE epoch = ?` on the task row, so a stale writer changes nothing.
+//! Attempts: grant (bumps the epoch), start, end, cancel, heartbeats — plain functions over the writer's
+//! transaction. Every change about an attempt is fenced by `WHERE epoch = ?` on the task row, so a stale writer
+//! changes nothing.
 
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, TaskState};
 
-use super::outbox::enqueue_terminal;
-use super::tasks::{TaskRecord, load_task};
+use outpost_common::task::Refusal;
+use rusqlite::{Transaction, params};
+
+use super::outbox;
+use super::tasks::{TaskRecord, load, task_records};
+use super::turn::{Change, Effects, Turn};
+use super::writer::writer_error;
 use super::{Error, Store};
 
 /// A fresh grant: the task (now ASSIGNED at its new epoch) and the attempt number.
@@ -55,123 +61,163 @@ pub struct HeldTask {
     pub worker_id: WorkerId,
 }
 
-/// Explains why a fenced update matched no row.
-pub(super) fn refusal(task: &TaskRecord, presented: Epoch) -> Error {
-    if task.epoch != presented {
-        Error::StaleEpoch { task: task.id.clone(), presented, current: task.epoch }
-    } else if task.state.is_terminal() {
-        Error::AlreadyFinished { task: task.id.clone(), state: task.state }
-    } else {
-        Error::NotQueued { task: task.id.clone(), state: task.state }
+/// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued for
+/// GMS). Repeating it is a no-op.
+pub(super) fn start(
+    tx: &Transaction<'_>,
+    attempt: &AttemptRef,
+    now_ms: i64,
+    effects: &mut Effects,
+) -> Result<(), Error> {
+    let epoch = attempt.epoch.0 as i64;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
+        )
+        .and_then(|mut s| s.execute(params![now_ms, attempt.task_id.as_str(), epoch]))
+        .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, &attempt.task_id)?;
+        if task.epoch == attempt.epoch && task.state == TaskState::Running {
+            return Ok(());
+        }
+        return Err(Error::fence(&task, Some(attempt.epoch), Refusal::NotHeld { state: task.state }));
     }
+    outbox::running_started(tx, &attempt.task_id, now_ms, effects)?;
+    tx.prepare_cached(
+        "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ?) \
+         WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
+    )
+    .and_then(|mut s| s.execute(params![now_ms, attempt.task_id.as_str(), epoch]))
+    .map_err(writer_error)?;
+    Ok(())
+}
+
+/// Ends an attempt and moves its task on (back to the queue, or to a terminal state with its result), fenced by
+/// the task's epoch: nothing changes unless the task is still held at `task_epoch`.
+pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
+    let (id, epoch) = (end.task_id.as_str(), end.task_epoch.0 as i64);
+    let changed = match &end.change {
+        TaskChange::Requeue { not_before_ms } => tx
+            .prepare_cached(
+                "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
+                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            )
+            .and_then(|mut s| s.execute(params![not_before_ms, now_ms, id, epoch])),
+        TaskChange::Finish { state, result } => tx
+            .prepare_cached(
+                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
+                 duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
+                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    state.as_str(),
+                    result.exit_code,
+                    result.report,
+                    result.structured_report,
+                    result.start_time_ms,
+                    result.duration_ms,
+                    now_ms,
+                    now_ms,
+                    id,
+                    epoch
+                ])
+            }),
+    }
+    .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, &end.task_id)?;
+        return Err(Error::fence(&task, Some(end.task_epoch), Refusal::NotHeld { state: task.state }));
+    }
+    tx.prepare_cached(
+        "UPDATE attempts SET state = ?, ended_at_ms = ?, reason = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
+    )
+    .and_then(|mut s| {
+        s.execute(params![end.attempt_state.as_str(), now_ms, end.reason, id, end.attempt_epoch.0 as i64])
+    })
+    .map_err(writer_error)?;
+    if let TaskChange::Finish { result, .. } = &end.change {
+        outbox::terminal_recorded(tx, &end.task_id, result.start_time_ms, now_ms, effects)?;
+    }
+    Ok(())
+}
+
+/// Grants a QUEUED task to a worker: bumps the epoch and records the attempt. A task no longer queued is left
+/// alone (`None`).
+pub(super) fn grant(tx: &Transaction<'_>, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Option<Grant>, Error> {
+    let mut statement = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'ASSIGNED', epoch = epoch + 1, attempts = attempts + 1, worker_id = ?, \
+             updated_at_ms = ? WHERE id = ? AND state = 'QUEUED' RETURNING *",
+        )
+        .map_err(writer_error)?;
+    let mut rows = statement.query(params![worker.as_str(), now_ms, id.as_str()]).map_err(writer_error)?;
+    let Some(row) = rows.next().map_err(writer_error)? else { return Ok(None) };
+    let task = TaskRecord::from_columns(row)?;
+    drop(rows);
+    tx.prepare_cached(
+        "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) VALUES (?, ?, ?, ?, 'ASSIGNED', ?)",
+    )
+    .and_then(|mut s| s.execute(params![id.as_str(), task.attempts as i64, task.epoch.0 as i64, worker.as_str(), now_ms]))
+    .map_err(writer_error)?;
+    Ok(Some(Grant { attempt_number: task.attempts, task }))
+}
+
+/// A cancel of a held task: bumps the epoch (fencing the running attempt out) and notes the request.
+pub(super) fn request_cancel(tx: &Transaction<'_>, id: &TaskId, epoch: Epoch, now_ms: i64) -> Result<(), Error> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET epoch = epoch + 1, cancel_requested_at_ms = ?, updated_at_ms = ? \
+             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING') AND cancel_requested_at_ms IS NULL",
+        )
+        .and_then(|mut s| s.execute(params![now_ms, now_ms, id.as_str(), epoch.0 as i64]))
+        .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, id)?;
+        return Err(Error::fence(&task, Some(epoch), Refusal::NotHeld { state: task.state }));
+    }
+    Ok(())
+}
+
+/// Records the last heartbeat of live attempts. Rows of attempts that already ended are left alone.
+pub(super) fn heartbeats(tx: &Transaction<'_>, beats: &[(AttemptRef, i64)]) -> Result<(), Error> {
+    let mut statement = tx
+        .prepare_cached(
+            "UPDATE attempts SET last_heartbeat_ms = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
+        )
+        .map_err(writer_error)?;
+    for (attempt, at_ms) in beats {
+        statement.execute(params![at_ms, attempt.task_id.as_str(), attempt.epoch.0 as i64]).map_err(writer_error)?;
+    }
+    Ok(())
 }
 
 impl Store {
-    /// Grants a QUEUED task to a worker: bumps the epoch and records the attempt, in one transaction.
+    /// Grants a QUEUED task to a worker (a turn of one).
     pub async fn grant(&self, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Grant, Error> {
-        let turn = super::Turn { grants: vec![(id.clone(), worker.clone())], ..super::Turn::default() };
+        let turn = Turn { grants: vec![(id.clone(), worker.clone())], ..Turn::default() };
         match self.write_turn(turn, now_ms).await?.granted.pop() {
             Some(grant) => Ok(grant),
             None => {
                 let task = self.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?.0;
-                Err(Error::NotQueued { task: id.clone(), state: task.state })
+                Err(Error::refused(&task, None, Refusal::NotQueued { state: task.state }))
             }
         }
     }
 
-    /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued
-    /// for GMS). Repeating it is a no-op.
-    pub async fn start_attempt(&self, attempt: &AttemptRef, now_ms: i64) -> Result<(), Error> {
-        self.write_turn(super::Turn { starts: vec![attempt.clone()], ..super::Turn::default() }, now_ms).await?;
-        Ok(())
-    }
-
-    /// Ends an attempt and moves its task on (back to the queue, or to a terminal state with its result), fenced
-    /// by the task's epoch: nothing changes unless the task is still held at `task_epoch`.
-    pub async fn end_attempt(&self, end: &AttemptEnd, now_ms: i64) -> Result<(), Error> {
-        self.write_turn(super::Turn { ends: vec![end.clone()], ..super::Turn::default() }, now_ms).await?;
-        Ok(())
-    }
-
-    /// A cancel of a held task: bumps the epoch (fencing the running attempt out) and notes the request.
-    /// Returns the new epoch.
-    pub async fn request_cancel(&self, id: &TaskId, epoch: Epoch, now_ms: i64) -> Result<Epoch, Error> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET epoch = epoch + 1, cancel_requested_at_ms = ?, updated_at_ms = ? \
-             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING') AND cancel_requested_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(id.as_str())
-        .bind(epoch.0 as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let task = load_task(&mut tx, id).await?;
-        if updated == 0 {
-            return Err(refusal(&task, epoch));
-        }
-        tx.commit().await?;
-        Ok(task.epoch)
-    }
-
-    /// Cancels a task nobody holds (QUEUED): it ends CANCELLED at once with `report`.
-    pub async fn cancel_queued(&self, id: &TaskId, report: &str, now_ms: i64) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET state = 'CANCELLED', report = ?, structured_report = '', start_time_ms = ?, \
-             duration_ms = 0, finished_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state IN ('RECEIVED', 'QUEUED')",
-        )
-        .bind(report)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            let task = load_task(&mut tx, id).await?;
-            return Err(refusal(&task, task.epoch));
-        }
-        enqueue_terminal(self, &mut tx, id, now_ms, now_ms).await?;
-        tx.commit().await?;
-        self.outbox_added.notify_one();
-        self.announce_reported();
-        Ok(())
-    }
-
-    /// Records the last heartbeat of live attempts, all in one transaction (group commit: one fsync per batch,
-    /// not per heartbeat). Rows of attempts that already ended are left alone.
-    pub async fn record_heartbeats(&self, beats: &[(AttemptRef, i64)]) -> Result<(), Error> {
-        if beats.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for (attempt, at_ms) in beats {
-            sqlx::query(
-                "UPDATE attempts SET last_heartbeat_ms = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-            )
-            .bind(*at_ms)
-            .bind(attempt.task_id.as_str())
-            .bind(attempt.epoch.0 as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    /// Applies one change on its own (a turn of one).
+    pub async fn write(&self, change: Change, now_ms: i64) -> Result<(), Error> {
+        self.write_turn(Turn::of(change), now_ms).await.map(|_| ())
     }
 
     /// Every task an agent holds (ASSIGNED or RUNNING), to rebuild the lease table after a restart.
     pub async fn held_tasks(&self) -> Result<Vec<HeldTask>, Error> {
-        let rows: Vec<super::tasks::TaskRow> =
-            sqlx::query_as("SELECT * FROM tasks WHERE state IN ('ASSIGNED', 'RUNNING') ORDER BY created_at_ms, id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT * FROM tasks WHERE state IN ('ASSIGNED', 'RUNNING') ORDER BY created_at_ms, id")
+            .fetch_all(&self.reads)
+            .await?;
         let mut held = Vec::with_capacity(rows.len());
-        for row in rows {
-            let task: TaskRecord = row.try_into()?;
+        for task in task_records(&rows)? {
             let worker_id =
                 task.worker_id.clone().ok_or_else(|| Error::Corrupt(format!("held task {} has no worker", task.id)))?;
             held.push(HeldTask { task, worker_id });

@@ -1,7 +1,9 @@
 //! The store's error type: database failures, and the refusals the fencing rules produce.
 
 use outpost_common::ids::{Epoch, TaskId};
-use outpost_common::task::TaskState;
+use outpost_common::task::{Refusal, Refused};
+
+use super::tasks::TaskRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,14 +13,28 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no task {0}")]
     NotFound(TaskId),
-    #[error("task {task} is at epoch {current}, not {presented}")]
-    StaleEpoch { task: TaskId, presented: Epoch, current: Epoch },
-    #[error("task {task} is {state}, not QUEUED")]
-    NotQueued { task: TaskId, state: TaskState },
-    #[error("task {task} already finished as {state}")]
-    AlreadyFinished { task: TaskId, state: TaskState },
+    /// A fenced change matched no row: why, in the life cycle's own terms.
+    #[error(transparent)]
+    Refused(Refused),
     #[error("stored row is unreadable: {0}")]
     Corrupt(String),
     #[error("database error (writer): {0}")]
     Writer(String),
+}
+
+impl Error {
+    pub(super) fn refused(task: &TaskRecord, presented: Option<Epoch>, refusal: Refusal) -> Error {
+        Error::Refused(Refused { task: task.id.clone(), presented, refusal })
+    }
+
+    /// Explains why a change fenced by `presented` (and by state) matched no row: a newer epoch, a finished task,
+    /// else `otherwise`.
+    pub(super) fn fence(task: &TaskRecord, presented: Option<Epoch>, otherwise: Refusal) -> Error {
+        let refusal = match presented {
+            Some(epoch) if epoch != task.epoch => Refusal::StaleEpoch { current: task.epoch },
+            _ if task.state.is_terminal() => Refusal::Terminal { state: task.state },
+            _ => otherwise,
+        };
+        Error::refused(task, presented, refusal)
+    }
 }

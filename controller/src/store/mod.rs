@@ -1,15 +1,27 @@
-//! What do we store? Tasks (keyed by execution request id), their attempts with fencing epochs, and the workers
-//! we have seen, in one SQLite file (WAL). This is the only module that writes SQL or knows the text forms of
-//! states in the database; it must never know about tonic, SQS or GMS.
+//! What do we store? One SQLite file (WAL), schema in `migrations/`:
+//! - `tasks` — one row per execution request (keyed by its id): state, fencing epoch, holder, backoff, the
+//!   terminal result, a pending cancel, and when the result reached GMS (`tasks.rs`);
+//! - `attempts` — one row per grant: epoch, worker, state, reason, last heartbeat (`attempts.rs`);
+//! - `gms_outbox` — writes owed to GMS, added in the transaction of the change they report (`outbox.rs`);
+//! - `sqs_messages` and `quarantine` — the messages each task came in on, and unusable ones (`sqs.rs`);
+//! - `workers` — what each worker declared when it last connected (`workers.rs`).
+//!
+//! Every change goes through ONE writer: a dedicated connection on its own thread (`writer.rs`) that runs a
+//! whole transaction per job — the engine's turns (`turn.rs`) and the few changes from elsewhere (outbox
+//! settlement, SQS rows). Each change is a plain function over that transaction in its domain file; each query
+//! and each row mapping exists once (`row.rs` reads a row from either connection). Reads use a read-only sqlx
+//! pool. This is the only module with SQL or the text forms of states in the database; it must never know about
+//! tonic, SQS or GMS.
 
 mod attempts;
-mod batch;
 mod error;
 mod outbox;
+mod row;
 mod sqs;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod turn;
 mod workers;
 mod writer;
 
@@ -18,16 +30,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqlitePool};
 use tokio::sync::{Notify, watch};
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
-pub use batch::{Turn, TurnWritten};
 pub use error::Error;
-pub use outbox::{OutboxEntry, OutboxKind, ProgressCandidate};
+pub use outbox::{Delivery, OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};
 pub use tasks::{AttemptRecord, NewTask, PoolBacklog, TaskFilter, TaskRecord, TaskResult};
+pub use turn::{Change, Turn, TurnWritten};
 pub use workers::{WorkerRecord, WorkerSeen};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -35,10 +47,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    /// Read-only connections: every write goes through `writer`.
+    reads: SqlitePool,
     /// Whether state changes also write GMS outbox rows (GMS reporting is on).
     reporting: bool,
-    /// The engine's turns are written here (its own connection and thread).
+    /// The one writer (its own connection and thread).
     writer: Arc<writer::Writer>,
     /// Woken after a transaction added outbox rows.
     outbox_added: Arc<Notify>,
@@ -52,17 +65,20 @@ impl Store {
     /// start and task end also writes a GMS outbox row in the same transaction.
     pub async fn open(path: &Path, reporting: bool) -> Result<Store, Error> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // Grants and terminal transitions must survive a crash before they are acknowledged.
-            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        MIGRATOR.run(&pool).await?;
+        // Migrations are the one change made outside the writer: once, before it starts.
+        let mut migrating = sqlx::SqliteConnection::connect_with(
+            &options.clone().create_if_missing(true).synchronous(SqliteSynchronous::Full),
+        )
+        .await?;
+        MIGRATOR.run(&mut migrating).await?;
+        migrating.close().await?;
         let writer = Arc::new(writer::Writer::open(path)?);
+        let reads = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
         Ok(Store {
-            pool,
+            reads,
             reporting,
             writer,
             outbox_added: Arc::new(Notify::new()),
@@ -86,8 +102,8 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        self.writer.run(|_| ()).await
     }
 
     /// Test-only: makes every new attempt row fail to insert (`on = true`) or lets them in again, so a grant — and
@@ -99,13 +115,14 @@ impl Store {
         } else {
             "DROP TRIGGER refuse_attempts"
         };
-        sqlx::query(sql).execute(&self.pool).await.unwrap();
+        self.writer.run(move |connection| connection.execute_batch(sql).unwrap()).await.unwrap();
     }
 
-    /// Closes every connection (the writer's after its pending jobs), checkpointing the WAL.
+    /// Closes every connection (the writer's after its pending jobs, and last), checkpointing the WAL.
     pub async fn close(&self) {
+        // The writer last: read-only connections cannot checkpoint, so the last one to close must be the writer.
+        self.reads.close().await;
         self.writer.close().await;
-        self.pool.close().await;
     }
 }
 

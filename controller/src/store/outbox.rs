@@ -1,9 +1,12 @@
-//! The GMS outbox: rows written in the same transaction as the state change they report, read and retired by
-//! the reporter. Stores which task and what kind of write; the reporter builds the payload from the task row.
+//! The GMS outbox: rows written in the same transaction as the state change they report (plain functions over
+//! the writer's transaction), read and retired by the reporter. Stores which task and what kind of write; the reporter builds the payload from the task row.
 
 use outpost_common::ids::{Epoch, TaskId};
-use sqlx::{FromRow, QueryBuilder, Sqlite, Transaction};
+use rusqlite::{Transaction, params};
+use sqlx::FromRow;
 
+use super::turn::Effects;
+use super::writer::writer_error;
 use super::{Error, Store};
 
 /// A running attempt a progress report may go to.
@@ -51,43 +54,105 @@ struct OutboxRow {
     tries: i64,
 }
 
-/// A task ended (inside the transaction that ended it, outside the writer's turns — a cancel of a queued task):
-/// its terminal result waits in the outbox for the reporter or, with reporting off, counts as delivered at once.
-pub(super) async fn enqueue_terminal(
-    store: &Store,
-    tx: &mut Transaction<'_, Sqlite>,
+fn enqueue(
+    tx: &Transaction<'_>,
     task: &TaskId,
+    kind: OutboxKind,
     start_time_ms: i64,
     now_ms: i64,
 ) -> Result<(), Error> {
-    if !store.reporting {
-        // Nobody to report to: the result is delivered once it is recorded.
-        return mark_reported(tx, std::iter::once(task), now_ms).await;
-    }
-    sqlx::query("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
-        .bind(task.as_str())
-        .bind(OutboxKind::Terminal.as_str())
-        .bind(start_time_ms)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?;
+    tx.prepare_cached("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
+        .and_then(|mut s| s.execute(params![task.as_str(), kind.as_str(), start_time_ms, now_ms]))
+        .map_err(writer_error)?;
     Ok(())
 }
 
-/// Marks tasks' terminal results delivered (their SQS messages may go).
-async fn mark_reported<'a>(
-    tx: &mut Transaction<'_, Sqlite>,
-    tasks: impl Iterator<Item = &'a TaskId>,
+/// An attempt started (inside the transaction that started it): RUNNING waits in the outbox, if reporting.
+pub(super) fn running_started(
+    tx: &Transaction<'_>,
+    task: &TaskId,
     now_ms: i64,
+    effects: &mut Effects,
 ) -> Result<(), Error> {
-    let mut query = QueryBuilder::<Sqlite>::new("UPDATE tasks SET reported_at_ms = ");
-    query.push_bind(now_ms).push(" WHERE id IN (");
-    let mut ids = query.separated(", ");
-    for task in tasks {
-        ids.push_bind(task.as_str());
+    if effects.reporting {
+        enqueue(tx, task, OutboxKind::Running, now_ms, now_ms)?;
+        effects.outbox_added = true;
     }
-    query.push(")");
-    query.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// A task ended (inside the transaction that ended it): its terminal result waits in the outbox for the
+/// reporter or, with reporting off, counts as delivered at once. The one place that rule lives.
+pub(super) fn terminal_recorded(
+    tx: &Transaction<'_>,
+    task: &TaskId,
+    start_time_ms: i64,
+    now_ms: i64,
+    effects: &mut Effects,
+) -> Result<(), Error> {
+    if effects.reporting {
+        enqueue(tx, task, OutboxKind::Terminal, start_time_ms, now_ms)?;
+        effects.outbox_added = true;
+    } else {
+        mark_reported(tx, task, now_ms)?;
+        effects.reported = true;
+    }
+    Ok(())
+}
+
+/// Marks a task's terminal result delivered (its SQS messages may go).
+fn mark_reported(tx: &Transaction<'_>, task: &TaskId, now_ms: i64) -> Result<(), Error> {
+    tx.prepare_cached("UPDATE tasks SET reported_at_ms = ? WHERE id = ?")
+        .and_then(|mut s| s.execute(params![now_ms, task.as_str()]))
+        .map_err(writer_error)?;
+    Ok(())
+}
+
+/// What became of one outbox row in a delivery pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// GMS has it (or already had a final status): the row goes; a terminal one marks its task reported.
+    Delivered,
+    /// Try again at `next_try_at_ms`.
+    Retry { error: String, next_try_at_ms: i64 },
+    /// GMS can never accept it: the row goes and the task records why; a terminal one counts as reported (its
+    /// SQS message may go; the result stays here).
+    GaveUp { error: String },
+}
+
+/// The outcome of a delivery pass, in one transaction.
+fn settle(
+    tx: &Transaction<'_>,
+    rows: &[(i64, TaskId, OutboxKind, Delivery)],
+    now_ms: i64,
+    effects: &mut Effects,
+) -> Result<(), Error> {
+    for (seq, task, kind, delivery) in rows {
+        match delivery {
+            Delivery::Retry { error, next_try_at_ms } => {
+                tx.prepare_cached(
+                    "UPDATE gms_outbox SET tries = tries + 1, next_try_at_ms = ?, last_error = ? WHERE seq = ?",
+                )
+                .and_then(|mut s| s.execute(params![next_try_at_ms, error, seq]))
+                .map_err(writer_error)?;
+                continue;
+            }
+            Delivery::GaveUp { error } => {
+                let failure = format!("{} write: {error}", kind.as_str());
+                tx.prepare_cached("UPDATE tasks SET delivery_failure = ? WHERE id = ?")
+                    .and_then(|mut s| s.execute(params![failure, task.as_str()]))
+                    .map_err(writer_error)?;
+            }
+            Delivery::Delivered => {}
+        }
+        tx.prepare_cached("DELETE FROM gms_outbox WHERE seq = ?")
+            .and_then(|mut s| s.execute([seq]))
+            .map_err(writer_error)?;
+        if *kind == OutboxKind::Terminal {
+            mark_reported(tx, task, now_ms)?;
+            effects.reported = true;
+        }
+    }
     Ok(())
 }
 
@@ -102,7 +167,7 @@ impl Store {
         )
         .bind(now_ms)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -124,54 +189,23 @@ impl Store {
     /// The earliest time a row becomes due, if any row waits.
     pub async fn next_outbox_due(&self) -> Result<Option<i64>, Error> {
         let next: Option<(i64,)> = sqlx::query_as("SELECT MIN(next_try_at_ms) FROM gms_outbox HAVING COUNT(*) > 0")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         Ok(next.map(|(at,)| at))
     }
 
-    /// The outcome of a delivery pass, in one transaction: delivered rows go (a terminal one marks its task
-    /// reported); failed ones stay, due again at their next try time, with the error.
-    pub async fn outbox_settled(
-        &self,
-        delivered: &[&OutboxEntry],
-        failed: &[(&OutboxEntry, String, i64)],
-        now_ms: i64,
-    ) -> Result<(), Error> {
-        if delivered.is_empty() && failed.is_empty() {
+    /// The outcome of a delivery pass, in one transaction.
+    pub async fn outbox_settled(&self, outcomes: &[(&OutboxEntry, Delivery)], now_ms: i64) -> Result<(), Error> {
+        if outcomes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        if !delivered.is_empty() {
-            let mut query = QueryBuilder::<Sqlite>::new("DELETE FROM gms_outbox WHERE seq IN (");
-            let mut seqs = query.separated(", ");
-            for entry in delivered {
-                seqs.push_bind(entry.seq);
-            }
-            query.push(")");
-            query.build().execute(&mut *tx).await?;
-        }
-        let terminal: Vec<&&OutboxEntry> = delivered.iter().filter(|e| e.kind == OutboxKind::Terminal).collect();
-        if !terminal.is_empty() {
-            mark_reported(&mut tx, terminal.iter().map(|e| &e.task_id), now_ms).await?;
-        }
-        for (entry, error, next_try_at_ms) in failed {
-            sqlx::query("UPDATE gms_outbox SET tries = tries + 1, next_try_at_ms = ?, last_error = ? WHERE seq = ?")
-                .bind(next_try_at_ms)
-                .bind(error)
-                .bind(entry.seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        if !terminal.is_empty() {
-            self.announce_reported();
-        }
-        Ok(())
+        let rows: Vec<_> = outcomes.iter().map(|(e, d)| (e.seq, e.task_id.clone(), e.kind, d.clone())).collect();
+        self.transaction(move |tx, effects| settle(tx, &rows, now_ms, effects)).await
     }
 
     /// Rows waiting to be sent.
     pub async fn outbox_depth(&self) -> Result<u64, Error> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM gms_outbox").fetch_one(&self.pool).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM gms_outbox").fetch_one(&self.reads).await?;
         Ok(n as u64)
     }
 
@@ -183,7 +217,7 @@ impl Store {
              WHERE t.state = 'RUNNING' AND t.cancel_requested_at_ms IS NULL \
              AND NOT EXISTS (SELECT 1 FROM gms_outbox o WHERE o.task_id = t.id)",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
             .map(|(id, epoch, started)| {

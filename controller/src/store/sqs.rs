@@ -2,8 +2,10 @@
 //! messages. Knows nothing of the AWS SDK: handles are opaque strings here.
 
 use outpost_common::ids::TaskId;
+use rusqlite::params;
 use sqlx::FromRow;
 
+use super::writer::writer_error;
 use super::{Error, Store};
 
 /// The message a task came in on.
@@ -76,21 +78,20 @@ impl Store {
         receipt_handle: &str,
         now_ms: i64,
     ) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO sqs_messages (task_id, queue_url, message_id, receipt_handle, first_received_at_ms, \
-             received_at_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET \
-             task_id = excluded.task_id, queue_url = excluded.queue_url, \
-             receipt_handle = excluded.receipt_handle, received_at_ms = excluded.received_at_ms",
-        )
-        .bind(task.as_str())
-        .bind(queue_url)
-        .bind(message_id)
-        .bind(receipt_handle)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (task, queue_url, message_id, receipt_handle) =
+            (task.clone(), queue_url.to_owned(), message_id.to_owned(), receipt_handle.to_owned());
+        self.transaction(move |tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO sqs_messages (task_id, queue_url, message_id, receipt_handle, first_received_at_ms, \
+                 received_at_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET \
+                 task_id = excluded.task_id, queue_url = excluded.queue_url, \
+                 receipt_handle = excluded.receipt_handle, received_at_ms = excluded.received_at_ms",
+            )
+            .and_then(|mut s| s.execute(params![task.as_str(), queue_url, message_id, receipt_handle, now_ms, now_ms]))
+            .map_err(writer_error)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every message held for a queue, with whether its task is done.
@@ -100,7 +101,7 @@ impl Store {
              FROM sqs_messages m JOIN tasks t ON t.id = m.task_id WHERE m.queue_url = ? ORDER BY m.received_at_ms",
         )
         .bind(queue_url)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -117,12 +118,14 @@ impl Store {
 
     /// The message was deleted from SQS (unless it was received again meanwhile, with a new handle).
     pub async fn release_message(&self, message_id: &str, receipt_handle: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM sqs_messages WHERE message_id = ? AND receipt_handle = ?")
-            .bind(message_id)
-            .bind(receipt_handle)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (message_id, receipt_handle) = (message_id.to_owned(), receipt_handle.to_owned());
+        self.transaction(move |tx, _| {
+            tx.prepare_cached("DELETE FROM sqs_messages WHERE message_id = ? AND receipt_handle = ?")
+                .and_then(|mut s| s.execute(params![message_id, receipt_handle]))
+                .map_err(writer_error)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores an unusable message (its body cut at `max_body_bytes`).
@@ -139,43 +142,45 @@ impl Store {
         while !body.is_char_boundary(cut) {
             cut -= 1;
         }
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO quarantine (queue_url, message_id, reason, body, body_bytes, received_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(queue_url)
-        .bind(message_id)
-        .bind(reason)
-        .bind(&body[..cut])
-        .bind(body.len() as i64)
-        .bind(now_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
+        let row = (queue_url.to_owned(), message_id.to_owned(), reason.to_owned(), body[..cut].to_owned());
+        let body_bytes = body.len() as i64;
+        self.transaction(move |tx, _| {
+            let (queue_url, message_id, reason, body) = row;
+            tx.prepare_cached(
+                "INSERT INTO quarantine (queue_url, message_id, reason, body, body_bytes, received_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![queue_url, message_id, reason, body, body_bytes, now_ms], |r| r.get::<_, i64>(0))
+            })
+            .map_err(writer_error)
+        })
+        .await
     }
 
     /// Quarantined messages, newest first.
     pub async fn quarantined(&self, limit: u32) -> Result<Vec<Quarantined>, Error> {
         let rows: Vec<QuarantineRow> = sqlx::query_as("SELECT * FROM quarantine ORDER BY id DESC LIMIT ?")
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn quarantined_message(&self, id: i64) -> Result<Option<Quarantined>, Error> {
         let row: Option<QuarantineRow> =
-            sqlx::query_as("SELECT * FROM quarantine WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+            sqlx::query_as("SELECT * FROM quarantine WHERE id = ?").bind(id).fetch_optional(&self.reads).await?;
         Ok(row.map(Into::into))
     }
 
     /// Marks a quarantined message replayed.
     pub async fn mark_replayed(&self, id: i64, now_ms: i64) -> Result<(), Error> {
-        sqlx::query("UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?")
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.transaction(move |tx, _| {
+            tx.prepare_cached("UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?")
+                .and_then(|mut s| s.execute(params![now_ms, id]))
+                .map_err(writer_error)?;
+            Ok(())
+        })
+        .await
     }
 }

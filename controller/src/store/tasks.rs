@@ -1,13 +1,19 @@
-//! Tasks: submit (idempotent on the execution request id), look-ups and listings. Changes about attempts are in
-//! `attempts.rs`.
+//! Tasks: submit (idempotent on the execution request id), operator retry and cancel of a queued task (plain
+//! functions over the writer's transaction), look-ups and listings (the read pool). Changes about attempts are
+//! in `attempts.rs`.
 
 use std::collections::BTreeMap;
 
 use outpost_common::ids::{Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::task::Refusal;
 use outpost_common::task::{AttemptState, TaskState};
-use sqlx::{FromRow, Sqlite, Transaction};
+use rusqlite::{Transaction, params};
+use sqlx::{FromRow, Sqlite};
 
-use super::{Error, Store, parse};
+use super::row::Columns;
+use super::turn::{Change, Effects, Turn};
+use super::writer::writer_error;
+use super::{Error, Store, outbox, parse};
 
 /// A task as it enters the system.
 #[derive(Clone, Debug)]
@@ -50,8 +56,10 @@ pub struct TaskRecord {
     pub result: Option<TaskResult>,
     /// A cancel was requested while an agent held the task (the epoch was bumped then).
     pub cancel_requested: bool,
-    /// When the terminal result reached GMS (or was recorded, with reporting off).
+    /// When the terminal result reached GMS (or was recorded, with reporting off, or GMS refused it for good).
     pub reported_at_ms: Option<i64>,
+    /// The latest GMS write of this task that GMS refused for good, and why.
+    pub delivery_failure: Option<String>,
 }
 
 /// One attempt row, parsed.
@@ -90,91 +98,50 @@ pub struct PoolBacklog {
     pub sqs_in_hand: u32,
 }
 
-#[derive(FromRow)]
-pub(super) struct TaskRow {
-    id: String,
-    task_name: String,
-    pool: String,
-    args_json: String,
-    source_type: String,
-    requested_at_ms: i64,
-    state: String,
-    epoch: i64,
-    attempts: i64,
-    worker_id: Option<String>,
-    not_before_ms: i64,
-    created_at_ms: i64,
-    updated_at_ms: i64,
-    exit_code: Option<i64>,
-    report: Option<String>,
-    structured_report: Option<String>,
-    start_time_ms: Option<i64>,
-    duration_ms: Option<i64>,
-    finished_at_ms: Option<i64>,
-    cancel_requested_at_ms: Option<i64>,
-    reported_at_ms: Option<i64>,
-}
+/// The one query for a task row by id (both connections use it).
+pub(super) const TASK_BY_ID: &str = "SELECT * FROM tasks WHERE id = ?";
 
-impl TaskRow {
-    /// The same row read through the writer's connection (`SELECT *` or `RETURNING *`).
-    pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
-        Ok(TaskRow {
-            id: row.get("id")?,
-            task_name: row.get("task_name")?,
-            pool: row.get("pool")?,
-            args_json: row.get("args_json")?,
-            source_type: row.get("source_type")?,
-            requested_at_ms: row.get("requested_at_ms")?,
-            state: row.get("state")?,
-            epoch: row.get("epoch")?,
-            attempts: row.get("attempts")?,
-            worker_id: row.get("worker_id")?,
-            not_before_ms: row.get("not_before_ms")?,
-            created_at_ms: row.get("created_at_ms")?,
-            updated_at_ms: row.get("updated_at_ms")?,
-            exit_code: row.get("exit_code")?,
-            report: row.get("report")?,
-            structured_report: row.get("structured_report")?,
-            start_time_ms: row.get("start_time_ms")?,
-            duration_ms: row.get("duration_ms")?,
-            finished_at_ms: row.get("finished_at_ms")?,
-            cancel_requested_at_ms: row.get("cancel_requested_at_ms")?,
-            reported_at_ms: row.get("reported_at_ms")?,
-        })
-    }
-}
-
-impl TryFrom<TaskRow> for TaskRecord {
-    type Error = Error;
-    fn try_from(row: TaskRow) -> Result<Self, Error> {
+impl TaskRecord {
+    /// The one mapping of a `tasks` row (`SELECT *` or `RETURNING *`), from either connection.
+    pub(super) fn from_columns(row: &impl Columns) -> Result<TaskRecord, Error> {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("{what}: {e}"));
-        let result = row.finished_at_ms.map(|finished_at_ms| TaskResult {
-            exit_code: row.exit_code.map(|c| c as i32),
-            report: row.report.clone().unwrap_or_default(),
-            structured_report: row.structured_report.clone().unwrap_or_default(),
-            start_time_ms: row.start_time_ms.unwrap_or_default(),
-            duration_ms: row.duration_ms.unwrap_or_default(),
-            finished_at_ms,
-        });
+        let result = match row.opt_int("finished_at_ms")? {
+            Some(finished_at_ms) => Some(TaskResult {
+                exit_code: row.opt_int("exit_code")?.map(|c| c as i32),
+                report: row.opt_text("report")?.unwrap_or_default(),
+                structured_report: row.opt_text("structured_report")?.unwrap_or_default(),
+                start_time_ms: row.opt_int("start_time_ms")?.unwrap_or_default(),
+                duration_ms: row.opt_int("duration_ms")?.unwrap_or_default(),
+                finished_at_ms,
+            }),
+            None => None,
+        };
+        let worker_id = row.opt_text("worker_id")?;
         Ok(TaskRecord {
-            id: TaskId::parse(&row.id).map_err(|e| corrupt("task id", &e))?,
-            task_name: row.task_name,
-            pool: PoolId::parse(&row.pool).map_err(|e| corrupt("pool", &e))?,
-            args: serde_json::from_str(&row.args_json).map_err(|e| corrupt("args", &e))?,
-            source_type: row.source_type,
-            requested_at_ms: row.requested_at_ms,
-            state: parse("task state", &row.state)?,
-            epoch: Epoch(row.epoch as u64),
-            attempts: row.attempts as u32,
-            worker_id: row.worker_id.as_deref().map(WorkerId::parse).transpose().map_err(|e| corrupt("worker", &e))?,
-            not_before_ms: row.not_before_ms,
-            created_at_ms: row.created_at_ms,
-            updated_at_ms: row.updated_at_ms,
+            id: TaskId::parse(&row.text("id")?).map_err(|e| corrupt("task id", &e))?,
+            task_name: row.text("task_name")?,
+            pool: PoolId::parse(&row.text("pool")?).map_err(|e| corrupt("pool", &e))?,
+            args: serde_json::from_str(&row.text("args_json")?).map_err(|e| corrupt("args", &e))?,
+            source_type: row.text("source_type")?,
+            requested_at_ms: row.int("requested_at_ms")?,
+            state: parse("task state", &row.text("state")?)?,
+            epoch: Epoch(row.int("epoch")? as u64),
+            attempts: row.int("attempts")? as u32,
+            worker_id: worker_id.as_deref().map(WorkerId::parse).transpose().map_err(|e| corrupt("worker", &e))?,
+            not_before_ms: row.int("not_before_ms")?,
+            created_at_ms: row.int("created_at_ms")?,
+            updated_at_ms: row.int("updated_at_ms")?,
             result,
-            cancel_requested: row.cancel_requested_at_ms.is_some(),
-            reported_at_ms: row.reported_at_ms,
+            cancel_requested: row.opt_int("cancel_requested_at_ms")?.is_some(),
+            reported_at_ms: row.opt_int("reported_at_ms")?,
+            delivery_failure: row.opt_text("delivery_failure")?,
         })
     }
+}
+
+/// Maps every row of a read.
+pub(super) fn task_records(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<TaskRecord>, Error> {
+    rows.iter().map(TaskRecord::from_columns).collect()
 }
 
 #[derive(FromRow)]
@@ -207,65 +174,112 @@ impl TryFrom<AttemptRow> for AttemptRecord {
     }
 }
 
-pub(super) async fn load_task(tx: &mut Transaction<'_, Sqlite>, id: &TaskId) -> Result<TaskRecord, Error> {
-    let row: Option<TaskRow> =
-        sqlx::query_as("SELECT * FROM tasks WHERE id = ?").bind(id.as_str()).fetch_optional(&mut **tx).await?;
-    row.ok_or_else(|| Error::NotFound(id.clone()))?.try_into()
+/// The task row as the writer's transaction sees it.
+pub(super) fn load(tx: &Transaction<'_>, id: &TaskId) -> Result<TaskRecord, Error> {
+    let mut statement = tx.prepare_cached(TASK_BY_ID).map_err(writer_error)?;
+    let mut rows = statement.query([id.as_str()]).map_err(writer_error)?;
+    match rows.next().map_err(writer_error)? {
+        Some(row) => TaskRecord::from_columns(row),
+        None => Err(Error::NotFound(id.clone())),
+    }
+}
+
+/// Records a new QUEUED task; a known id is left as it is (`false`): a second submit is the same task.
+pub(super) fn insert(tx: &Transaction<'_>, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
+    let args = serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut statement = tx
+        .prepare_cached(
+            "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, created_at_ms, \
+             updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?) ON CONFLICT (id) DO NOTHING RETURNING *",
+        )
+        .map_err(writer_error)?;
+    let mut rows = statement
+        .query(params![
+            task.id.as_str(),
+            task.task_name,
+            task.pool.as_str(),
+            args,
+            task.source_type,
+            task.requested_at_ms,
+            now_ms,
+            now_ms
+        ])
+        .map_err(writer_error)?;
+    match rows.next().map_err(writer_error)? {
+        Some(row) => Ok((TaskRecord::from_columns(row)?, true)),
+        None => Ok((load(tx, &task.id)?, false)),
+    }
+}
+
+/// Puts a finished task back in the queue for another run (its attempts and epoch go on).
+pub(super) fn requeue_finished(tx: &Transaction<'_>, id: &TaskId, now_ms: i64) -> Result<(), Error> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'QUEUED', not_before_ms = 0, exit_code = NULL, report = NULL, \
+             structured_report = NULL, start_time_ms = NULL, duration_ms = NULL, finished_at_ms = NULL, \
+             reported_at_ms = NULL, delivery_failure = NULL, updated_at_ms = ? \
+             WHERE id = ? AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT', 'ABORTED')",
+        )
+        .and_then(|mut s| s.execute(params![now_ms, id.as_str()]))
+        .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, id)?;
+        return Err(Error::refused(&task, None, Refusal::NotFinished { state: task.state }));
+    }
+    Ok(())
+}
+
+/// Cancels a task nobody holds (QUEUED): it ends CANCELLED at once with `report`.
+pub(super) fn cancel_queued(
+    tx: &Transaction<'_>,
+    id: &TaskId,
+    report: &str,
+    now_ms: i64,
+    effects: &mut Effects,
+) -> Result<(), Error> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'CANCELLED', report = ?, structured_report = '', start_time_ms = ?, \
+             duration_ms = 0, finished_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state IN ('RECEIVED', 'QUEUED')",
+        )
+        .and_then(|mut s| s.execute(params![report, now_ms, now_ms, now_ms, id.as_str()]))
+        .map_err(writer_error)?;
+    if changed == 0 {
+        let task = load(tx, id)?;
+        return Err(Error::fence(&task, None, Refusal::NotQueued { state: task.state }));
+    }
+    outbox::terminal_recorded(tx, id, now_ms, now_ms, effects)
 }
 
 impl Store {
     /// Records a new QUEUED task; a task with the same id already stored is returned unchanged
     /// (`created = false`): a second submit of the same execution request is the same task.
     pub async fn insert_task(&self, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
-        let turn = super::Turn { new_tasks: vec![task.clone()], ..super::Turn::default() };
-        self.write_turn(turn, now_ms).await?.submitted.pop().ok_or_else(|| Error::NotFound(task.id.clone()))
+        let written = self.write_turn(Turn::of(Change::Submit(task.clone())), now_ms).await?;
+        written.submitted.into_iter().next().ok_or_else(|| Error::NotFound(task.id.clone()))
     }
 
     /// Every QUEUED task, oldest first (to rebuild the in-memory queues at start-up).
     pub async fn queued_tasks(&self) -> Result<Vec<TaskRecord>, Error> {
-        let rows: Vec<TaskRow> =
-            sqlx::query_as("SELECT * FROM tasks WHERE state = 'QUEUED' ORDER BY created_at_ms, id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        let rows = sqlx::query("SELECT * FROM tasks WHERE state = 'QUEUED' ORDER BY created_at_ms, id")
+            .fetch_all(&self.reads)
+            .await?;
+        task_records(&rows)
     }
 
     /// One task and its attempts (oldest first), or `None`.
     pub async fn task(&self, id: &TaskId) -> Result<Option<(TaskRecord, Vec<AttemptRecord>)>, Error> {
-        let row: Option<TaskRow> =
-            sqlx::query_as("SELECT * FROM tasks WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(TASK_BY_ID).bind(id.as_str()).fetch_optional(&self.reads).await?;
         let Some(row) = row else { return Ok(None) };
         let attempts: Vec<AttemptRow> = sqlx::query_as(
             "SELECT number, epoch, worker_id, state, assigned_at_ms, started_at_ms, ended_at_ms, reason, last_heartbeat_ms \
              FROM attempts WHERE task_id = ? ORDER BY number",
         )
         .bind(id.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let attempts = attempts.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?;
-        Ok(Some((row.try_into()?, attempts)))
-    }
-
-    /// Puts a finished task back in the queue for another run (its attempts and epoch go on).
-    pub async fn requeue_finished(&self, id: &TaskId, now_ms: i64) -> Result<TaskRecord, Error> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET state = 'QUEUED', not_before_ms = 0, exit_code = NULL, report = NULL, \
-             structured_report = NULL, start_time_ms = NULL, duration_ms = NULL, finished_at_ms = NULL, \
-             reported_at_ms = NULL, updated_at_ms = ? \
-             WHERE id = ? AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT', 'ABORTED')",
-        )
-        .bind(now_ms)
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let task = load_task(&mut tx, id).await?;
-        if updated == 0 {
-            return Err(Error::NotQueued { task: id.clone(), state: task.state });
-        }
-        tx.commit().await?;
-        Ok(task)
+        Ok(Some((TaskRecord::from_columns(&row)?, attempts)))
     }
 
     /// Queued and running tasks, the oldest queued, and SQS messages held, per pool.
@@ -275,12 +289,12 @@ impl Store {
              MIN(CASE WHEN state = 'QUEUED' THEN updated_at_ms END) FROM tasks \
              WHERE state IN ('QUEUED', 'ASSIGNED', 'RUNNING') GROUP BY pool ORDER BY pool",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let held: Vec<(String, i64)> = sqlx::query_as(
             "SELECT t.pool, COUNT(*) FROM sqs_messages m JOIN tasks t ON t.id = m.task_id GROUP BY t.pool",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let mut backlogs: Vec<PoolBacklog> = rows
             .into_iter()
@@ -305,7 +319,7 @@ impl Store {
     pub async fn task_counts(&self) -> Result<Vec<(TaskState, PoolId, u64)>, Error> {
         let rows: Vec<(String, String, i64)> =
             sqlx::query_as("SELECT state, pool, COUNT(*) FROM tasks GROUP BY state, pool ORDER BY state, pool")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reads)
                 .await?;
         rows.into_iter()
             .map(|(state, pool, n)| {
@@ -322,7 +336,7 @@ impl Store {
     pub async fn live_task_ids(&self) -> Result<Vec<TaskId>, Error> {
         let ids: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM tasks WHERE state IN ('RECEIVED', 'QUEUED', 'ASSIGNED', 'RUNNING')")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reads)
                 .await?;
         ids.into_iter().map(|(id,)| TaskId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))).collect()
     }
@@ -346,7 +360,7 @@ impl Store {
         }
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         query.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ").push_bind(limit as i64);
-        let rows: Vec<TaskRow> = query.build_query_as().fetch_all(&self.pool).await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        let rows = query.build().fetch_all(&self.reads).await?;
+        task_records(&rows)
     }
 }

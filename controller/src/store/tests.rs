@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
-use outpost_common::task::{AttemptState, TaskState};
+use outpost_common::task::{AttemptState, Refusal, Refused, TaskState};
 
 use super::*;
 
@@ -70,24 +70,28 @@ async fn grant_bumps_the_epoch_and_fences_later_changes() {
     assert_eq!((grant.task.epoch, grant.attempt_number, grant.task.state), (Epoch(1), 1, TaskState::Assigned));
     assert!(matches!(
         store.grant(&id("a"), &worker("w2"), 3).await,
-        Err(Error::NotQueued { state: TaskState::Assigned, .. })
+        Err(Error::Refused(Refused { refusal: Refusal::NotQueued { state: TaskState::Assigned }, .. }))
     ));
 
     assert!(matches!(
-        store.start_attempt(&attempt("a", 0), 4).await,
-        Err(Error::StaleEpoch { presented: Epoch(0), current: Epoch(1), .. })
+        store.write(Change::Start(attempt("a", 0)), 4).await,
+        Err(Error::Refused(Refused {
+            presented: Some(Epoch(0)),
+            refusal: Refusal::StaleEpoch { current: Epoch(1) },
+            ..
+        }))
     ));
-    store.start_attempt(&attempt("a", 1), 4).await.unwrap();
-    store.start_attempt(&attempt("a", 1), 5).await.unwrap();
+    store.write(Change::Start(attempt("a", 1)), 4).await.unwrap();
+    store.write(Change::Start(attempt("a", 1)), 5).await.unwrap();
 
     assert!(matches!(
-        store.end_attempt(&finish("a", 0, TaskState::Succeeded, AttemptState::Succeeded, "late"), 9).await,
-        Err(Error::StaleEpoch { .. })
+        store.write(Change::End(finish("a", 0, TaskState::Succeeded, AttemptState::Succeeded, "late")), 9).await,
+        Err(Error::Refused(Refused { refusal: Refusal::StaleEpoch { .. }, .. }))
     ));
-    store.end_attempt(&finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 9).await.unwrap();
+    store.write(Change::End(finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "done")), 9).await.unwrap();
     assert!(matches!(
-        store.end_attempt(&finish("a", 1, TaskState::Failed, AttemptState::Failed, "again"), 10).await,
-        Err(Error::AlreadyFinished { state: TaskState::Succeeded, .. })
+        store.write(Change::End(finish("a", 1, TaskState::Failed, AttemptState::Failed, "again")), 10).await,
+        Err(Error::Refused(Refused { refusal: Refusal::Terminal { state: TaskState::Succeeded }, .. }))
     ));
     let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Succeeded);
@@ -111,7 +115,7 @@ async fn a_requeued_task_waits_for_its_backoff_and_is_granted_at_a_new_epoch() {
         reason: "lease expired".into(),
         change: TaskChange::Requeue { not_before_ms: 5000 },
     };
-    store.end_attempt(&end, 3).await.unwrap();
+    store.write(Change::End(end), 3).await.unwrap();
     let queued = store.queued_tasks().await.unwrap();
     assert_eq!((queued[0].state, queued[0].not_before_ms), (TaskState::Queued, 5000));
     let grant = store.grant(&id("a"), &worker("w2"), 6000).await.unwrap();
@@ -127,11 +131,18 @@ async fn a_cancel_bumps_the_epoch_and_is_confirmed_for_the_previous_attempt() {
     let (_dir, store) = open().await;
     store.insert_task(&new_task("a"), 1).await.unwrap();
     store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
-    store.start_attempt(&attempt("a", 1), 3).await.unwrap();
-    assert_eq!(store.request_cancel(&id("a"), Epoch(1), 4).await.unwrap(), Epoch(2));
+    store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
+    store.write(Change::RequestCancel { task: id("a"), epoch: Epoch(1) }, 4).await.unwrap();
+    assert_eq!(store.task(&id("a")).await.unwrap().unwrap().0.epoch, Epoch(2));
     // The running attempt is fenced out.
-    assert!(matches!(store.start_attempt(&attempt("a", 1), 5).await, Err(Error::StaleEpoch { .. })));
-    assert!(matches!(store.request_cancel(&id("a"), Epoch(2), 5).await, Err(Error::NotQueued { .. })));
+    assert!(matches!(
+        store.write(Change::Start(attempt("a", 1)), 5).await,
+        Err(Error::Refused(Refused { refusal: Refusal::StaleEpoch { .. }, .. }))
+    ));
+    assert!(matches!(
+        store.write(Change::RequestCancel { task: id("a"), epoch: Epoch(2) }, 5).await,
+        Err(Error::Refused(Refused { refusal: Refusal::NotHeld { state: TaskState::Running }, .. }))
+    ));
     let held = store.held_tasks().await.unwrap();
     assert!(held[0].task.cancel_requested);
     let confirm = AttemptEnd {
@@ -139,20 +150,20 @@ async fn a_cancel_bumps_the_epoch_and_is_confirmed_for_the_previous_attempt() {
         attempt_epoch: Epoch(1),
         ..finish("a", 2, TaskState::Cancelled, AttemptState::Cancelled, "cancelled")
     };
-    store.end_attempt(&confirm, 6).await.unwrap();
+    store.write(Change::End(confirm), 6).await.unwrap();
     let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!((task.state, task.cancel_requested), (TaskState::Cancelled, false));
     assert_eq!(attempts[0].state, AttemptState::Cancelled);
 
     store.insert_task(&new_task("b"), 7).await.unwrap();
-    store.cancel_queued(&id("b"), "cancelled before it ran", 8).await.unwrap();
+    store.write(Change::CancelQueued { task: id("b"), report: "cancelled before it ran".into() }, 8).await.unwrap();
     let (task, attempts) = store.task(&id("b")).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Cancelled);
     assert_eq!(task.result.unwrap().report, "cancelled before it ran");
     assert!(attempts.is_empty());
     assert!(matches!(
-        store.cancel_queued(&id("b"), "again", 9).await,
-        Err(Error::AlreadyFinished { state: TaskState::Cancelled, .. })
+        store.write(Change::CancelQueued { task: id("b"), report: "again".into() }, 9).await,
+        Err(Error::Refused(Refused { refusal: Refusal::Terminal { state: TaskState::Cancelled }, .. }))
     ));
 }
 
@@ -163,8 +174,8 @@ async fn heartbeats_are_recorded_in_one_batch_for_live_attempts_only() {
         store.insert_task(&new_task(task), 1).await.unwrap();
         store.grant(&id(task), &worker("w1"), 2).await.unwrap();
     }
-    store.end_attempt(&finish("b", 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 3).await.unwrap();
-    store.record_heartbeats(&[(attempt("a", 1), 40), (attempt("b", 1), 41)]).await.unwrap();
+    store.write(Change::End(finish("b", 1, TaskState::Succeeded, AttemptState::Succeeded, "done")), 3).await.unwrap();
+    store.write(Change::Heartbeats(vec![(attempt("a", 1), 40), (attempt("b", 1), 41)]), 42).await.unwrap();
     let (_, a) = store.task(&id("a")).await.unwrap().unwrap();
     let (_, b) = store.task(&id("b")).await.unwrap().unwrap();
     assert_eq!(a[0].last_heartbeat_ms, Some(40));
@@ -204,11 +215,11 @@ async fn held_messages_adopt_new_receipts_and_turn_done_when_reported() {
     assert!(store.held_messages("other").await.unwrap().is_empty());
 
     store.grant(&id("a"), &worker("w"), 5).await.unwrap();
-    store.end_attempt(&finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 6).await.unwrap();
+    store.write(Change::End(finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "done")), 6).await.unwrap();
     let outbox = store.due_outbox(10, 10).await.unwrap();
     assert_eq!(outbox.len(), 1);
     assert!(!store.held_messages("q").await.unwrap()[0].done, "not done before GMS has the result");
-    store.outbox_settled(&[&outbox[0]], &[], 7).await.unwrap();
+    store.outbox_settled(&[(&outbox[0], Delivery::Delivered)], 7).await.unwrap();
     assert!(store.held_messages("q").await.unwrap().iter().all(|m| m.done));
 
     store.release_message("m1", "r1").await.unwrap();
@@ -241,20 +252,24 @@ async fn one_turn_makes_many_changes_of_each_kind_in_one_commit() {
     }
     store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
     store.grant(&id("b"), &worker("w1"), 2).await.unwrap();
-    store.start_attempt(&attempt("a", 1), 3).await.unwrap();
+    store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
 
     let turn = Turn {
-        // New tasks, one already known and one named twice in the same turn.
-        new_tasks: vec![new_task("d"), new_task("a"), new_task("e"), new_task("d")],
-        // b starts; a repeated start of a running attempt is fine.
-        starts: vec![attempt("b", 1), attempt("a", 1)],
-        // a finishes, b goes back to the queue (after starting in the same turn).
-        ends: vec![
-            finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1"),
-            AttemptEnd {
+        changes: vec![
+            // New tasks, one already known and one named twice in the same turn.
+            Change::Submit(new_task("d")),
+            Change::Submit(new_task("a")),
+            Change::Submit(new_task("e")),
+            Change::Submit(new_task("d")),
+            // b starts; a repeated start of a running attempt is fine.
+            Change::Start(attempt("b", 1)),
+            Change::Start(attempt("a", 1)),
+            // a finishes, b goes back to the queue (after starting in the same turn).
+            Change::End(finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1")),
+            Change::End(AttemptEnd {
                 change: TaskChange::Requeue { not_before_ms: 0 },
                 ..finish("b", 1, TaskState::Queued, AttemptState::Lost, "")
-            },
+            }),
         ],
         // The requeued b (a new epoch), the new d, c, and a which is finished (left out).
         grants: vec![
@@ -301,13 +316,24 @@ async fn a_refused_change_rolls_the_whole_turn_back() {
     store.insert_task(&new_task("a"), 1).await.unwrap();
     store.insert_task(&new_task("c"), 1).await.unwrap();
     let turn = Turn {
-        new_tasks: vec![new_task("b")],
+        changes: vec![
+            Change::Submit(new_task("b")),
+            Change::End(finish("c", 3, TaskState::Succeeded, AttemptState::Succeeded, "late")),
+        ],
         grants: vec![(id("a"), worker("w"))],
-        ends: vec![finish("c", 3, TaskState::Succeeded, AttemptState::Succeeded, "late")],
-        ..Turn::default()
     };
     let refused = store.write_turn(turn, 3).await;
-    assert!(matches!(refused, Err(Error::StaleEpoch { presented: Epoch(3), current: Epoch(0), .. })), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Refused(Refused {
+                presented: Some(Epoch(3)),
+                refusal: Refusal::StaleEpoch { current: Epoch(0) },
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
     assert!(store.task(&id("b")).await.unwrap().is_none());
     let (a, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!((a.state, a.epoch, attempts.len()), (TaskState::Queued, Epoch(0), 0));
@@ -319,11 +345,15 @@ async fn a_delivery_pass_retires_and_reschedules_its_rows_in_one_go() {
     for task in ["a", "b"] {
         store.insert_task(&new_task(task), 1).await.unwrap();
         store.grant(&id(task), &worker("w"), 2).await.unwrap();
-        store.end_attempt(&finish(task, 1, TaskState::Succeeded, AttemptState::Succeeded, "done"), 3).await.unwrap();
+        store
+            .write(Change::End(finish(task, 1, TaskState::Succeeded, AttemptState::Succeeded, "done")), 3)
+            .await
+            .unwrap();
     }
     let due = store.due_outbox(10, 10).await.unwrap();
     assert_eq!(due.len(), 2);
-    store.outbox_settled(&[&due[0]], &[(&due[1], "503 from GMS".to_owned(), 500)], 7).await.unwrap();
+    let retry = Delivery::Retry { error: "503 from GMS".to_owned(), next_try_at_ms: 500 };
+    store.outbox_settled(&[(&due[0], Delivery::Delivered), (&due[1], retry)], 7).await.unwrap();
     let (a, _) = store.task(&due[0].task_id).await.unwrap().unwrap();
     let (b, _) = store.task(&due[1].task_id).await.unwrap().unwrap();
     assert_eq!((a.reported_at_ms, b.reported_at_ms), (Some(7), None));
@@ -345,4 +375,42 @@ async fn close_waits_for_the_writer_and_leaves_a_checkpointed_database() {
     assert!(!dir.path().join("t.db-wal").exists());
     let reopened = Store::open(&path, false).await.unwrap();
     assert_eq!(reopened.queued_tasks().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_write_gms_refuses_for_good_leaves_the_outbox_and_is_recorded_on_the_task() {
+    let (_dir, store) = open().await;
+    store.insert_task(&new_task("a"), 1).await.unwrap();
+    store.grant(&id("a"), &worker("w"), 2).await.unwrap();
+    store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
+    store.write(Change::End(finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1")), 4).await.unwrap();
+    // RUNNING first (in order per task): GMS refuses it for good; the terminal row is due next.
+    let running = store.due_outbox(10, 10).await.unwrap();
+    assert_eq!(running.iter().map(|e| e.kind).collect::<Vec<_>>(), [OutboxKind::Running]);
+    let refused = Delivery::GaveUp { error: "GMS refused the write (HTTP 400): bad".into() };
+    store.outbox_settled(&[(&running[0], refused)], 5).await.unwrap();
+    let (task, _) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(task.delivery_failure.as_deref(), Some("RUNNING write: GMS refused the write (HTTP 400): bad"));
+    assert_eq!(task.reported_at_ms, None, "a refused RUNNING write does not settle the result");
+    let terminal = store.due_outbox(10, 10).await.unwrap();
+    assert_eq!(terminal.iter().map(|e| e.kind).collect::<Vec<_>>(), [OutboxKind::Terminal]);
+    // The terminal write refused for good: the result counts as settled (its SQS message may go).
+    let reported = store.reported();
+    let refused = Delivery::GaveUp { error: "GMS refused the payload as too large (HTTP 413): big".into() };
+    store.outbox_settled(&[(&terminal[0], refused)], 6).await.unwrap();
+    assert!(reported.has_changed().unwrap());
+    let (task, _) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(
+        (task.reported_at_ms, task.delivery_failure.as_deref()),
+        (Some(6), Some("TERMINAL write: GMS refused the payload as too large (HTTP 413): big"))
+    );
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_read_pool_cannot_write() {
+    let (_dir, store) = open().await;
+    let refused = sqlx::query("DELETE FROM tasks").execute(&store.reads).await;
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("readonly"), "{message}");
 }

@@ -1,10 +1,13 @@
-//! Workers we have seen: what they declared in their last Hello, and whether they are connected.
+//! Workers we have seen: what they declared in their last Hello, and whether they are connected. Changes are
+//! plain functions over the writer's transaction (parts of the engine's turns); reads use the read pool.
 
 use std::collections::BTreeMap;
 
 use outpost_common::ids::{PoolId, WorkerId};
+use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
+use super::writer::writer_error;
 use super::{Error, Store};
 
 /// What a worker declared when it connected.
@@ -58,52 +61,56 @@ impl TryFrom<WorkerRow> for WorkerRecord {
     }
 }
 
+/// Records that a worker connected with this declaration.
+pub(super) fn connected(tx: &Transaction<'_>, worker: &WorkerSeen, now_ms: i64) -> Result<(), Error> {
+    let pools: Vec<&str> = worker.pools.iter().map(PoolId::as_str).collect();
+    let pools_json = serde_json::to_string(&pools).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let labels_json = serde_json::to_string(&worker.labels).map_err(|e| Error::Corrupt(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT INTO workers (worker_id, pools_json, slots, version, labels_json, first_seen_ms, \
+         connected_since_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (worker_id) DO UPDATE SET pools_json = excluded.pools_json, slots = excluded.slots, \
+         version = excluded.version, labels_json = excluded.labels_json, \
+         connected_since_ms = excluded.connected_since_ms, last_seen_ms = excluded.last_seen_ms",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            worker.worker_id.as_str(),
+            pools_json,
+            worker.slots as i64,
+            worker.version,
+            labels_json,
+            now_ms,
+            now_ms,
+            now_ms
+        ])
+    })
+    .map_err(writer_error)?;
+    Ok(())
+}
+
+/// Records that a worker's session ended.
+pub(super) fn disconnected(tx: &Transaction<'_>, worker: &WorkerId, now_ms: i64) -> Result<(), Error> {
+    tx.prepare_cached("UPDATE workers SET connected_since_ms = NULL, last_seen_ms = ? WHERE worker_id = ?")
+        .and_then(|mut s| s.execute(params![now_ms, worker.as_str()]))
+        .map_err(writer_error)?;
+    Ok(())
+}
+
 impl Store {
-    /// Records that a worker connected with this declaration.
-    pub async fn worker_connected(&self, worker: &WorkerSeen, now_ms: i64) -> Result<(), Error> {
-        let pools: Vec<&str> = worker.pools.iter().map(PoolId::as_str).collect();
-        let pools_json = serde_json::to_string(&pools).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let labels_json = serde_json::to_string(&worker.labels).map_err(|e| Error::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO workers (worker_id, pools_json, slots, version, labels_json, first_seen_ms, \
-             connected_since_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (worker_id) DO UPDATE SET pools_json = excluded.pools_json, slots = excluded.slots, \
-             version = excluded.version, labels_json = excluded.labels_json, \
-             connected_since_ms = excluded.connected_since_ms, last_seen_ms = excluded.last_seen_ms",
-        )
-        .bind(worker.worker_id.as_str())
-        .bind(pools_json)
-        .bind(worker.slots as i64)
-        .bind(&worker.version)
-        .bind(labels_json)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records that a worker's session ended.
-    pub async fn worker_disconnected(&self, worker: &WorkerId, now_ms: i64) -> Result<(), Error> {
-        sqlx::query("UPDATE workers SET connected_since_ms = NULL, last_seen_ms = ? WHERE worker_id = ?")
-            .bind(now_ms)
-            .bind(worker.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Marks every worker disconnected (at start-up: no session survives a controller restart).
     pub async fn all_workers_disconnected(&self) -> Result<(), Error> {
-        sqlx::query("UPDATE workers SET connected_since_ms = NULL").execute(&self.pool).await?;
-        Ok(())
+        self.transaction(|tx, _| {
+            tx.execute("UPDATE workers SET connected_since_ms = NULL", []).map_err(writer_error)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every worker ever seen, by worker ID.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Error> {
         let rows: Vec<WorkerRow> =
-            sqlx::query_as("SELECT * FROM workers ORDER BY worker_id").fetch_all(&self.pool).await?;
+            sqlx::query_as("SELECT * FROM workers ORDER BY worker_id").fetch_all(&self.reads).await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
 }

@@ -193,7 +193,7 @@ impl Queue {
             Request::Kill { id } => {
                 match self.scheduler.cancel(&id, "KILL signal from DataHub").await {
                     Ok(()) => info!(task = %id, "KILL signal (SQS): cancelling"),
-                    Err(scheduler::Error::Finished { .. } | scheduler::Error::NotFound(_)) => {
+                    Err(e) if e.is_finished() || matches!(e, scheduler::Error::NotFound(_)) => {
                         debug!(task = %id, "KILL signal for a task not running here")
                     }
                     Err(e) => {

@@ -1,0 +1,323 @@
+//! The engine actor: the single owner of sessions, leases and queues. Every decision that changes who runs what
+//! is made here, one event at a time, by the pure rules of `lifecycle`, and made durable in the store before it
+//! is announced. Events waiting together form a turn whose changes are committed in one transaction (group
+//! commit); answers, assignments and cancels go out only after that commit. A periodic sweep expires leases,
+//! revokes unacknowledged assignments, times out cancels, wakes backed-off tasks and persists heartbeats.
+//!
+//! The concerns live in their own files: `sessions.rs` (agents coming and going, liveness), `tasks.rs` (the life
+//! cycle applied: acks, results, losses, cancels, retries), `dispatch.rs` (placement and grants), `views.rs`
+//! (read models for the admin API and intake). This file holds the loop, the turn and its commit.
+
+mod dispatch;
+mod sessions;
+mod tasks;
+mod views;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use outpost_common::clock::unix_ms;
+use outpost_common::ids::{TaskId, WorkerId};
+use outpost_common::task::TaskState;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::leases::{Lease, Leases};
+use super::queue::Queue;
+use super::turn::Plan;
+use super::{AgentCommand, AgentHello, Config, Error, Event, SessionId};
+use crate::metrics::Metrics;
+use crate::store::{self, Store};
+
+/// The most events handled in one turn (one commit).
+const MAX_TURN: usize = 1024;
+
+/// One connected agent.
+pub(super) struct Session {
+    id: SessionId,
+    pub(super) hello: AgentHello,
+    commands: mpsc::Sender<AgentCommand>,
+    kick: CancellationToken,
+    pub(super) credits: u32,
+    pub(super) draining: bool,
+    pub(super) connected_since_ms: i64,
+}
+
+pub(super) struct Engine {
+    pub(super) store: Store,
+    metrics: Metrics,
+    config: Config,
+    pub(super) sessions: BTreeMap<WorkerId, Session>,
+    /// When each worker was last heard from (Instant for expiry, Unix ms for the record). Kept across a
+    /// disconnect: that is the reconnect grace.
+    pub(super) liveness: HashMap<WorkerId, (Instant, i64)>,
+    /// Workers heard from since the last heartbeat commit.
+    heard: HashSet<WorkerId>,
+    pub(super) leases: Leases,
+    pub(super) queue: Queue,
+    next_session: u64,
+    /// This turn's changes, written by the next `flush`.
+    plan: Plan,
+}
+
+/// Queues and leases as the store has them. Held tasks get one lease TTL (and an unacknowledged one at least
+/// the ack deadline) from now.
+async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Error> {
+    let now = Instant::now();
+    let now_ms = unix_ms();
+    let mut queue = Queue::default();
+    let queued = store.queued_tasks().await?;
+    for task in &queued {
+        queue.push(task.pool.clone(), task.id.clone(), task.not_before_ms, now_ms);
+    }
+    let mut leases = Leases::default();
+    let held = store.held_tasks().await?;
+    for held_task in &held {
+        let task = &held_task.task;
+        let ack_window = config.ack_deadline.max(config.lease_ttl);
+        leases.insert(
+            task.id.clone(),
+            Lease {
+                worker: held_task.worker_id.clone(),
+                pool: task.pool.clone(),
+                task_name: task.task_name.clone(),
+                epoch: task.epoch,
+                state: task.state,
+                attempts: task.attempts,
+                ack_deadline: (task.state == TaskState::Assigned).then(|| now + ack_window),
+                cancel_deadline: task.cancel_requested.then(|| now + config.cancel_timeout),
+            },
+        );
+    }
+    info!(queued = queued.len(), held = held.len(), "loaded tasks; held tasks wait one lease TTL for their agents");
+    Ok((queue, leases))
+}
+
+impl Event {
+    /// Events that read the store: the engine commits what is pending before them, so they see it.
+    fn reads_store(&self) -> bool {
+        matches!(self, Event::ListWorkers { .. } | Event::Explain { .. })
+    }
+}
+
+impl Engine {
+    /// Rebuilds queues and leases from the store. Every held task gets the reconnect grace (one lease TTL from
+    /// now) for its agent to come back and claim it.
+    pub(super) async fn load(store: Store, config: Config, metrics: Metrics) -> Result<Engine, Error> {
+        store.all_workers_disconnected().await?;
+        let (queue, leases) = rebuild(&store, &config).await?;
+        let now = (Instant::now(), unix_ms());
+        let liveness = leases.iter().map(|(_, lease)| (lease.worker.clone(), now)).collect();
+        Ok(Engine {
+            store,
+            metrics,
+            config,
+            sessions: BTreeMap::new(),
+            liveness,
+            heard: HashSet::new(),
+            leases,
+            queue,
+            next_session: 1,
+            plan: Plan::default(),
+        })
+    }
+
+    pub(super) async fn run(mut self, mut events: mpsc::Receiver<Event>, token: CancellationToken) {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                event = events.recv() => match event {
+                    Some(event) => self.turn(event, &mut events).await,
+                    None => break,
+                },
+                _ = sweep.tick() => {
+                    self.sweep().await;
+                    self.flush().await;
+                }
+            }
+        }
+        self.commit_heartbeats();
+        self.flush().await;
+        for session in self.sessions.values() {
+            session.kick.cancel();
+        }
+        debug!("scheduler stopped");
+    }
+
+    /// Handles `first` and every event already waiting behind it (up to `MAX_TURN`), then commits their
+    /// changes together. An event that reads the store is preceded by a commit of what is pending.
+    async fn turn(&mut self, first: Event, events: &mut mpsc::Receiver<Event>) {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(event) = next.take() {
+            if event.reads_store() {
+                self.flush().await;
+            }
+            self.handle(event).await;
+            handled += 1;
+            if handled < MAX_TURN {
+                next = events.try_recv().ok();
+            }
+        }
+        self.flush().await;
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit { task, reply } => self.submit(task, reply),
+            Event::Connect { hello, commands, kick, reply } => {
+                let welcome = self.connect(hello, commands, kick).await;
+                self.plan.answer(reply, welcome);
+            }
+            Event::Credit { worker, session, credits } => self.credit(&worker, session, credits),
+            Event::Ack { worker, session, attempt, reply } => {
+                let acked = self.ack(&worker, session, &attempt).await;
+                self.plan.answer(reply, acked);
+            }
+            Event::Seen { worker, session } => {
+                if self.current(&worker, session).is_some() {
+                    self.heard_from(&worker);
+                }
+            }
+            Event::Result { worker, session, attempt, outcome, reply } => {
+                let recorded = self.result(&worker, session, &attempt, &outcome).await;
+                self.plan.answer(reply, recorded);
+            }
+            Event::Draining { worker, session } => self.draining(&worker, session),
+            Event::Disconnected { worker, session } => self.disconnected(&worker, session),
+            Event::ListWorkers { reply } => {
+                let _ = reply.send(self.list_workers().await);
+            }
+            Event::Cancel { task, reason, reply } => {
+                let cancelled = self.cancel(&task, &reason).await;
+                self.plan.answer(reply, cancelled);
+            }
+            Event::Drain { worker, reply } => {
+                let _ = reply.send(self.drain(&worker));
+            }
+            Event::Retry { task, reply } => {
+                let retried = self.retry(&task).await;
+                self.plan.answer(reply, retried);
+            }
+            Event::Explain { task, reply } => {
+                let _ = reply.send(self.explain(&task).await);
+            }
+            Event::Capacity { reply } => {
+                let _ = reply.send(Ok(self.capacity()));
+            }
+            Event::Demand { pool, reply } => {
+                let _ = reply.send(Ok(self.demand(&pool)));
+            }
+        }
+    }
+
+    fn current(&mut self, worker: &WorkerId, session: SessionId) -> Option<&mut Session> {
+        self.sessions.get_mut(worker).filter(|s| s.id == session)
+    }
+
+    fn heard_from(&mut self, worker: &WorkerId) {
+        self.liveness.insert(worker.clone(), (Instant::now(), unix_ms()));
+        self.heard.insert(worker.clone());
+    }
+
+    /// Hands a command to a session now (only for what needs no commit: drains, and sends after a commit).
+    fn send(&self, worker: &WorkerId, command: AgentCommand) {
+        let Some(session) = self.sessions.get(worker) else { return };
+        if session.commands.try_send(command).is_err() {
+            // The session is closing or hopelessly behind; deadlines and lease expiry take over.
+            warn!(worker = %worker, "could not hand a command to the session");
+        }
+    }
+
+    /// Expires leases and deadlines, closes silent sessions, wakes backed-off tasks, persists heartbeats — all
+    /// as parts of the turn the next flush commits.
+    async fn sweep(&mut self) {
+        let now = Instant::now();
+        self.expire_leases(now).await;
+        self.close_silent_sessions(now);
+        self.queue.promote_due(unix_ms());
+        self.commit_heartbeats();
+    }
+
+    /// Commits the turn: its changes in order and grants of queued tasks to agents with credit — all in one
+    /// transaction — then answers, and sends the commands and assignments. If the commit fails nothing of the
+    /// turn happened: every answer says so, sessions opened in it are closed, and queues and leases are
+    /// reloaded from the store. Agents with nothing in the turn are not touched.
+    async fn flush(&mut self) {
+        let picks = self.pick();
+        let mut plan = std::mem::take(&mut self.plan);
+        let changes = plan.take_changes();
+        if changes.is_empty() && picks.is_empty() {
+            self.settle(plan, Vec::new());
+            return;
+        }
+        let turn = store::Turn { changes, grants: picks.iter().map(|p| (p.task.clone(), p.worker.clone())).collect() };
+        match self.store.write_turn(turn, unix_ms()).await {
+            Ok(written) => {
+                for (record, created) in &written.submitted {
+                    if *created {
+                        info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
+                    } else {
+                        info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
+                        if record.state != TaskState::Queued {
+                            // Queued here when it was submitted; the store already had it, finished.
+                            self.queue.remove(&record.id);
+                        }
+                    }
+                }
+                self.settle(plan, written.submitted);
+                self.announce(picks, written.granted);
+            }
+            Err(e) => {
+                error!(error = %e, "could not commit the turn; reloading queues and leases from the store");
+                for pick in &picks {
+                    if let Some(session) = self.sessions.get_mut(&pick.worker) {
+                        session.credits = session.credits.saturating_add(1);
+                    }
+                }
+                for (worker, id) in std::mem::take(&mut plan.opened) {
+                    if self.sessions.get(&worker).is_some_and(|s| s.id == id)
+                        && let Some(session) = self.sessions.remove(&worker)
+                    {
+                        session.kick.cancel();
+                    }
+                }
+                self.metrics.set_connected_agents(self.sessions.len());
+                plan.settle(Vec::new(), Some(&e.to_string()));
+                self.resync().await;
+            }
+        }
+    }
+
+    /// After a commit: the answers, then the commands that waited for it.
+    fn settle(&mut self, mut plan: Plan, submitted: Vec<(store::TaskRecord, bool)>) {
+        let commands = plan.take_commands();
+        plan.settle(submitted, None);
+        for (worker, command) in commands {
+            self.send(&worker, command);
+        }
+    }
+
+    /// After a failed commit: the store is the truth again. Held tasks keep (or get) the reconnect grace.
+    async fn resync(&mut self) {
+        match rebuild(&self.store, &self.config).await {
+            Ok((queue, leases)) => {
+                let now = (Instant::now(), unix_ms());
+                for (_, lease) in leases.iter() {
+                    self.liveness.entry(lease.worker.clone()).or_insert(now);
+                }
+                self.queue = queue;
+                self.leases = leases;
+            }
+            Err(e) => error!(error = %e, "could not reload from the store; the next turn tries again"),
+        }
+    }
+
+    /// A task a caller asked about is unknown.
+    fn not_found(task: &TaskId) -> Error {
+        Error::NotFound(task.clone())
+    }
+}

@@ -1,0 +1,110 @@
+//! Read models: why a task is where it is, the workers as operators see them, capacity and demand per pool.
+//! Reads only — from memory and the store; never changes anything.
+
+use std::collections::BTreeMap;
+
+use outpost_common::ids::{PoolId, TaskId};
+use outpost_common::task::TaskState;
+
+use super::{Engine, Session};
+use crate::scheduler::{Demand, Error, Explanation, PoolCapacity, Why, WorkerState, WorkerView};
+
+impl Engine {
+    pub(super) async fn explain(&self, task: &TaskId) -> Result<Explanation, Error> {
+        if let Some(lease) = self.leases.get(task) {
+            let worker = lease.worker.clone();
+            let why = if lease.cancel_deadline.is_some() {
+                Why::Cancelling { worker }
+            } else if lease.state == TaskState::Assigned {
+                Why::Assigned { worker }
+            } else {
+                Why::Running { worker }
+            };
+            return Ok(Explanation { state: lease.state, why });
+        }
+        let (record, _) = self.store.task(task).await?.ok_or_else(|| Self::not_found(task))?;
+        let why = match self.queue.waiting(task) {
+            Some(Some(not_before_ms)) => Why::Backoff { not_before_ms },
+            Some(None) => {
+                let serving: Vec<&Session> =
+                    self.sessions.values().filter(|s| s.hello.pools.contains(&record.pool)).collect();
+                if serving.is_empty() {
+                    Why::NoAgentForPool
+                } else if serving.iter().all(|s| s.draining) {
+                    Why::AgentsDraining
+                } else if serving.iter().all(|s| s.draining || s.credits == 0) {
+                    Why::AllSlotsBusy
+                } else {
+                    Why::WaitingItsTurn
+                }
+            }
+            None if record.state.is_terminal() => Why::Finished,
+            None => Why::WaitingItsTurn,
+        };
+        Ok(Explanation { state: record.state, why })
+    }
+
+    pub(super) async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {
+        let stored = self.store.workers().await?;
+        Ok(stored
+            .into_iter()
+            .map(|record| {
+                let used = self.leases.count_of_worker(&record.seen.worker_id) as u32;
+                match self.sessions.get(&record.seen.worker_id) {
+                    Some(s) => WorkerView {
+                        worker_id: s.hello.worker_id.clone(),
+                        pools: s.hello.pools.clone(),
+                        slots: s.hello.slots,
+                        slots_used: used,
+                        version: s.hello.version.clone(),
+                        state: if s.draining { WorkerState::Draining } else { WorkerState::Ready },
+                        connected_since_ms: Some(s.connected_since_ms),
+                        last_seen_ms: self.liveness.get(&s.hello.worker_id).map_or(record.last_seen_ms, |l| l.1),
+                        labels: s.hello.labels.clone(),
+                    },
+                    None => WorkerView {
+                        worker_id: record.seen.worker_id,
+                        pools: record.seen.pools,
+                        slots: record.seen.slots,
+                        slots_used: used,
+                        version: record.seen.version,
+                        state: WorkerState::Disconnected,
+                        connected_since_ms: None,
+                        last_seen_ms: record.last_seen_ms,
+                        labels: record.seen.labels,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// Connected agents and free slots per pool.
+    pub(super) fn capacity(&self) -> Vec<PoolCapacity> {
+        let mut pools: BTreeMap<PoolId, PoolCapacity> = BTreeMap::new();
+        for session in self.sessions.values() {
+            for pool in &session.hello.pools {
+                let entry = pools.entry(pool.clone()).or_insert_with(|| PoolCapacity {
+                    pool: pool.clone(),
+                    agents: 0,
+                    draining: 0,
+                    free_slots: 0,
+                });
+                if session.draining {
+                    entry.draining += 1;
+                } else {
+                    entry.agents += 1;
+                    entry.free_slots += session.credits;
+                }
+            }
+        }
+        pools.into_values().collect()
+    }
+
+    /// Free slots of the pool's agents and its ready tasks, for demand-driven intake.
+    pub(super) fn demand(&self, pool: &PoolId) -> Demand {
+        let serving = self.sessions.values().filter(|s| !s.draining && s.hello.pools.contains(pool));
+        let (agents, free_slots) = serving.fold((0, 0), |(n, free), s| (n + 1, free + s.credits));
+        let queued = self.queue.ready_len(pool) as u32;
+        Demand { agents, free_slots, queued }
+    }
+}

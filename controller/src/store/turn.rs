@@ -1,0 +1,130 @@
+//! Group commit: a turn's changes in one transaction on the writer thread — one fsync and one hand-off between
+//! threads per turn, whatever its size. Changes apply in the order they were decided (a cancel after the start
+//! it fences, a retry after the end it follows), then the grants. Every change stays fenced (`WHERE epoch = ?
+//! AND state …`); one the fence refuses rolls the whole turn back (the engine's memory and the store disagree, so
+//! nothing of that turn may stand).
+
+use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
+use rusqlite::{Transaction, TransactionBehavior};
+
+use super::attempts::{self, AttemptEnd, Grant};
+use super::tasks::{self, NewTask, TaskRecord};
+use super::workers::{self, WorkerSeen};
+use super::writer::writer_error;
+use super::{Error, Store};
+
+/// One durable change the engine decided.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A new task (a known id is left as it is).
+    Submit(NewTask),
+    /// The agent acknowledged: ASSIGNED → RUNNING (a repeat is a no-op).
+    Start(AttemptRef),
+    /// An attempt ended; its task is requeued or finished.
+    End(AttemptEnd),
+    /// Cancel of a held task: the epoch goes from `epoch` to `epoch + 1`, fencing the running attempt out.
+    RequestCancel { task: TaskId, epoch: Epoch },
+    /// Cancel of a queued task: it ends CANCELLED with `report`.
+    CancelQueued { task: TaskId, report: String },
+    /// An operator runs a finished task again.
+    Retry { task: TaskId },
+    /// Last heartbeats of live attempts (rows of ended attempts are left alone).
+    Heartbeats(Vec<(AttemptRef, i64)>),
+    /// A worker connected with this declaration.
+    WorkerConnected(WorkerSeen),
+    /// A worker's session ended.
+    WorkerDisconnected(WorkerId),
+}
+
+/// One turn: its changes in order, then grants of queued tasks to workers.
+#[derive(Clone, Debug, Default)]
+pub struct Turn {
+    pub changes: Vec<Change>,
+    pub grants: Vec<(TaskId, WorkerId)>,
+}
+
+impl Turn {
+    /// A turn of one change.
+    pub fn of(change: Change) -> Turn {
+        Turn { changes: vec![change], grants: Vec::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.grants.is_empty()
+    }
+}
+
+/// What a committed turn did.
+#[derive(Debug, Default)]
+pub struct TurnWritten {
+    /// Per submit, in order: the stored task and whether this turn created it (`false`: the id was known).
+    pub submitted: Vec<(TaskRecord, bool)>,
+    /// The grants made; a task no longer QUEUED is left out (nothing changed for it).
+    pub granted: Vec<Grant>,
+}
+
+/// What a transaction did beyond its rows, to announce once it is durable; and whether results are reported.
+#[derive(Debug, Default)]
+pub(super) struct Effects {
+    /// GMS reporting is on: state changes write outbox rows.
+    pub reporting: bool,
+    pub outbox_added: bool,
+    /// A terminal result was delivered (or recorded, with reporting off): SQS messages may go.
+    pub reported: bool,
+}
+
+impl Store {
+    /// Applies a turn in one transaction and commits it; nothing of it happens if any change is refused (the
+    /// error is the first refusal) or the database fails.
+    pub async fn write_turn(&self, turn: Turn, now_ms: i64) -> Result<TurnWritten, Error> {
+        self.transaction(move |tx, effects| apply(tx, &turn, now_ms, effects)).await
+    }
+
+    /// Runs `job` in one write transaction on the writer (all or nothing), then announces what it did.
+    pub(super) async fn transaction<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Transaction<'_>, &mut Effects) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let reporting = self.reporting;
+        let (value, effects) = self
+            .writer
+            .run(move |connection| {
+                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
+                let mut effects = Effects { reporting, ..Effects::default() };
+                let value = job(&tx, &mut effects)?;
+                tx.commit().map_err(writer_error)?;
+                Ok::<_, Error>((value, effects))
+            })
+            .await??;
+        if effects.outbox_added {
+            self.outbox_added.notify_one();
+        }
+        if effects.reported {
+            self.announce_reported();
+        }
+        Ok(value)
+    }
+}
+
+fn apply(tx: &Transaction<'_>, turn: &Turn, now_ms: i64, effects: &mut Effects) -> Result<TurnWritten, Error> {
+    let mut written = TurnWritten::default();
+    for change in &turn.changes {
+        match change {
+            Change::Submit(task) => written.submitted.push(tasks::insert(tx, task, now_ms)?),
+            Change::Start(attempt) => attempts::start(tx, attempt, now_ms, effects)?,
+            Change::End(end) => attempts::end(tx, end, now_ms, effects)?,
+            Change::RequestCancel { task, epoch } => attempts::request_cancel(tx, task, *epoch, now_ms)?,
+            Change::CancelQueued { task, report } => tasks::cancel_queued(tx, task, report, now_ms, effects)?,
+            Change::Retry { task } => tasks::requeue_finished(tx, task, now_ms)?,
+            Change::Heartbeats(beats) => attempts::heartbeats(tx, beats)?,
+            Change::WorkerConnected(seen) => workers::connected(tx, seen, now_ms)?,
+            Change::WorkerDisconnected(worker) => workers::disconnected(tx, worker, now_ms)?,
+        }
+    }
+    for (task, worker) in &turn.grants {
+        if let Some(grant) = attempts::grant(tx, task, worker, now_ms)? {
+            written.granted.push(grant);
+        }
+    }
+    Ok(written)
+}
