@@ -13,7 +13,8 @@ Both honour an optional path prefix (DataHub Cloud's /gms).
 Control API for tests (never authenticated):
   GET  /__control/requests          every recorded request: method, path, headers, body, valid, error, status
   POST /__control/fail              {"status": 503, "count": 3, "path": "aspects"}: the next N matching calls fail
-                                    with that status (0 = drop the connection); {"delay_ms": N} delays instead
+                                    with that status (0 = drop the connection); {"delay_ms": N} delays instead;
+                                    "match": only calls whose body contains this text (e.g. a URN)
   POST /__control/clear             ends every injected failure
   POST /__control/signal            {"urn": "...", "signal": "KILL"}
   POST /__control/input             {"urn": "...", "input": {ExecutionRequestInput}}
@@ -106,10 +107,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, STATE["results"])
         self.reply(404, {"message": "not found"})
 
-    def fault_for(self, path):
+    def fault_for(self, path, raw):
+        body = raw.decode("utf-8", "replace")
         with LOCK:
             for fault in STATE["faults"]:
-                if fault["count"] > 0 and fault.get("path", "") in path:
+                if fault["count"] > 0 and fault.get("path", "") in path and fault.get("match", "") in body:
                     fault["count"] -= 1
                     return dict(fault)
         return None
@@ -131,6 +133,7 @@ class Handler(BaseHTTPRequestHandler):
         }
         status, reply = self.handle_api(path, raw, record)
         record["status"] = status
+        record["done_ms"] = int(time.time() * 1000)
         with LOCK:
             STATE["requests"].append(record)
         if status == 0:
@@ -140,7 +143,7 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(status, reply)
 
     def handle_api(self, path, raw, record):
-        fault = self.fault_for(path)
+        fault = self.fault_for(path, raw)
         if fault and fault.get("delay_ms"):
             time.sleep(fault["delay_ms"] / 1000)
         elif fault:
@@ -202,7 +205,8 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             if path == "/__control/fail":
                 STATE["faults"].append({"status": body.get("status", 503), "count": body.get("count", 1),
-                                        "path": body.get("path", ""), "delay_ms": body.get("delay_ms", 0)})
+                                        "path": body.get("path", ""), "delay_ms": body.get("delay_ms", 0),
+                                        "match": body.get("match", "")})
             elif path == "/__control/clear":
                 STATE["faults"].clear()
             elif path == "/__control/signal":

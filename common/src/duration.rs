@@ -11,6 +11,35 @@ pub fn parse(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))
 }
 
+/// A flag value a program refuses at start, with the flag's name in the message.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// `flag` must be greater than zero.
+pub fn positive(flag: &str, value: Duration) -> Result<(), Invalid> {
+    if value.is_zero() { Err(Invalid(format!("{flag} must be greater than zero"))) } else { Ok(()) }
+}
+
+/// `flag` must be a whole number of seconds (for APIs that count in seconds, such as SQS: a fraction would be
+/// cut off silently).
+pub fn whole_seconds(flag: &str, value: Duration) -> Result<(), Invalid> {
+    if value.subsec_nanos() == 0 {
+        Ok(())
+    } else {
+        Err(Invalid(format!("{flag} must be a whole number of seconds (SQS counts in seconds), not {value:?}")))
+    }
+}
+
+/// `flag` (`value`) must be shorter than `other` (`limit`).
+pub fn shorter(flag: &str, value: Duration, other: &str, limit: Duration) -> Result<(), Invalid> {
+    if value < limit {
+        Ok(())
+    } else {
+        Err(Invalid(format!("{flag} ({value:?}) must be shorter than {other} ({limit:?})")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -23,5 +52,22 @@ mod tests {
         assert_eq!(parse("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse("-1").is_err());
         assert!(parse("soon").is_err());
+    }
+
+    #[test]
+    fn checks_say_which_flag_is_wrong() {
+        assert_eq!(
+            positive("--lease-ttl", Duration::ZERO).unwrap_err().to_string(),
+            "--lease-ttl must be greater than zero"
+        );
+        assert_eq!(
+            whole_seconds("--sqs-wait", Duration::from_millis(1500)).unwrap_err().to_string(),
+            "--sqs-wait must be a whole number of seconds (SQS counts in seconds), not 1.5s"
+        );
+        assert!(whole_seconds("--sqs-wait", Duration::from_secs(2)).is_ok());
+        assert_eq!(
+            shorter("--a", Duration::from_secs(2), "--b", Duration::from_secs(2)).unwrap_err().to_string(),
+            "--a (2s) must be shorter than --b (2s)"
+        );
     }
 }

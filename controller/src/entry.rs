@@ -7,6 +7,19 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CertsCommand, Cli, Command};
 use crate::{certs, run};
 
+/// The whole program as a process: its exit code. A failure is one line on stderr (and in the log): what
+/// stopped, and why.
+pub fn run_main() -> i32 {
+    match main() {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "outpost-controller stopped");
+            eprintln!("outpost-controller: {e:#}");
+            1
+        }
+    }
+}
+
 /// The whole `outpost-controller` program.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

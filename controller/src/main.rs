@@ -1,5 +1,5 @@
 //! `outpost-controller`: see [`outpost_controller::entry`].
 
-fn main() -> anyhow::Result<()> {
-    outpost_controller::entry::main()
+fn main() {
+    std::process::exit(outpost_controller::entry::run_main());
 }

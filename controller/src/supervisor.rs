@@ -10,6 +10,26 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+/// What a service returns: nothing, or a result whose error says why it stopped.
+pub trait Outcome {
+    fn reason(self) -> String;
+}
+
+impl Outcome for () {
+    fn reason(self) -> String {
+        "it ended on its own".to_owned()
+    }
+}
+
+impl<E: std::fmt::Display> Outcome for Result<(), E> {
+    fn reason(self) -> String {
+        match self {
+            Ok(()) => "it ended on its own".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
 /// Why a service ended.
 #[derive(Debug)]
 struct Ended {
@@ -43,18 +63,23 @@ impl Default for Supervisor {
 impl Supervisor {
     /// Starts `service` under `name`. A critical service must run until shutdown; when any service ends, the
     /// supervisor hears why (its error, its panic message, or that it returned).
-    pub fn spawn<F, E>(&mut self, name: &'static str, critical: bool, service: F)
+    pub fn spawn<F, T>(&mut self, name: &'static str, critical: bool, service: F)
     where
-        F: Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+        T: Outcome + Send + 'static,
     {
-        let inner = tokio::spawn(service);
+        self.watch(name, critical, tokio::spawn(service));
+    }
+
+    /// Supervises a task already running.
+    pub fn watch<T: Outcome + Send + 'static>(&mut self, name: &'static str, critical: bool, task: JoinHandle<T>) {
         let ended = self.ended.clone();
         let watcher = tokio::spawn(async move {
-            let reason = match inner.await {
-                Ok(Ok(())) => "it ended on its own".to_owned(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) if e.is_panic() => format!("it panicked: {}", panic_message(e.into_panic())),
+            let reason = match task.await {
+                Ok(outcome) => outcome.reason(),
+                Err(e) if e.is_panic() => {
+                    format!("it panicked: {}", outpost_common::errors::panic_text(e.into_panic().as_ref()))
+                }
                 Err(e) => format!("it was cancelled: {e}"),
             };
             let _ = ended.send(Ended { name, critical, reason });
@@ -80,16 +105,6 @@ impl Supervisor {
         if tokio::time::timeout(limit, handle).await.is_err() {
             warn!(service = name, "did not stop within the shutdown timeout");
         }
-    }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(no message)".to_owned()
     }
 }
 

@@ -13,6 +13,15 @@ pub struct Gms {
     http: reqwest::Client,
 }
 
+/// One result write the stand-in saw.
+#[derive(Clone, Debug)]
+pub struct ResultWrite {
+    pub status: u16,
+    pub aspect: serde_json::Value,
+    pub arrived_ms: i64,
+    pub answered_ms: i64,
+}
+
 impl Cluster {
     /// Starts the stand-in; `extra` goes to its command line (e.g. `--max-payload`).
     pub async fn gms(&self, extra: &[&str]) -> Gms {
@@ -50,6 +59,19 @@ impl Gms {
         self.control("fail", serde_json::json!({"status": status, "count": count, "path": path})).await;
     }
 
+    /// The next `count` writes whose body contains `matching` answer `status`.
+    pub async fn fail_matching(&self, status: u16, count: u32, matching: &str) {
+        let body = serde_json::json!({"status": status, "count": count, "path": "aspects", "match": matching});
+        self.control("fail", body).await;
+    }
+
+    /// The next `count` writes whose body contains `matching` are answered only after `delay`.
+    pub async fn delay_matching(&self, delay: Duration, count: u32, matching: &str) {
+        let body = serde_json::json!({"delay_ms": delay.as_millis() as u64, "count": count, "path": "aspects",
+                                      "match": matching});
+        self.control("fail", body).await;
+    }
+
     /// Ends every injected failure.
     pub async fn heal(&self) {
         self.control("clear", serde_json::json!({})).await;
@@ -70,6 +92,11 @@ impl Gms {
 
     /// The `dataHubExecutionRequestResult` aspects written for `urn`, in order, with the HTTP status of each.
     pub async fn result_writes(&self, urn: &str) -> Vec<(u16, serde_json::Value)> {
+        self.timed_result_writes(urn).await.into_iter().map(|w| (w.status, w.aspect)).collect()
+    }
+
+    /// The same, with when each arrived and was answered (Unix ms, the stand-in's clock).
+    pub async fn timed_result_writes(&self, urn: &str) -> Vec<ResultWrite> {
         self.requests()
             .await
             .into_iter()
@@ -79,7 +106,12 @@ impl Gms {
                 let proposal = &body["proposal"];
                 (proposal["entityUrn"] == urn).then(|| {
                     let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
-                    (r["status"].as_u64().unwrap_or(0) as u16, aspect.unwrap_or_default())
+                    ResultWrite {
+                        status: r["status"].as_u64().unwrap_or(0) as u16,
+                        aspect: aspect.unwrap_or_default(),
+                        arrived_ms: r["time_ms"].as_i64().unwrap_or_default(),
+                        answered_ms: r["done_ms"].as_i64().unwrap_or_default(),
+                    }
                 })
             })
             .collect()

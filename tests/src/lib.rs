@@ -250,6 +250,28 @@ impl Cluster {
 
     /// Starts a controller on 127.0.0.1 (port 0 unless `--listen` is in `extra`) over `db_name` in the temp dir.
     pub async fn controller(&self, db_name: &str, extra: &[&str]) -> Controller {
+        self.controller_with_env(db_name, extra, &[]).await
+    }
+
+    /// The same with extra environment variables (e.g. `FAILPOINTS` for the test build's fail points).
+    pub async fn controller_with_env(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Controller {
+        let addr_file = self.path(&format!("{db_name}.addr"));
+        let mut proc = self.start_controller(db_name, extra, env);
+        let addr = wait_until("the controller to listen", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&addr_file).ok();
+            let exited = proc.child.try_wait().ok().flatten();
+            async move {
+                assert!(exited.is_none(), "the controller exited early: {exited:?}");
+                text.and_then(|t| t.parse().ok())
+            }
+        })
+        .await;
+        Controller { proc, addr }
+    }
+
+    /// Starts a controller process and returns at once (for tests of how it starts, or fails to). It writes its
+    /// address to `<db_name>.addr` once it listens.
+    pub fn start_controller(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let addr_file = self.path(&format!("{db_name}.addr"));
         let _ = std::fs::remove_file(&addr_file);
         let mut command = Command::new(&self.bins.controller);
@@ -274,19 +296,17 @@ impl Cluster {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true");
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied());
         let log = self.path(&format!("controller-{db_name}-{}.log", unique()));
-        let mut proc = Proc::spawn("controller", command, log);
-        let addr = wait_until("the controller to listen", Duration::from_secs(30), || {
-            let text = std::fs::read_to_string(&addr_file).ok();
-            let exited = proc.child.try_wait().ok().flatten();
-            async move {
-                assert!(exited.is_none(), "the controller exited early: {exited:?}");
-                text.and_then(|t| t.parse().ok())
-            }
-        })
-        .await;
-        Controller { proc, addr }
+        Proc::spawn("controller", command, log)
+    }
+
+    /// Runs the project venv's Python with `args` (its output in a log file of the temp dir).
+    pub fn python(&self, name: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(repo_root().join(".venv/bin/python"));
+        command.args(args);
+        Proc::spawn(name, command, self.path(&format!("{name}-{}.log", unique())))
     }
 
     /// Starts an agent with its own certificate, serving `pool` with `slots`.

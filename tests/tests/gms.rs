@@ -265,3 +265,84 @@ async fn execution_request_inputs_are_read_from_gms() {
         json!({"urns": urns, "aspectNames": ["dataHubExecutionRequestInput"], "withSystemMetadata": false})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_gms_refuses_for_good_is_recorded_and_holds_up_nothing() {
+    let cluster = Cluster::new(bins!());
+    let gms = cluster.gms(&[]).await;
+    // Every write about this one request is refused as malformed.
+    gms.fail_matching(400, 1000, "urn:li:dataHubExecutionRequest:refused").await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let controller = controller(&cluster, &gms, &["--metrics-listen", &metrics]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    wait_workers(&admin, 1).await;
+    submit(&mut admin, "refused", file_recipe()).await;
+    submit(&mut admin, "fine", file_recipe()).await;
+
+    // The other task's result reaches GMS; the refused one is settled too (its SQS message could go) and says why.
+    let fine = wait_reported(&admin, "fine").await;
+    assert_eq!(fine.state, pb::TaskState::Succeeded as i32);
+    assert_eq!(fine.delivery_failure, "");
+    let refused = wait_reported(&admin, "refused").await;
+    assert_eq!(refused.state, pb::TaskState::Succeeded as i32);
+    assert!(
+        refused.delivery_failure.starts_with("TERMINAL write: GMS refused the write (HTTP 400): "),
+        "{}",
+        refused.delivery_failure
+    );
+    // Each outbox write was tried once: a payload GMS refuses for good is not sent again.
+    let writes = gms.result_writes("urn:li:dataHubExecutionRequest:refused").await;
+    let kickoffs = writes.iter().filter(|(_, a)| a["status"] == "RUNNING" && a.get("report").is_none()).count();
+    let terminal: Vec<u16> = writes.iter().filter(|(_, a)| a["status"] == "SUCCESS").map(|(code, _)| *code).collect();
+    assert_eq!((kickoffs, terminal), (1, vec![400]));
+    let shown = cluster.ctl(&controller, &["task", "refused"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("GMS       refused for good: TERMINAL write: GMS refused the write (HTTP 400)"), "{shown}");
+    let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
+    assert_eq!(
+        metric(&samples, "outpost_gms_writes_total", &[("kind", "terminal"), ("outcome", "refused")]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&samples, "outpost_gms_writes_total", &[("kind", "running"), ("outcome", "refused")]), Some(1.0));
+    assert_eq!(
+        metric(&samples, "outpost_gms_writes_total", &[("kind", "terminal"), ("outcome", "delivered")]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&samples, "outpost_gms_outbox_depth", &[]), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gms_never_holds_a_result_behind_progress_writes() {
+    let cluster = Cluster::new(bins!());
+    let gms = cluster.gms(&[]).await;
+    // Every write about the long run takes 5 s to answer.
+    gms.delay_matching(Duration::from_secs(5), 1000, "urn:li:dataHubExecutionRequest:long").await;
+    let controller = controller(&cluster, &gms, &[]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    wait_workers(&admin, 1).await;
+    submit(&mut admin, "long", mock_recipe(6, 6)).await;
+    // Once the long run's progress writes flow (one after another, each 5 s), a short run finishes.
+    wait_until("a progress write of the long run", Duration::from_secs(60), || async {
+        let writes = gms.result_writes("urn:li:dataHubExecutionRequest:long").await;
+        writes.iter().any(|(_, a)| a["status"] == "RUNNING" && a.get("report").is_some()).then_some(())
+    })
+    .await;
+    submit(&mut admin, "short", file_recipe()).await;
+    wait_reported(&admin, "short").await;
+    let short = gms.timed_result_writes("urn:li:dataHubExecutionRequest:short").await;
+    let terminal = short.iter().find(|w| w.aspect["status"] == "SUCCESS").expect("the short run's result");
+    // Its result arrived while a progress write of the long run was still waiting for its answer.
+    let progress = wait_until("the progress write in flight to be answered", Duration::from_secs(30), || async {
+        let long = gms.timed_result_writes("urn:li:dataHubExecutionRequest:long").await;
+        long.into_iter().find(|w| {
+            w.aspect.get("report").is_some()
+                && w.arrived_ms <= terminal.arrived_ms
+                && terminal.arrived_ms < w.answered_ms
+        })
+    })
+    .await;
+    assert_eq!(progress.aspect["status"], "RUNNING");
+    assert_clean(&gms).await;
+}

@@ -98,6 +98,40 @@ fn classify(status: u16, path: &str, body: String) -> Error {
     }
 }
 
+/// The flags of the connection to GMS.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "gms")]
+#[command(next_help_heading = "DataHub GMS")]
+pub struct Args {
+    /// DataHub's metadata service, e.g. https://tenant.acryl.io/gms or http://datahub-gms:8080. Without it
+    /// nothing is reported to DataHub (results stay in SQLite).
+    #[arg(id = "gms_url", long = "gms-url", env = "DATAHUB_GMS_URL")]
+    pub url: Option<String>,
+    /// The access token for GMS (a DataHub Remote Executor token).
+    #[arg(id = "gms_token", long = "gms-token", env = "DATAHUB_GMS_TOKEN", hide_env_values = true)]
+    pub token: Option<Token>,
+    /// Timeout of one GMS call.
+    #[arg(id = "gms_timeout", long = "gms-timeout", env = "OUTPOST_GMS_TIMEOUT",
+          value_parser = outpost_common::duration::parse, default_value = "10s")]
+    pub timeout: Duration,
+    /// How often KILL signals are read from GMS for unfinished tasks.
+    #[arg(long, env = "DATAHUB_EXECUTOR_INGESTION_SIGNAL_POLL_INTERVAL",
+          value_parser = outpost_common::duration::parse, default_value = "2s")]
+    pub signal_poll_interval: Duration,
+}
+
+impl Args {
+    pub fn validate(&self) -> Result<(), outpost_common::duration::Invalid> {
+        outpost_common::duration::positive("--gms-timeout", self.timeout)?;
+        outpost_common::duration::positive("--signal-poll-interval", self.signal_poll_interval)
+    }
+
+    /// The client, when a GMS URL is set.
+    pub fn client(&self) -> Result<Option<Client>, Error> {
+        self.url.as_deref().map(|url| Client::new(url, self.token.clone(), self.timeout)).transpose()
+    }
+}
+
 /// Builds the HTTP client and knows the base URL (`https://tenant.acryl.io/gms` or `http://datahub-gms:8080`).
 #[derive(Clone, Debug)]
 pub struct Client {

@@ -10,6 +10,8 @@ pub mod tls;
 
 use std::time::Duration;
 
+use outpost_common::duration;
+
 use outpost_common::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,20 +30,43 @@ pub enum Error {
     Serve(#[source] tonic::transport::Error),
 }
 
-/// What the gRPC server needs.
-pub struct ServeConfig {
-    /// The server's TLS settings, re-read from their files when they change.
-    pub tls: std::sync::Arc<tls::Reloading>,
-    pub tls_reload_interval: Duration,
-    pub tls_handshake_timeout: Duration,
+/// The gRPC edge's flags.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "grpc")]
+#[command(next_help_heading = "gRPC and TLS")]
+pub struct Args {
+    #[command(flatten)]
+    pub tls: outpost_common::tls::TlsArgs,
+    /// The trust domain of SPIFFE URIs in client certificates.
+    #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = outpost_common::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// How often the TLS certificate, key and CA files are checked for changes (a rotation needs no restart).
+    #[arg(long, env = "OUTPOST_TLS_RELOAD_INTERVAL", value_parser = duration::parse, default_value = "30s")]
+    pub tls_reload_interval: Duration,
+    /// A TLS handshake not finished within this time is dropped.
+    #[arg(long, env = "OUTPOST_TLS_HANDSHAKE_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub tls_handshake_timeout: Duration,
+    /// An agent stream that sends no Hello within this time is closed.
+    #[arg(long, env = "OUTPOST_HELLO_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub hello_timeout: Duration,
 }
 
+impl Args {
+    pub fn validate(&self) -> Result<(), duration::Invalid> {
+        duration::positive("--tls-reload-interval", self.tls_reload_interval)?;
+        duration::positive("--tls-handshake-timeout", self.tls_handshake_timeout)?;
+        duration::positive("--hello-timeout", self.hello_timeout)
+    }
+}
+
 /// Serves until `token` is cancelled, then ends every agent session and returns once the server has stopped.
+/// `serving` is called once the server accepts connections.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
-    config: ServeConfig,
+    config: Args,
+    tls: std::sync::Arc<tls::Reloading>,
     listener: TcpListener,
+    serving: impl FnOnce() + Send,
     scheduler: Scheduler,
     logs: LogTails,
     metrics: crate::metrics::Metrics,
@@ -76,14 +101,14 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let incoming =
-        tls::incoming(listener, config.tls, config.tls_handshake_timeout, config.tls_reload_interval, token.clone());
-    Server::builder()
+        tls::incoming(listener, tls, config.tls_handshake_timeout, config.tls_reload_interval, token.clone());
+    let server = Server::builder()
         .add_service(agent)
         .add_service(admin)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-        .await
-        .map_err(Error::Serve)
+        .serve_with_incoming_shutdown(incoming, token.cancelled_owned());
+    serving();
+    server.await.map_err(Error::Serve)
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use outpost_common::clock::unix_ms;
+use outpost_common::duration;
 use outpost_common::ids::TaskId;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -25,16 +26,48 @@ use crate::logs::LogTails;
 use crate::metrics::{GmsOutcome, Metrics};
 use crate::store::{Delivery, OutboxEntry, OutboxKind, Store, TaskRecord};
 
-/// The reporter's settings.
-#[derive(Clone, Debug)]
+/// The reporter's flags.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "reporter")]
+#[command(next_help_heading = "Reporting to GMS")]
 pub struct Config {
+    /// How often running tasks report RUNNING with their log tail.
+    #[arg(long, env = "OUTPOST_PROGRESS_INTERVAL", value_parser = duration::parse, default_value = "5s")]
     pub progress_interval: Duration,
+    /// First retry backoff of a failed GMS write (doubled per try, jittered).
+    #[arg(id = "gms_retry_backoff", long = "gms-retry-backoff", env = "OUTPOST_GMS_RETRY_BACKOFF",
+          value_parser = duration::parse, default_value = "1s")]
     pub retry_backoff: Duration,
+    /// Longest retry backoff of a failed GMS write.
+    #[arg(id = "gms_retry_backoff_max", long = "gms-retry-backoff-max", env = "OUTPOST_GMS_RETRY_BACKOFF_MAX",
+          value_parser = duration::parse, default_value = "60s")]
     pub retry_backoff_max: Duration,
+    /// Cap on the report text sent to GMS (longer ones are cut in the middle, with a marker).
+    #[arg(id = "gms_max_report_bytes", long = "gms-max-report-bytes", env = "OUTPOST_GMS_MAX_REPORT_BYTES",
+          default_value_t = 1024 * 1024)]
     pub max_report_bytes: usize,
+    /// Cap on the structured report sent to GMS (a larger one is left out, and the report says so).
+    #[arg(id = "gms_max_structured_bytes", long = "gms-max-structured-bytes",
+          env = "OUTPOST_GMS_MAX_STRUCTURED_BYTES", default_value_t = 800 * 1000)]
     pub max_structured_bytes: usize,
-    /// GMS writes in flight at once (of different tasks), for deliveries and for progress each.
+    /// How many GMS writes may be in flight at once, for results and for progress each (writes of one task are
+    /// always sent one after another).
+    #[arg(id = "gms_concurrency", long = "gms-concurrency", env = "OUTPOST_GMS_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), duration::Invalid> {
+        duration::positive("--progress-interval", self.progress_interval)?;
+        duration::positive("--gms-retry-backoff", self.retry_backoff)?;
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(duration::Invalid(format!("--gms-concurrency must be 1 to 256, not {}", self.concurrency)));
+        }
+        if self.max_report_bytes < 1024 {
+            return Err(duration::Invalid("--gms-max-report-bytes must be at least 1024".into()));
+        }
+        Ok(())
+    }
 }
 
 /// One write at a time per task, across the delivery and progress tasks: a RUNNING progress write in flight

@@ -7,16 +7,34 @@ use std::time::Duration;
 use outpost_common::ids::Epoch;
 use outpost_common::task::{AttemptState, ResultStatus, TaskState};
 
-/// Retry rules.
-#[derive(Clone, Debug)]
+/// Retry rules (flags of the engine's group).
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "retry")]
+#[command(next_help_heading = "Retries")]
 pub struct RetryPolicy {
-    /// Attempts a task may make before it is ABORTED (infrastructure failures) or stays FAILED.
+    /// Attempts a task may make; after that an infrastructure failure ends it ABORTED.
+    #[arg(long, env = "OUTPOST_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
-    /// Backoff before attempt n+1 is base·2^(n-1), capped, with full jitter.
+    /// Backoff before a retry: this, doubled per attempt (base·2^(n-1)), capped, with full jitter.
+    #[arg(id = "retry_backoff", long = "retry-backoff", env = "OUTPOST_RETRY_BACKOFF",
+          value_parser = outpost_common::duration::parse, default_value = "1s")]
     pub backoff_base: Duration,
+    /// The longest retry backoff.
+    #[arg(id = "retry_backoff_max", long = "retry-backoff-max", env = "OUTPOST_RETRY_BACKOFF_MAX",
+          value_parser = outpost_common::duration::parse, default_value = "60s")]
     pub backoff_max: Duration,
-    /// Also retry runs that failed on their own (CLI exit ≠ 0). Off by default: such a failure is FAILED.
+    /// Also retry runs that failed on their own (CLI exit code not 0); by default they end FAILED.
+    #[arg(long, env = "OUTPOST_RETRY_TASK_FAILURES")]
     pub retry_task_failures: bool,
+}
+
+impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), outpost_common::duration::Invalid> {
+        if self.max_attempts == 0 {
+            return Err(outpost_common::duration::Invalid("--max-attempts must be greater than zero".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Why an attempt lost its agent (infrastructure failures).

@@ -1,4 +1,6 @@
-//! Engine tests against a real store: group commit and what a failed commit leaves behind.
+//! Engine tests in-process against a real store: group commit, what a failed commit leaves behind, and the
+//! sweep's deadlines (ack, lease, cancel) with sub-second timings. Paused tokio time does not mix with the
+//! store's I/O threads (the clock auto-advances while the writer works), so the deadlines are short and real.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -49,15 +51,47 @@ fn succeeded() -> AttemptResult {
 }
 
 async fn start() -> (tempfile::TempDir, Store, Scheduler, CancellationToken) {
+    start_with(config()).await
+}
+
+async fn start_with(config: Config) -> (tempfile::TempDir, Store, Scheduler, CancellationToken) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db"), false).await.unwrap();
     let token = CancellationToken::new();
-    let (scheduler, _) = Scheduler::start(store.clone(), config(), Metrics::default(), token.clone()).await.unwrap();
+    let (scheduler, _) = Scheduler::start(store.clone(), config, Metrics::default(), token.clone()).await.unwrap();
     (dir, store, scheduler, token)
 }
 
+fn id(text: &str) -> TaskId {
+    TaskId::parse(text).unwrap()
+}
+
+/// Waits until the stored task satisfies `done` (polling, at most 10 s).
+async fn stored_until(store: &Store, task: &str, done: impl Fn(&TaskRecord, &[AttemptRecord]) -> bool) -> TaskRecord {
+    for _ in 0..1000 {
+        if let Some((record, attempts)) = store.task(&id(task)).await.unwrap()
+            && done(&record, &attempts)
+        {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("task {task} never got there: {:?}", store.task(&id(task)).await.unwrap());
+}
+
 async fn agent(scheduler: &Scheduler, worker: &str, credits: u32) -> (SessionId, mpsc::Receiver<AgentCommand>) {
+    let (session, received, _) = agent_kicked_by(scheduler, worker, credits).await;
+    (session, received)
+}
+
+/// An agent session and the token the engine cancels to close it.
+async fn agent_kicked_by(
+    scheduler: &Scheduler,
+    worker: &str,
+    credits: u32,
+) -> (SessionId, mpsc::Receiver<AgentCommand>, CancellationToken) {
     let (commands, received) = mpsc::channel(64);
+    let kick = CancellationToken::new();
     let hello = AgentHello {
         worker_id: WorkerId::parse(worker).unwrap(),
         pools: vec![PoolId::parse("p").unwrap()],
@@ -66,9 +100,9 @@ async fn agent(scheduler: &Scheduler, worker: &str, credits: u32) -> (SessionId,
         labels: BTreeMap::new(),
         held: Vec::new(),
     };
-    let welcome = scheduler.connect(hello, commands, CancellationToken::new()).await.unwrap();
+    let welcome = scheduler.connect(hello, commands, kick.clone()).await.unwrap();
     scheduler.credit(&WorkerId::parse(worker).unwrap(), welcome.session, credits).await;
-    (welcome.session, received)
+    (welcome.session, received, kick)
 }
 
 async fn assigned(received: &mut mpsc::Receiver<AgentCommand>) -> Assignment {
@@ -151,5 +185,141 @@ async fn a_finished_task_submitted_again_is_not_run_and_its_slot_goes_to_the_nex
     assert_eq!((next.attempt.task_id.as_str(), next.attempt.epoch.0), ("b", 1));
     let (a, attempts) = store.task(&TaskId::parse("a").unwrap()).await.unwrap().unwrap();
     assert_eq!((a.state, a.epoch.0, attempts.len()), (TaskState::Succeeded, 1, 1));
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_failed_turn_fails_only_its_own_changes_and_no_unrelated_agent_is_disconnected() {
+    let (_dir, store, scheduler, token) = start().await;
+    // w2 runs b; w1 waits with a free slot.
+    let (w2_session, mut w2_commands, w2_kick) = agent_kicked_by(&scheduler, "w2", 1).await;
+    let w2 = WorkerId::parse("w2").unwrap();
+    scheduler.submit(task("b")).await.unwrap();
+    let b = assigned(&mut w2_commands).await;
+    scheduler.ack(&w2, w2_session, b.attempt.clone()).await.get().await.unwrap();
+    let (_, mut w1_commands, w1_kick) = agent_kicked_by(&scheduler, "w1", 1).await;
+
+    // The store fails one turn (the grant of a to w1 cannot be written).
+    store.refuse_attempts(true).await;
+    let refused = scheduler.submit(task("a")).await;
+    assert!(matches!(&refused, Err(Error::NotDurable(why)) if why.contains("disk full")), "{refused:?}");
+    store.refuse_attempts(false).await;
+
+    // Nobody was disconnected, and both sessions go on: w2's result is recorded, w1 gets the resubmitted task.
+    assert!(!w1_kick.is_cancelled() && !w2_kick.is_cancelled());
+    scheduler.result(&w2, w2_session, b.attempt, succeeded()).await.get().await.unwrap();
+    assert_eq!(store.task(&id("b")).await.unwrap().unwrap().0.state, TaskState::Succeeded);
+    scheduler.submit(task("a")).await.unwrap();
+    let a = assigned(&mut w1_commands).await;
+    assert_eq!((a.attempt.task_id.as_str(), a.attempt.epoch.0), ("a", 1));
+    assert!(w1_commands.try_recv().is_err() && w2_commands.try_recv().is_err());
+    let workers = scheduler.list_workers().await.unwrap();
+    assert!(workers.iter().all(|w| w.state == WorkerState::Ready), "{workers:?}");
+    token.cancel();
+}
+
+#[tokio::test]
+async fn an_assignment_not_acknowledged_in_time_is_revoked_and_granted_again() {
+    let config =
+        Config { ack_deadline: Duration::from_millis(300), sweep_interval: Duration::from_millis(50), ..config() };
+    let (_dir, store, scheduler, token) = start_with(config).await;
+    let (_, mut commands) = agent(&scheduler, "w1", 2).await;
+    scheduler.submit(task("a")).await.unwrap();
+    let first = assigned(&mut commands).await;
+    assert_eq!(first.attempt.epoch.0, 1);
+    // No ack: after the deadline (and the retry backoff) the task is granted again, at a new epoch.
+    let second = assigned(&mut commands).await;
+    assert_eq!((second.attempt.task_id.as_str(), second.attempt.epoch.0), ("a", 2));
+    let (_, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(attempts[0].state, outpost_common::task::AttemptState::Revoked);
+    assert_eq!(attempts[0].reason.as_deref(), Some("the agent did not acknowledge the assignment in time"));
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_silent_agent_loses_its_lease_after_the_ttl_and_the_task_runs_elsewhere() {
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(100),
+        lease_ttl: Duration::from_millis(600),
+        sweep_interval: Duration::from_millis(50),
+        ..config()
+    };
+    let (_dir, store, scheduler, token) = start_with(config).await;
+    let (session, mut commands, kick) = agent_kicked_by(&scheduler, "w1", 1).await;
+    let w1 = WorkerId::parse("w1").unwrap();
+    scheduler.submit(task("a")).await.unwrap();
+    let first = assigned(&mut commands).await;
+    scheduler.ack(&w1, session, first.attempt).await.get().await.unwrap();
+    // w1 goes silent; w2 keeps talking.
+    let (w2_session, mut w2_commands) = agent(&scheduler, "w2", 1).await;
+    let w2 = WorkerId::parse("w2").unwrap();
+    let beating = {
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move {
+            loop {
+                scheduler.seen(&w2, w2_session).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let second = assigned(&mut w2_commands).await;
+    assert_eq!((second.attempt.task_id.as_str(), second.attempt.epoch.0), ("a", 2));
+    assert!(kick.is_cancelled(), "the silent agent's session was closed");
+    let (_, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(attempts[0].state, outpost_common::task::AttemptState::Lost);
+    beating.abort();
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_cancel_the_agent_never_confirms_ends_cancelled_after_the_timeout() {
+    let config =
+        Config { cancel_timeout: Duration::from_millis(500), sweep_interval: Duration::from_millis(50), ..config() };
+    let (_dir, store, scheduler, token) = start_with(config).await;
+    let (session, mut commands) = agent(&scheduler, "w1", 1).await;
+    let w1 = WorkerId::parse("w1").unwrap();
+    let beating = {
+        let (scheduler, w1) = (scheduler.clone(), w1.clone());
+        tokio::spawn(async move {
+            loop {
+                scheduler.seen(&w1, session).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    scheduler.submit(task("a")).await.unwrap();
+    let first = assigned(&mut commands).await;
+    scheduler.ack(&w1, session, first.attempt.clone()).await.get().await.unwrap();
+    scheduler.cancel(&id("a"), "stop it").await.unwrap();
+    match commands.recv().await {
+        Some(AgentCommand::Cancel { attempt, .. }) => assert_eq!(attempt, first.attempt),
+        other => panic!("expected a Cancel, got {other:?}"),
+    }
+    // The stored epoch moved on at once: a late result of the cancelled attempt cannot finish the task.
+    assert_eq!(store.task(&id("a")).await.unwrap().unwrap().0.epoch.0, 2);
+    let cancelled = stored_until(&store, "a", |t, _| t.state == TaskState::Cancelled).await;
+    assert!(cancelled.result.unwrap().report.contains("the agent did not confirm the cancel in time"));
+    beating.abort();
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_cancel_and_a_retry_in_one_turn_apply_in_the_order_they_were_asked() {
+    let (_dir, store, scheduler, token) = start().await;
+    scheduler.submit(task("a")).await.unwrap();
+    // No agent: a stays queued. Cancel it, retry it and cancel it again, all handed in before any answer.
+    let a = id("a");
+    let (first, again, last) =
+        tokio::join!(scheduler.cancel(&a, "first"), scheduler.retry(&a), scheduler.cancel(&a, "second"));
+    first.unwrap();
+    again.unwrap();
+    last.unwrap();
+    let (record, _) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(record.state, TaskState::Cancelled);
+    assert!(record.result.unwrap().report.contains("second"));
+    // A retry of a queued task is refused with the life cycle's own reason.
+    scheduler.retry(&id("a")).await.unwrap();
+    let refused = scheduler.retry(&id("a")).await.unwrap_err();
+    assert_eq!(refused.to_string(), "task a is QUEUED: only a finished task can be retried");
     token.cancel();
 }

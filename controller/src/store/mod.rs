@@ -118,6 +118,11 @@ impl Store {
         self.writer.run(move |connection| connection.execute_batch(sql).unwrap()).await.unwrap();
     }
 
+    /// Resolves when the writer stops: `Ok` after [`Store::close`], `Err(why)` if it died (a panic in a job).
+    pub async fn writer_stopped(&self) -> Result<(), String> {
+        self.writer.ended().await
+    }
+
     /// Closes every connection (the writer's after its pending jobs, and last), checkpointing the WAL.
     pub async fn close(&self) {
         // The writer last: read-only connections cannot checkpoint, so the last one to close must be the writer.

@@ -186,6 +186,7 @@ pub(super) fn load(tx: &Transaction<'_>, id: &TaskId) -> Result<TaskRecord, Erro
 
 /// Records a new QUEUED task; a known id is left as it is (`false`): a second submit is the same task.
 pub(super) fn insert(tx: &Transaction<'_>, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
+    fail::fail_point!("store::submit");
     let args = serde_json::to_string(&task.args).map_err(|e| Error::Corrupt(e.to_string()))?;
     let mut statement = tx
         .prepare_cached(

@@ -13,11 +13,14 @@ use super::Error;
 
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 
-/// A handle on the writer thread; the thread ends at [`Writer::close`] (or when the handle is gone).
+/// A handle on the writer thread; the thread ends at [`Writer::close`] (or when the handle is gone), or when a
+/// job panics (the connection is dropped with its open transaction rolled back; later jobs fail).
 #[derive(Debug)]
 pub(super) struct Writer {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// How the thread ended: `Ok` after a close, `Err(why)` after a panic.
+    ended: Mutex<Option<oneshot::Receiver<Result<(), String>>>>,
 }
 
 impl Writer {
@@ -31,16 +34,27 @@ impl Writer {
             .map_err(writer_error)?;
         connection.set_prepared_statement_cache_capacity(64);
         let (jobs, receiver) = mpsc::channel::<Job>();
+        let (ended, ending) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("outpost-sqlite-writer".into())
             .spawn(move || {
+                let mut outcome = Ok(());
                 while let Ok(job) = receiver.recv() {
-                    job(&mut connection);
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut connection)));
+                    if let Err(panic) = ran {
+                        outcome = Err(format!(
+                            "the SQLite writer thread panicked: {}",
+                            outpost_common::errors::panic_text(panic.as_ref())
+                        ));
+                        break;
+                    }
                 }
                 // Dropping the connection closes it (the last connection to close checkpoints the WAL).
+                drop(connection);
+                let _ = ended.send(outcome);
             })
             .map_err(|e| Error::Writer(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) })
+        Ok(Writer { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)), ended: Mutex::new(Some(ending)) })
     }
 
     /// Lets the jobs already handed in finish, closes the connection and waits for the thread to end. Later
@@ -50,6 +64,16 @@ impl Writer {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Resolves when the thread ends: `Ok` after [`Writer::close`], `Err(why)` if a job panicked. Only the first
+    /// caller is told; later ones wait forever.
+    pub(super) async fn ended(&self) -> Result<(), String> {
+        let ending = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match ending {
+            Some(ending) => ending.await.unwrap_or_else(|_| Err("the SQLite writer thread is gone".into())),
+            None => std::future::pending().await,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod message;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use outpost_common::duration;
 use outpost_common::ids::PoolId;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,31 +22,114 @@ use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
-/// The bridge's settings.
-#[derive(Clone, Debug)]
+/// The bridge's flags.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "sqs")]
+#[command(next_help_heading = "SQS intake")]
 pub struct Config {
-    /// (pool, queue URL) pairs.
+    /// An SQS queue and the pool (DataHub executor ID) its requests are for, as POOL=URL; repeatable.
+    #[arg(long = "queue", env = "OUTPOST_QUEUES", value_delimiter = ',', value_parser = parse_queue)]
     pub queues: Vec<(PoolId, String)>,
-    /// Where unusable messages are copied before they are deleted.
+    /// The SQS queue of the pool named by --pool-id (DataHub's single-queue style).
+    #[arg(long, env = "OUTPOST_QUEUE_URL", requires = "pool_id")]
+    pub queue_url: Option<String>,
+    /// The pool of --queue-url.
+    #[arg(long, env = "DATAHUB_EXECUTOR_POOL_ID", value_parser = parse_pool)]
+    pub pool_id: Option<PoolId>,
+    /// SQS endpoint override (e.g. a local SQS API); otherwise the AWS default chain decides.
+    #[arg(id = "sqs_endpoint", long = "sqs-endpoint", env = "OUTPOST_SQS_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Unusable messages are copied here before they are deleted (they are always quarantined in SQLite).
+    #[arg(long, env = "OUTPOST_DEAD_LETTER_QUEUE")]
     pub dead_letter_queue: Option<String>,
-    /// Long-poll wait of one receive.
+    /// Long-poll wait of an SQS receive (whole seconds, at most 20).
+    #[arg(id = "sqs_wait", long = "sqs-wait", env = "OUTPOST_SQS_WAIT", value_parser = duration::parse,
+          default_value = "20s")]
     pub wait: Duration,
-    /// Visibility set on receive and renewed while a task lives.
+    /// Visibility timeout set on receive and renewed while a task lives (whole seconds).
+    #[arg(id = "sqs_visibility_timeout", long = "sqs-visibility-timeout", env = "OUTPOST_SQS_VISIBILITY_TIMEOUT",
+          value_parser = duration::parse, default_value = "60s")]
     pub visibility_timeout: Duration,
-    /// How often visibility is renewed (must be well under the visibility timeout).
+    /// How often held messages' visibility is renewed (under the visibility timeout).
+    #[arg(id = "sqs_keep_interval", long = "sqs-keep-interval", env = "OUTPOST_SQS_KEEP_INTERVAL",
+          value_parser = duration::parse, default_value = "20s")]
     pub keep_interval: Duration,
-    /// Messages taken beyond the free agent slots.
+    /// Messages taken beyond the pool's free agent slots.
+    #[arg(id = "sqs_prefetch", long = "sqs-prefetch", env = "OUTPOST_SQS_PREFETCH", default_value_t = 1)]
     pub prefetch: u32,
-    /// How often a pool without demand checks again.
+    /// How often a pool without free slots checks again before receiving.
+    #[arg(id = "sqs_idle_poll", long = "sqs-idle-poll", env = "OUTPOST_SQS_IDLE_POLL",
+          value_parser = duration::parse, default_value = "500ms")]
     pub idle_poll: Duration,
-    /// Bodies longer than this are quarantined.
+    /// Message bodies longer than this are quarantined.
+    #[arg(id = "sqs_max_message_bytes", long = "sqs-max-message-bytes", env = "OUTPOST_SQS_MAX_MESSAGE_BYTES",
+          default_value_t = 256 * 1024)]
     pub max_message_bytes: usize,
-    /// How much of a quarantined body is stored.
+    /// How much of a quarantined body is kept.
+    #[arg(long, env = "OUTPOST_QUARANTINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub quarantine_max_body_bytes: usize,
-    /// Visibility given back to a message for a pool this controller does not serve.
+    /// Visibility given back to a message for a pool no queue here serves (whole seconds; 0 = at once).
+    #[arg(id = "sqs_foreign_visibility", long = "sqs-foreign-visibility", env = "OUTPOST_SQS_FOREIGN_VISIBILITY",
+          value_parser = duration::parse, default_value = "0s")]
     pub foreign_visibility: Duration,
+    /// First backoff after an SQS error (doubled per failure, jittered).
+    #[arg(id = "sqs_retry_backoff", long = "sqs-retry-backoff", env = "OUTPOST_SQS_RETRY_BACKOFF",
+          value_parser = duration::parse, default_value = "1s")]
     pub retry_backoff: Duration,
+    /// Longest backoff after SQS errors.
+    #[arg(id = "sqs_retry_backoff_max", long = "sqs-retry-backoff-max", env = "OUTPOST_SQS_RETRY_BACKOFF_MAX",
+          value_parser = duration::parse, default_value = "30s")]
     pub retry_backoff_max: Duration,
+}
+
+/// `POOL=URL`.
+fn parse_queue(value: &str) -> Result<(PoolId, String), String> {
+    let (pool, url) = value.split_once('=').ok_or_else(|| format!("{value:?} is not POOL=URL"))?;
+    let pool = parse_pool(pool.trim())?;
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!("{url:?} is not a queue URL"));
+    }
+    Ok((pool, url.trim().to_owned()))
+}
+
+fn parse_pool(value: &str) -> Result<PoolId, String> {
+    PoolId::parse(value).map_err(|e| e.to_string())
+}
+
+impl Config {
+    /// Every (pool, queue URL): the --queue pairs plus --pool-id/--queue-url.
+    pub fn all_queues(&self) -> Vec<(PoolId, String)> {
+        let mut queues = self.queues.clone();
+        if let (Some(url), Some(pool)) = (&self.queue_url, &self.pool_id) {
+            queues.push((pool.clone(), url.clone()));
+        }
+        queues
+    }
+
+    pub fn validate(&self) -> Result<(), duration::Invalid> {
+        duration::positive("--sqs-keep-interval", self.keep_interval)?;
+        duration::positive("--sqs-idle-poll", self.idle_poll)?;
+        duration::positive("--sqs-retry-backoff", self.retry_backoff)?;
+        duration::whole_seconds("--sqs-wait", self.wait)?;
+        duration::whole_seconds("--sqs-visibility-timeout", self.visibility_timeout)?;
+        duration::whole_seconds("--sqs-foreign-visibility", self.foreign_visibility)?;
+        duration::positive("--sqs-visibility-timeout", self.visibility_timeout)?;
+        if self.wait > Duration::from_secs(20) {
+            return Err(duration::Invalid(format!(
+                "--sqs-wait must be at most 20s (SQS's limit), not {:?}",
+                self.wait
+            )));
+        }
+        if self.visibility_timeout > Duration::from_secs(12 * 3600) {
+            return Err(duration::Invalid("--sqs-visibility-timeout must be at most 12h (SQS's limit)".into()));
+        }
+        duration::shorter(
+            "--sqs-keep-interval",
+            self.keep_interval,
+            "--sqs-visibility-timeout",
+            self.visibility_timeout,
+        )
+    }
 }
 
 /// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
@@ -60,7 +144,8 @@ pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
-/// Runs a receiver and a keeper per queue until `token` is cancelled.
+/// Runs a receiver and a keeper per queue until `token` is cancelled. A loop that ends before that (or panics)
+/// ends the bridge with the reason: the supervisor stops the controller rather than let messages go unkept.
 pub async fn run(
     config: Config,
     sqs: aws_sdk_sqs::Client,
@@ -69,10 +154,11 @@ pub async fn run(
     gms: Option<gms::Client>,
     metrics: Metrics,
     token: CancellationToken,
-) {
-    let served: Vec<PoolId> = config.queues.iter().map(|(pool, _)| pool.clone()).collect();
+) -> Result<(), String> {
+    let queues = config.all_queues();
+    let served: Vec<PoolId> = queues.iter().map(|(pool, _)| pool.clone()).collect();
     let mut tasks = JoinSet::new();
-    for (pool, url) in &config.queues {
+    for (pool, url) in &queues {
         let queue = bridge::Queue {
             pool: pool.clone(),
             url: url.clone(),
@@ -89,7 +175,15 @@ pub async fn run(
         tasks.spawn(receiver.receive_loop(token.clone()));
         tasks.spawn(queue.keep_loop(token.clone()));
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(ended) = tasks.join_next().await {
+        if !token.is_cancelled() {
+            return Err(match ended {
+                Ok(()) => "an SQS receiver or keeper loop ended".to_owned(),
+                Err(e) => format!("an SQS receiver or keeper loop failed: {e}"),
+            });
+        }
+    }
     let calls: Vec<String> = metrics.sqs_calls().iter().map(|(call, n)| format!("{call}={n}")).collect();
     info!(calls = %calls.join(" "), "SQS bridge stopped; sqs api calls");
+    Ok(())
 }
