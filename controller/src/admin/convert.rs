@@ -33,15 +33,15 @@ pub fn task_state_filter(value: i32) -> Result<Option<TaskState>, Status> {
 
 pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
     pb::Task {
-        urn: task.id.urn(),
-        id: task.id.to_string(),
-        task: task.task_name,
-        pool: task.pool.to_string(),
+        urn: task.request.id.urn(),
+        id: task.request.id.to_string(),
+        task: task.request.task_name,
+        pool: task.request.pool.to_string(),
         state: task_state(task.state) as i32,
         epoch: task.epoch.0,
         attempts: task.attempts,
         worker_id: task.worker_id.map(|w| w.to_string()).unwrap_or_default(),
-        args: task.args.into_iter().collect(),
+        args: task.request.args.into_iter().collect(),
         created_unix_ms: task.created_at_ms,
         updated_unix_ms: task.updated_at_ms,
         result: task.result.map(|r| pb::TaskResult {
@@ -65,7 +65,7 @@ pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
                 reason: a.reason.unwrap_or_default(),
             })
             .collect(),
-        source_type: task.source_type,
+        source_type: task.request.source_type,
         reported_unix_ms: task.reported_at_ms.unwrap_or_default(),
         log_tail: String::new(),
         not_before_unix_ms: if task.state == TaskState::Queued { task.not_before_ms } else { 0 },

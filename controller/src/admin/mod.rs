@@ -24,7 +24,7 @@ pub struct AdminService {
 
 /// `<created_at_ms>:<id>` of the last task of a page.
 fn page_token(task: &crate::store::TaskRecord) -> String {
-    format!("{}:{}", task.created_at_ms, task.id)
+    format!("{}:{}", task.created_at_ms, task.request.id)
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(i64, TaskId)>, Status> {
@@ -106,7 +106,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         identity::require_admin(&request, &self.trust_domain)?;
         let id = task_id(&request.get_ref().id)?;
         let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
-        let tail = self.logs.tail(&task.id, task.epoch).unwrap_or_default();
+        let tail = self.logs.tail(&task.request.id, task.epoch).unwrap_or_default();
         let mut task = convert::task(task, attempts);
         task.log_tail = tail;
         Ok(Response::new(task))

@@ -234,7 +234,7 @@ impl Reporter {
             None => payload::running(entry.start_time_ms, None, self.config.max_report_bytes),
             Some(task) => {
                 let (Some(status), Some(result)) = (task.state.gms_status(), task.result.as_ref()) else {
-                    error!(task = %task.id, state = %task.state, "a terminal outbox row for an unfinished task");
+                    error!(task = %task.request.id, state = %task.state, "a terminal outbox row for an unfinished task");
                     return Err(gms::Error::Invalid { status: 0, body: format!("task is {}", task.state) });
                 };
                 let (max_report, max_structured) = if shrunk {
@@ -245,7 +245,7 @@ impl Reporter {
                 payload::terminal(
                     &payload::Terminal {
                         status,
-                        task_name: &task.task_name,
+                        task_name: &task.request.task_name,
                         start_time_ms: result.start_time_ms,
                         duration_ms: result.duration_ms,
                         report: &result.report,

@@ -66,6 +66,17 @@ fn id(text: &str) -> TaskId {
     TaskId::parse(text).unwrap()
 }
 
+/// Tells the engine every 100 ms that `worker` is alive, until aborted.
+fn keep_alive(scheduler: &Scheduler, worker: &WorkerId, session: SessionId) -> tokio::task::JoinHandle<()> {
+    let (scheduler, worker) = (scheduler.clone(), worker.clone());
+    tokio::spawn(async move {
+        loop {
+            scheduler.seen(&worker, session).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// Waits until the stored task satisfies `done` (polling, at most 10 s).
 async fn stored_until(store: &Store, task: &str, done: impl Fn(&TaskRecord, &[AttemptRecord]) -> bool) -> TaskRecord {
     for _ in 0..1000 {
@@ -253,15 +264,7 @@ async fn a_silent_agent_loses_its_lease_after_the_ttl_and_the_task_runs_elsewher
     // w1 goes silent; w2 keeps talking.
     let (w2_session, mut w2_commands) = agent(&scheduler, "w2", 1).await;
     let w2 = WorkerId::parse("w2").unwrap();
-    let beating = {
-        let scheduler = scheduler.clone();
-        tokio::spawn(async move {
-            loop {
-                scheduler.seen(&w2, w2_session).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beating = keep_alive(&scheduler, &w2, w2_session);
     let second = assigned(&mut w2_commands).await;
     assert_eq!((second.attempt.task_id.as_str(), second.attempt.epoch.0), ("a", 2));
     assert!(kick.is_cancelled(), "the silent agent's session was closed");
@@ -278,15 +281,7 @@ async fn a_cancel_the_agent_never_confirms_ends_cancelled_after_the_timeout() {
     let (_dir, store, scheduler, token) = start_with(config).await;
     let (session, mut commands) = agent(&scheduler, "w1", 1).await;
     let w1 = WorkerId::parse("w1").unwrap();
-    let beating = {
-        let (scheduler, w1) = (scheduler.clone(), w1.clone());
-        tokio::spawn(async move {
-            loop {
-                scheduler.seen(&w1, session).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beating = keep_alive(&scheduler, &w1, session);
     scheduler.submit(task("a")).await.unwrap();
     let first = assigned(&mut commands).await;
     scheduler.ack(&w1, session, first.attempt.clone()).await.get().await.unwrap();

@@ -11,7 +11,7 @@ use rusqlite::{Transaction, params};
 use super::outbox;
 use super::tasks::{TaskRecord, load, task_records};
 use super::turn::{Change, Effects, Turn};
-use super::writer::writer_error;
+use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
 /// A fresh grant: the task (now ASSIGNED at its new epoch) and the attempt number.
@@ -63,19 +63,13 @@ pub struct HeldTask {
 
 /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued for
 /// GMS). Repeating it is a no-op.
-pub(super) fn start(
-    tx: &Transaction<'_>,
-    attempt: &AttemptRef,
-    now_ms: i64,
-    effects: &mut Effects,
-) -> Result<(), Error> {
+pub(super) fn start(tx: &Transaction, attempt: &AttemptRef, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
     let epoch = attempt.epoch.0 as i64;
-    let changed = tx
-        .prepare_cached(
-            "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
-        )
-        .and_then(|mut s| s.execute(params![now_ms, attempt.task_id.as_str(), epoch]))
-        .map_err(writer_error)?;
+    let changed = execute(
+        tx,
+        "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
+        params![now_ms, attempt.task_id.as_str(), epoch],
+    )?;
     if changed == 0 {
         let task = load(tx, &attempt.task_id)?;
         if task.epoch == attempt.epoch && task.state == TaskState::Running {
@@ -83,13 +77,13 @@ pub(super) fn start(
         }
         return Err(Error::fence(&task, Some(attempt.epoch), Refusal::NotHeld { state: task.state }));
     }
-    outbox::running_started(tx, &attempt.task_id, now_ms, effects)?;
-    tx.prepare_cached(
+    outbox::running(tx, &attempt.task_id, now_ms, effects)?;
+    execute(
+        tx,
         "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ?) \
          WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-    )
-    .and_then(|mut s| s.execute(params![now_ms, attempt.task_id.as_str(), epoch]))
-    .map_err(writer_error)?;
+        params![now_ms, attempt.task_id.as_str(), epoch],
+    )?;
     Ok(())
 }
 
@@ -98,45 +92,40 @@ pub(super) fn start(
 pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
     let (id, epoch) = (end.task_id.as_str(), end.task_epoch.0 as i64);
     let changed = match &end.change {
-        TaskChange::Requeue { not_before_ms } => tx
-            .prepare_cached(
-                "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
-                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-            )
-            .and_then(|mut s| s.execute(params![not_before_ms, now_ms, id, epoch])),
-        TaskChange::Finish { state, result } => tx
-            .prepare_cached(
-                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
-                 duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
-                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    state.as_str(),
-                    result.exit_code,
-                    result.report,
-                    result.structured_report,
-                    result.start_time_ms,
-                    result.duration_ms,
-                    now_ms,
-                    now_ms,
-                    id,
-                    epoch
-                ])
-            }),
-    }
-    .map_err(writer_error)?;
+        TaskChange::Requeue { not_before_ms } => execute(
+            tx,
+            "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
+             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            params![not_before_ms, now_ms, id, epoch],
+        )?,
+        TaskChange::Finish { state, result } => execute(
+            tx,
+            "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
+             duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
+             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+            params![
+                state.as_str(),
+                result.exit_code,
+                result.report,
+                result.structured_report,
+                result.start_time_ms,
+                result.duration_ms,
+                now_ms,
+                now_ms,
+                id,
+                epoch
+            ],
+        )?,
+    };
     if changed == 0 {
         let task = load(tx, &end.task_id)?;
         return Err(Error::fence(&task, Some(end.task_epoch), Refusal::NotHeld { state: task.state }));
     }
-    tx.prepare_cached(
+    execute(
+        tx,
         "UPDATE attempts SET state = ?, ended_at_ms = ?, reason = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-    )
-    .and_then(|mut s| {
-        s.execute(params![end.attempt_state.as_str(), now_ms, end.reason, id, end.attempt_epoch.0 as i64])
-    })
-    .map_err(writer_error)?;
+        params![end.attempt_state.as_str(), now_ms, end.reason, id, end.attempt_epoch.0 as i64],
+    )?;
     if let TaskChange::Finish { result, .. } = &end.change {
         outbox::terminal_recorded(tx, &end.task_id, result.start_time_ms, now_ms, effects)?;
     }
@@ -156,23 +145,22 @@ pub(super) fn grant(tx: &Transaction<'_>, id: &TaskId, worker: &WorkerId, now_ms
     let Some(row) = rows.next().map_err(writer_error)? else { return Ok(None) };
     let task = TaskRecord::from_columns(row)?;
     drop(rows);
-    tx.prepare_cached(
+    execute(
+        tx,
         "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) VALUES (?, ?, ?, ?, 'ASSIGNED', ?)",
-    )
-    .and_then(|mut s| s.execute(params![id.as_str(), task.attempts as i64, task.epoch.0 as i64, worker.as_str(), now_ms]))
-    .map_err(writer_error)?;
+        params![id.as_str(), task.attempts as i64, task.epoch.0 as i64, worker.as_str(), now_ms],
+    )?;
     Ok(Some(Grant { attempt_number: task.attempts, task }))
 }
 
 /// A cancel of a held task: bumps the epoch (fencing the running attempt out) and notes the request.
 pub(super) fn request_cancel(tx: &Transaction<'_>, id: &TaskId, epoch: Epoch, now_ms: i64) -> Result<(), Error> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE tasks SET epoch = epoch + 1, cancel_requested_at_ms = ?, updated_at_ms = ? \
+    let changed = execute(
+        tx,
+        "UPDATE tasks SET epoch = epoch + 1, cancel_requested_at_ms = ?, updated_at_ms = ? \
              WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING') AND cancel_requested_at_ms IS NULL",
-        )
-        .and_then(|mut s| s.execute(params![now_ms, now_ms, id.as_str(), epoch.0 as i64]))
-        .map_err(writer_error)?;
+        params![now_ms, now_ms, id.as_str(), epoch.0 as i64],
+    )?;
     if changed == 0 {
         let task = load(tx, id)?;
         return Err(Error::fence(&task, Some(epoch), Refusal::NotHeld { state: task.state }));
@@ -218,8 +206,10 @@ impl Store {
             .await?;
         let mut held = Vec::with_capacity(rows.len());
         for task in task_records(&rows)? {
-            let worker_id =
-                task.worker_id.clone().ok_or_else(|| Error::Corrupt(format!("held task {} has no worker", task.id)))?;
+            let worker_id = task
+                .worker_id
+                .clone()
+                .ok_or_else(|| Error::Corrupt(format!("held task {} has no worker", task.request.id)))?;
             held.push(HeldTask { task, worker_id });
         }
         Ok(held)

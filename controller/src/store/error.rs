@@ -24,7 +24,7 @@ pub enum Error {
 
 impl Error {
     pub(super) fn refused(task: &TaskRecord, presented: Option<Epoch>, refusal: Refusal) -> Error {
-        Error::Refused(Refused { task: task.id.clone(), presented, refusal })
+        Error::Refused(Refused { task: task.request.id.clone(), presented, refusal })
     }
 
     /// Explains why a change fenced by `presented` (and by state) matched no row: a newer epoch, a finished task,

@@ -6,7 +6,7 @@ use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
 use super::turn::Effects;
-use super::writer::writer_error;
+use super::writer::execute;
 use super::{Error, Store};
 
 /// A running attempt a progress report may go to.
@@ -60,25 +60,20 @@ fn enqueue(
     kind: OutboxKind,
     start_time_ms: i64,
     now_ms: i64,
+    effects: &mut Effects,
 ) -> Result<(), Error> {
-    tx.prepare_cached("INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)")
-        .and_then(|mut s| s.execute(params![task.as_str(), kind.as_str(), start_time_ms, now_ms]))
-        .map_err(writer_error)?;
+    let sql = "INSERT INTO gms_outbox (task_id, kind, start_time_ms, created_at_ms) VALUES (?, ?, ?, ?)";
+    execute(tx, sql, params![task.as_str(), kind.as_str(), start_time_ms, now_ms])?;
+    effects.outbox_added = true;
     Ok(())
 }
 
 /// An attempt started (inside the transaction that started it): RUNNING waits in the outbox, if reporting.
-pub(super) fn running_started(
-    tx: &Transaction<'_>,
-    task: &TaskId,
-    now_ms: i64,
-    effects: &mut Effects,
-) -> Result<(), Error> {
-    if effects.reporting {
-        enqueue(tx, task, OutboxKind::Running, now_ms, now_ms)?;
-        effects.outbox_added = true;
+pub(super) fn running(tx: &Transaction, task: &TaskId, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
+    match effects.reporting {
+        true => enqueue(tx, task, OutboxKind::Running, now_ms, now_ms, effects),
+        false => Ok(()),
     }
-    Ok(())
 }
 
 /// A task ended (inside the transaction that ended it): its terminal result waits in the outbox for the
@@ -90,21 +85,16 @@ pub(super) fn terminal_recorded(
     now_ms: i64,
     effects: &mut Effects,
 ) -> Result<(), Error> {
-    if effects.reporting {
-        enqueue(tx, task, OutboxKind::Terminal, start_time_ms, now_ms)?;
-        effects.outbox_added = true;
-    } else {
-        mark_reported(tx, task, now_ms)?;
-        effects.reported = true;
+    match effects.reporting {
+        true => enqueue(tx, task, OutboxKind::Terminal, start_time_ms, now_ms, effects),
+        false => mark_reported(tx, task, now_ms, effects),
     }
-    Ok(())
 }
 
 /// Marks a task's terminal result delivered (its SQS messages may go).
-fn mark_reported(tx: &Transaction<'_>, task: &TaskId, now_ms: i64) -> Result<(), Error> {
-    tx.prepare_cached("UPDATE tasks SET reported_at_ms = ? WHERE id = ?")
-        .and_then(|mut s| s.execute(params![now_ms, task.as_str()]))
-        .map_err(writer_error)?;
+fn mark_reported(tx: &Transaction<'_>, task: &TaskId, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
+    effects.reported = true;
+    execute(tx, "UPDATE tasks SET reported_at_ms = ? WHERE id = ?", params![now_ms, task.as_str()])?;
     Ok(())
 }
 
@@ -130,27 +120,22 @@ fn settle(
     for (seq, task, kind, delivery) in rows {
         match delivery {
             Delivery::Retry { error, next_try_at_ms } => {
-                tx.prepare_cached(
+                execute(
+                    tx,
                     "UPDATE gms_outbox SET tries = tries + 1, next_try_at_ms = ?, last_error = ? WHERE seq = ?",
-                )
-                .and_then(|mut s| s.execute(params![next_try_at_ms, error, seq]))
-                .map_err(writer_error)?;
+                    params![next_try_at_ms, error, seq],
+                )?;
                 continue;
             }
             Delivery::GaveUp { error } => {
                 let failure = format!("{} write: {error}", kind.as_str());
-                tx.prepare_cached("UPDATE tasks SET delivery_failure = ? WHERE id = ?")
-                    .and_then(|mut s| s.execute(params![failure, task.as_str()]))
-                    .map_err(writer_error)?;
+                execute(tx, "UPDATE tasks SET delivery_failure = ? WHERE id = ?", params![failure, task.as_str()])?;
             }
             Delivery::Delivered => {}
         }
-        tx.prepare_cached("DELETE FROM gms_outbox WHERE seq = ?")
-            .and_then(|mut s| s.execute([seq]))
-            .map_err(writer_error)?;
+        execute(tx, "DELETE FROM gms_outbox WHERE seq = ?", [seq])?;
         if *kind == OutboxKind::Terminal {
-            mark_reported(tx, task, now_ms)?;
-            effects.reported = true;
+            mark_reported(tx, task, now_ms, effects)?;
         }
     }
     Ok(())

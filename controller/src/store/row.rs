@@ -17,32 +17,25 @@ fn unreadable(name: &str, error: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("column {name}: {error}"))
 }
 
-impl Columns for rusqlite::Row<'_> {
-    fn int(&self, name: &str) -> Result<i64, Error> {
-        self.get(name).map_err(|e| unreadable(name, e))
-    }
-    fn opt_int(&self, name: &str) -> Result<Option<i64>, Error> {
-        self.get(name).map_err(|e| unreadable(name, e))
-    }
-    fn text(&self, name: &str) -> Result<String, Error> {
-        self.get(name).map_err(|e| unreadable(name, e))
-    }
-    fn opt_text(&self, name: &str) -> Result<Option<String>, Error> {
-        self.get(name).map_err(|e| unreadable(name, e))
-    }
+/// Implements [`Columns`] for a row type whose typed getter is `$get(name)`.
+macro_rules! columns {
+    ($row:ty, $get:ident) => {
+        impl Columns for $row {
+            fn int(&self, name: &str) -> Result<i64, Error> {
+                self.$get(name).map_err(|e| unreadable(name, e))
+            }
+            fn opt_int(&self, name: &str) -> Result<Option<i64>, Error> {
+                self.$get(name).map_err(|e| unreadable(name, e))
+            }
+            fn text(&self, name: &str) -> Result<String, Error> {
+                self.$get(name).map_err(|e| unreadable(name, e))
+            }
+            fn opt_text(&self, name: &str) -> Result<Option<String>, Error> {
+                self.$get(name).map_err(|e| unreadable(name, e))
+            }
+        }
+    };
 }
 
-impl Columns for sqlx::sqlite::SqliteRow {
-    fn int(&self, name: &str) -> Result<i64, Error> {
-        self.try_get(name).map_err(|e| unreadable(name, e))
-    }
-    fn opt_int(&self, name: &str) -> Result<Option<i64>, Error> {
-        self.try_get(name).map_err(|e| unreadable(name, e))
-    }
-    fn text(&self, name: &str) -> Result<String, Error> {
-        self.try_get(name).map_err(|e| unreadable(name, e))
-    }
-    fn opt_text(&self, name: &str) -> Result<Option<String>, Error> {
-        self.try_get(name).map_err(|e| unreadable(name, e))
-    }
-}
+columns!(rusqlite::Row<'_>, get);
+columns!(sqlx::sqlite::SqliteRow, try_get);

@@ -3,6 +3,7 @@
 
 use outpost_common::ids::TaskId;
 use rusqlite::params;
+use rusqlite::types::Value;
 use sqlx::FromRow;
 
 use super::writer::writer_error;
@@ -78,20 +79,12 @@ impl Store {
         receipt_handle: &str,
         now_ms: i64,
     ) -> Result<(), Error> {
-        let (task, queue_url, message_id, receipt_handle) =
-            (task.clone(), queue_url.to_owned(), message_id.to_owned(), receipt_handle.to_owned());
-        self.transaction(move |tx, _| {
-            tx.prepare_cached(
-                "INSERT INTO sqs_messages (task_id, queue_url, message_id, receipt_handle, first_received_at_ms, \
-                 received_at_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET \
-                 task_id = excluded.task_id, queue_url = excluded.queue_url, \
-                 receipt_handle = excluded.receipt_handle, received_at_ms = excluded.received_at_ms",
-            )
-            .and_then(|mut s| s.execute(params![task.as_str(), queue_url, message_id, receipt_handle, now_ms, now_ms]))
-            .map_err(writer_error)?;
-            Ok(())
-        })
-        .await
+        let sql = "INSERT INTO sqs_messages (task_id, queue_url, message_id, receipt_handle, first_received_at_ms, \
+                   received_at_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET \
+                   task_id = excluded.task_id, queue_url = excluded.queue_url, \
+                   receipt_handle = excluded.receipt_handle, received_at_ms = excluded.received_at_ms";
+        let values = [task.as_str(), queue_url, message_id, receipt_handle].map(|text| Value::from(text.to_owned()));
+        self.execute_alone(sql, values.into_iter().chain([Value::from(now_ms), Value::from(now_ms)]).collect()).await
     }
 
     /// Every message held for a queue, with whether its task is done.
@@ -118,14 +111,8 @@ impl Store {
 
     /// The message was deleted from SQS (unless it was received again meanwhile, with a new handle).
     pub async fn release_message(&self, message_id: &str, receipt_handle: &str) -> Result<(), Error> {
-        let (message_id, receipt_handle) = (message_id.to_owned(), receipt_handle.to_owned());
-        self.transaction(move |tx, _| {
-            tx.prepare_cached("DELETE FROM sqs_messages WHERE message_id = ? AND receipt_handle = ?")
-                .and_then(|mut s| s.execute(params![message_id, receipt_handle]))
-                .map_err(writer_error)?;
-            Ok(())
-        })
-        .await
+        let values = vec![Value::from(message_id.to_owned()), Value::from(receipt_handle.to_owned())];
+        self.execute_alone("DELETE FROM sqs_messages WHERE message_id = ? AND receipt_handle = ?", values).await
     }
 
     /// Stores an unusable message (its body cut at `max_body_bytes`).
@@ -175,12 +162,7 @@ impl Store {
 
     /// Marks a quarantined message replayed.
     pub async fn mark_replayed(&self, id: i64, now_ms: i64) -> Result<(), Error> {
-        self.transaction(move |tx, _| {
-            tx.prepare_cached("UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?")
-                .and_then(|mut s| s.execute(params![now_ms, id]))
-                .map_err(writer_error)?;
-            Ok(())
-        })
-        .await
+        self.execute_alone("UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?", vec![now_ms.into(), id.into()])
+            .await
     }
 }

@@ -12,7 +12,7 @@ use sqlx::{FromRow, Sqlite};
 
 use super::row::Columns;
 use super::turn::{Change, Effects, Turn};
-use super::writer::writer_error;
+use super::writer::{execute, writer_error};
 use super::{Error, Store, outbox, parse};
 
 /// A task as it enters the system.
@@ -40,12 +40,8 @@ pub struct TaskResult {
 /// A task row, parsed.
 #[derive(Clone, Debug)]
 pub struct TaskRecord {
-    pub id: TaskId,
-    pub task_name: String,
-    pub pool: PoolId,
-    pub args: BTreeMap<String, String>,
-    pub source_type: String,
-    pub requested_at_ms: i64,
+    /// The execution request as it came in.
+    pub request: NewTask,
     pub state: TaskState,
     pub epoch: Epoch,
     pub attempts: u32,
@@ -118,12 +114,14 @@ impl TaskRecord {
         };
         let worker_id = row.opt_text("worker_id")?;
         Ok(TaskRecord {
-            id: TaskId::parse(&row.text("id")?).map_err(|e| corrupt("task id", &e))?,
-            task_name: row.text("task_name")?,
-            pool: PoolId::parse(&row.text("pool")?).map_err(|e| corrupt("pool", &e))?,
-            args: serde_json::from_str(&row.text("args_json")?).map_err(|e| corrupt("args", &e))?,
-            source_type: row.text("source_type")?,
-            requested_at_ms: row.int("requested_at_ms")?,
+            request: NewTask {
+                id: TaskId::parse(&row.text("id")?).map_err(|e| corrupt("task id", &e))?,
+                task_name: row.text("task_name")?,
+                pool: PoolId::parse(&row.text("pool")?).map_err(|e| corrupt("pool", &e))?,
+                args: serde_json::from_str(&row.text("args_json")?).map_err(|e| corrupt("args", &e))?,
+                source_type: row.text("source_type")?,
+                requested_at_ms: row.int("requested_at_ms")?,
+            },
             state: parse("task state", &row.text("state")?)?,
             epoch: Epoch(row.int("epoch")? as u64),
             attempts: row.int("attempts")? as u32,
@@ -214,15 +212,14 @@ pub(super) fn insert(tx: &Transaction<'_>, task: &NewTask, now_ms: i64) -> Resul
 
 /// Puts a finished task back in the queue for another run (its attempts and epoch go on).
 pub(super) fn requeue_finished(tx: &Transaction<'_>, id: &TaskId, now_ms: i64) -> Result<(), Error> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE tasks SET state = 'QUEUED', not_before_ms = 0, exit_code = NULL, report = NULL, \
+    let changed = execute(
+        tx,
+        "UPDATE tasks SET state = 'QUEUED', not_before_ms = 0, exit_code = NULL, report = NULL, \
              structured_report = NULL, start_time_ms = NULL, duration_ms = NULL, finished_at_ms = NULL, \
              reported_at_ms = NULL, delivery_failure = NULL, updated_at_ms = ? \
              WHERE id = ? AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT', 'ABORTED')",
-        )
-        .and_then(|mut s| s.execute(params![now_ms, id.as_str()]))
-        .map_err(writer_error)?;
+        params![now_ms, id.as_str()],
+    )?;
     if changed == 0 {
         let task = load(tx, id)?;
         return Err(Error::refused(&task, None, Refusal::NotFinished { state: task.state }));
@@ -238,13 +235,12 @@ pub(super) fn cancel_queued(
     now_ms: i64,
     effects: &mut Effects,
 ) -> Result<(), Error> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE tasks SET state = 'CANCELLED', report = ?, structured_report = '', start_time_ms = ?, \
+    let changed = execute(
+        tx,
+        "UPDATE tasks SET state = 'CANCELLED', report = ?, structured_report = '', start_time_ms = ?, \
              duration_ms = 0, finished_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state IN ('RECEIVED', 'QUEUED')",
-        )
-        .and_then(|mut s| s.execute(params![report, now_ms, now_ms, now_ms, id.as_str()]))
-        .map_err(writer_error)?;
+        params![report, now_ms, now_ms, now_ms, id.as_str()],
+    )?;
     if changed == 0 {
         let task = load(tx, id)?;
         return Err(Error::fence(&task, None, Refusal::NotQueued { state: task.state }));

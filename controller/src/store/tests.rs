@@ -41,6 +41,18 @@ fn finish(task: &str, epoch: u64, state: TaskState, attempt_state: AttemptState,
     }
 }
 
+/// A new task `task`, granted to `worker` (epoch 1).
+async fn granted(store: &Store, task: &str, worker_id: &str) {
+    store.insert_task(&new_task(task), 1).await.unwrap();
+    store.grant(&id(task), &worker(worker_id), 2).await.unwrap();
+}
+
+/// A new task `task`, granted to `worker` (epoch 1) and started.
+async fn running(store: &Store, task: &str, worker_id: &str) {
+    granted(store, task, worker_id).await;
+    store.write(Change::Start(attempt(task, 1)), 3).await.unwrap();
+}
+
 async fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.db"), true).await.unwrap();
@@ -57,7 +69,7 @@ async fn submit_is_idempotent_on_the_execution_request_id() {
     again.task_name = "TEST_CONNECTION".into();
     let (second, created) = store.insert_task(&again, 200).await.unwrap();
     assert!(!created);
-    assert_eq!(second.task_name, "RUN_INGEST");
+    assert_eq!(second.request.task_name, "RUN_INGEST");
     assert_eq!(second.created_at_ms, 100);
     assert_eq!(store.queued_tasks().await.unwrap().len(), 1);
 }
@@ -105,8 +117,7 @@ async fn grant_bumps_the_epoch_and_fences_later_changes() {
 #[tokio::test]
 async fn a_requeued_task_waits_for_its_backoff_and_is_granted_at_a_new_epoch() {
     let (_dir, store) = open().await;
-    store.insert_task(&new_task("a"), 1).await.unwrap();
-    store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
+    granted(&store, "a", "w1").await;
     let end = AttemptEnd {
         task_id: id("a"),
         task_epoch: Epoch(1),
@@ -129,9 +140,7 @@ async fn a_requeued_task_waits_for_its_backoff_and_is_granted_at_a_new_epoch() {
 #[tokio::test]
 async fn a_cancel_bumps_the_epoch_and_is_confirmed_for_the_previous_attempt() {
     let (_dir, store) = open().await;
-    store.insert_task(&new_task("a"), 1).await.unwrap();
-    store.grant(&id("a"), &worker("w1"), 2).await.unwrap();
-    store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
+    running(&store, "a", "w1").await;
     store.write(Change::RequestCancel { task: id("a"), epoch: Epoch(1) }, 4).await.unwrap();
     assert_eq!(store.task(&id("a")).await.unwrap().unwrap().0.epoch, Epoch(2));
     // The running attempt is fenced out.
@@ -171,8 +180,7 @@ async fn a_cancel_bumps_the_epoch_and_is_confirmed_for_the_previous_attempt() {
 async fn heartbeats_are_recorded_in_one_batch_for_live_attempts_only() {
     let (_dir, store) = open().await;
     for task in ["a", "b"] {
-        store.insert_task(&new_task(task), 1).await.unwrap();
-        store.grant(&id(task), &worker("w1"), 2).await.unwrap();
+        granted(&store, task, "w1").await;
     }
     store.write(Change::End(finish("b", 1, TaskState::Succeeded, AttemptState::Succeeded, "done")), 3).await.unwrap();
     store.write(Change::Heartbeats(vec![(attempt("a", 1), 40), (attempt("b", 1), 41)]), 42).await.unwrap();
@@ -182,7 +190,7 @@ async fn heartbeats_are_recorded_in_one_batch_for_live_attempts_only() {
     assert_eq!(b[0].last_heartbeat_ms, None);
     let held = store.held_tasks().await.unwrap();
     assert_eq!(held.len(), 1);
-    assert_eq!((held[0].task.id.as_str(), held[0].worker_id.as_str()), ("a", "w1"));
+    assert_eq!((held[0].task.request.id.as_str(), held[0].worker_id.as_str()), ("a", "w1"));
 }
 
 #[tokio::test]
@@ -194,7 +202,7 @@ async fn list_filters_by_state_and_pool_newest_first() {
     store.grant(&id("b"), &worker("w"), 5).await.unwrap();
     let queued =
         store.list_tasks(&TaskFilter { state: Some(TaskState::Queued), ..TaskFilter::default() }).await.unwrap();
-    let ids: Vec<_> = queued.iter().map(|t| t.id.as_str()).collect();
+    let ids: Vec<_> = queued.iter().map(|t| t.request.id.as_str()).collect();
     assert_eq!(ids, ["c", "a"]);
     let other_pool = TaskFilter { pool: Some(PoolId::parse("other").unwrap()), ..TaskFilter::default() };
     assert!(store.list_tasks(&other_pool).await.unwrap().is_empty());
@@ -281,7 +289,7 @@ async fn one_turn_makes_many_changes_of_each_kind_in_one_commit() {
     };
     let written = store.write_turn(turn, 12).await.unwrap();
     let created: Vec<(&str, bool, TaskState)> =
-        written.submitted.iter().map(|(t, created)| (t.id.as_str(), *created, t.state)).collect();
+        written.submitted.iter().map(|(t, created)| (t.request.id.as_str(), *created, t.state)).collect();
     assert_eq!(
         created,
         [
@@ -292,7 +300,7 @@ async fn one_turn_makes_many_changes_of_each_kind_in_one_commit() {
         ]
     );
     let granted: Vec<(&str, Epoch, u32)> =
-        written.granted.iter().map(|g| (g.task.id.as_str(), g.task.epoch, g.attempt_number)).collect();
+        written.granted.iter().map(|g| (g.task.request.id.as_str(), g.task.epoch, g.attempt_number)).collect();
     assert_eq!(granted, [("b", Epoch(2), 2), ("d", Epoch(1), 1), ("c", Epoch(1), 1)]);
 
     let (a, a_attempts) = store.task(&id("a")).await.unwrap().unwrap();
@@ -343,8 +351,7 @@ async fn a_refused_change_rolls_the_whole_turn_back() {
 async fn a_delivery_pass_retires_and_reschedules_its_rows_in_one_go() {
     let (_dir, store) = open().await;
     for task in ["a", "b"] {
-        store.insert_task(&new_task(task), 1).await.unwrap();
-        store.grant(&id(task), &worker("w"), 2).await.unwrap();
+        granted(&store, task, "w").await;
         store
             .write(Change::End(finish(task, 1, TaskState::Succeeded, AttemptState::Succeeded, "done")), 3)
             .await
@@ -380,9 +387,7 @@ async fn close_waits_for_the_writer_and_leaves_a_checkpointed_database() {
 #[tokio::test]
 async fn a_write_gms_refuses_for_good_leaves_the_outbox_and_is_recorded_on_the_task() {
     let (_dir, store) = open().await;
-    store.insert_task(&new_task("a"), 1).await.unwrap();
-    store.grant(&id("a"), &worker("w"), 2).await.unwrap();
-    store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
+    running(&store, "a", "w").await;
     store.write(Change::End(finish("a", 1, TaskState::Failed, AttemptState::Failed, "exit 1")), 4).await.unwrap();
     // RUNNING first (in order per task): GMS refuses it for good; the terminal row is due next.
     let running = store.due_outbox(10, 10).await.unwrap();

@@ -10,7 +10,7 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::attempts::{self, AttemptEnd, Grant};
 use super::tasks::{self, NewTask, TaskRecord};
 use super::workers::{self, WorkerSeen};
-use super::writer::writer_error;
+use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
 /// One durable change the engine decided.
@@ -103,6 +103,17 @@ impl Store {
             self.announce_reported();
         }
         Ok(value)
+    }
+}
+
+impl Store {
+    /// One statement in a transaction of its own (bookkeeping outside the engine's turns).
+    pub(super) async fn execute_alone(
+        &self,
+        sql: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<(), Error> {
+        self.transaction(move |tx, _| execute(tx, sql, rusqlite::params_from_iter(values)).map(|_| ())).await
     }
 }
 

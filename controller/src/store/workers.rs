@@ -7,7 +7,7 @@ use outpost_common::ids::{PoolId, WorkerId};
 use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
-use super::writer::writer_error;
+use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
 /// What a worker declared when it connected.
@@ -66,15 +66,14 @@ pub(super) fn connected(tx: &Transaction<'_>, worker: &WorkerSeen, now_ms: i64) 
     let pools: Vec<&str> = worker.pools.iter().map(PoolId::as_str).collect();
     let pools_json = serde_json::to_string(&pools).map_err(|e| Error::Corrupt(e.to_string()))?;
     let labels_json = serde_json::to_string(&worker.labels).map_err(|e| Error::Corrupt(e.to_string()))?;
-    tx.prepare_cached(
+    execute(
+        tx,
         "INSERT INTO workers (worker_id, pools_json, slots, version, labels_json, first_seen_ms, \
          connected_since_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (worker_id) DO UPDATE SET pools_json = excluded.pools_json, slots = excluded.slots, \
          version = excluded.version, labels_json = excluded.labels_json, \
          connected_since_ms = excluded.connected_since_ms, last_seen_ms = excluded.last_seen_ms",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+        params![
             worker.worker_id.as_str(),
             pools_json,
             worker.slots as i64,
@@ -83,17 +82,18 @@ pub(super) fn connected(tx: &Transaction<'_>, worker: &WorkerSeen, now_ms: i64) 
             now_ms,
             now_ms,
             now_ms
-        ])
-    })
-    .map_err(writer_error)?;
+        ],
+    )?;
     Ok(())
 }
 
 /// Records that a worker's session ended.
 pub(super) fn disconnected(tx: &Transaction<'_>, worker: &WorkerId, now_ms: i64) -> Result<(), Error> {
-    tx.prepare_cached("UPDATE workers SET connected_since_ms = NULL, last_seen_ms = ? WHERE worker_id = ?")
-        .and_then(|mut s| s.execute(params![now_ms, worker.as_str()]))
-        .map_err(writer_error)?;
+    execute(
+        tx,
+        "UPDATE workers SET connected_since_ms = NULL, last_seen_ms = ? WHERE worker_id = ?",
+        params![now_ms, worker.as_str()],
+    )?;
     Ok(())
 }
 

@@ -97,6 +97,15 @@ impl Writer {
     }
 }
 
+/// Runs one statement (prepared once, then cached) in the writer's transaction: how many rows it changed.
+pub(super) fn execute(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, Error> {
+    tx.prepare_cached(sql).and_then(|mut statement| statement.execute(params)).map_err(writer_error)
+}
+
 /// A database error from the writer's connection.
 pub(super) fn writer_error(error: rusqlite::Error) -> Error {
     Error::Writer(error.to_string())

@@ -60,7 +60,8 @@ impl Engine {
     /// After the commit: leases for the grants, Assigns on the agents' streams. A pick the store did not grant
     /// (the task was no longer queued) gives its credit back.
     pub(super) fn announce(&mut self, picks: Vec<Pick>, grants: Vec<store::Grant>) {
-        let mut grants: HashMap<TaskId, store::Grant> = grants.into_iter().map(|g| (g.task.id.clone(), g)).collect();
+        let mut grants: HashMap<TaskId, store::Grant> =
+            grants.into_iter().map(|g| (g.task.request.id.clone(), g)).collect();
         for pick in picks {
             let Some(grant) = grants.remove(&pick.task) else {
                 debug!(task = %pick.task, "queued entry no longer queued; dropped");
@@ -74,11 +75,11 @@ impl Engine {
             let task = grant.task;
             let worker = pick.worker;
             self.leases.insert(
-                task.id.clone(),
+                task.request.id.clone(),
                 Lease {
                     worker: worker.clone(),
-                    pool: task.pool.clone(),
-                    task_name: task.task_name.clone(),
+                    pool: task.request.pool.clone(),
+                    task_name: task.request.task_name.clone(),
                     epoch: task.epoch,
                     state: TaskState::Assigned,
                     attempts: task.attempts,
@@ -86,13 +87,13 @@ impl Engine {
                     cancel_deadline: None,
                 },
             );
-            let attempt = AttemptRef { task_id: task.id.clone(), epoch: task.epoch };
+            let attempt = AttemptRef { task_id: task.request.id.clone(), epoch: task.epoch };
             info!(worker = %worker, attempt = %attempt, number = grant.attempt_number, "task assigned");
             let command = AgentCommand::Assign(Assignment {
                 attempt,
-                task_name: task.task_name,
-                args: task.args,
-                pool: task.pool,
+                task_name: task.request.task_name,
+                args: task.request.args,
+                pool: task.request.pool,
                 attempt_number: grant.attempt_number,
                 deadline_unix_ms: self.config.task_timeout.map(|t| unix_ms() + t.as_millis() as i64),
             });

@@ -69,7 +69,7 @@ async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Erro
     let mut queue = Queue::default();
     let queued = store.queued_tasks().await?;
     for task in &queued {
-        queue.push(task.pool.clone(), task.id.clone(), task.not_before_ms, now_ms);
+        queue.push(task.request.pool.clone(), task.request.id.clone(), task.not_before_ms, now_ms);
     }
     let mut leases = Leases::default();
     let held = store.held_tasks().await?;
@@ -77,11 +77,11 @@ async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Erro
         let task = &held_task.task;
         let ack_window = config.ack_deadline.max(config.lease_ttl);
         leases.insert(
-            task.id.clone(),
+            task.request.id.clone(),
             Lease {
                 worker: held_task.worker_id.clone(),
-                pool: task.pool.clone(),
-                task_name: task.task_name.clone(),
+                pool: task.request.pool.clone(),
+                task_name: task.request.task_name.clone(),
                 epoch: task.epoch,
                 state: task.state,
                 attempts: task.attempts,
@@ -259,12 +259,12 @@ impl Engine {
             Ok(written) => {
                 for (record, created) in &written.submitted {
                     if *created {
-                        info!(task = %record.id, pool = %record.pool, task_name = %record.task_name, "task queued");
+                        info!(task = %record.request.id, pool = %record.request.pool, task_name = %record.request.task_name, "task queued");
                     } else {
-                        info!(task = %record.id, state = %record.state, "duplicate submit of a known task ignored");
+                        info!(task = %record.request.id, state = %record.state, "duplicate submit of a known task ignored");
                         if record.state != TaskState::Queued {
                             // Queued here when it was submitted; the store already had it, finished.
-                            self.queue.remove(&record.id);
+                            self.queue.remove(&record.request.id);
                         }
                     }
                 }

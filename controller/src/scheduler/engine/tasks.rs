@@ -62,7 +62,7 @@ impl Engine {
                     attempts: record.attempts,
                     cancel_requested: record.cancel_requested,
                 },
-                pool: record.pool,
+                pool: record.request.pool,
             }),
             None => match self.plan.submitted(task) {
                 Some(pool) => Ok(Known {

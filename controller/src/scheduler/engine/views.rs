@@ -27,7 +27,7 @@ impl Engine {
             Some(Some(not_before_ms)) => Why::Backoff { not_before_ms },
             Some(None) => {
                 let serving: Vec<&Session> =
-                    self.sessions.values().filter(|s| s.hello.pools.contains(&record.pool)).collect();
+                    self.sessions.values().filter(|s| s.hello.pools.contains(&record.request.pool)).collect();
                 if serving.is_empty() {
                     Why::NoAgentForPool
                 } else if serving.iter().all(|s| s.draining) {
