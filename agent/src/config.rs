@@ -2,24 +2,10 @@
 //! they exist). Durations are humantime (`5s`, `2m`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
-use outpost_common::duration;
 use outpost_common::telemetry::LogFormat;
 use outpost_common::tls::TlsArgs;
-
-/// `NAME=ARN`.
-fn parse_secret(value: &str) -> Result<(String, String), String> {
-    let (name, id) = value.split_once('=').ok_or_else(|| format!("{value:?} is not NAME=ARN"))?;
-    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
-        return Err(format!("{name:?} is not a secret name (word characters only)"));
-    }
-    if id.is_empty() {
-        return Err(format!("secret {name} has no ARN"));
-    }
-    Ok((name.to_owned(), id.to_owned()))
-}
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -45,70 +31,65 @@ pub struct Config {
     pub slots: u32,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// The `datahub` executable (default: `datahub` on PATH).
-    #[arg(long, env = "OUTPOST_DATAHUB_CLI", default_value = "datahub")]
-    pub datahub_cli: PathBuf,
-    /// Where per-version virtualenvs are built and cached; without it every task uses --datahub-cli.
-    #[arg(long, env = "OUTPOST_VENV_ROOT")]
-    pub venv_root: Option<PathBuf>,
-    /// The Python interpreter new virtualenvs are made from.
-    #[arg(long, env = "OUTPOST_VENV_PYTHON", default_value = "python3")]
-    pub venv_python: PathBuf,
-    /// A directory of secret files: `${NAME}` resolves to the content of NAME (trailing whitespace stripped).
-    #[arg(long, env = "DATAHUB_EXECUTOR_FILE_SECRET_BASEDIR")]
-    pub secrets_dir: Option<PathBuf>,
-    /// Secret files larger than this are refused.
-    #[arg(long, env = "DATAHUB_EXECUTOR_FILE_SECRET_MAXLEN", default_value_t = 1024 * 1024)]
-    pub secret_max_file_bytes: u64,
-    /// A secret in AWS Secrets Manager, as NAME=ARN (or NAME=secret-name); repeatable.
-    #[arg(long = "secret", env = "OUTPOST_SECRETS", value_delimiter = ',', value_parser = parse_secret)]
-    pub secrets: Vec<(String, String)>,
-    /// Look names without a NAME=ARN mapping up in Secrets Manager as <prefix><NAME>.
-    #[arg(long, env = "OUTPOST_SECRET_PREFIX")]
-    pub secret_prefix: Option<String>,
-    /// How long a Secrets Manager value is reused before it is read again (rotation needs no restart).
-    #[arg(long, env = "OUTPOST_SECRET_CACHE_TTL", value_parser = duration::parse, default_value = "60s")]
-    pub secret_cache_ttl: Duration,
-    /// Secrets Manager endpoint override; otherwise the AWS default chain decides.
-    #[arg(long, env = "OUTPOST_SECRETS_MANAGER_ENDPOINT")]
-    pub secrets_manager_endpoint: Option<String>,
+    #[command(flatten)]
+    pub session: crate::session::Timings,
+    #[command(flatten)]
+    pub runner: crate::runner::Limits,
+    #[command(flatten)]
+    pub secrets: crate::secrets::Config,
+    #[command(flatten)]
+    pub venvs: crate::venv::Args,
     /// Per-run working directories go here (default: <tmp>/outpost-agent-<worker-id>).
     #[arg(long, env = "OUTPOST_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Labels shown by the admin API, as KEY=VALUE; repeatable.
     #[arg(long = "label", env = "OUTPOST_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
-    /// On SIGTERM: how long running work may finish before it is stopped and handed back.
-    #[arg(long, env = "OUTPOST_DRAIN_TIMEOUT", value_parser = duration::parse, default_value = "150s")]
-    pub drain_timeout: Duration,
-    /// On cancel: SIGTERM to the process group, then SIGKILL after this grace.
-    #[arg(long, env = "OUTPOST_CANCEL_GRACE", value_parser = duration::parse, default_value = "30s")]
-    pub cancel_grace: Duration,
-    /// How long to keep reading a run's output after the CLI exited.
-    #[arg(long, env = "OUTPOST_OUTPUT_DRAIN_TIMEOUT", value_parser = duration::parse, default_value = "2s")]
-    pub output_drain_timeout: Duration,
-    /// Shortest wait before reconnecting.
-    #[arg(long, env = "OUTPOST_RECONNECT_MIN", value_parser = duration::parse, default_value = "200ms")]
-    pub reconnect_min: Duration,
-    /// Longest wait before reconnecting (jittered, exponential in between).
-    #[arg(long, env = "OUTPOST_RECONNECT_MAX", value_parser = duration::parse, default_value = "30s")]
-    pub reconnect_max: Duration,
-    /// Timeout for establishing the connection.
-    #[arg(long, env = "OUTPOST_CONNECT_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
-    pub connect_timeout: Duration,
-    /// Lines of output kept per run for the report.
-    #[arg(long, env = "OUTPOST_MAX_LOG_LINES", default_value_t = 2000)]
-    pub max_log_lines: usize,
-    /// Characters kept per output line.
-    #[arg(long, env = "OUTPOST_MAX_LINE_CHARS", default_value_t = 4096)]
-    pub max_line_chars: usize,
-    /// Cap on the report text of one run, in bytes.
-    #[arg(long, env = "OUTPOST_MAX_REPORT_BYTES", default_value_t = 1024 * 1024)]
-    pub max_report_bytes: usize,
     /// Address for HTTP `/metrics` (Prometheus), `/healthz` and `/readyz`; off when unset.
     #[arg(long, env = "OUTPOST_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log line format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Every group's checks; the first refusal, naming its flag.
+    pub fn validate(&self) -> Result<(), outpost_common::duration::Invalid> {
+        if self.slots == 0 {
+            return Err(outpost_common::duration::Invalid("--slots must be at least 1".into()));
+        }
+        self.session.validate()?;
+        self.runner.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let base = ["outpost-agent", "--controller", "https://c:1", "--worker-id", "w", "--pool", "p"];
+        let base = base.iter().chain(["--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a"].iter());
+        let config = Config::try_parse_from(base.chain(args)).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_groups_are_the_subsystems_configs_and_refuse_what_cannot_work() {
+        let config = parse(&["--secret", "PW=arn:x", "--drain-timeout", "5s", "--max-log-lines", "10"]).unwrap();
+        assert_eq!(config.secrets.mappings, [("PW".to_owned(), "arn:x".to_owned())]);
+        assert_eq!(config.session.drain_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(config.runner.max_log_lines, 10);
+        assert_eq!(parse(&["--slots", "0"]).err().as_deref(), Some("--slots must be at least 1"));
+        assert_eq!(
+            parse(&["--reconnect-min", "2s", "--reconnect-max", "1s"]).err().as_deref(),
+            Some("--reconnect-max (1s) must not be shorter than --reconnect-min (2s)")
+        );
+        assert_eq!(
+            parse(&["--connect-timeout", "0s"]).err().as_deref(),
+            Some("--connect-timeout must be greater than zero")
+        );
+    }
 }

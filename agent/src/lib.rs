@@ -22,10 +22,10 @@ use crate::venv::Venvs;
 
 /// Runs the agent until `shutdown` is cancelled and its work is finished or handed back.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
     let worker_id = WorkerId::parse(&config.worker_id).context("--worker-id")?;
     let pools =
         config.pools.iter().map(|p| PoolId::parse(p.trim())).collect::<Result<Vec<_>, _>>().context("--pool")?;
-    anyhow::ensure!(config.slots > 0, "--slots must be at least 1");
     let labels = config
         .labels
         .iter()
@@ -42,29 +42,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let work_dir =
         config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("outpost-agent-{worker_id}")));
     std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-    let secrets_config = secrets::Config {
-        dir: config.secrets_dir.clone(),
-        max_file_bytes: config.secret_max_file_bytes,
-        mappings: config.secrets.iter().cloned().collect(),
-        prefix: config.secret_prefix.clone(),
-        cache_ttl: config.secret_cache_ttl,
-    };
-    let secrets_manager = if secrets::Resolver::uses_secrets_manager(&secrets_config) {
-        Some(secrets::secrets_manager_client(config.secrets_manager_endpoint.as_deref()).await)
+    let secrets_manager = if secrets::Resolver::uses_secrets_manager(&config.secrets) {
+        Some(secrets::secrets_manager_client(config.secrets.secrets_manager_endpoint.as_deref()).await)
     } else {
         None
     };
-    let venvs = Venvs::new(config.datahub_cli.clone(), config.venv_root.clone(), config.venv_python.clone());
     let (runner, events) = Runner::new(ProcessConfig {
         worker_id: worker_id.to_string(),
-        venvs: Arc::new(venvs),
-        secrets: Arc::new(secrets::Resolver::new(secrets_config, secrets_manager)),
+        venvs: Arc::new(Venvs::new(config.venvs)),
+        secrets: Arc::new(secrets::Resolver::new(config.secrets, secrets_manager)),
         work_dir,
-        cancel_grace: config.cancel_grace,
-        output_drain_timeout: config.output_drain_timeout,
-        max_log_lines: config.max_log_lines,
-        max_line_chars: config.max_line_chars,
-        max_report_chars: config.max_report_bytes,
+        limits: config.runner,
     });
     let session = SessionConfig {
         controller: config.controller.clone(),
@@ -75,10 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pools,
         slots: config.slots,
         labels,
-        drain_timeout: config.drain_timeout,
-        reconnect_min: config.reconnect_min,
-        reconnect_max: config.reconnect_max,
-        connect_timeout: config.connect_timeout,
+        timings: config.session,
     };
     let metrics = metrics::Metrics::default();
     metrics.set_slots(config.slots);

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use outpost_common::clock::unix_ms;
+use outpost_common::duration;
 use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
 use outpost_common::pb::{self, agent_message::Msg as Out, controller_message::Msg as In};
 use outpost_common::task::ResultStatus;
@@ -33,10 +34,40 @@ pub struct SessionConfig {
     pub pools: Vec<PoolId>,
     pub slots: u32,
     pub labels: BTreeMap<String, String>,
+    pub timings: Timings,
+}
+
+/// The session's timing flags.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "session")]
+#[command(next_help_heading = "Connection")]
+pub struct Timings {
+    /// On SIGTERM: how long running work may finish before it is stopped and handed back.
+    #[arg(long, env = "OUTPOST_DRAIN_TIMEOUT", value_parser = duration::parse, default_value = "150s")]
     pub drain_timeout: Duration,
+    /// Shortest wait before reconnecting.
+    #[arg(long, env = "OUTPOST_RECONNECT_MIN", value_parser = duration::parse, default_value = "200ms")]
     pub reconnect_min: Duration,
+    /// Longest wait before reconnecting (jittered, exponential in between).
+    #[arg(long, env = "OUTPOST_RECONNECT_MAX", value_parser = duration::parse, default_value = "30s")]
     pub reconnect_max: Duration,
+    /// Timeout for establishing the connection.
+    #[arg(long, env = "OUTPOST_CONNECT_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub connect_timeout: Duration,
+}
+
+impl Timings {
+    pub fn validate(&self) -> Result<(), duration::Invalid> {
+        duration::positive("--reconnect-min", self.reconnect_min)?;
+        duration::positive("--connect-timeout", self.connect_timeout)?;
+        if self.reconnect_max < self.reconnect_min {
+            return Err(duration::Invalid(format!(
+                "--reconnect-max ({:?}) must not be shorter than --reconnect-min ({:?})",
+                self.reconnect_max, self.reconnect_min
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +154,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let mut backoff = Backoff::new(config.timings.reconnect_min, config.timings.reconnect_max);
     let mut agent = Agent {
         tls: config.tls.clone(),
         config,
@@ -149,7 +180,7 @@ pub async fn run(
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => warn!(error = %e, "connection to the controller failed"),
         }
-        if connected_at.elapsed() > agent.config.reconnect_max {
+        if connected_at.elapsed() > agent.config.timings.reconnect_max {
             backoff.reset();
         }
         let delay = backoff.next_delay();
@@ -212,8 +243,8 @@ impl Agent {
 
     fn begin_shutdown(&mut self) {
         if self.shutting_down.is_none() {
-            info!(drain_timeout = ?self.config.drain_timeout, running = self.runner.busy(), "draining: taking no new work");
-            self.shutting_down = Some(Instant::now() + self.config.drain_timeout);
+            info!(drain_timeout = ?self.config.timings.drain_timeout, running = self.runner.busy(), "draining: taking no new work");
+            self.shutting_down = Some(Instant::now() + self.config.timings.drain_timeout);
         }
     }
 
@@ -278,7 +309,7 @@ impl Agent {
         self.refresh_tls();
         let endpoint = Endpoint::from_shared(self.config.controller.clone())?
             .tls_config(self.tls.client_config(&self.config.server_name))?
-            .connect_timeout(self.config.connect_timeout);
+            .connect_timeout(self.config.timings.connect_timeout);
         let channel = endpoint.connect().await?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);

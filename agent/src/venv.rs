@@ -33,6 +33,22 @@ pub struct Venvs {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Which `datahub` runs (flags).
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "venvs")]
+#[command(next_help_heading = "DataHub CLI")]
+pub struct Args {
+    /// The `datahub` executable (default: `datahub` on PATH).
+    #[arg(long, env = "OUTPOST_DATAHUB_CLI", default_value = "datahub")]
+    pub datahub_cli: PathBuf,
+    /// Where per-version virtualenvs are built and cached; without it every task uses --datahub-cli.
+    #[arg(long, env = "OUTPOST_VENV_ROOT")]
+    pub venv_root: Option<PathBuf>,
+    /// The Python interpreter new virtualenvs are made from.
+    #[arg(long, env = "OUTPOST_VENV_PYTHON", default_value = "python3")]
+    pub venv_python: PathBuf,
+}
+
 /// Written into a venv once its build finished.
 const READY_MARKER: &str = ".outpost-ready";
 
@@ -79,8 +95,13 @@ impl Request {
 }
 
 impl Venvs {
-    pub fn new(native_cli: PathBuf, root: Option<PathBuf>, python: PathBuf) -> Venvs {
-        Venvs { native_cli, root, python, locks: Mutex::new(HashMap::new()) }
+    pub fn new(args: Args) -> Venvs {
+        Venvs {
+            native_cli: args.datahub_cli,
+            root: args.venv_root,
+            python: args.venv_python,
+            locks: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The `datahub` executable for a request, building its venv if needed. `note` receives progress lines for
@@ -219,7 +240,11 @@ mod tests {
 
     #[tokio::test]
     async fn native_needs_no_build() {
-        let venvs = Venvs::new("/opt/datahub".into(), Some("/nonexistent".into()), "python3".into());
+        let venvs = Venvs::new(Args {
+            datahub_cli: "/opt/datahub".into(),
+            venv_root: Some("/nonexistent".into()),
+            venv_python: "python3".into(),
+        });
         let mut notes = Vec::new();
         let cli = venvs.cli_for(&request(Some("native"), &[]), &mut |line| notes.push(line)).await.unwrap();
         assert_eq!(cli, PathBuf::from("/opt/datahub"));

@@ -14,7 +14,7 @@ use outpost_common::ids::{AttemptRef, Epoch, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-pub use process::{ProcessConfig, Progress, RunOutcome, StopReason};
+pub use process::{Limits, ProcessConfig, Progress, RunOutcome, StopReason};
 
 /// Work the controller assigned.
 #[derive(Clone, Debug)]

@@ -45,14 +45,43 @@ pub struct ProcessConfig {
     pub secrets: Arc<Resolver>,
     /// Per-attempt working directories are made under this one.
     pub work_dir: PathBuf,
-    /// SIGTERM → SIGKILL grace on cancel.
+    pub limits: Limits,
+}
+
+/// The runner's flags.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "runner")]
+#[command(next_help_heading = "Runs")]
+pub struct Limits {
+    /// On cancel: SIGTERM to the process group, then SIGKILL after this grace.
+    #[arg(long, env = "OUTPOST_CANCEL_GRACE", value_parser = outpost_common::duration::parse, default_value = "30s")]
     pub cancel_grace: Duration,
-    /// How long to keep reading output after the CLI exited (a leftover grandchild may hold the pipe open).
+    /// How long to keep reading a run's output after the CLI exited (a leftover grandchild may hold the pipe open).
+    #[arg(long, env = "OUTPOST_OUTPUT_DRAIN_TIMEOUT", value_parser = outpost_common::duration::parse,
+          default_value = "2s")]
     pub output_drain_timeout: Duration,
+    /// Lines of output kept per run for the report.
+    #[arg(long, env = "OUTPOST_MAX_LOG_LINES", default_value_t = 2000)]
     pub max_log_lines: usize,
+    /// Characters kept per output line.
+    #[arg(long, env = "OUTPOST_MAX_LINE_CHARS", default_value_t = 4096)]
     pub max_line_chars: usize,
-    /// Cap on the whole report text sent to the controller.
-    pub max_report_chars: usize,
+    /// Cap on the report text of one run, in bytes.
+    #[arg(long, env = "OUTPOST_MAX_REPORT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_report_bytes: usize,
+}
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), outpost_common::duration::Invalid> {
+        use outpost_common::duration::Invalid;
+        if self.max_log_lines == 0 || self.max_line_chars == 0 {
+            return Err(Invalid("--max-log-lines and --max-line-chars must be greater than zero".into()));
+        }
+        if self.max_report_bytes < 1024 {
+            return Err(Invalid("--max-report-bytes must be at least 1024".into()));
+        }
+        Ok(())
+    }
 }
 
 /// One run to make.
@@ -112,7 +141,7 @@ pub async fn run(
         config,
         lines: &lines,
         progress: &progress,
-        tail: OutputTail::new(config.max_log_lines, config.max_line_chars),
+        tail: OutputTail::new(config.limits.max_log_lines, config.limits.max_line_chars),
         masker: Masker::default(),
         report: ExecutionReport::default(),
     };
@@ -143,7 +172,7 @@ pub async fn run(
         verdict,
         structured.as_deref(),
         &run.tail.render(),
-        config.max_report_chars,
+        config.limits.max_report_bytes,
     );
     RunOutcome {
         status,
@@ -231,7 +260,7 @@ impl Run<'_> {
 
         let mut stdin = child.stdin.take().ok_or("the CLI's stdin is not piped")?;
         let (line_tx, mut line_rx) = mpsc::channel::<String>(1024);
-        let cap = config.max_line_chars.saturating_mul(4).max(16);
+        let cap = config.limits.max_line_chars.saturating_mul(4).max(16);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(forward_lines(BufReader::new(stdout), cap, line_tx.clone()));
         }
@@ -259,12 +288,12 @@ impl Run<'_> {
                     let reason = reason.unwrap_or(StopReason::Cancelled);
                     stopped = Some(reason);
                     info!(exec_id = %spec.exec_id, reason = ?reason, "stopping the CLI's process group");
-                    break terminate_group(&mut child, pgid, config.cancel_grace).await;
+                    break terminate_group(&mut child, pgid, config.limits.cancel_grace).await;
                 }
                 _ = sleep_until(deadline), if stopped.is_none() => {
                     stopped = Some(StopReason::TimedOut);
                     info!(exec_id = %spec.exec_id, "the task's deadline passed: stopping the CLI's process group");
-                    break terminate_group(&mut child, pgid, config.cancel_grace).await;
+                    break terminate_group(&mut child, pgid, config.limits.cancel_grace).await;
                 }
                 line = line_rx.recv(), if output_open => match line {
                     Some(line) => memory_error |= take_lines(line, Some(&mut line_rx), &mut self.tail, &self.masker, self.lines, self.progress),
@@ -274,7 +303,7 @@ impl Run<'_> {
         };
         writer.abort();
         // Whatever the CLI printed last is still in the pipes.
-        let drain = tokio::time::sleep(config.output_drain_timeout);
+        let drain = tokio::time::sleep(config.limits.output_drain_timeout);
         tokio::pin!(drain);
         while output_open {
             tokio::select! {

@@ -47,18 +47,43 @@ pub enum Error {
 }
 
 /// Where secrets come from.
-#[derive(Clone, Debug, Default)]
+/// Where secrets come from (flags).
+#[derive(Clone, Debug, Default, clap::Args)]
+#[group(id = "secrets")]
+#[command(next_help_heading = "Secrets")]
 pub struct Config {
-    /// A directory of `NAME` files (Kubernetes secret mounts).
+    /// A directory of secret files: `${NAME}` resolves to the content of NAME (trailing whitespace stripped).
+    #[arg(id = "secrets_dir", long = "secrets-dir", env = "DATAHUB_EXECUTOR_FILE_SECRET_BASEDIR")]
     pub dir: Option<PathBuf>,
-    /// Files larger than this are refused.
+    /// Secret files larger than this are refused.
+    #[arg(id = "secret_max_file_bytes", long = "secret-max-file-bytes", env = "DATAHUB_EXECUTOR_FILE_SECRET_MAXLEN",
+          default_value_t = 1024 * 1024)]
     pub max_file_bytes: u64,
-    /// `NAME` → Secrets Manager id (ARN or name).
-    pub mappings: BTreeMap<String, String>,
-    /// Names not mapped are looked up as `<prefix><NAME>` when set.
+    /// A secret in AWS Secrets Manager, as NAME=ARN (or NAME=secret-name); repeatable.
+    #[arg(id = "secret", long = "secret", env = "OUTPOST_SECRETS", value_delimiter = ',', value_parser = parse_mapping)]
+    pub mappings: Vec<(String, String)>,
+    /// Look names without a NAME=ARN mapping up in Secrets Manager as <prefix><NAME>.
+    #[arg(id = "secret_prefix", long = "secret-prefix", env = "OUTPOST_SECRET_PREFIX")]
     pub prefix: Option<String>,
-    /// How long a Secrets Manager value is reused.
+    /// How long a Secrets Manager value is reused before it is read again (rotation needs no restart).
+    #[arg(id = "secret_cache_ttl", long = "secret-cache-ttl", env = "OUTPOST_SECRET_CACHE_TTL",
+          value_parser = outpost_common::duration::parse, default_value = "60s")]
     pub cache_ttl: Duration,
+    /// Secrets Manager endpoint override; otherwise the AWS default chain decides.
+    #[arg(long, env = "OUTPOST_SECRETS_MANAGER_ENDPOINT")]
+    pub secrets_manager_endpoint: Option<String>,
+}
+
+/// `NAME=ARN`.
+fn parse_mapping(value: &str) -> Result<(String, String), String> {
+    let (name, id) = value.split_once('=').ok_or_else(|| format!("{value:?} is not NAME=ARN"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Err(format!("{name:?} is not a secret name (word characters only)"));
+    }
+    if id.is_empty() {
+        return Err(format!("secret {name} has no ARN"));
+    }
+    Ok((name.to_owned(), id.to_owned()))
 }
 
 /// The names of `${NAME}` references (word characters only, as DataHub's executor resolves them).
@@ -84,6 +109,8 @@ pub fn references(text: &str) -> BTreeSet<String> {
 /// Resolves secret names. Shared by every run of an agent.
 pub struct Resolver {
     config: Config,
+    /// `NAME` → Secrets Manager id (ARN or name).
+    mappings: BTreeMap<String, String>,
     secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     cache: Mutex<HashMap<String, (Instant, SecretValue)>>,
 }
@@ -97,7 +124,8 @@ impl std::fmt::Debug for Resolver {
 impl Resolver {
     /// `secrets_manager` is needed only when mappings or a prefix are configured.
     pub fn new(config: Config, secrets_manager: Option<aws_sdk_secretsmanager::Client>) -> Resolver {
-        Resolver { config, secrets_manager, cache: Mutex::new(HashMap::new()) }
+        let mappings = config.mappings.iter().cloned().collect();
+        Resolver { config, mappings, secrets_manager, cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn uses_secrets_manager(config: &Config) -> bool {
@@ -153,7 +181,7 @@ impl Resolver {
     }
 
     async fn read_secrets_manager(&self, name: &str) -> Result<Option<SecretValue>, Error> {
-        let id = match (self.config.mappings.get(name), &self.config.prefix) {
+        let id = match (self.mappings.get(name), &self.config.prefix) {
             (Some(id), _) => id.clone(),
             (None, Some(prefix)) => format!("{prefix}{name}"),
             (None, None) => return Ok(None),
