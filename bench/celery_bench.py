@@ -6,6 +6,10 @@ threads, and measures from the first submit to the last result stored. `--durabl
 `appendfsync always` (every write fsynced before it is acknowledged, like Outpost's SQLite with
 synchronous=FULL); without it Redis keeps everything in memory only.
 
+`--pool threads` runs each worker's children as threads instead of processes. `--best` tries several
+configurations in one sitting (10 x 8 prefork, 2 x 1 and 1 x 2 prefork, 1 x 8 threads, 1 x 4 prefork) and reports
+each and the best, so a comparison is made against Celery at its best on this machine.
+
 Run through `bench/run.sh celery [args]`, which installs redis-server and Celery first (bench/setup-celery.sh).
 """
 
@@ -62,15 +66,33 @@ def children(pid):
         return []
 
 
+# (workers, children per worker, pool) tried by --best.
+CONFIGURATIONS = [(10, 8, "prefork"), (2, 1, "prefork"), (1, 2, "prefork"), (1, 8, "threads"), (1, 4, "prefork")]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pool", choices=["prefork", "threads"], default="prefork")
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--durable", action="store_true")
+    parser.add_argument("--best", action="store_true", help="try several configurations, report each and the best")
     args = parser.parse_args()
+    if not args.best:
+        run(args)
+        return
+    rates = []
+    for workers, concurrency, pool in CONFIGURATIONS:
+        args.workers, args.concurrency, args.pool = workers, concurrency, pool
+        rates.append((run(args), f"{workers} x {concurrency} {pool}"))
+    rate, name = max(rates)
+    print(f"celery best: {rate:.0f} tasks/s ({name}); all: " + ", ".join(f"{n}: {r:.0f}" for r, n in rates))
 
+
+def run(args):
+    """One configuration; returns tasks/s."""
     work = tempfile.mkdtemp(prefix="celery-bench-")
     procs = []
     try:
@@ -102,7 +124,7 @@ def main():
         for i in range(args.workers):
             procs.append(
                 subprocess.Popen(
-                    [celery_bin, "-A", "noopapp", "worker", "--pool", "prefork", "--concurrency",
+                    [celery_bin, "-A", "noopapp", "worker", "--pool", args.pool, "--concurrency",
                      str(args.concurrency), "-n", f"w{i}@bench", "--loglevel", "WARNING",
                      "--without-gossip", "--without-mingle", "--without-heartbeat"],
                     cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"w{i}.log"), "w"),
@@ -159,11 +181,13 @@ def main():
         elapsed = time.monotonic() - started
         cpu = cpu_seconds(pids) - cpu_before
         print(
-            f"celery: {args.tasks} no-op tasks, {args.workers} workers x {args.concurrency} processes, "
+            f"celery: {args.tasks} no-op tasks, {args.workers} workers x {args.concurrency} {args.pool} children, "
             f"{args.submitters} submitters, redis {'appendfsync always' if args.durable else 'in memory'}: "
             f"{elapsed:.2f} s -> {args.tasks / elapsed:.0f} tasks/s (all submitted after {submitted:.2f} s); "
-            f"CPU of redis + workers {cpu:.2f} s ({cpu / elapsed * 100:.0f}% of one core)"
+            f"CPU of redis + workers {cpu:.2f} s ({cpu / elapsed * 100:.0f}% of one core)",
+            flush=True,
         )
+        return args.tasks / elapsed
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -91,10 +91,6 @@ impl Store {
         self.reported.subscribe()
     }
 
-    fn announce_reported(&self) {
-        self.reported.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// Notified whenever outbox rows were added (the reporter waits on it).
     pub fn outbox_added(&self) -> Arc<Notify> {
         self.outbox_added.clone()

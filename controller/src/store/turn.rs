@@ -77,7 +77,16 @@ impl Store {
     /// Applies a turn in one transaction and commits it; nothing of it happens if any change is refused (the
     /// error is the first refusal) or the database fails.
     pub async fn write_turn(&self, turn: Turn, now_ms: i64) -> Result<TurnWritten, Error> {
-        self.transaction(move |tx, effects| apply(tx, &turn, now_ms, effects)).await
+        self.start_turn(turn, now_ms).await
+    }
+
+    /// The same, handed to the writer at once: the caller may decide the next turn while this one commits.
+    pub fn start_turn(
+        &self,
+        turn: Turn,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<TurnWritten, Error>> + Send + Sync + 'static {
+        self.start_transaction(move |tx, effects| apply(tx, &turn, now_ms, effects))
     }
 
     /// Runs `job` in one write transaction on the writer (all or nothing), then announces what it did.
@@ -85,24 +94,31 @@ impl Store {
         &self,
         job: impl FnOnce(&Transaction<'_>, &mut Effects) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
+        self.start_transaction(job).await
+    }
+
+    /// Hands a transaction to the writer now; the future resolves once it committed (and what it did was
+    /// announced, from the writer thread) or failed.
+    fn start_transaction<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Transaction<'_>, &mut Effects) -> Result<T, Error> + Send + 'static,
+    ) -> impl Future<Output = Result<T, Error>> + Send + Sync + 'static {
         let reporting = self.reporting;
-        let (value, effects) = self
-            .writer
-            .run(move |connection| {
-                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
-                let mut effects = Effects { reporting, ..Effects::default() };
-                let value = job(&tx, &mut effects)?;
-                tx.commit().map_err(writer_error)?;
-                Ok::<_, Error>((value, effects))
-            })
-            .await??;
-        if effects.outbox_added {
-            self.outbox_added.notify_one();
-        }
-        if effects.reported {
-            self.announce_reported();
-        }
-        Ok(value)
+        let (outbox_added, reported) = (self.outbox_added.clone(), self.reported.clone());
+        let committed = self.writer.submit(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
+            let mut effects = Effects { reporting, ..Effects::default() };
+            let value = job(&tx, &mut effects)?;
+            tx.commit().map_err(writer_error)?;
+            if effects.outbox_added {
+                outbox_added.notify_one();
+            }
+            if effects.reported {
+                reported.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Ok::<_, Error>(value)
+        });
+        async move { committed.await? }
     }
 }
 

@@ -77,11 +77,11 @@ impl Writer {
         }
     }
 
-    /// Runs `job` on the writer's connection and returns what it returned.
-    pub(super) async fn run<T: Send + 'static>(
+    /// Hands `job` to the writer now; the future resolves to what it returned.
+    pub(super) fn submit<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut rusqlite::Connection) -> T + Send + 'static,
-    ) -> Result<T, Error> {
+    ) -> impl Future<Output = Result<T, Error>> + Send + Sync + 'static {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |connection| {
             let _ = reply.send(job(connection));
@@ -90,10 +90,20 @@ impl Writer {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
         };
-        if !sent {
-            return Err(Error::Writer("the writer is closed".into()));
+        async move {
+            if !sent {
+                return Err(Error::Writer("the writer is closed".into()));
+            }
+            answer.await.map_err(|_| Error::Writer("the writer thread is gone".into()))
         }
-        answer.await.map_err(|_| Error::Writer("the writer thread is gone".into()))
+    }
+
+    /// Runs `job` on the writer's connection and returns what it returned.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut rusqlite::Connection) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        self.submit(job).await
     }
 }
 

@@ -30,8 +30,16 @@ use super::{AgentCommand, AgentHello, Config, Error, Event, SessionId};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
-/// The most events handled in one turn (one commit).
+/// The most events handled in one go before the engine looks at its commit and timers again.
 const MAX_TURN: usize = 1024;
+
+/// The commit in flight, awaited (only polled while there is one).
+async fn committed(commit: &mut Option<Commit>) -> Result<store::TurnWritten, store::Error> {
+    match commit.as_mut() {
+        Some(commit) => commit.await,
+        None => std::future::pending().await,
+    }
+}
 
 /// One connected agent.
 pub(super) struct Session {
@@ -57,8 +65,21 @@ pub(super) struct Engine {
     pub(super) leases: Leases,
     pub(super) queue: Queue,
     next_session: u64,
-    /// This turn's changes, written by the next `flush`.
+    /// This turn's changes, handed to the writer by the next `start_commit`.
     plan: Plan,
+    /// The turn being committed (at most one at a time), and what waits for it.
+    commit: Option<Commit>,
+    pending: Option<Pending>,
+}
+
+/// A turn handed to the writer: resolves once it committed or failed.
+type Commit =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<store::TurnWritten, store::Error>> + Send + Sync>>;
+
+/// What waits for a turn's commit: its answers and commands, and the picks it grants.
+struct Pending {
+    plan: Plan,
+    picks: Vec<dispatch::Pick>,
 }
 
 /// Queues and leases as the store has them. Held tasks get one lease TTL (and an unacknowledged one at least
@@ -120,23 +141,31 @@ impl Engine {
             queue,
             next_session: 1,
             plan: Plan::default(),
+            commit: None,
+            pending: None,
         })
     }
 
+    /// The loop: events form turns, and turn n+1 is decided while turn n commits (one commit in flight; the
+    /// next starts as soon as it is done, with everything decided meanwhile).
     pub(super) async fn run(mut self, mut events: mpsc::Receiver<Event>, token: CancellationToken) {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
+                written = committed(&mut self.commit), if self.commit.is_some() => {
+                    self.commit = None;
+                    self.settle_commit(written).await;
+                }
                 event = events.recv() => match event {
                     Some(event) => self.turn(event, &mut events).await,
                     None => break,
                 },
-                _ = sweep.tick() => {
-                    self.sweep().await;
-                    self.flush().await;
-                }
+                _ = sweep.tick() => self.sweep().await,
+            }
+            if self.commit.is_none() {
+                self.start_commit();
             }
         }
         self.commit_heartbeats();
@@ -147,8 +176,8 @@ impl Engine {
         debug!("scheduler stopped");
     }
 
-    /// Handles `first` and every event already waiting behind it (up to `MAX_TURN`), then commits their
-    /// changes together. An event that reads the store is preceded by a commit of what is pending.
+    /// Handles `first` and every event already waiting behind it (up to `MAX_TURN`); their changes join the
+    /// plan the next commit writes. An event that reads the store is preceded by a commit of all decided so far.
     async fn turn(&mut self, first: Event, events: &mut mpsc::Receiver<Event>) {
         let mut next = Some(first);
         let mut handled = 0;
@@ -162,7 +191,6 @@ impl Engine {
                 next = events.try_recv().ok();
             }
         }
-        self.flush().await;
     }
 
     async fn handle(&mut self, event: Event) {
@@ -242,11 +270,10 @@ impl Engine {
         self.commit_heartbeats();
     }
 
-    /// Commits the turn: its changes in order and grants of queued tasks to agents with credit — all in one
-    /// transaction — then answers, and sends the commands and assignments. If the commit fails nothing of the
-    /// turn happened: every answer says so, sessions opened in it are closed, and queues and leases are
-    /// reloaded from the store. Agents with nothing in the turn are not touched.
-    async fn flush(&mut self) {
+    /// Hands the turn to the writer: its changes in order and grants of queued tasks to agents with credit, all
+    /// in one transaction. Answers, commands and assignments wait for `settle_commit`.
+    fn start_commit(&mut self) {
+        debug_assert!(self.commit.is_none(), "one commit at a time");
         let picks = self.pick();
         let mut plan = std::mem::take(&mut self.plan);
         let changes = plan.take_changes();
@@ -255,16 +282,40 @@ impl Engine {
             return;
         }
         let turn = store::Turn { changes, grants: picks.iter().map(|p| (p.task.clone(), p.worker.clone())).collect() };
-        match self.store.write_turn(turn, unix_ms()).await {
+        self.commit = Some(Box::pin(self.store.start_turn(turn, unix_ms())));
+        self.pending = Some(Pending { plan, picks });
+    }
+
+    /// Commits everything decided so far and waits for it (before a read of the store, and at shutdown).
+    async fn flush(&mut self) {
+        for _ in 0..2 {
+            if self.commit.is_none() {
+                self.start_commit();
+            }
+            if let Some(commit) = self.commit.take() {
+                let written = commit.await;
+                self.settle_commit(written).await;
+            }
+        }
+    }
+
+    /// After a commit: answers, commands and assignments. If it failed, nothing of it happened — and nothing
+    /// decided since either (that was decided on top of it): every answer of both says so, sessions opened in
+    /// them are closed, and queues and leases are reloaded from the store. Agents with nothing in them are not
+    /// touched.
+    async fn settle_commit(&mut self, written: Result<store::TurnWritten, store::Error>) {
+        let Some(Pending { plan, picks }) = self.pending.take() else { return };
+        match written {
             Ok(written) => {
                 for (record, created) in &written.submitted {
+                    let task = &record.request;
                     if *created {
-                        info!(task = %record.request.id, pool = %record.request.pool, task_name = %record.request.task_name, "task queued");
+                        info!(task = %task.id, pool = %task.pool, task_name = %task.task_name, "task queued");
                     } else {
-                        info!(task = %record.request.id, state = %record.state, "duplicate submit of a known task ignored");
+                        info!(task = %task.id, state = %record.state, "duplicate submit of a known task ignored");
                         if record.state != TaskState::Queued {
                             // Queued here when it was submitted; the store already had it, finished.
-                            self.queue.remove(&record.request.id);
+                            self.queue.remove(&task.id);
                         }
                     }
                 }
@@ -278,15 +329,19 @@ impl Engine {
                         session.credits = session.credits.saturating_add(1);
                     }
                 }
-                for (worker, id) in std::mem::take(&mut plan.opened) {
-                    if self.sessions.get(&worker).is_some_and(|s| s.id == id)
-                        && let Some(session) = self.sessions.remove(&worker)
-                    {
-                        session.kick.cancel();
+                let failure = e.to_string();
+                let undecided = std::mem::take(&mut self.plan);
+                for mut failed in [plan, undecided] {
+                    for (worker, id) in std::mem::take(&mut failed.opened) {
+                        if self.sessions.get(&worker).is_some_and(|s| s.id == id)
+                            && let Some(session) = self.sessions.remove(&worker)
+                        {
+                            session.kick.cancel();
+                        }
                     }
+                    failed.settle(Vec::new(), Some(&failure));
                 }
                 self.metrics.set_connected_agents(self.sessions.len());
-                plan.settle(Vec::new(), Some(&e.to_string()));
                 self.resync().await;
             }
         }

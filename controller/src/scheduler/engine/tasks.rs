@@ -51,7 +51,8 @@ impl Engine {
         if let Some(lease) = self.leases.get(task) {
             return Ok(Known { facts: lease.facts(), pool: lease.pool.clone() });
         }
-        if let Some((facts, pool)) = self.plan.facts(task) {
+        let pending = self.pending.as_ref().map(|p| &p.plan);
+        if let Some((facts, pool)) = self.plan.facts(task).or_else(|| pending.and_then(|p| p.facts(task))) {
             return Ok(Known { facts: *facts, pool: pool.clone() });
         }
         match self.store.task(task).await? {
@@ -64,7 +65,7 @@ impl Engine {
                 },
                 pool: record.request.pool,
             }),
-            None => match self.plan.submitted(task) {
+            None => match self.plan.submitted(task).or_else(|| pending.and_then(|p| p.submitted(task))) {
                 Some(pool) => Ok(Known {
                     facts: TaskFacts {
                         state: TaskState::Queued,
