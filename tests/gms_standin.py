@@ -8,6 +8,9 @@ Serves the calls an executor makes (datahub-protocol.md §2):
                                                              (a change away from SUCCESS/CANCELLED/ABORTED/DUPLICATE
                                                              is 422, the same status again is accepted and ignored)
   POST /openapi/v2/entity/batch/dataHubExecutionRequest   -- serves signals and inputs set by the test
+  POST /api/graphql                                       -- listExecutorConfigs (DataHub Cloud only): the pools'
+                                                             queues and temporary credentials set by the test; an
+                                                             open-source GMS (none set) answers with its GraphQL error
 Both honour an optional path prefix (DataHub Cloud's /gms).
 
 Control API for tests (never authenticated):
@@ -20,6 +23,8 @@ Control API for tests (never authenticated):
   POST /__control/input             {"urn": "...", "input": {ExecutionRequestInput}}
   POST /__control/token             {"token": "..."}: the Bearer token GMS accepts (none = any)
   GET  /__control/results           latest dataHubExecutionRequestResult per URN
+  POST /__control/executor_configs  {"configs": [ExecutorConfigs...], "expires_in_ms": N}: what listExecutorConfigs
+                                    answers; each answer's credentials expire N ms after it
 Usage: gms_standin.py --port 0 --port-file FILE [--max-payload BYTES]
 """
 
@@ -41,7 +46,11 @@ STATE = {
     "inputs": {},
     "results": {},
     "token": None,
+    "executor_configs": None,  # {"configs": [...], "expires_in_ms": N}; None = an open-source GMS
 }
+
+LIST_EXECUTOR_CONFIGS_FIELDS = ["region", "executorId", "queueUrl", "accessKeyId", "secretKeyId", "sessionToken",
+                                "expiration"]
 
 
 def strip_nulls(d):
@@ -156,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.ingest_proposal(raw, record)
         if path.endswith("/openapi/v2/entity/batch/dataHubExecutionRequest"):
             return self.batch_get(raw, record)
+        if path.endswith("/api/graphql"):
+            return self.graphql(raw, record)
         record["valid"] = False
         record["error"] = f"unknown endpoint {path}"
         return 404, {"message": "not found"}
@@ -185,6 +196,21 @@ class Handler(BaseHTTPRequestHandler):
                     return 200, {"value": "success"}
                 STATE["results"][urn] = aspect
         return 200, {"value": "success"}
+
+    def graphql(self, raw, record):
+        body = json.loads(raw)
+        query = body.get("query", "")
+        record["valid"] = set(body) <= {"query", "variables", "operationName"} and "listExecutorConfigs" in query and all(
+            field in query for field in LIST_EXECUTOR_CONFIGS_FIELDS)
+        with LOCK:
+            served = STATE["executor_configs"]
+            if served is None or "listExecutorConfigs" not in query:
+                return 200, {"errors": [{"message": "Validation error (FieldUndefined@[listExecutorConfigs]) : Field "
+                                                    "'listExecutorConfigs' in type 'Query' is undefined"}], "data": None}
+            expires = time.time() + served.get("expires_in_ms", 3_600_000) / 1000
+            expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+            configs = [dict(c, expiration=expiration) for c in served["configs"]]
+        return 200, {"data": {"listExecutorConfigs": {"total": len(configs), "executorConfigs": configs}}}
 
     def batch_get(self, raw, record):
         body = json.loads(raw)
@@ -217,6 +243,8 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/__control/input":
                 validate_aspect("dataHubExecutionRequestInput", body["input"])
                 STATE["inputs"][body["urn"]] = body["input"]
+            elif path == "/__control/executor_configs":
+                STATE["executor_configs"] = body
             elif path == "/__control/token":
                 STATE["token"] = body.get("token")
             else:

@@ -102,7 +102,11 @@ impl RunConfig {
         self.scheduler.validate()?;
         self.gms.validate()?;
         self.reporter.validate()?;
-        self.sqs.validate()
+        self.sqs.validate()?;
+        if !self.sqs.from_gms.is_empty() && self.gms.url.is_none() {
+            return Err(duration::Invalid("--queue-from-gms needs --gms-url (the queue comes from GMS)".into()));
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +147,7 @@ mod tests {
             (&["--gms-concurrency", "0"], "--gms-concurrency must be 1 to 256, not 0"),
             (&["--hello-timeout", "0s"], "--hello-timeout must be greater than zero"),
             (&["--signal-poll-interval", "0"], "--signal-poll-interval must be greater than zero"),
+            (&["--queue-from-gms", "p"], "--queue-from-gms needs --gms-url (the queue comes from GMS)"),
         ];
         for (args, want) in table {
             assert_eq!(run(args).err().as_deref(), Some(want), "{args:?}");
@@ -175,5 +180,12 @@ mod tests {
         assert_eq!(config.reporter.retry_backoff, Duration::from_secs(4));
         assert_eq!(config.sqs.retry_backoff, Duration::from_secs(5));
         assert_eq!(config.scheduler.lease_ttl, Duration::from_secs(30));
+        assert!(config.sqs.gms_pools(true).is_empty(), "queues named: no pool from GMS by default");
+        // DataHub's chart sets DATAHUB_EXECUTOR_POOL_ID: with GMS and no queue named, that pool's queue comes from GMS.
+        let cloud = run(&["--pool-id", "remote", "--gms-url", "https://t.acryl.io/gms"]).unwrap();
+        let pools: Vec<String> = cloud.sqs.gms_pools(true).iter().map(ToString::to_string).collect();
+        assert_eq!(pools, ["remote"]);
+        let named = run(&["--queue-from-gms", "a,b", "--gms-url", "https://t.acryl.io/gms"]).unwrap();
+        assert_eq!(named.sqs.gms_pools(true).len(), 2);
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         }
         None => info!("no --gms-url: results are recorded in SQLite only"),
     }
-    if !config.sqs.all_queues().is_empty() {
+    if !config.sqs.all_queues().is_empty() || !config.sqs.gms_pools(gms_client.is_some()).is_empty() {
         let client = sources::sqs::client(config.sqs.endpoint.as_deref()).await;
         let bridge = sources::sqs::run(
             config.sqs.clone(),

@@ -85,6 +85,19 @@ impl Gms {
         self.control("input", serde_json::json!({"urn": urn, "input": input})).await;
     }
 
+    /// Makes the stand-in a DataHub Cloud GMS: `listExecutorConfigs` answers these entries, their credentials
+    /// expiring `expires_in` after each answer.
+    pub async fn executor_configs(&self, configs: serde_json::Value, expires_in: Duration) {
+        let body = serde_json::json!({"configs": configs, "expires_in_ms": expires_in.as_millis() as u64});
+        self.control("executor_configs", body).await;
+    }
+
+    /// How many GraphQL calls the stand-in answered.
+    pub async fn graphql_calls(&self) -> usize {
+        let requests = self.requests().await;
+        requests.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/api/graphql"))).count()
+    }
+
     /// The Bearer token GMS accepts from now on (`None`: any).
     pub async fn accept_token(&self, token: Option<&str>) {
         self.control("token", serde_json::json!({"token": token})).await;

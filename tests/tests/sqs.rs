@@ -7,9 +7,10 @@ use std::time::Duration;
 use outpost_common::pb;
 use outpost_integration_tests::*;
 
+/// A controller with fast SQS timings against `moto`, serving `queue` for the pool `default` (none when empty).
 async fn controller(cluster: &Cluster, moto: &Moto, queue: &str, overrides: &[(&str, &str)]) -> Controller {
     let queue_flag = format!("default={queue}");
-    let base = [
+    let mut base = vec![
         ("--heartbeat-interval", "300ms"),
         ("--lease-ttl", "3s"),
         ("--sweep-interval", "100ms"),
@@ -20,8 +21,10 @@ async fn controller(cluster: &Cluster, moto: &Moto, queue: &str, overrides: &[(&
         ("--sqs-retry-backoff", "100ms"),
         ("--sqs-retry-backoff-max", "500ms"),
         ("--sqs-endpoint", moto.endpoint.as_str()),
-        ("--queue", queue_flag.as_str()),
     ];
+    if !queue.is_empty() {
+        base.push(("--queue", queue_flag.as_str()));
+    }
     let flags = merge_flags(&base, overrides);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     cluster.controller("outpost.db", &flags).await
@@ -340,4 +343,62 @@ async fn the_bridge_backs_off_through_an_sqs_outage_and_recovers() {
     let task = wait_task(&admin, "after-outage", "recorded", |t| t.reported_unix_ms > 0).await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     moto.wait_empty(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let gms = cluster.gms(&[]).await;
+    let queue = moto.queue("re-default").await;
+    // DataHub Cloud hands out the queue and credentials that expire 3 s after each answer.
+    let entry = serde_json::json!({"region": "us-east-1", "executorId": "default", "queueUrl": queue,
+        "accessKeyId": "ASIACLOUDTEST", "secretKeyId": "cloud-secret-value", "sessionToken": "cloud-session-token"});
+    let other = serde_json::json!({"region": "us-east-1", "executorId": "other-pool", "queueUrl": "http://127.0.0.1:1/x",
+        "accessKeyId": "ASIAOTHER", "secretKeyId": "other-secret", "sessionToken": "other-token"});
+    gms.executor_configs(serde_json::json!([other, entry]), Duration::from_secs(3)).await;
+    moto.send(&queue, &messages::mcl_input("cloud-run", &messages::input(&mock_recipe(6, 5), "default"))).await;
+
+    let gms_url = format!("{}/gms", gms.base);
+    let flags = [
+        ("--gms-url", gms_url.as_str()),
+        ("--queue-from-gms", "default"),
+        ("--sqs-credentials-refresh-ahead", "2s"),
+        ("--progress-interval", "1s"),
+    ];
+    let controller = controller(&cluster, &moto, "", &flags).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let task = wait_task(&admin, "cloud-run", "reported to GMS", |t| t.reported_unix_ms > 0).await;
+    assert_eq!((task.state, task.attempts), (pb::TaskState::Succeeded as i32, 1));
+    moto.wait_empty(&queue).await;
+    // The run (~7 s) outlived the credentials: they were fetched again about every second (3 s minus 2 s ahead).
+    let calls = gms.graphql_calls().await;
+    assert!(calls >= 4, "credentials fetched {calls} times");
+    let log = controller.proc.log();
+    assert!(log.contains("queue and credentials from DataHub GMS"), "{log}");
+    for secret in ["cloud-secret-value", "cloud-session-token", "other-secret"] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+    assert!(gms.invalid().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_source_gms_has_no_pool_queues_and_the_controller_says_so() {
+    let cluster = Cluster::new(bins!());
+    let gms = cluster.gms(&[]).await;
+    let gms_url = format!("{}/gms", gms.base);
+    let flags = ["--gms-url", &gms_url, "--queue-from-gms", "default", "--sqs-retry-backoff", "100ms"];
+    let controller = cluster.controller("outpost.db", &flags).await;
+    let line = wait_until("the controller to say why it has no queue", Duration::from_secs(30), || {
+        let log = controller.proc.log();
+        async move { log.lines().find(|l| l.contains("cannot get the pool's queue from DataHub GMS")).map(String::from) }
+    })
+    .await;
+    assert!(line.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{line}");
+    // It keeps serving (other pools, the admin API) and keeps asking.
+    let mut admin = cluster.admin(&controller).await;
+    assert!(admin.list_workers(pb::ListWorkersRequest::default()).await.is_ok());
+    wait_until("a second try", Duration::from_secs(30), || async { (gms.graphql_calls().await >= 2).then_some(()) })
+        .await;
 }

@@ -32,6 +32,42 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A secret value from GMS (an AWS secret key, a session token); `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself: only for the AWS SDK's credentials.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One pool's SQS queue and temporary AWS credentials, as DataHub Cloud hands them to remote executors
+/// (`listExecutorConfigs`, datahub-protocol.md §2.8).
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub executor_id: String,
+    pub region: String,
+    pub queue_url: String,
+    pub access_key_id: String,
+    /// GraphQL calls it `secretKeyId`; it is the secret access key.
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    /// When the credentials stop working (`None`: GMS did not say in a form we read).
+    pub expiration: Option<std::time::SystemTime>,
+}
+
+/// The query DataHub's own remote executor sends.
+const LIST_EXECUTOR_CONFIGS: &str = "query listExecutorConfigs { listExecutorConfigs { total executorConfigs { \
+                                     region executorId queueUrl accessKeyId secretKeyId sessionToken expiration } } }";
+
 /// How a GMS call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -195,6 +231,40 @@ impl Client {
         self.send("/aspects?action=ingestProposal", &body).await.map(|_| ())
     }
 
+    /// DataHub Cloud's per-pool SQS queues and temporary AWS credentials (`POST /api/graphql`
+    /// `listExecutorConfigs`). An open-source GMS has no such query: it answers with GraphQL errors.
+    pub async fn executor_configs(&self) -> Result<Vec<ExecutorConfig>, Error> {
+        let body = json!({"query": LIST_EXECUTOR_CONFIGS, "variables": {}});
+        let text = self.send("/api/graphql", &body).await?;
+        let parsed: Value = serde_json::from_str(&text).map_err(|e| Error::BadResponse(e.to_string()))?;
+        if let Some(errors) = parsed.get("errors").filter(|e| !e.is_null()) {
+            return Err(Error::BadResponse(format!("listExecutorConfigs: {}", short(&errors.to_string()))));
+        }
+        let entries = parsed["data"]["listExecutorConfigs"]["executorConfigs"]
+            .as_array()
+            .ok_or_else(|| Error::BadResponse("listExecutorConfigs: no executorConfigs".into()))?;
+        let field = |entry: &Value, name: &str| {
+            entry[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| Error::BadResponse(format!("listExecutorConfigs: an entry has no {name}")))
+        };
+        entries
+            .iter()
+            .map(|entry| {
+                Ok(ExecutorConfig {
+                    executor_id: field(entry, "executorId")?,
+                    region: field(entry, "region")?,
+                    queue_url: field(entry, "queueUrl")?,
+                    access_key_id: field(entry, "accessKeyId")?,
+                    secret_access_key: Secret(field(entry, "secretKeyId")?),
+                    session_token: Secret(field(entry, "sessionToken")?),
+                    expiration: entry["expiration"].as_str().and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+                })
+            })
+            .collect()
+    }
+
     /// Reads aspects of execution requests: URN → aspect name → aspect value. Missing entities or aspects are
     /// simply absent.
     pub async fn batch_get(
@@ -235,6 +305,22 @@ mod tests {
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("Token(<redacted>)"));
         assert_eq!(client.base, "http://gms:8080");
+    }
+
+    #[test]
+    fn executor_credentials_never_show() {
+        let config = ExecutorConfig {
+            executor_id: "pool".into(),
+            region: "us-west-2".into(),
+            queue_url: "https://sqs/q".into(),
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret("wJalrXUtnFEMI".into()),
+            session_token: Secret("FwoGZXIvYXdzEBY".into()),
+            expiration: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI") && !shown.contains("FwoGZXIvYXdzEBY"), "{shown}");
+        assert!(shown.contains("Secret(<redacted>)"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message};
 use outpost_common::clock::unix_ms;
 use outpost_common::ids::{PoolId, TaskId};
@@ -33,6 +34,8 @@ pub(super) struct Queue {
     pub scheduler: Scheduler,
     pub gms: Option<gms::Client>,
     pub metrics: Metrics,
+    /// For a DataHub Cloud pool: where its credentials come from (to refresh them when SQS refuses them).
+    pub credentials: Option<super::cloud::GmsCredentials>,
 }
 
 /// How a received message ends up.
@@ -55,11 +58,18 @@ fn backoff(config: &Config, failures: u32) -> Duration {
 }
 
 /// An SDK error with its service code and cause, readable in one line.
-fn sdk_error<E: std::error::Error + 'static>(error: &E) -> String {
-    outpost_common::errors::chain(error)
-}
-
 impl Queue {
+    /// An SQS error in words; one that says the credentials from GMS no longer work makes the next call fetch
+    /// new ones.
+    fn sdk_error<E: std::error::Error + ProvideErrorMetadata + 'static>(&self, error: &E) -> String {
+        if let Some(credentials) = &self.credentials
+            && super::cloud::is_credentials_error(error.code())
+        {
+            credentials.invalidate();
+        }
+        outpost_common::errors::chain(error)
+    }
+
     pub async fn receive_loop(self, token: CancellationToken) {
         let mut failures = 0u32;
         while !token.is_cancelled() {
@@ -99,7 +109,7 @@ impl Queue {
                 Err(e) => {
                     let delay = backoff(&self.config, failures);
                     failures += 1;
-                    warn!(queue = %self.url, error = %sdk_error(&e), retry_in_ms = delay.as_millis() as u64, "sqs receive failed");
+                    warn!(queue = %self.url, error = %self.sdk_error(&e), retry_in_ms = delay.as_millis() as u64, "sqs receive failed");
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -140,7 +150,7 @@ impl Queue {
                     .send()
                     .await;
                 if let Err(e) = result {
-                    warn!(message = %message_id, error = %sdk_error(&e), "could not give a message back");
+                    warn!(message = %message_id, error = %self.sdk_error(&e), "could not give a message back");
                 }
             }
             Outcome::Quarantine(reason) => {
@@ -157,7 +167,7 @@ impl Queue {
                 if let Some(dlq) = &self.config.dead_letter_queue {
                     self.metrics.sqs_call("send");
                     if let Err(e) = self.sqs.send_message().queue_url(dlq).message_body(body).send().await {
-                        warn!(message = %message_id, error = %sdk_error(&e), "could not copy to the dead-letter queue");
+                        warn!(message = %message_id, error = %self.sdk_error(&e), "could not copy to the dead-letter queue");
                     }
                 }
                 self.delete(&message_id, &receipt).await;
@@ -247,7 +257,7 @@ impl Queue {
     async fn delete(&self, message_id: &str, receipt: &str) {
         self.metrics.sqs_call("delete");
         if let Err(e) = self.sqs.delete_message().queue_url(&self.url).receipt_handle(receipt).send().await {
-            warn!(message = %message_id, error = %sdk_error(&e), "could not delete a message");
+            warn!(message = %message_id, error = %self.sdk_error(&e), "could not delete a message");
         }
     }
 
@@ -307,7 +317,7 @@ impl Queue {
         {
             Ok(output) => output,
             Err(e) => {
-                warn!(queue = %self.url, error = %sdk_error(&e), "sqs delete failed; will retry");
+                warn!(queue = %self.url, error = %self.sdk_error(&e), "sqs delete failed; will retry");
                 return;
             }
         };
@@ -351,7 +361,7 @@ impl Queue {
                 true
             }
             Err(e) => {
-                warn!(queue = %self.url, error = %sdk_error(&e), "sqs visibility renewal failed; will retry");
+                warn!(queue = %self.url, error = %self.sdk_error(&e), "sqs visibility renewal failed; will retry");
                 false
             }
         }

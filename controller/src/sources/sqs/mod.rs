@@ -4,6 +4,7 @@
 //! turns messages into scheduler calls and store bookkeeping; it never decides placement.
 
 mod bridge;
+pub mod cloud;
 pub mod message;
 
 use std::time::Duration;
@@ -36,6 +37,15 @@ pub struct Config {
     /// The pool of --queue-url.
     #[arg(long, env = "DATAHUB_EXECUTOR_POOL_ID", value_parser = parse_pool)]
     pub pool_id: Option<PoolId>,
+    /// A pool whose SQS queue and temporary credentials come from DataHub Cloud's GMS (`listExecutorConfigs`);
+    /// repeatable. Needs --gms-url. Default, when no queue is named at all: DATAHUB_EXECUTOR_POOL_ID, as DataHub's
+    /// own chart sets it.
+    #[arg(long = "queue-from-gms", env = "OUTPOST_QUEUE_FROM_GMS", value_delimiter = ',', value_parser = parse_pool)]
+    pub from_gms: Vec<PoolId>,
+    /// Credentials from GMS are fetched again this long before they expire.
+    #[arg(id = "sqs_credentials_refresh_ahead", long = "sqs-credentials-refresh-ahead",
+          env = "OUTPOST_SQS_CREDENTIALS_REFRESH_AHEAD", value_parser = duration::parse, default_value = "5m")]
+    pub credentials_refresh_ahead: Duration,
     /// SQS endpoint override (e.g. a local SQS API); otherwise the AWS default chain decides.
     #[arg(id = "sqs_endpoint", long = "sqs-endpoint", env = "OUTPOST_SQS_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -106,7 +116,19 @@ impl Config {
         queues
     }
 
+    /// Pools whose queue comes from GMS: --queue-from-gms, or (with GMS and no queue named at all) the pool of
+    /// DATAHUB_EXECUTOR_POOL_ID.
+    pub fn gms_pools(&self, gms: bool) -> Vec<PoolId> {
+        match (&self.pool_id, gms) {
+            (Some(pool), true) if self.from_gms.is_empty() && self.queues.is_empty() && self.queue_url.is_none() => {
+                vec![pool.clone()]
+            }
+            _ => self.from_gms.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), duration::Invalid> {
+        duration::positive("--sqs-credentials-refresh-ahead", self.credentials_refresh_ahead)?;
         duration::positive("--sqs-keep-interval", self.keep_interval)?;
         duration::positive("--sqs-idle-poll", self.idle_poll)?;
         duration::positive("--sqs-retry-backoff", self.retry_backoff)?;
@@ -132,20 +154,63 @@ impl Config {
     }
 }
 
-/// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
-/// override, over rustls with ring (the workspace's only crypto provider).
-pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-    if let Some(endpoint) = endpoint {
-        loader = loader.endpoint_url(endpoint);
+/// Asks GMS for a pool's queue until it answers (GMS may be starting too), or `None` once `token` is cancelled.
+async fn pool_queue(
+    config: &Config,
+    credentials: &cloud::GmsCredentials,
+    pool: &PoolId,
+    token: &CancellationToken,
+) -> Option<cloud::PoolQueue> {
+    let mut failures = 0;
+    loop {
+        match credentials.queue().await {
+            Ok(queue) => return Some(queue),
+            Err(e) => {
+                let delay = outpost_common::backoff::ceiling(config.retry_backoff, config.retry_backoff_max, failures);
+                failures += 1;
+                tracing::warn!(pool = %pool, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "cannot get the pool's queue from DataHub GMS");
+                tokio::select! {
+                    _ = token.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
     }
+}
+
+/// An SQS client for a DataHub Cloud pool: its region, credentials asked of `credentials` before every call (it
+/// caches them until shortly before they expire), the endpoint override if any.
+async fn cloud_client(region: &str, credentials: cloud::GmsCredentials, endpoint: Option<&str>) -> aws_sdk_sqs::Client {
+    let loader = loader(endpoint)
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(credentials)
+        .identity_cache(aws_config::identity::IdentityCache::no_cache());
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
-/// Runs a receiver and a keeper per queue until `token` is cancelled. A loop that ends before that (or panics)
-/// ends the bridge with the reason: the supervisor stops the controller rather than let messages go unkept.
+/// The AWS config loader over rustls with ring (the workspace's only crypto provider), with the endpoint override.
+fn loader(endpoint: Option<&str>) -> aws_config::ConfigLoader {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+    let loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    match endpoint {
+        Some(endpoint) => loader.endpoint_url(endpoint),
+        None => loader,
+    }
+}
+
+/// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
+/// override, over rustls with ring (the workspace's only crypto provider).
+pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&loader(endpoint).load().await)
+}
+
+/// Runs a receiver and a keeper per queue until `token` is cancelled: the queues named by the operator (through
+/// `sqs`, the AWS default chain), and DataHub Cloud pools whose queue and credentials come from GMS (each with its
+/// own client). A loop that ends before that (or panics) ends the bridge with the reason: the supervisor stops the
+/// controller rather than let messages go unkept.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: Config,
     sqs: aws_sdk_sqs::Client,
@@ -155,20 +220,30 @@ pub async fn run(
     metrics: Metrics,
     token: CancellationToken,
 ) -> Result<(), String> {
-    let queues = config.all_queues();
-    let served: Vec<PoolId> = queues.iter().map(|(pool, _)| pool.clone()).collect();
+    let mut queues: Vec<(PoolId, String, aws_sdk_sqs::Client, Option<cloud::GmsCredentials>)> =
+        config.all_queues().into_iter().map(|(pool, url)| (pool, url, sqs.clone(), None)).collect();
+    for pool in config.gms_pools(gms.is_some()) {
+        let gms = gms.clone().ok_or_else(|| format!("--queue-from-gms {pool} needs --gms-url"))?;
+        let credentials = cloud::GmsCredentials::new(gms, pool.clone(), config.credentials_refresh_ahead);
+        let Some(queue) = pool_queue(&config, &credentials, &pool, &token).await else { return Ok(()) };
+        let client = cloud_client(&queue.region, credentials.clone(), config.endpoint.as_deref()).await;
+        info!(pool = %pool, queue = %queue.url, region = %queue.region, "queue and credentials from DataHub GMS");
+        queues.push((pool, queue.url, client, Some(credentials)));
+    }
+    let served: Vec<PoolId> = queues.iter().map(|(pool, ..)| pool.clone()).collect();
     let mut tasks = JoinSet::new();
-    for (pool, url) in &queues {
+    for (pool, url, sqs, credentials) in queues {
         let queue = bridge::Queue {
             pool: pool.clone(),
             url: url.clone(),
             served: served.clone(),
             config: config.clone(),
-            sqs: sqs.clone(),
+            sqs,
             store: store.clone(),
             scheduler: scheduler.clone(),
             gms: gms.clone(),
             metrics: metrics.clone(),
+            credentials,
         };
         info!(pool = %pool, queue = %url, "SQS bridge started");
         let receiver = queue.clone();
