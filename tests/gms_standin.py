@@ -49,6 +49,42 @@ STATE = {
     "executor_configs": None,  # {"configs": [...], "expires_in_ms": N}; None = an open-source GMS
 }
 
+# dataHubRemoteExecutorStatus as DataHub Cloud's RemoteExecutorStatus.avsc has it (datahub-gms-shapes.md §6); the
+# open-source wheel has no class for it, so its fields and types are checked here: name -> (types, required).
+REMOTE_EXECUTOR_STATUS = {
+    "executorPoolId": (str, True), "executorReleaseVersion": (str, True), "executorAddress": (str, True),
+    "executorHostname": (str, True), "executorUptime": ((int, float), True), "reportedAt": (int, True),
+    "executorExpired": (bool, False), "executorStopped": (bool, False), "executorEmbedded": (bool, False),
+    "executorInternal": (bool, False), "logDeliveryEnabled": (bool, False), "channel": (str, False),
+}
+
+
+def validate_executor_status(body):
+    p = body["proposal"]
+    if set(body) - {"proposal", "async"} or body.get("async") != "false":
+        raise ValueError("executor status: unexpected top-level keys or not async false")
+    if not MetadataChangeProposalClass.from_obj(p).validate():
+        raise ValueError("proposal failed avro validation")
+    if p.get("changeType") != "UPSERT" or p.get("aspectName") != "dataHubRemoteExecutorStatus":
+        raise ValueError("executor status: must be an UPSERT of dataHubRemoteExecutorStatus")
+    key = json.loads(p["entityKeyAspect"]["value"])
+    if set(key) != {"id"} or not isinstance(key["id"], str) or len("urn:li:dataHubRemoteExecutor:" + key["id"]) > 500:
+        raise ValueError(f"executor status: bad key {key}")
+    status = json.loads(p["aspect"]["value"])
+    for name, value in status.items():
+        if name not in REMOTE_EXECUTOR_STATUS:
+            raise ValueError(f"executor status: unknown field {name}")
+        kinds, _ = REMOTE_EXECUTOR_STATUS[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+            raise ValueError(f"executor status: {name} has the wrong type")
+    missing = [n for n, (_, required) in REMOTE_EXECUTOR_STATUS.items() if required and n not in status]
+    if missing:
+        raise ValueError(f"executor status: missing {missing}")
+    if status.get("channel") not in (None, "SQS", "KAFKA"):
+        raise ValueError("executor status: channel must be SQS or KAFKA")
+    return key["id"], status
+
+
 LIST_EXECUTOR_CONFIGS_FIELDS = ["region", "executorId", "queueUrl", "accessKeyId", "secretKeyId", "sessionToken",
                                 "expiration"]
 
@@ -180,8 +216,24 @@ class Handler(BaseHTTPRequestHandler):
             record["valid"] = False
             record["error"] = f"payload of {len(raw)} bytes is over {ARGS.max_payload}"
             return 413, {"status": 413, "message": "Payload Too Large"}
+        parsed = json.loads(raw)
+        if parsed.get("proposal", {}).get("entityType") == "dataHubRemoteExecutor":
+            with LOCK:
+                cloud = STATE["executor_configs"] is not None
+            if not cloud:
+                record["valid"] = False
+                record["error"] = "an open-source GMS has no dataHubRemoteExecutor entity"
+                return 422, {"status": 422, "message": "Unknown entity type dataHubRemoteExecutor"}
+            try:
+                validate_executor_status(parsed)
+            except Exception as e:  # noqa: BLE001 - any failure is an invalid payload
+                record["valid"] = False
+                record["error"] = f"{type(e).__name__}: {e}"
+                return 422, {"status": 422, "message": record["error"]}
+            record["valid"] = True
+            return 200, {"value": "success"}
         try:
-            urn, aspect_name, aspect = validate_proposal_body(json.loads(raw))
+            urn, aspect_name, aspect = validate_proposal_body(parsed)
         except Exception as e:  # noqa: BLE001 - any failure is an invalid payload
             record["valid"] = False
             record["error"] = f"{type(e).__name__}: {e}"

@@ -114,6 +114,21 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         std::fs::write(&tmp, bound.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     }
+    let status_token = CancellationToken::new();
+    if let Some(client) = &gms_client {
+        let pools = config.sqs.gms_pools(true);
+        if !pools.is_empty() {
+            let nonce = (0..8).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+            let instance = reporter::executors::Instance {
+                address: bound.to_string(),
+                hostname: reporter::executors::hostname(),
+                nonce,
+            };
+            let interval = config.gms.executor_status_interval;
+            let status = reporter::executors::run(client.clone(), pools, instance, interval, status_token.clone());
+            services.spawn("executor status", false, status);
+        }
+    }
     let grpc_token = CancellationToken::new();
     let ready = metrics.clone();
     let serving = move || ready.set_ready(true);
@@ -131,10 +146,11 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         None => info!("shutting down"),
     }
     let limit = config.shutdown_timeout;
-    // 1. Intake: gRPC (agent sessions, admin), signal polling, SQS.
+    // 1. Intake: gRPC (agent sessions, admin), signal polling, SQS; the executor status says it stopped.
     grpc_token.cancel();
     sources_token.cancel();
-    for name in ["gRPC server", "KILL-signal poller", "SQS bridge"] {
+    status_token.cancel();
+    for name in ["gRPC server", "KILL-signal poller", "SQS bridge", "executor status"] {
         services.stopped(name, limit).await;
     }
     // 2. The scheduler (it commits its last turn).

@@ -84,6 +84,17 @@ impl GmsOutcome {
     }
 }
 
+/// What became of a message for work Outpost does not run (DataHub Cloud's monitors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignOutcome {
+    /// Left for DataHub's own executor sharing the queue.
+    GivenBack,
+    Quarantined,
+}
+
+/// The Celery tasks of DataHub Cloud's own executor that the bridge recognises.
+pub const FOREIGN_TASKS: [&str; 2] = ["assertion_request", "monitor_training_request"];
+
 /// SQS API calls by kind.
 pub const SQS_CALLS: [&str; 4] = ["receive", "change_visibility", "delete", "send"];
 /// GMS write kinds.
@@ -105,6 +116,8 @@ struct Inner {
     connected_agents: AtomicU64,
     sqs_calls: [AtomicU64; 4],
     gms_writes: [[AtomicU64; 5]; 3],
+    /// By task (FOREIGN_TASKS) and outcome (given back, quarantined).
+    foreign_work: [[AtomicU64; 2]; 2],
     ready: AtomicBool,
 }
 
@@ -120,6 +133,7 @@ impl Default for Metrics {
                 connected_agents: AtomicU64::new(0),
                 sqs_calls: Default::default(),
                 gms_writes: Default::default(),
+                foreign_work: Default::default(),
                 ready: AtomicBool::new(false),
             }),
         }
@@ -148,6 +162,12 @@ impl Metrics {
 
     pub fn retried(&self, reason: RetryReason) {
         add(&self.inner.retries[RetryReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)]);
+    }
+
+    /// A message for work of DataHub's own executor (`task` is one of [`FOREIGN_TASKS`]).
+    pub fn foreign_work(&self, task: &str, outcome: ForeignOutcome) {
+        let Some(t) = FOREIGN_TASKS.iter().position(|f| *f == task) else { return };
+        add(&self.inner.foreign_work[t][outcome as usize]);
     }
 
     pub fn aborted(&self) {
@@ -242,6 +262,18 @@ impl Metrics {
             for (outcome, n) in GmsOutcome::ALL.iter().zip(outcomes) {
                 let labels = [("kind", *kind), ("outcome", outcome.label())];
                 sample(&mut out, "outpost_gms_writes_total", &labels, n.load(Ordering::Relaxed) as f64);
+            }
+        }
+        family(
+            &mut out,
+            "outpost_sqs_foreign_work_total",
+            "counter",
+            "SQS messages for work of DataHub's own executor (assertion monitors), by task and outcome.",
+        );
+        for (task, outcomes) in FOREIGN_TASKS.iter().zip(&inner.foreign_work) {
+            for (outcome, n) in ["given_back", "quarantined"].iter().zip(outcomes) {
+                let labels = [("task", *task), ("outcome", *outcome)];
+                sample(&mut out, "outpost_sqs_foreign_work_total", &labels, n.load(Ordering::Relaxed) as f64);
             }
         }
         family(&mut out, "outpost_gms_outbox_depth", "gauge", "GMS writes waiting in the durable outbox.");

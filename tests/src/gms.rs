@@ -92,6 +92,25 @@ impl Gms {
         self.control("executor_configs", body).await;
     }
 
+    /// The `dataHubRemoteExecutorStatus` aspects written (key id, aspect), in order.
+    pub async fn executor_statuses(&self) -> Vec<(String, serde_json::Value)> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter_map(|r| {
+                let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
+                let proposal = &body["proposal"];
+                (proposal["entityType"] == "dataHubRemoteExecutor").then(|| {
+                    let key: serde_json::Value =
+                        serde_json::from_str(proposal["entityKeyAspect"]["value"].as_str().unwrap_or("{}"))
+                            .unwrap_or_default();
+                    let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
+                    (key["id"].as_str().unwrap_or_default().to_owned(), aspect.unwrap_or_default())
+                })
+            })
+            .collect()
+    }
+
     /// How many GraphQL calls the stand-in answered.
     pub async fn graphql_calls(&self) -> usize {
         let requests = self.requests().await;

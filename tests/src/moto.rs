@@ -140,12 +140,16 @@ pub mod messages {
 
     /// DataHub Cloud's Celery/kombu envelope (base64 JSON; the pickled body is never read).
     pub fn celery(id: &str, pool: &str) -> String {
-        let urn = format!("urn:li:dataHubExecutionRequest:{id}");
+        celery_task("ingestion_request", &format!("urn:li:dataHubExecutionRequest:{id}"), pool)
+    }
+
+    /// The same envelope for another of DataHub's executor tasks (`assertion_request`, ...) about `urn`.
+    pub fn celery_task(task: &str, urn: &str, pool: &str) -> String {
         let envelope = json!({
             "body": base64::engine::general_purpose::STANDARD.encode(b"\x80\x04\x95 not unpickled"),
             "content-encoding": "binary",
             "content-type": "application/x-python-serialize",
-            "headers": {"lang": "py", "task": "datahub_executor.worker.celery_sqs.app.ingestion_request",
+            "headers": {"lang": "py", "task": format!("datahub_executor.worker.celery_sqs.app.{task}"),
                         "id": urn, "root_id": urn, "parent_id": null, "group": null, "retries": 0,
                         "eta": null, "expires": null, "timelimit": [null, null],
                         "argsrepr": "[MetadataChangeLogClass({...})]", "kwargsrepr": "{}", "origin": "gen1@coordinator"},

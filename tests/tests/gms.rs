@@ -346,3 +346,38 @@ async fn a_slow_gms_never_holds_a_result_behind_progress_writes() {
     assert_eq!(progress.aspect["status"], "RUNNING");
     assert_clean(&gms).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stand_in_refuses_executor_statuses_datahub_cloud_would_refuse() {
+    let cluster = Cluster::new(bins!());
+    let gms = cluster.gms(&[]).await;
+    let post = |status: serde_json::Value| {
+        let url = format!("{}/aspects?action=ingestProposal", gms.base);
+        async move {
+            let body = json!({"proposal": {"entityType": "dataHubRemoteExecutor",
+                "entityKeyAspect": {"value": "{\"id\": \"abcd1234-k3j4h5g6.p.gms\"}", "contentType": "application/json"},
+                "changeType": "UPSERT", "aspectName": "dataHubRemoteExecutorStatus",
+                "aspect": {"value": status.to_string(), "contentType": "application/json"}}, "async": "false"});
+            let client = reqwest::Client::new();
+            let response = client.post(url).header("X-RestLi-Protocol-Version", "2.0.0").json(&body).send().await;
+            response.unwrap().status().as_u16()
+        }
+    };
+    let good = json!({"executorPoolId": "p", "executorReleaseVersion": "0.1.0", "executorAddress": "10.0.0.5:7443",
+        "executorHostname": "c-0", "executorUptime": 1.5, "executorStopped": false, "reportedAt": 1733080000000_i64});
+    // An open-source GMS has no such entity.
+    assert_eq!(post(good.clone()).await, 422);
+    gms.executor_configs(json!([]), Duration::from_secs(60)).await;
+    assert_eq!(post(good.clone()).await, 200);
+    let mut without_time = good.clone();
+    without_time.as_object_mut().unwrap().remove("reportedAt");
+    let mut time_as_text = good.clone();
+    time_as_text["reportedAt"] = json!("1733080000000");
+    let mut unknown = good.clone();
+    unknown["poolName"] = json!("p");
+    let mut stopped_as_number = good.clone();
+    stopped_as_number["executorStopped"] = json!(1);
+    for bad in [without_time, time_as_text, unknown, stopped_as_number] {
+        assert_eq!(post(bad.clone()).await, 422, "{bad}");
+    }
+}

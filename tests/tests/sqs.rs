@@ -365,8 +365,9 @@ async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms
         ("--queue-from-gms", "default"),
         ("--sqs-credentials-refresh-ahead", "2s"),
         ("--progress-interval", "1s"),
+        ("--executor-status-interval", "1s"),
     ];
-    let controller = controller(&cluster, &moto, "", &flags).await;
+    let mut controller = controller(&cluster, &moto, "", &flags).await;
     let admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
     let task = wait_task(&admin, "cloud-run", "reported to GMS", |t| t.reported_unix_ms > 0).await;
@@ -380,7 +381,18 @@ async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms
     for secret in ["cloud-secret-value", "cloud-session-token", "other-secret"] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
-    assert!(gms.invalid().await.is_empty());
+    // The controller shows in DataHub as an executor of the pool, and says so when it stops.
+    let statuses = gms.executor_statuses().await;
+    assert!(statuses.len() >= 2, "{statuses:?}");
+    let (id, first) = &statuses[0];
+    assert!(id.ends_with(".default.127.0.0.1"), "{id}");
+    assert_eq!((first["executorPoolId"].as_str(), first["executorStopped"].as_bool()), (Some("default"), Some(false)));
+    controller.proc.signal(libc::SIGTERM);
+    assert!(controller.proc.wait_exit(Duration::from_secs(30)).await.success());
+    let statuses = gms.executor_statuses().await;
+    let (last_id, last) = statuses.last().unwrap();
+    assert_eq!((last_id, last["executorStopped"].as_bool()), (id, Some(true)));
+    assert!(gms.invalid().await.is_empty(), "{:?}", gms.invalid().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,4 +413,60 @@ async fn an_open_source_gms_has_no_pool_queues_and_the_controller_says_so() {
     assert!(admin.list_workers(pb::ListWorkersRequest::default()).await.is_ok());
     wait_until("a second try", Duration::from_secs(30), || async { (gms.graphql_calls().await >= 2).then_some(()) })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datahub_monitor_work_is_quarantined_or_left_to_datahubs_executor_never_dropped() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("re-monitors").await;
+    let assertion = messages::celery_task("assertion_request", "urn:li:assertion:a1", "default");
+    moto.send(&queue, &assertion).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let controller = controller(&cluster, &moto, &queue, &[("--metrics-listen", &metrics)]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    // Alone on the queue: quarantined with the reason (and gone from SQS), counted.
+    moto.wait_empty(&queue).await;
+    let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
+    let reasons: Vec<String> = quarantined.into_inner().messages.iter().map(|q| q.reason.clone()).collect();
+    assert_eq!(reasons.len(), 1);
+    assert!(reasons[0].starts_with("Celery task assertion_request is work of DataHub's own executor"), "{reasons:?}");
+    let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
+    let labels = [("task", "assertion_request"), ("outcome", "quarantined")];
+    assert_eq!(metric(&samples, "outpost_sqs_foreign_work_total", &labels), Some(1.0));
+    drop(controller);
+
+    // Sharing the queue with DataHub's executor: the message is left to it (invisible for a while, then back).
+    let training = messages::celery_task("monitor_training_request", "urn:li:monitor:m1", "default");
+    moto.send(&queue, &training).await;
+    let queue_flag = format!("default={queue}");
+    let flags = [
+        "--metrics-listen",
+        &metrics,
+        "--sqs-endpoint",
+        &moto.endpoint,
+        "--sqs-wait",
+        "1s",
+        "--sqs-idle-poll",
+        "100ms",
+        "--queue",
+        &queue_flag,
+        "--sqs-foreign-visibility",
+        "60s",
+        "--sqs-shared-with-datahub-executor",
+    ];
+    let shared = cluster.controller("outpost-shared.db", &flags).await;
+    let _agent = cluster.agent(&shared, "w-2", "default", 1, &[]);
+    let labels = [("task", "monitor_training_request"), ("outcome", "given_back")];
+    wait_until("the message to be given back", Duration::from_secs(30), || async {
+        let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
+        (metric(&samples, "outpost_sqs_foreign_work_total", &labels) == Some(1.0)).then_some(())
+    })
+    .await;
+    // It waits in SQS, invisible for --sqs-foreign-visibility, for DataHub's executor: not taken, not quarantined.
+    assert_eq!(moto.counts(&queue).await, (0, 1));
+    let admin = cluster.admin(&shared).await;
+    let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
+    assert!(quarantined.into_inner().messages.is_empty());
 }

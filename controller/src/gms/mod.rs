@@ -154,11 +154,16 @@ pub struct Args {
     #[arg(long, env = "DATAHUB_EXECUTOR_INGESTION_SIGNAL_POLL_INTERVAL",
           value_parser = outpost_common::duration::parse, default_value = "2s")]
     pub signal_poll_interval: Duration,
+    /// How often this controller is reported to DataHub Cloud as an executor of its Cloud pools.
+    #[arg(long, env = "OUTPOST_EXECUTOR_STATUS_INTERVAL", value_parser = outpost_common::duration::parse,
+          default_value = "30s")]
+    pub executor_status_interval: Duration,
 }
 
 impl Args {
     pub fn validate(&self) -> Result<(), outpost_common::duration::Invalid> {
         outpost_common::duration::positive("--gms-timeout", self.timeout)?;
+        outpost_common::duration::positive("--executor-status-interval", self.executor_status_interval)?;
         outpost_common::duration::positive("--signal-poll-interval", self.signal_poll_interval)
     }
 
@@ -229,6 +234,28 @@ impl Client {
             "async": "false",
         });
         self.send("/aspects?action=ingestProposal", &body).await.map(|_| ())
+    }
+
+    /// UPSERTs an executor instance's `dataHubRemoteExecutorStatus`, addressed by its key aspect as DataHub's
+    /// worker does.
+    pub async fn ingest_executor_status(&self, id: &str, status: &Value) -> Result<(), Error> {
+        let body = json!({
+            "proposal": {
+                "entityType": "dataHubRemoteExecutor",
+                "entityKeyAspect": {"value": json!({"id": id}).to_string(), "contentType": "application/json"},
+                "changeType": "UPSERT",
+                "aspectName": "dataHubRemoteExecutorStatus",
+                "aspect": {"value": status.to_string(), "contentType": "application/json"},
+            },
+            "async": "false",
+        });
+        self.send("/aspects?action=ingestProposal", &body).await.map(|_| ())
+    }
+
+    /// GMS's host name (for executor instance ids).
+    pub fn host(&self) -> String {
+        let rest = self.base.split_once("://").map_or(self.base.as_str(), |(_, rest)| rest);
+        rest.split(['/', ':']).next().unwrap_or_default().to_owned()
     }
 
     /// DataHub Cloud's per-pool SQS queues and temporary AWS credentials (`POST /api/graphql`

@@ -5,6 +5,7 @@
 //! settled; a payload GMS can never accept is given up, recorded on the task, and stops blocking the task's later
 //! writes and its SQS message. It reads the store and the log tails; nothing calls it from a request path.
 
+pub mod executors;
 mod payload;
 mod progress;
 

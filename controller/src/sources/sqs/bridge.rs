@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::Config;
 use super::message::{self, ExecutionInput, Request};
 use crate::gms;
-use crate::metrics::Metrics;
+use crate::metrics::{ForeignOutcome, Metrics};
 use crate::scheduler::{self, Scheduler};
 use crate::store::{NewTask, Store};
 
@@ -200,6 +200,19 @@ impl Queue {
                     }
                 }
             }
+            Request::NotOurs { task } => {
+                if self.config.shared_with_datahub_executor {
+                    self.metrics.foreign_work(&task, ForeignOutcome::GivenBack);
+                    debug!(queue = %self.url, task = %task, "work for DataHub's own executor: given back");
+                    return Outcome::GiveBack;
+                }
+                self.metrics.foreign_work(&task, ForeignOutcome::Quarantined);
+                Outcome::Quarantine(format!(
+                    "Celery task {task} is work of DataHub's own executor (assertion monitors), which Outpost does not \
+                     run: run DataHub's executor in this pool too, and start Outpost with \
+                     --sqs-shared-with-datahub-executor to leave such messages to it"
+                ))
+            }
             Request::Kill { id } => {
                 match self.scheduler.cancel(&id, "KILL signal from DataHub").await {
                     Ok(()) => info!(task = %id, "KILL signal (SQS): cancelling"),
@@ -382,6 +395,7 @@ pub async fn replay_quarantined(scheduler: &Scheduler, id: i64) -> Result<TaskId
     let (task_id, input) = match message::parse(&entry.body)? {
         Request::Run { id, input } => (id, input),
         Request::FetchAndRun { .. } => return Err("a Celery message: its input must be read from GMS".into()),
+        Request::NotOurs { task } => return Err(format!("Celery task {task} is work of DataHub's own executor")),
         Request::Kill { id } => {
             scheduler.cancel(&id, "KILL signal from DataHub (replayed)").await.map_err(|e| e.to_string())?;
             scheduler.mark_replayed(entry.id).await.map_err(|e| e.to_string())?;

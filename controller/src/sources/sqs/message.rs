@@ -29,6 +29,9 @@ pub enum Request {
     FetchAndRun { id: TaskId },
     /// Cancel this execution request (a KILL signal).
     Kill { id: TaskId },
+    /// Work of DataHub Cloud's own executor that Outpost does not run (an assertion or a monitor's training run):
+    /// `task` is the Celery task's short name.
+    NotOurs { task: String },
 }
 
 /// Why a message cannot be used (stored in the quarantine).
@@ -36,6 +39,9 @@ pub type Refusal = String;
 
 /// The Celery task that carries ingestion requests.
 const CELERY_INGESTION_TASK: &str = "ingestion_request";
+
+/// Celery tasks DataHub Cloud's pool queue also carries, for its proprietary monitors (datahub-protocol.md §4.2).
+const CELERY_MONITOR_TASKS: [&str; 2] = crate::metrics::FOREIGN_TASKS;
 
 fn urn_id(urn: &str) -> Result<TaskId, Refusal> {
     let id = urn
@@ -166,7 +172,11 @@ fn parse_change(object: &serde_json::Map<String, Value>) -> Result<Request, Refu
 fn parse_celery(value: &Value) -> Result<Request, Refusal> {
     let headers = value.get("headers").ok_or("the Celery envelope has no headers")?;
     let task = headers.get("task").and_then(Value::as_str).ok_or("the Celery envelope has no headers.task")?;
-    if task.rsplit('.').next() != Some(CELERY_INGESTION_TASK) {
+    let short = task.rsplit('.').next().unwrap_or(task);
+    if CELERY_MONITOR_TASKS.contains(&short) {
+        return Ok(Request::NotOurs { task: short.to_owned() });
+    }
+    if short != CELERY_INGESTION_TASK {
         return Err(format!("Celery task {task:?} is not an ingestion request"));
     }
     let urn = headers.get("id").and_then(Value::as_str).ok_or("the Celery envelope has no headers.id")?;
@@ -231,6 +241,11 @@ mod tests {
                               "changeType": "UPSERT", "aspectName": "dataHubExecutionRequestSignal",
                               "aspect": {"value": "{\"signal\": \"KILL\"}", "contentType": "application/json"}});
         assert_eq!(parse(&key_form.to_string()), Ok(Request::Kill { id: id() }));
+        // DataHub Cloud's monitor work travels on the same queue; it is recognised, not taken for garbage.
+        for task in ["assertion_request", "monitor_training_request"] {
+            let celery = celery(&format!("datahub_executor.worker.celery_sqs.app.{task}"));
+            assert_eq!(parse(&celery), Ok(Request::NotOurs { task: task.to_owned() }));
+        }
     }
 
     #[test]
@@ -258,8 +273,8 @@ mod tests {
             (change("dataHubExecutionRequestInput", numeric_arg), "input.args.debug_mode must be a string, not true"),
             (change("dataHubExecutionRequestSignal", json!({"signal": "PAUSE"})), "signal \"PAUSE\" is not KILL"),
             (
-                celery("datahub_executor.worker.celery_sqs.app.assertion_request"),
-                "Celery task \"datahub_executor.worker.celery_sqs.app.assertion_request\" is not an ingestion request",
+                celery("datahub_executor.worker.celery_sqs.app.metadata_test_request"),
+                "Celery task \"datahub_executor.worker.celery_sqs.app.metadata_test_request\" is not an ingestion request",
             ),
             (
                 json!({"executionRequestUrn": "urn:li:dataset:x", "input": input()}).to_string(),

@@ -78,7 +78,17 @@ pub struct Config {
     /// How much of a quarantined body is kept.
     #[arg(long, env = "OUTPOST_QUARANTINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub quarantine_max_body_bytes: usize,
-    /// Visibility given back to a message for a pool no queue here serves (whole seconds; 0 = at once).
+    /// DataHub's own executor also serves this controller's queues: messages for work Outpost does not run
+    /// (DataHub Cloud's assertion monitors) are given back for it (after --sqs-foreign-visibility) instead of
+    /// being quarantined.
+    #[arg(
+        id = "sqs_shared_with_datahub_executor",
+        long = "sqs-shared-with-datahub-executor",
+        env = "OUTPOST_SQS_SHARED_WITH_DATAHUB_EXECUTOR"
+    )]
+    pub shared_with_datahub_executor: bool,
+    /// Visibility given back to a message for a pool no queue here serves, or for DataHub's own executor (whole
+    /// seconds; 0 = at once).
     #[arg(id = "sqs_foreign_visibility", long = "sqs-foreign-visibility", env = "OUTPOST_SQS_FOREIGN_VISIBILITY",
           value_parser = duration::parse, default_value = "0s")]
     pub foreign_visibility: Duration,
