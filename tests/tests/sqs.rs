@@ -470,3 +470,36 @@ async fn datahub_monitor_work_is_quarantined_or_left_to_datahubs_executor_never_
     let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
     assert!(quarantined.into_inner().messages.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_keeps_failing_does_not_make_the_keeper_spin() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let queue = moto.queue("failing-store").await;
+    let queue_flag = format!("default={queue}");
+    let flags = [
+        "--sqs-endpoint",
+        &moto.endpoint,
+        "--queue",
+        &queue_flag,
+        "--sqs-keep-interval",
+        "1s",
+        "--sqs-visibility-timeout",
+        "3s",
+        "--sqs-retry-backoff",
+        "100ms",
+        "--sqs-retry-backoff-max",
+        "500ms",
+    ];
+    let env = [("FAILPOINTS", "store::held_messages=return")];
+    let controller = cluster.controller_with_env("outpost.db", &flags, &env).await;
+    let failures = || controller.proc.log().matches("cannot read held messages").count();
+    wait_until("the keeper to meet the failing store", Duration::from_secs(30), || {
+        let seen = failures();
+        async move { (seen >= 3).then_some(()) }
+    })
+    .await;
+    // It backs off (100 ms doubling to 500 ms) instead of asking again at once.
+    let seen = failures();
+    assert!(seen <= 10, "the keeper asked {seen} times");
+}

@@ -89,6 +89,7 @@ impl Store {
 
     /// Every message held for a queue, with whether its task is done.
     pub async fn held_messages(&self, queue_url: &str) -> Result<Vec<HeldMessage>, Error> {
+        fail::fail_point!("store::held_messages", |_| Err(Error::Corrupt("injected by a fail point".into())));
         let rows: Vec<HeldRow> = sqlx::query_as(
             "SELECT m.task_id, m.message_id, m.receipt_handle, m.first_received_at_ms, t.reported_at_ms \
              FROM sqs_messages m JOIN tasks t ON t.id = m.task_id WHERE m.queue_url = ? ORDER BY m.received_at_ms",

@@ -290,7 +290,14 @@ impl Queue {
             let held = match self.store.held_messages(&self.url).await {
                 Ok(held) => held,
                 Err(e) => {
-                    warn!(error = %e, "cannot read held messages");
+                    // Wait before asking again (a store that keeps failing must not make this loop spin).
+                    failures += 1;
+                    let delay = backoff(&self.config, failures);
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read held messages");
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                     continue;
                 }
             };
