@@ -318,3 +318,27 @@ async fn a_cancel_and_a_retry_in_one_turn_apply_in_the_order_they_were_asked() {
     assert_eq!(refused.to_string(), "task a is QUEUED: only a finished task can be retried");
     token.cancel();
 }
+
+#[tokio::test]
+async fn an_agent_cannot_take_more_work_than_its_slots_whatever_credit_it_sends() {
+    let (_dir, _store, scheduler, token) = start().await;
+    let (session, mut commands) = agent(&scheduler, "w1", 2).await;
+    let w1 = WorkerId::parse("w1").unwrap();
+    scheduler.credit(&w1, session, 100).await;
+    for i in 0..5 {
+        scheduler.submit(task(&format!("t{i}"))).await.unwrap();
+    }
+    let first = assigned(&mut commands).await;
+    assigned(&mut commands).await;
+    // A read of the store waits for every commit: whatever was granted has been announced by now.
+    scheduler.list_workers().await.unwrap();
+    assert!(commands.try_recv().is_err(), "a third task went to a 2-slot agent");
+    // A slot freed by a result makes room for exactly one more.
+    scheduler.ack(&w1, session, first.attempt.clone()).await.get().await.unwrap();
+    scheduler.result(&w1, session, first.attempt, succeeded()).await.get().await.unwrap();
+    scheduler.credit(&w1, session, 100).await;
+    assigned(&mut commands).await;
+    scheduler.list_workers().await.unwrap();
+    assert!(commands.try_recv().is_err());
+    token.cancel();
+}

@@ -77,9 +77,15 @@ impl Engine {
         Ok(Welcome { session: id, cancel })
     }
 
+    /// More credit from an agent, never beyond its declared slots less what it holds (or is being granted): an
+    /// agent cannot talk itself into more work than it said it can run.
     pub(super) fn credit(&mut self, worker: &WorkerId, session: SessionId, credits: u32) {
+        let granting =
+            self.pending.as_ref().map_or(0, |p| p.picks.iter().filter(|pick| &pick.worker == worker).count());
+        let held = (self.leases.count_of_worker(worker) + granting) as u32;
         if let Some(s) = self.current(worker, session) {
-            s.credits = s.credits.saturating_add(credits);
+            let room = s.hello.slots.saturating_sub(held);
+            s.credits = s.credits.saturating_add(credits).min(room);
             self.heard_from(worker);
         }
     }
