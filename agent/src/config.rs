@@ -48,6 +48,10 @@ pub struct Config {
     /// Address for HTTP `/metrics` (Prometheus), `/healthz` and `/readyz`; off when unset.
     #[arg(long, env = "OUTPOST_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A client of `--metrics-listen` that has not sent its request within this time is disconnected.
+    #[arg(long, env = "OUTPOST_METRICS_READ_TIMEOUT", value_parser = outpost_common::duration::parse,
+          default_value = "10s")]
+    pub metrics_read_timeout: std::time::Duration,
     /// Log line format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -59,6 +63,7 @@ impl Config {
         if self.slots == 0 {
             return Err(outpost_common::duration::Invalid("--slots must be at least 1".into()));
         }
+        outpost_common::duration::positive("--metrics-read-timeout", self.metrics_read_timeout)?;
         self.session.validate()?;
         self.runner.validate()
     }

@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let answer = answering.answer(&path);
             Box::pin(async move { answer })
         });
-        tokio::spawn(outpost_common::metrics::serve(listener, handler, http_stop.clone()));
+        tokio::spawn(outpost_common::metrics::serve(listener, handler, config.metrics_read_timeout, http_stop.clone()));
     }
     let result = session::run(session, runner, events, metrics, shutdown).await;
     http_stop.cancel();

@@ -84,8 +84,14 @@ pub type Answer = (u16, &'static str, String);
 /// Answers a GET for a path.
 pub type Handler = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
 
-/// Serves GET requests (one per connection) until `token` is cancelled.
-pub async fn serve(listener: TcpListener, handler: Handler, token: CancellationToken) {
+/// Serves GET requests (one per connection) until `token` is cancelled. A client that has not sent its whole
+/// request within `read_timeout` is disconnected (a silent connection must not hold a task forever).
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    read_timeout: std::time::Duration,
+    token: CancellationToken,
+) {
     loop {
         let (mut stream, _) = tokio::select! {
             _ = token.cancelled() => break,
@@ -98,14 +104,19 @@ pub async fn serve(listener: TcpListener, handler: Handler, token: CancellationT
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 8192];
             let mut read = 0;
-            while read < buffer.len() {
-                match stream.read(&mut buffer[read..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => read += n,
+            let request = async {
+                while read < buffer.len() {
+                    match stream.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                    if buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
                 }
-                if buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+            };
+            if tokio::time::timeout(read_timeout, request).await.is_err() {
+                return;
             }
             let request = String::from_utf8_lossy(&buffer[..read]);
             let mut words = request.split_whitespace();
@@ -136,6 +147,21 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_is_disconnected_after_the_read_timeout() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler: Handler = Arc::new(|_path| Box::pin(async { (200, "text/plain", "ok\n".to_owned()) }));
+        let token = CancellationToken::new();
+        tokio::spawn(serve(listener, handler, std::time::Duration::from_millis(200), token.clone()));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), silent.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "the server kept a silent connection: {closed:?}");
+        token.cancel();
+    }
 
     #[test]
     fn renders_the_text_format() {

@@ -73,6 +73,9 @@ pub struct RunConfig {
     /// Address for HTTP `/metrics` (Prometheus), `/healthz` and `/readyz`; off when unset.
     #[arg(long, env = "OUTPOST_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// A client of `--metrics-listen` that has not sent its request within this time is disconnected.
+    #[arg(long, env = "OUTPOST_METRICS_READ_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
+    pub metrics_read_timeout: Duration,
     /// Write the bound gRPC address to this file once serving (for scripts that listen on port 0).
     #[arg(long, env = "OUTPOST_LISTEN_ADDR_FILE")]
     pub listen_addr_file: Option<PathBuf>,
@@ -98,6 +101,7 @@ impl RunConfig {
     /// Every group's checks; the first refusal, naming its flag.
     pub fn validate(&self) -> Result<(), duration::Invalid> {
         duration::positive("--shutdown-timeout", self.shutdown_timeout)?;
+        duration::positive("--metrics-read-timeout", self.metrics_read_timeout)?;
         self.grpc.validate()?;
         self.scheduler.validate()?;
         self.gms.validate()?;

@@ -54,7 +54,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         services.spawn(
             "metrics endpoint",
             false,
-            outpost_common::metrics::serve(listener, handler, http_token.clone()),
+            outpost_common::metrics::serve(listener, handler, config.metrics_read_timeout, http_token.clone()),
         );
     }
     let listen = config.listen;
