@@ -1,11 +1,13 @@
 //! The last lines of output of running attempts, in memory, fed by the agents' `Log` messages (already masked
-//! by the agent) and read for GMS progress reports. Fenced like everything else: lines of an older attempt never
-//! mix into a newer one's tail. Must never be persisted: the durable copy is the report in the result.
+//! by the agent) and read for GMS progress reports. Fenced like everything else: a tail is opened for an attempt
+//! when it is assigned to a worker (or kept by a reconnecting one), and only that worker's lines of that epoch go
+//! in — lines of an older attempt, of another worker or of a task nobody assigned are dropped, so an agent cannot
+//! grow this map at will. Must never be persisted: the durable copy is the report in the result.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use outpost_common::ids::{AttemptRef, Epoch, TaskId};
+use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 
 /// Marker put before a tail that lost its oldest lines.
 const EARLIER: &str = "[earlier logs truncated...]\n";
@@ -13,6 +15,7 @@ const EARLIER: &str = "[earlier logs truncated...]\n";
 #[derive(Debug)]
 struct Tail {
     epoch: Epoch,
+    worker: WorkerId,
     lines: VecDeque<String>,
     bytes: usize,
     dropped: bool,
@@ -31,20 +34,24 @@ impl LogTails {
         LogTails { inner: Arc::default(), max_bytes }
     }
 
-    /// Appends lines of an attempt. A newer epoch replaces the tail; lines of an older one are ignored.
-    pub fn append(&self, attempt: &AttemptRef, lines: Vec<String>) {
+    /// Opens the (empty) tail of an attempt assigned to `worker`; a newer epoch replaces an older tail, an older
+    /// one changes nothing.
+    pub fn open(&self, attempt: &AttemptRef, worker: &WorkerId) {
         let mut tails = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let tail = tails.entry(attempt.task_id.clone()).or_insert_with(|| Tail {
-            epoch: attempt.epoch,
-            lines: VecDeque::new(),
-            bytes: 0,
-            dropped: false,
-        });
-        if attempt.epoch < tail.epoch {
+        if tails.get(&attempt.task_id).is_some_and(|t| t.epoch >= attempt.epoch) {
             return;
         }
-        if attempt.epoch > tail.epoch {
-            *tail = Tail { epoch: attempt.epoch, lines: VecDeque::new(), bytes: 0, dropped: false };
+        let tail =
+            Tail { epoch: attempt.epoch, worker: worker.clone(), lines: VecDeque::new(), bytes: 0, dropped: false };
+        tails.insert(attempt.task_id.clone(), tail);
+    }
+
+    /// Appends lines `worker` sent about an attempt: only into that attempt's open tail, and only from its worker.
+    pub fn append(&self, worker: &WorkerId, attempt: &AttemptRef, lines: Vec<String>) {
+        let mut tails = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tail) = tails.get_mut(&attempt.task_id) else { return };
+        if tail.epoch != attempt.epoch || tail.worker != *worker {
+            return;
         }
         for line in lines {
             tail.bytes += line.len() + 1;
@@ -87,16 +94,26 @@ mod tests {
     }
 
     #[test]
-    fn tails_are_fenced_by_epoch_and_capped() {
+    fn tails_are_fenced_by_epoch_and_worker_and_capped() {
         let tails = LogTails::new(12);
         let task = TaskId::parse("t").unwrap();
-        tails.append(&attempt(2), vec!["one".into(), "two".into()]);
-        tails.append(&attempt(1), vec!["stale".into()]);
+        let (w1, w2) = (WorkerId::parse("w1").unwrap(), WorkerId::parse("w2").unwrap());
+        // Nobody assigned it: nothing is kept.
+        tails.append(&w1, &attempt(2), vec!["unasked".into()]);
+        assert_eq!(tails.tail(&task, Epoch(2)), None);
+        tails.open(&attempt(2), &w1);
+        tails.append(&w1, &attempt(2), vec!["one".into(), "two".into()]);
+        tails.append(&w1, &attempt(1), vec!["stale".into()]);
+        tails.append(&w2, &attempt(2), vec!["not yours".into()]);
         assert_eq!(tails.tail(&task, Epoch(2)).as_deref(), Some("one\ntwo\n"));
         assert_eq!(tails.tail(&task, Epoch(1)), None);
-        tails.append(&attempt(2), vec!["three".into()]);
+        tails.append(&w1, &attempt(2), vec!["three".into()]);
         assert_eq!(tails.tail(&task, Epoch(2)).as_deref(), Some("[earlier logs truncated...]\ntwo\nthree\n"));
-        tails.append(&attempt(3), vec!["fresh".into()]);
+        // An older assignment arriving late changes nothing; a newer one starts afresh on its worker.
+        tails.open(&attempt(1), &w2);
+        assert!(tails.tail(&task, Epoch(2)).is_some());
+        tails.open(&attempt(3), &w2);
+        tails.append(&w2, &attempt(3), vec!["fresh".into()]);
         assert_eq!(tails.tail(&task, Epoch(3)).as_deref(), Some("fresh\n"));
         tails.forget(&task);
         assert_eq!(tails.tail(&task, Epoch(3)), None);

@@ -77,7 +77,12 @@ impl pb::agent_service_server::AgentService for AgentService {
         }
         let (commands, command_rx) = mpsc::channel(COMMAND_BUFFER);
         let kick = self.shutdown.child_token();
+        let held = hello.held.clone();
         let welcome = self.scheduler.connect(hello, commands, kick.clone()).await.map_err(status::from_scheduler)?;
+        // The attempts it still runs and may keep: their output is welcome again.
+        for attempt in held.iter().filter(|a| !welcome.cancel.contains(a)) {
+            self.logs.open(attempt, &worker);
+        }
         let config = self.scheduler.config();
         let (outbound, outbound_rx) = mpsc::channel(COMMAND_BUFFER);
         let welcome_msg = Out::Welcome(pb::Welcome {
@@ -141,6 +146,9 @@ impl Session {
                     }
                 }
                 Some(command) = commands.recv() => {
+                    if let crate::scheduler::AgentCommand::Assign(assignment) = &command {
+                        self.logs.open(&assignment.attempt, &self.worker);
+                    }
                     if self.outbound.send(Ok(convert::command(command))).await.is_err() {
                         break "agent stream gone".to_owned();
                     }
@@ -189,7 +197,7 @@ impl Session {
             In::Heartbeat(_) | In::Keepalive(_) => self.scheduler.seen(&self.worker, self.id).await,
             In::Log(log) => {
                 let attempt = convert::attempt(log.attempt)?;
-                self.logs.append(&attempt, log.lines);
+                self.logs.append(&self.worker, &attempt, log.lines);
             }
             In::Result(result) => {
                 let attempt = convert::attempt(result.attempt.clone())?;
