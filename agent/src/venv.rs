@@ -121,7 +121,7 @@ impl Venvs {
         let _building = lock.lock().await;
         // Built in place (venv scripts hold absolute paths); the marker says the build finished.
         let ready = dir.join(READY_MARKER);
-        if ready.exists() {
+        if tokio::fs::try_exists(&ready).await.unwrap_or(false) {
             note(format!("Using the cached venv {name} for plugin '{}'", request.plugin));
             return Ok(cli);
         }
@@ -132,14 +132,15 @@ impl Venvs {
             dir.display()
         ));
         info!(venv = %dir.display(), requirement = %request.datahub_requirement(), "building virtualenv");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(root).await.map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let built = self.build(request, &dir, note).await;
         if let Err(e) = built {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-        std::fs::write(&ready, request.datahub_requirement())
+        tokio::fs::write(&ready, request.datahub_requirement())
+            .await
             .map_err(|e| format!("cannot mark the venv ready: {e}"))?;
         note(format!("Venv ready at: {}", dir.display()));
         Ok(cli)

@@ -147,8 +147,8 @@ pub async fn run(
     };
     run.report.info(format!("Starting execution for task with name={}", spec.task_name));
     let result = run.execute(&spec, &dir, stop).await;
-    let structured = std::fs::read_to_string(dir.join("artifacts").join("ingestion_report.json")).ok();
-    if let Err(e) = std::fs::remove_dir_all(&dir)
+    let structured = tokio::fs::read_to_string(dir.join("artifacts").join("ingestion_report.json")).await.ok();
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
         warn!(dir = %dir.display(), error = %e, "could not remove the run directory");
@@ -210,7 +210,9 @@ impl Run<'_> {
         let artifacts = dir.join("artifacts");
         let tmp = dir.join("tmp");
         for d in [&artifacts, &tmp] {
-            std::fs::create_dir_all(d).map_err(|e| format!("Cannot create the run directory {}: {e}", d.display()))?;
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| format!("Cannot create the run directory {}: {e}", d.display()))?;
         }
         let prepared = prepare(&spec.exec_id, &spec.task_name, &spec.args, &artifacts.join("ingestion_report.json"))?;
         let secrets = config

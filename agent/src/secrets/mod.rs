@@ -152,19 +152,19 @@ impl Resolver {
             debug!(secret = name, store = "environment", "secret resolved");
             return Ok(Some(SecretValue(value)));
         }
-        if let Some(value) = self.read_dir_secret(name)? {
+        if let Some(value) = self.read_dir_secret(name).await? {
             debug!(secret = name, store = "secrets directory", "secret resolved");
             return Ok(Some(value));
         }
         self.read_secrets_manager(name).await
     }
 
-    fn read_dir_secret(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+    async fn read_dir_secret(&self, name: &str) -> Result<Option<SecretValue>, Error> {
         let Some(dir) = &self.config.dir else { return Ok(None) };
         let path = dir.join(name);
         let store_error =
             |reason: String| Error::Store { name: name.to_owned(), store: "the secrets directory", reason };
-        let metadata = match std::fs::metadata(&path) {
+        let metadata = match tokio::fs::metadata(&path).await {
             Ok(metadata) => metadata,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(store_error(e.to_string())),
@@ -176,7 +176,7 @@ impl Resolver {
                 self.config.max_file_bytes
             )));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| store_error(e.to_string()))?;
+        let text = tokio::fs::read_to_string(&path).await.map_err(|e| store_error(e.to_string()))?;
         Ok(Some(SecretValue(text.trim_end().to_owned())))
     }
 

@@ -85,7 +85,9 @@ pub fn incoming(
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = reload.tick() => {
-                    tls.reload_if_changed();
+                    // File system calls off the runtime's threads.
+                    let tls = tls.clone();
+                    let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
