@@ -131,3 +131,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod refresh_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A GMS that answers every GraphQL call with new credentials (`ASIA<n>`) expiring in an hour.
+    async fn gms() -> (gms::Client, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut buffer = vec![0u8; 65536];
+                let _ = stream.read(&mut buffer).await;
+                let expiration = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+                let body = format!(
+                    r#"{{"data":{{"listExecutorConfigs":{{"total":1,"executorConfigs":[{{"region":"us-east-1","executorId":"p","queueUrl":"http://q","accessKeyId":"ASIA{n}","secretKeyId":"s{n}","sessionToken":"t{n}","expiration":"{expiration}"}}]}}}}}}"#
+                );
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            }
+        });
+        let client = gms::Client::new(&format!("http://{addr}"), None, Duration::from_secs(5)).unwrap();
+        (client, calls)
+    }
+
+    #[tokio::test]
+    async fn credentials_are_reused_until_sqs_refuses_them_then_fetched_again() {
+        let (gms, calls) = gms().await;
+        let credentials = GmsCredentials::new(gms, PoolId::parse("p").unwrap(), Duration::from_secs(300));
+        let first = credentials.provide_credentials().await.unwrap();
+        let again = credentials.provide_credentials().await.unwrap();
+        assert_eq!((first.access_key_id(), again.access_key_id()), ("ASIA1", "ASIA1"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "valid for an hour: asked once");
+        // SQS said they no longer work: the next call asks GMS at once.
+        credentials.invalidate();
+        let fresh = credentials.provide_credentials().await.unwrap();
+        assert_eq!((fresh.access_key_id(), fresh.secret_access_key()), ("ASIA2", "s2"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_fetched_again_ahead_of_their_expiration() {
+        let (gms, calls) = gms().await;
+        // Fetched again when less than two hours are left: every answer (one hour) is already due.
+        let credentials = GmsCredentials::new(gms, PoolId::parse("p").unwrap(), Duration::from_secs(7200));
+        credentials.provide_credentials().await.unwrap();
+        let second = credentials.provide_credentials().await.unwrap();
+        assert_eq!(second.access_key_id(), "ASIA2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
