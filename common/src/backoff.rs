@@ -8,6 +8,12 @@ pub fn ceiling(base: Duration, max: Duration, attempt: u32) -> Duration {
     base.saturating_mul(1u32 << attempt.min(30)).min(max)
 }
 
+/// The ceiling for `attempt` with "equal jitter": a random delay between half the ceiling and the ceiling (retries
+/// of many callers spread out, none comes back at once).
+pub fn equal_jitter(base: Duration, max: Duration, attempt: u32) -> Duration {
+    ceiling(base, max, attempt).mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -18,5 +24,15 @@ mod tests {
         let ceilings: Vec<u64> = (0..6).map(|n| ceiling(base, max, n).as_millis() as u64).collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(ceiling(base, max, 1000), max, "no overflow");
+    }
+
+    #[test]
+    fn equal_jitter_stays_between_half_the_ceiling_and_the_ceiling() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        for attempt in 0..6 {
+            let delay = equal_jitter(base, max, attempt);
+            let top = ceiling(base, max, attempt);
+            assert!(delay >= top / 2 && delay <= top, "{delay:?} for a ceiling of {top:?}");
+        }
     }
 }

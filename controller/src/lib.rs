@@ -78,8 +78,13 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let sources_token = CancellationToken::new();
     match &gms_client {
         Some(client) => {
-            let reporter =
-                reporter::Reporter::new(store.clone(), client.clone(), logs.clone(), metrics.clone(), config.reporter);
+            let reporter = reporter::Reporter::new(
+                store.clone(),
+                client.clone(),
+                logs.clone(),
+                metrics.clone(),
+                config.reporter.clone(),
+            );
             services.spawn("GMS reporter", true, reporter.run(reporter_token.clone()));
             let signals = sources::kill_signals::run(
                 scheduler.clone(),
@@ -124,8 +129,12 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
                 hostname: reporter::executors::hostname(),
                 nonce,
             };
-            let interval = config.gms.executor_status_interval;
-            let status = reporter::executors::run(client.clone(), pools, instance, interval, status_token.clone());
+            let timing = reporter::executors::Timing {
+                interval: config.gms.executor_status_interval,
+                retry_backoff: config.reporter.retry_backoff,
+                retry_backoff_max: config.reporter.retry_backoff_max,
+            };
+            let status = reporter::executors::run(client.clone(), pools, instance, timing, status_token.clone());
             services.spawn("executor status", false, status);
         }
     }

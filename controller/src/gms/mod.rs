@@ -94,6 +94,9 @@ pub enum Error {
     Invalid { status: u16, body: String },
     #[error("GMS answered with a body we cannot read: {0}")]
     BadResponse(String),
+    /// GraphQL has no `listExecutorConfigs`: this GMS is not DataHub Cloud (open-source DataHub).
+    #[error("this GMS has no listExecutorConfigs (open-source DataHub?): {0}")]
+    NotDataHubCloud(String),
 }
 
 /// What to do about a failed write.
@@ -114,7 +117,8 @@ impl Error {
             Error::Unavailable(_)
             | Error::Unauthorized { .. }
             | Error::NoSuchEndpoint { .. }
-            | Error::BadResponse(_) => Disposition::Retry,
+            | Error::BadResponse(_)
+            | Error::NotDataHubCloud(_) => Disposition::Retry,
             Error::PreconditionFailed { .. } | Error::TooLarge(_) | Error::Invalid { .. } => Disposition::GiveUp,
         }
     }
@@ -265,7 +269,11 @@ impl Client {
         let text = self.send("/api/graphql", &body).await?;
         let parsed: Value = serde_json::from_str(&text).map_err(|e| Error::BadResponse(e.to_string()))?;
         if let Some(errors) = parsed.get("errors").filter(|e| !e.is_null()) {
-            return Err(Error::BadResponse(format!("listExecutorConfigs: {}", short(&errors.to_string()))));
+            let errors = short(&errors.to_string());
+            return Err(match errors.contains("FieldUndefined") {
+                true => Error::NotDataHubCloud(errors),
+                false => Error::BadResponse(format!("listExecutorConfigs: {errors}")),
+            });
         }
         let entries = parsed["data"]["listExecutorConfigs"]["executorConfigs"]
             .as_array()

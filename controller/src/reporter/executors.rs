@@ -45,15 +45,22 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// How often, and how to retry asking GMS which pools are Cloud pools (the reporter's GMS backoff).
+pub struct Timing {
+    pub interval: Duration,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+}
+
 /// Reports the instance for `pools` until `token` is cancelled, then reports it stopped.
 pub async fn run(
     gms: gms::Client,
     pools: Vec<PoolId>,
     instance: Instance,
-    interval: Duration,
+    timing: Timing,
     token: CancellationToken,
 ) -> Result<(), String> {
-    let Some(pools) = cloud_pools(&gms, pools, &token).await else { return Ok(()) };
+    let Some(pools) = cloud_pools(&gms, pools, &timing, &token).await else { return Ok(()) };
     if pools.is_empty() {
         token.cancelled().await;
         return Ok(());
@@ -66,7 +73,7 @@ pub async fn run(
         report(&gms, &ids, &instance, started, false).await;
         tokio::select! {
             _ = token.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(timing.interval) => {}
         }
     }
     report(&gms, &ids, &instance, started, true).await;
@@ -75,7 +82,12 @@ pub async fn run(
 
 /// The pools GMS lists as DataHub Cloud pools (asked once, again after a failure), or `None` on shutdown. An
 /// open-source GMS lists none.
-async fn cloud_pools(gms: &gms::Client, pools: Vec<PoolId>, token: &CancellationToken) -> Option<Vec<PoolId>> {
+async fn cloud_pools(
+    gms: &gms::Client,
+    pools: Vec<PoolId>,
+    timing: &Timing,
+    token: &CancellationToken,
+) -> Option<Vec<PoolId>> {
     let mut failures = 0;
     loop {
         match gms.executor_configs().await {
@@ -84,12 +96,13 @@ async fn cloud_pools(gms: &gms::Client, pools: Vec<PoolId>, token: &Cancellation
                     pools.into_iter().filter(|p| listed.iter().any(|c| c.executor_id == p.as_str())).collect(),
                 );
             }
-            Err(gms::Error::BadResponse(why)) if why.contains("FieldUndefined") => {
+            Err(gms::Error::NotDataHubCloud(_)) => {
                 info!("GMS has no remote executors (open-source DataHub): executor status is not reported");
                 return Some(Vec::new());
             }
             Err(e) => {
-                let delay = outpost_common::backoff::ceiling(Duration::from_secs(1), Duration::from_secs(60), failures);
+                let delay =
+                    outpost_common::backoff::equal_jitter(timing.retry_backoff, timing.retry_backoff_max, failures);
                 failures += 1;
                 warn!(error = %e, "cannot ask GMS about the pools; asking again");
                 tokio::select! {

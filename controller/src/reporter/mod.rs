@@ -118,8 +118,7 @@ impl Reporter {
     }
 
     fn backoff(&self, tries: u32) -> Duration {
-        let ceiling = outpost_common::backoff::ceiling(self.config.retry_backoff, self.config.retry_backoff_max, tries);
-        ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+        outpost_common::backoff::equal_jitter(self.config.retry_backoff, self.config.retry_backoff_max, tries)
     }
 
     /// Sends every due row, in order per task (a read returns only the oldest row of each task, so the rows of

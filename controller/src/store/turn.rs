@@ -48,10 +48,6 @@ impl Turn {
     pub fn of(change: Change) -> Turn {
         Turn { changes: vec![change], grants: Vec::new() }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.grants.is_empty()
-    }
 }
 
 /// What a committed turn did.

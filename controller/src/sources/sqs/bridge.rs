@@ -52,9 +52,9 @@ enum Outcome {
     Leave,
 }
 
-fn backoff(config: &Config, failures: u32) -> Duration {
-    let ceiling = outpost_common::backoff::ceiling(config.retry_backoff, config.retry_backoff_max, failures);
-    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+/// How long to wait after `failures` SQS (or store) failures in a row.
+pub(super) fn backoff(config: &Config, failures: u32) -> Duration {
+    outpost_common::backoff::equal_jitter(config.retry_backoff, config.retry_backoff_max, failures)
 }
 
 /// An SDK error with its service code and cause, readable in one line.

@@ -38,10 +38,7 @@ impl GmsCredentials {
     /// The pool's entry of `listExecutorConfigs`.
     async fn config(&self) -> Result<ExecutorConfig, String> {
         let configs = self.gms.executor_configs().await.map_err(|e| match e {
-            gms::Error::BadResponse(why) if why.contains("FieldUndefined") => format!(
-                "this GMS has no listExecutorConfigs (open-source DataHub?): name the pool's queue with --queue \
-                 instead ({why})"
-            ),
+            gms::Error::NotDataHubCloud(_) => format!("{e}; name the pool's queue with --queue instead"),
             e => e.to_string(),
         })?;
         configs.into_iter().find(|c| c.executor_id == self.pool.as_str()).ok_or_else(|| {

@@ -176,7 +176,7 @@ async fn pool_queue(
         match credentials.queue().await {
             Ok(queue) => return Some(queue),
             Err(e) => {
-                let delay = outpost_common::backoff::ceiling(config.retry_backoff, config.retry_backoff_max, failures);
+                let delay = bridge::backoff(config, failures);
                 failures += 1;
                 tracing::warn!(pool = %pool, error = %e, retry_in_ms = delay.as_millis() as u64,
                     "cannot get the pool's queue from DataHub GMS");
