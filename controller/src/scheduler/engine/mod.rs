@@ -34,9 +34,9 @@ use crate::store::{self, Store};
 const MAX_TURN: usize = 1024;
 
 /// The commit in flight, awaited (only polled while there is one).
-async fn committed(commit: &mut Option<Commit>) -> Result<store::TurnWritten, store::Error> {
-    match commit.as_mut() {
-        Some(commit) => commit.await,
+async fn committed(in_flight: &mut Option<InFlight>) -> Result<store::TurnWritten, store::Error> {
+    match in_flight.as_mut() {
+        Some(in_flight) => (&mut in_flight.commit).await,
         None => std::future::pending().await,
     }
 }
@@ -67,17 +67,18 @@ pub(super) struct Engine {
     next_session: u64,
     /// This turn's changes, handed to the writer by the next `start_commit`.
     plan: Plan,
-    /// The turn being committed (at most one at a time), and what waits for it.
-    commit: Option<Commit>,
-    pending: Option<Pending>,
+    /// The turn being committed (at most one at a time).
+    in_flight: Option<InFlight>,
 }
 
 /// A turn handed to the writer: resolves once it committed or failed.
 type Commit =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<store::TurnWritten, store::Error>> + Send + Sync>>;
 
-/// What waits for a turn's commit: its answers and commands, and the picks it grants.
-struct Pending {
+/// A turn being committed: the writer's answer to come, and what waits for it — the turn's answers and commands,
+/// and the picks it grants.
+struct InFlight {
+    commit: Commit,
     plan: Plan,
     picks: Vec<dispatch::Pick>,
 }
@@ -141,8 +142,7 @@ impl Engine {
             queue,
             next_session: 1,
             plan: Plan::default(),
-            commit: None,
-            pending: None,
+            in_flight: None,
         })
     }
 
@@ -154,8 +154,7 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
-                written = committed(&mut self.commit), if self.commit.is_some() => {
-                    self.commit = None;
+                written = committed(&mut self.in_flight), if self.in_flight.is_some() => {
                     self.settle_commit(written).await;
                 }
                 event = events.recv() => match event {
@@ -164,7 +163,7 @@ impl Engine {
                 },
                 _ = sweep.tick() => self.sweep().await,
             }
-            if self.commit.is_none() {
+            if self.in_flight.is_none() {
                 self.start_commit();
             }
         }
@@ -273,7 +272,7 @@ impl Engine {
     /// Hands the turn to the writer: its changes in order and grants of queued tasks to agents with credit, all
     /// in one transaction. Answers, commands and assignments wait for `settle_commit`.
     fn start_commit(&mut self) {
-        debug_assert!(self.commit.is_none(), "one commit at a time");
+        debug_assert!(self.in_flight.is_none(), "one commit at a time");
         let picks = self.pick();
         let mut plan = std::mem::take(&mut self.plan);
         let changes = plan.take_changes();
@@ -282,18 +281,18 @@ impl Engine {
             return;
         }
         let turn = store::Turn { changes, grants: picks.iter().map(|p| (p.task.clone(), p.worker.clone())).collect() };
-        self.commit = Some(Box::pin(self.store.start_turn(turn, unix_ms())));
-        self.pending = Some(Pending { plan, picks });
+        let commit = Box::pin(self.store.start_turn(turn, unix_ms()));
+        self.in_flight = Some(InFlight { commit, plan, picks });
     }
 
     /// Commits everything decided so far and waits for it (before a read of the store, and at shutdown).
     async fn flush(&mut self) {
         for _ in 0..2 {
-            if self.commit.is_none() {
+            if self.in_flight.is_none() {
                 self.start_commit();
             }
-            if let Some(commit) = self.commit.take() {
-                let written = commit.await;
+            if self.in_flight.is_some() {
+                let written = committed(&mut self.in_flight).await;
                 self.settle_commit(written).await;
             }
         }
@@ -304,7 +303,7 @@ impl Engine {
     /// them are closed, and queues and leases are reloaded from the store. Agents with nothing in them are not
     /// touched.
     async fn settle_commit(&mut self, written: Result<store::TurnWritten, store::Error>) {
-        let Some(Pending { plan, picks }) = self.pending.take() else { return };
+        let Some(InFlight { plan, picks, .. }) = self.in_flight.take() else { return };
         match written {
             Ok(written) => {
                 for (record, created) in &written.submitted {

@@ -81,7 +81,7 @@ impl Engine {
     /// agent cannot talk itself into more work than it said it can run.
     pub(super) fn credit(&mut self, worker: &WorkerId, session: SessionId, credits: u32) {
         let granting =
-            self.pending.as_ref().map_or(0, |p| p.picks.iter().filter(|pick| &pick.worker == worker).count());
+            self.in_flight.as_ref().map_or(0, |f| f.picks.iter().filter(|pick| &pick.worker == worker).count());
         let held = (self.leases.count_of_worker(worker) + granting) as u32;
         if let Some(s) = self.current(worker, session) {
             let room = s.hello.slots.saturating_sub(held);

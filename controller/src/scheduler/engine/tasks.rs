@@ -51,7 +51,7 @@ impl Engine {
         if let Some(lease) = self.leases.get(task) {
             return Ok(Known { facts: lease.facts(), pool: lease.pool.clone() });
         }
-        let pending = self.pending.as_ref().map(|p| &p.plan);
+        let pending = self.in_flight.as_ref().map(|f| &f.plan);
         if let Some((facts, pool)) = self.plan.facts(task).or_else(|| pending.and_then(|p| p.facts(task))) {
             return Ok(Known { facts: *facts, pool: pool.clone() });
         }
