@@ -9,6 +9,19 @@ use outpost_integration_tests::*;
 
 /// A controller with fast SQS timings against `moto`, serving `queue` for the pool `default` (none when empty).
 async fn controller(cluster: &Cluster, moto: &Moto, queue: &str, overrides: &[(&str, &str)]) -> Controller {
+    controller_with(cluster, moto, queue, overrides, "outpost.db", &[], &[]).await
+}
+
+/// The same over the database `db`, with flags that take no value (`switches`) and extra environment (`env`).
+async fn controller_with(
+    cluster: &Cluster,
+    moto: &Moto,
+    queue: &str,
+    overrides: &[(&str, &str)],
+    db: &str,
+    switches: &[&str],
+    env: &[(&str, &str)],
+) -> Controller {
     let queue_flag = format!("default={queue}");
     let mut base = vec![
         ("--heartbeat-interval", "300ms"),
@@ -25,9 +38,10 @@ async fn controller(cluster: &Cluster, moto: &Moto, queue: &str, overrides: &[(&
     if !queue.is_empty() {
         base.push(("--queue", queue_flag.as_str()));
     }
-    let flags = merge_flags(&base, overrides);
+    let mut flags = merge_flags(&base, overrides);
+    flags.extend(switches.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    cluster.controller("outpost.db", &flags).await
+    cluster.controller_with_env(db, &flags, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,23 +454,9 @@ async fn datahub_monitor_work_is_quarantined_or_left_to_datahubs_executor_never_
     // Sharing the queue with DataHub's executor: the message is left to it (invisible for a while, then back).
     let training = messages::celery_task("monitor_training_request", "urn:li:monitor:m1", "default");
     moto.send(&queue, &training).await;
-    let queue_flag = format!("default={queue}");
-    let flags = [
-        "--metrics-listen",
-        &metrics,
-        "--sqs-endpoint",
-        &moto.endpoint,
-        "--sqs-wait",
-        "1s",
-        "--sqs-idle-poll",
-        "100ms",
-        "--queue",
-        &queue_flag,
-        "--sqs-foreign-visibility",
-        "60s",
-        "--sqs-shared-with-datahub-executor",
-    ];
-    let shared = cluster.controller("outpost-shared.db", &flags).await;
+    let flags = [("--metrics-listen", metrics.as_str()), ("--sqs-foreign-visibility", "60s")];
+    let switches = ["--sqs-shared-with-datahub-executor"];
+    let shared = controller_with(&cluster, &moto, &queue, &flags, "outpost-shared.db", &switches, &[]).await;
     let _agent = cluster.agent(&shared, "w-2", "default", 1, &[]);
     let labels = [("task", "monitor_training_request"), ("outcome", "given_back")];
     wait_until("the message to be given back", Duration::from_secs(30), || async {
@@ -476,23 +476,8 @@ async fn a_store_that_keeps_failing_does_not_make_the_keeper_spin() {
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
     let queue = moto.queue("failing-store").await;
-    let queue_flag = format!("default={queue}");
-    let flags = [
-        "--sqs-endpoint",
-        &moto.endpoint,
-        "--queue",
-        &queue_flag,
-        "--sqs-keep-interval",
-        "1s",
-        "--sqs-visibility-timeout",
-        "3s",
-        "--sqs-retry-backoff",
-        "100ms",
-        "--sqs-retry-backoff-max",
-        "500ms",
-    ];
     let env = [("FAILPOINTS", "store::held_messages=return")];
-    let controller = cluster.controller_with_env("outpost.db", &flags, &env).await;
+    let controller = controller_with(&cluster, &moto, &queue, &[], "outpost.db", &[], &env).await;
     let failures = || controller.proc.log().matches("cannot read held messages").count();
     wait_until("the keeper to meet the failing store", Duration::from_secs(30), || {
         let seen = failures();
