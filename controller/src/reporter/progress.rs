@@ -3,7 +3,7 @@
 //! next interval sends a fresher tail. Never sends RUNNING after a task's terminal write.
 
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use futures::stream;
 use outpost_common::task::TaskState;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -38,17 +38,9 @@ impl Reporter {
                 return;
             }
         };
-        let mut candidates = candidates.into_iter();
-        let mut in_flight = FuturesUnordered::new();
-        loop {
-            while in_flight.len() < self.config.concurrency.max(1) {
-                let Some(candidate) = candidates.next() else { break };
-                in_flight.push(self.progress(candidate));
-            }
-            if in_flight.next().await.is_none() {
-                break;
-            }
-        }
+        stream::iter(candidates)
+            .for_each_concurrent(self.config.concurrency.max(1), |candidate| self.progress(candidate))
+            .await;
     }
 
     async fn progress(&self, candidate: ProgressCandidate) {
