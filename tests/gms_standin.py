@@ -11,7 +11,19 @@ Serves the calls an executor makes (datahub-protocol.md §2):
   POST /api/graphql                                       -- listExecutorConfigs (DataHub Cloud only): the pools'
                                                              queues and temporary credentials set by the test; an
                                                              open-source GMS (none set) answers with its GraphQL error
-Both honour an optional path prefix (DataHub Cloud's /gms).
+  GET  /config                                            -- what the test set (POST /__control/config); 404 until
+                                                             then (a GMS we cannot read: no conditional writes)
+  GET  /openapi/v3/entity/dataHubExecutionRequest/{urn}[/dataHubExecutionRequestResult]?systemMetadata=true
+                                                          -- the request's input and result with systemMetadata
+                                                             (version, properties); 404 when absent
+  POST /api/graphql listExecutionRequests                 -- a search over the requests created by the test, with
+                                                             the index lagging writes by --index-lag-ms; filters
+                                                             executorId, executionResultStatus (values, or EXISTS
+                                                             negated), sort requestTimeMs
+Result writes carry versions as GMS keeps them (datahub-protocol.md §2.6): a missing aspect is "-1", the first
+write makes "1", each accepted change adds one (an identical re-write changes nothing), and a proposal whose
+headers carry If-Version-Match that differs is refused with 422 "Expected version X, actual version Y" inside
+DataHub's envelope. Both honour an optional path prefix (DataHub Cloud's /gms).
 
 Control API for tests (never authenticated):
   GET  /__control/requests          every recorded request: method, path, headers, body, valid, error, status
@@ -23,9 +35,12 @@ Control API for tests (never authenticated):
   POST /__control/input             {"urn": "...", "input": {ExecutionRequestInput}}
   POST /__control/token             {"token": "..."}: the Bearer token GMS accepts (none = any)
   GET  /__control/results           latest dataHubExecutionRequestResult per URN
+  POST /__control/execution_request {"urn": ..., "input": {ExecutionRequestInput}}: creates a request (searchable
+                                    after the index lag)
+  POST /__control/config            {...}: what GET /config answers
   POST /__control/executor_configs  {"configs": [ExecutorConfigs...], "expires_in_ms": N}: what listExecutorConfigs
                                     answers; each answer's credentials expire N ms after it
-Usage: gms_standin.py --port 0 --port-file FILE [--max-payload BYTES]
+Usage: gms_standin.py --port 0 --port-file FILE [--max-payload BYTES] [--index-lag-ms N]
 """
 
 import argparse
@@ -33,6 +48,7 @@ import json
 import sys
 import threading
 import time
+from urllib.parse import unquote
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from datahub.metadata.schema_classes import ASPECT_NAME_MAP, MetadataChangeProposalClass
@@ -45,6 +61,9 @@ STATE = {
     "signals": {},
     "inputs": {},
     "results": {},
+    "meta": {},  # urn -> {"version": int, "properties": {...}} of the result aspect
+    "index": {},  # urn -> {"executorId", "requestTimeMs", "events": [(apply_at, status or None)]}
+    "config": None,
     "token": None,
     "executor_configs": None,  # {"configs": [...], "expires_in_ms": N}; None = an open-source GMS
 }
@@ -150,7 +169,65 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, STATE["requests"])
             if self.path == "/__control/results":
                 return self.reply(200, STATE["results"])
-        self.reply(404, {"message": "not found"})
+        record = {"method": "GET", "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                  "body": "", "valid": True, "error": None, "status": None, "time_ms": int(time.time() * 1000)}
+        status, reply = self.handle_get(self.path)
+        if not self.recorded(record, status):
+            return
+        if reply is None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.send_header("Not-Found-Reason", "ENTITY")
+            self.end_headers()
+            return
+        self.reply(status, reply)
+
+    def handle_get(self, path):
+        fault = self.fault_for(path, b"")
+        if fault and fault.get("delay_ms"):
+            time.sleep(fault["delay_ms"] / 1000)
+        elif fault:
+            return fault["status"], {"error": "injected failure"}
+        token = STATE["token"]
+        if token is not None and self.headers.get("Authorization", "") != f"Bearer {token}":
+            return 401, {"error": "Unauthorized"}
+        route = path.split("?", 1)[0]
+        query = path.split("?", 1)[1] if "?" in path else ""
+        if route.endswith("/config"):
+            with LOCK:
+                config = STATE["config"]
+            return (200, config) if config is not None else (404, {"message": "not found"})
+        prefix = "/openapi/v3/entity/dataHubExecutionRequest/"
+        if prefix in route:
+            rest = unquote(route.split(prefix, 1)[1])
+            with_meta = "systemMetadata=true" in query
+            urn, _, aspect = rest.partition("/")
+            with LOCK:
+                entity = self.entity_v3(urn, with_meta)
+            if aspect:
+                if aspect not in ("dataHubExecutionRequestResult", "dataHubExecutionRequestInput"):
+                    return 400, {"error": f"unknown aspect {aspect}"}
+                return (200, entity[aspect]) if entity and aspect in entity else (404, None)
+            return (200, entity) if entity else (404, None)
+        return 404, {"message": "not found"}
+
+    @staticmethod
+    def entity_v3(urn, with_meta):
+        entity = {"urn": urn}
+        if urn in STATE["inputs"]:
+            entity["dataHubExecutionRequestInput"] = {"value": STATE["inputs"][urn]}
+            if with_meta:
+                entity["dataHubExecutionRequestInput"]["systemMetadata"] = {
+                    "lastObserved": 0, "runId": "no-run-id-provided", "lastRunId": "no-run-id-provided", "version": "1"}
+        if urn in STATE["results"]:
+            entity["dataHubExecutionRequestResult"] = {"value": STATE["results"][urn]}
+            if with_meta:
+                meta = STATE["meta"][urn]
+                entity["dataHubExecutionRequestResult"]["systemMetadata"] = {
+                    "lastObserved": meta["lastObserved"], "runId": "no-run-id-provided",
+                    "lastRunId": "no-run-id-provided", "version": str(meta["version"]),
+                    "properties": meta["properties"]}
+        return entity if len(entity) > 1 else None
 
     def fault_for(self, path, raw):
         body = raw.decode("utf-8", "replace")
@@ -177,6 +254,11 @@ class Handler(BaseHTTPRequestHandler):
             "time_ms": int(time.time() * 1000),
         }
         status, reply = self.handle_api(path, raw, record)
+        if self.recorded(record, status):
+            self.reply(status, reply)
+
+    def recorded(self, record, status):
+        """Records an answered call; False when the answer is a dropped connection (status 0)."""
         record["status"] = status
         record["done_ms"] = int(time.time() * 1000)
         with LOCK:
@@ -184,8 +266,8 @@ class Handler(BaseHTTPRequestHandler):
         if status == 0:
             self.close_connection = True
             self.connection.close()
-            return
-        self.reply(status, reply)
+            return False
+        return True
 
     def handle_api(self, path, raw, record):
         fault = self.fault_for(path, raw)
@@ -240,18 +322,38 @@ class Handler(BaseHTTPRequestHandler):
             return 422, {"status": 422, "message": record["error"]}
         record["valid"] = True
         if aspect_name == "dataHubExecutionRequestResult":
+            proposal = parsed["proposal"]
+            expected = (proposal.get("headers") or {}).get("If-Version-Match")
+            properties = (proposal.get("systemMetadata") or {}).get("properties") or {}
             with LOCK:
                 current = STATE["results"].get(urn)
+                meta = STATE["meta"].get(urn)
+                actual = str(meta["version"]) if meta else "-1"
+                if expected is not None and expected != actual:
+                    message = (f"Failed to validate MCP due to: ValidationExceptionCollection{{EntityAspect:({urn},"
+                               f"dataHubExecutionRequestResult) Exceptions: [AspectValidationException("
+                               f"subType=PRECONDITION, msg=Expected version {expected}, actual version {actual})]}}")
+                    return 422, {"exceptionClass": "com.linkedin.restli.server.RestLiServiceException",
+                                 "stackTrace": f"com.linkedin.restli.server.RestLiServiceException [HTTP Status:422]: "
+                                               f"{message}", "message": message, "status": 422}
                 if current and current["status"] in IMMUTABLE and aspect["status"] != "ROLLING_BACK":
                     if aspect["status"] != current["status"]:
                         return 422, {"status": 422, "message": "Invalid update to immutable state. Denied update."}
                     return 200, {"value": "success"}
-                STATE["results"][urn] = aspect
+                if current != aspect or (meta and meta["properties"] != properties):
+                    STATE["results"][urn] = aspect
+                    STATE["meta"][urn] = {"version": (meta["version"] + 1) if meta else 1, "properties": properties,
+                                          "lastObserved": int(time.time() * 1000)}
+                    if urn in STATE["index"]:
+                        STATE["index"][urn]["events"].append((time.time() + ARGS.index_lag_ms / 1000,
+                                                              aspect["status"]))
         return 200, {"value": "success"}
 
     def graphql(self, raw, record):
         body = json.loads(raw)
         query = body.get("query", "")
+        if "listExecutionRequests" in query:
+            return self.list_execution_requests(body, record)
         record["valid"] = set(body) <= {"query", "variables", "operationName"} and "listExecutorConfigs" in query and all(
             field in query for field in LIST_EXECUTOR_CONFIGS_FIELDS)
         with LOCK:
@@ -263,6 +365,59 @@ class Handler(BaseHTTPRequestHandler):
             expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
             configs = [dict(c, expiration=expiration) for c in served["configs"]]
         return 200, {"data": {"listExecutorConfigs": {"total": len(configs), "executorConfigs": configs}}}
+
+    def list_execution_requests(self, body, record):
+        """The search over execution requests (datahub-gms-shapes.md §1), served from a lagging index."""
+        inp = (body.get("variables") or {}).get("input") or {}
+        problems = []
+        if set(body) - {"query", "variables", "operationName"}:
+            problems.append("unexpected top-level keys")
+        if "ListExecutionRequestsInput!" not in body.get("query", ""):
+            problems.append("the input is not declared as ListExecutionRequestsInput!")
+        if set(inp) - {"start", "count", "query", "filters", "sort", "systemSources"}:
+            problems.append(f"unknown input fields {sorted(set(inp) - {'start', 'count', 'query', 'filters', 'sort', 'systemSources'})}")
+        for f in inp.get("filters") or []:
+            if set(f) - {"field", "value", "values", "negated", "condition"} or "field" not in f:
+                problems.append(f"bad FacetFilterInput {f}")
+            if f.get("condition", "EQUAL") not in ("EQUAL", "EXISTS", "IN"):
+                problems.append(f"condition {f.get('condition')} not served here")
+        sort = inp.get("sort")
+        if sort and (set(sort) != {"field", "sortOrder"} or sort["sortOrder"] not in ("ASCENDING", "DESCENDING")):
+            problems.append(f"bad SortCriterion {sort}")
+        if problems:
+            record["valid"] = False
+            record["error"] = "; ".join(problems)
+            return 200, {"errors": [{"message": record["error"]}], "data": None}
+        record["valid"] = True
+        now = time.time()
+        hits = []
+        with LOCK:
+            for urn, entry in STATE["index"].items():
+                applied = [status for at, status in entry["events"] if at <= now]
+                if not applied:
+                    continue  # not indexed yet
+                status = applied[-1]
+                fields = {"executorId": entry["executorId"], "executionResultStatus": status}
+                keep = True
+                for f in inp.get("filters") or []:
+                    value = fields.get(f["field"])
+                    if f.get("condition") == "EXISTS":
+                        match = value is not None
+                    else:
+                        match = value in (f.get("values") or [f.get("value")])
+                    keep = keep and (match != bool(f.get("negated")))
+                if keep:
+                    hits.append((entry["requestTimeMs"], urn))
+            hits.sort(reverse=bool(sort) and sort["sortOrder"] == "DESCENDING")
+            start, count = inp.get("start", 0), inp.get("count", 20)
+            page = hits[start:start + count]
+            requests = []
+            for _, urn in page:
+                result = STATE["results"].get(urn)
+                requests.append({"urn": urn, "id": urn.rsplit(":", 1)[1],
+                                 "result": {"status": result["status"]} if result else None})
+        return 200, {"data": {"listExecutionRequests": {"start": start, "count": len(requests), "total": len(hits),
+                                                        "executionRequests": requests}}}
 
     def batch_get(self, raw, record):
         body = json.loads(raw)
@@ -295,6 +450,15 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/__control/input":
                 validate_aspect("dataHubExecutionRequestInput", body["input"])
                 STATE["inputs"][body["urn"]] = body["input"]
+            elif path == "/__control/execution_request":
+                validate_aspect("dataHubExecutionRequestInput", body["input"])
+                urn = body["urn"]
+                STATE["inputs"][urn] = body["input"]
+                STATE["index"][urn] = {"executorId": body["input"]["executorId"],
+                                       "requestTimeMs": body["input"]["requestedAt"],
+                                       "events": [(time.time() + ARGS.index_lag_ms / 1000, None)]}
+            elif path == "/__control/config":
+                STATE["config"] = body
             elif path == "/__control/executor_configs":
                 STATE["executor_configs"] = body
             elif path == "/__control/token":
@@ -310,6 +474,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--max-payload", type=int, default=0, help="413 for proposals larger than this (0 = none)")
+    parser.add_argument("--index-lag-ms", type=int, default=300, help="how long a write takes to reach the search index")
     ARGS = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True

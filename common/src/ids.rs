@@ -115,9 +115,53 @@ impl fmt::Display for AttemptRef {
     }
 }
 
+/// The version GMS gives an aspect (`systemMetadata.version`, a string; `-1` when the aspect does not exist), which
+/// its conditional writes compare (`If-Version-Match`, datahub-protocol.md §2.6). Outpost's claim on an execution
+/// request is the version of the `dataHubExecutionRequestResult` it last wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AspectVersion(String);
+
+impl AspectVersion {
+    /// The version of an aspect that does not exist yet.
+    pub fn absent() -> AspectVersion {
+        AspectVersion("-1".to_owned())
+    }
+
+    pub fn new(version: impl Into<String>) -> AspectVersion {
+        AspectVersion(version.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The version GMS gives the aspect after one more accepted write: `-1` → `1`, `n` → `n + 1`. A guess where the
+    /// version is not a number; a wrong guess only costs a re-read (the claim's holder is recognised).
+    pub fn next(&self) -> AspectVersion {
+        match self.0.parse::<i64>() {
+            Ok(n) if n < 1 => AspectVersion("1".to_owned()),
+            Ok(n) => AspectVersion((n + 1).to_string()),
+            Err(_) => self.clone(),
+        }
+    }
+}
+
+impl fmt::Display for AspectVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aspect_versions_count_from_absent() {
+        assert_eq!(AspectVersion::absent().next(), AspectVersion::new("1"));
+        assert_eq!(AspectVersion::new("1").next(), AspectVersion::new("2"));
+        assert_eq!(AspectVersion::new("41").next().as_str(), "42");
+    }
 
     #[test]
     fn task_id_accepts_bare_id_and_urn() {

@@ -95,6 +95,8 @@ pub struct RunConfig {
     pub reporter: crate::reporter::Config,
     #[command(flatten)]
     pub sqs: crate::sources::sqs::Config,
+    #[command(flatten)]
+    pub gms_channel: crate::sources::gms_channel::Config,
 }
 
 impl RunConfig {
@@ -107,8 +109,12 @@ impl RunConfig {
         self.gms.validate()?;
         self.reporter.validate()?;
         self.sqs.validate()?;
+        self.gms_channel.validate(self.reporter.progress_interval)?;
         if !self.sqs.from_gms.is_empty() && self.gms.url.is_none() {
             return Err(duration::Invalid("--queue-from-gms needs --gms-url (the queue comes from GMS)".into()));
+        }
+        if !self.gms_channel.pools.is_empty() && self.gms.url.is_none() {
+            return Err(duration::Invalid("--gms-channel needs --gms-url (the requests come from GMS)".into()));
         }
         Ok(())
     }

@@ -76,11 +76,15 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
 
     let reporter_token = CancellationToken::new();
     let sources_token = CancellationToken::new();
+    let mut claims = None;
     match &gms_client {
         Some(client) => {
+            let holder = store.controller_id(controller_id()).await.context("reading the controller's identity")?;
+            let claim_ttl = config.gms_channel.claim_ttl;
+            claims = Some(Arc::new(sources::claims::Claims::start(client.clone(), holder.clone(), claim_ttl).await));
             let reporter = reporter::Reporter::new(
                 store.clone(),
-                client.clone(),
+                reporter::Destination { gms: client.clone(), holder, claim_ttl },
                 logs.clone(),
                 metrics.clone(),
                 config.reporter.clone(),
@@ -97,18 +101,30 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         }
         None => info!("no --gms-url: results are recorded in SQLite only"),
     }
+    let intake = sources::Intake {
+        store: store.clone(),
+        scheduler: scheduler.clone(),
+        gms: gms_client.clone(),
+        claims: claims.clone(),
+        metrics: metrics.clone(),
+    };
     if !config.sqs.all_queues().is_empty() || !config.sqs.gms_pools(gms_client.is_some()).is_empty() {
         let client = sources::sqs::client(config.sqs.endpoint.as_deref()).await;
-        let bridge = sources::sqs::run(
-            config.sqs.clone(),
-            client,
-            store.clone(),
+        let bridge = sources::sqs::run(config.sqs.clone(), client, intake.clone(), sources_token.clone());
+        services.spawn("SQS bridge", true, bridge);
+    }
+    if let (Some(client), Some(claims)) = (&gms_client, &claims)
+        && !config.gms_channel.pools.is_empty()
+    {
+        let channel = sources::gms_channel::run(
+            config.gms_channel.clone(),
+            client.clone(),
+            claims.clone(),
             scheduler.clone(),
-            gms_client.clone(),
-            metrics.clone(),
+            store.clone(),
             sources_token.clone(),
         );
-        services.spawn("SQS bridge", true, bridge);
+        services.spawn("GMS channel", true, channel);
     }
 
     let bound = listener.local_addr()?;
@@ -159,7 +175,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     grpc_token.cancel();
     sources_token.cancel();
     status_token.cancel();
-    for name in ["gRPC server", "KILL-signal poller", "SQS bridge", "executor status"] {
+    for name in ["gRPC server", "KILL-signal poller", "SQS bridge", "GMS channel", "executor status"] {
         services.stopped(name, limit).await;
     }
     // 2. The scheduler (it commits its last turn).
@@ -177,6 +193,12 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         Some(failed) => Err(failed.into()),
         None => Ok(()),
     }
+}
+
+/// A fresh name for this controller at GMS (kept in the database from then on): host name and a random part.
+fn controller_id() -> String {
+    let random: String = (0..8).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+    format!("{}-{random}", reporter::executors::hostname())
 }
 
 /// Answers `/metrics`, `/healthz` (the process is up) and `/readyz` (gRPC serves and the store answers).

@@ -62,15 +62,18 @@ pub enum GmsOutcome {
     Unauthorized,
     /// Retried later (outage, timeout, 404).
     Failed,
+    /// A conditional write refused because another controller holds the request now.
+    ClaimLost,
 }
 
 impl GmsOutcome {
-    const ALL: [GmsOutcome; 5] = [
+    const ALL: [GmsOutcome; 6] = [
         GmsOutcome::Delivered,
         GmsOutcome::AlreadyTerminal,
         GmsOutcome::Refused,
         GmsOutcome::Unauthorized,
         GmsOutcome::Failed,
+        GmsOutcome::ClaimLost,
     ];
 
     fn label(self) -> &'static str {
@@ -80,6 +83,7 @@ impl GmsOutcome {
             GmsOutcome::Refused => "refused",
             GmsOutcome::Unauthorized => "unauthorized",
             GmsOutcome::Failed => "failed",
+            GmsOutcome::ClaimLost => "claim_lost",
         }
     }
 }
@@ -115,7 +119,7 @@ struct Inner {
     grants: AtomicU64,
     connected_agents: AtomicU64,
     sqs_calls: [AtomicU64; 4],
-    gms_writes: [[AtomicU64; 5]; 3],
+    gms_writes: [[AtomicU64; 6]; 3],
     /// By task (FOREIGN_TASKS) and outcome (given back, quarantined).
     foreign_work: [[AtomicU64; 2]; 2],
     ready: AtomicBool,

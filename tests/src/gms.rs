@@ -22,6 +22,15 @@ pub struct ResultWrite {
     pub answered_ms: i64,
 }
 
+/// One result write as a claim sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedWrite {
+    pub http: u16,
+    pub status: String,
+    pub expected: Option<String>,
+    pub holder: Option<String>,
+}
+
 impl Cluster {
     /// Starts the stand-in; `extra` goes to its command line (e.g. `--max-payload`).
     pub async fn gms(&self, extra: &[&str]) -> Gms {
@@ -85,6 +94,61 @@ impl Gms {
         self.control("input", serde_json::json!({"urn": urn, "input": input})).await;
     }
 
+    /// What `GET /config` answers from now on: an open-source DataHub of `version` (conditional writes from
+    /// v0.14.0).
+    pub async fn serve_version(&self, version: &str) {
+        let config = serde_json::json!({"noCode": "true", "versions": {"acryldata/datahub": {"version": version}},
+                                        "datahub": {"serverType": "prod", "serverEnv": "core"}});
+        self.control("config", config).await;
+    }
+
+    /// Creates an execution request in GMS (searchable after the stand-in's index lag).
+    pub async fn create_request(&self, urn: &str, input: serde_json::Value) {
+        self.control("execution_request", serde_json::json!({"urn": urn, "input": input})).await;
+    }
+
+    /// The latest `dataHubExecutionRequestResult` per URN.
+    pub async fn results(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.http.get(format!("{}/__control/results", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Every result write for `urn` with its answer, the `If-Version-Match` it carried and the controller it
+    /// named, in order.
+    pub async fn claimed_writes(&self, urn: &str) -> Vec<ClaimedWrite> {
+        self.result_proposals(urn)
+            .await
+            .into_iter()
+            .map(|(record, proposal, aspect)| ClaimedWrite {
+                http: record["status"].as_u64().unwrap_or(0) as u16,
+                status: aspect["status"].as_str().unwrap_or("?").to_owned(),
+                expected: proposal["headers"]["If-Version-Match"].as_str().map(str::to_owned),
+                holder: proposal["systemMetadata"]["properties"]["outpostController"].as_str().map(str::to_owned),
+            })
+            .collect()
+    }
+
+    /// Every result proposal for `urn` in order: the stand-in's record, the proposal, and its aspect.
+    async fn result_proposals(&self, urn: &str) -> Vec<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposal")))
+            .filter_map(|r| {
+                let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
+                let proposal = body["proposal"].clone();
+                (proposal["entityUrn"] == urn).then(|| {
+                    let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
+                    (r, proposal, aspect.unwrap_or_default())
+                })
+            })
+            .collect()
+    }
+
+    /// How many calls went to a path containing `path`.
+    pub async fn calls_to(&self, path: &str) -> usize {
+        self.requests().await.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path))).count()
+    }
+
     /// Makes the stand-in a DataHub Cloud GMS: `listExecutorConfigs` answers these entries, their credentials
     /// expiring `expires_in` after each answer.
     pub async fn executor_configs(&self, configs: serde_json::Value, expires_in: Duration) {
@@ -129,22 +193,14 @@ impl Gms {
 
     /// The same, with when each arrived and was answered (Unix ms, the stand-in's clock).
     pub async fn timed_result_writes(&self, urn: &str) -> Vec<ResultWrite> {
-        self.requests()
+        self.result_proposals(urn)
             .await
             .into_iter()
-            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposal")))
-            .filter_map(|r| {
-                let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
-                let proposal = &body["proposal"];
-                (proposal["entityUrn"] == urn).then(|| {
-                    let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
-                    ResultWrite {
-                        status: r["status"].as_u64().unwrap_or(0) as u16,
-                        aspect: aspect.unwrap_or_default(),
-                        arrived_ms: r["time_ms"].as_i64().unwrap_or_default(),
-                        answered_ms: r["done_ms"].as_i64().unwrap_or_default(),
-                    }
-                })
+            .map(|(record, _, aspect)| ResultWrite {
+                status: record["status"].as_u64().unwrap_or(0) as u16,
+                aspect,
+                arrived_ms: record["time_ms"].as_i64().unwrap_or_default(),
+                answered_ms: record["done_ms"].as_i64().unwrap_or_default(),
             })
             .collect()
     }

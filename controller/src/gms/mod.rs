@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod requests;
+pub use requests::{Listed, Listing, RequestState, ResultState, ServerInfo};
+
 /// A bearer token; `Debug` and `Display` never show it.
 #[derive(Clone)]
 pub struct Token(String);
@@ -124,12 +127,16 @@ impl Error {
     }
 }
 
-/// Sorts an HTTP answer that is not 2xx into an [`Error`] (the body already cut short).
-fn classify(status: u16, path: &str, body: String) -> Error {
+/// Sorts an HTTP answer that is not 2xx into an [`Error`] (read in full, kept cut short).
+fn classify(status: u16, path: &str, full: &str) -> Error {
+    // DataHub's 422 envelope repeats the validator's text after a long stack-trace line: read all of it.
+    let precondition = full.contains("Expected version");
+    let terminal = full.contains("immutable state") || full.contains("Denied update");
+    let body = short(full);
     match status {
-        422 if body.contains("Expected version") => Error::PreconditionFailed { status, body },
+        422 if precondition => Error::PreconditionFailed { status, body },
         412 => Error::PreconditionFailed { status, body },
-        422 if body.contains("immutable state") || body.contains("Denied update") => Error::AlreadyTerminal(body),
+        422 if terminal => Error::AlreadyTerminal(body),
         413 => Error::TooLarge(body),
         401 | 403 => Error::Unauthorized { status, body },
         404 => Error::NoSuchEndpoint { path: path.to_owned(), body },
@@ -215,28 +222,35 @@ impl Client {
         request
     }
 
+    /// A GET; `None` for 404 (DataHub's OpenAPI answers 404 for a missing entity or aspect).
+    async fn get(&self, path: &str) -> Result<Option<String>, Error> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(Token(token)) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| Error::Unavailable(transport_error(&e)))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        match status {
+            200..=299 => Ok(Some(text)),
+            404 => Ok(None),
+            _ => Err(classify(status, path, &text)),
+        }
+    }
+
     async fn send(&self, path: &str, body: &Value) -> Result<String, Error> {
         let response = self.post(path, body).send().await.map_err(|e| Error::Unavailable(transport_error(&e)))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         match status {
             200..=299 => Ok(text),
-            _ => Err(classify(status, path, short(&text))),
+            _ => Err(classify(status, path, &text)),
         }
     }
 
     /// UPSERTs an execution request's `dataHubExecutionRequestResult` (the aspect as a JSON object).
     pub async fn ingest_result(&self, urn: &str, result: &Value) -> Result<(), Error> {
-        let body = json!({
-            "proposal": {
-                "entityType": "dataHubExecutionRequest",
-                "entityUrn": urn,
-                "changeType": "UPSERT",
-                "aspectName": "dataHubExecutionRequestResult",
-                "aspect": {"value": result.to_string(), "contentType": "application/json"},
-            },
-            "async": "false",
-        });
+        let body = json!({"proposal": result_proposal(urn, result), "async": "false"});
         self.send("/aspects?action=ingestProposal", &body).await.map(|_| ())
     }
 
@@ -323,6 +337,17 @@ impl Client {
     }
 }
 
+/// The proposal UPSERTing an execution request's result aspect, addressed by URN.
+fn result_proposal(urn: &str, result: &Value) -> Value {
+    json!({
+        "entityType": "dataHubExecutionRequest",
+        "entityUrn": urn,
+        "changeType": "UPSERT",
+        "aspectName": "dataHubExecutionRequestResult",
+        "aspect": {"value": result.to_string(), "contentType": "application/json"},
+    })
+}
+
 /// A transport error with its causes (reqwest hides the interesting part in the source chain).
 fn transport_error(error: &reqwest::Error) -> String {
     outpost_common::errors::chain(error)
@@ -382,8 +407,13 @@ mod tests {
             (503, "", Retry),
         ];
         for (status, body, want) in table {
-            assert_eq!(classify(status, "/aspects", body.to_owned()).disposition(), want, "HTTP {status} {body}");
+            assert_eq!(classify(status, "/aspects", body).disposition(), want, "HTTP {status} {body}");
         }
         assert_eq!(Error::Unavailable("timed out".into()).disposition(), Retry);
+        // DataHub's envelope puts a long stack-trace line first: the validator's text is found past the cut.
+        let envelope = format!("{{\"stackTrace\": \"{}\", \"message\": \"{version}\"}}", "x".repeat(400));
+        let error = classify(422, "/aspects", &envelope);
+        assert!(matches!(error, Error::PreconditionFailed { .. }), "{error:?}");
+        assert!(error.to_string().len() < 600, "kept short: {error}");
     }
 }

@@ -5,6 +5,7 @@
 //! settled; a payload GMS can never accept is given up, recorded on the task, and stops blocking the task's later
 //! writes and its SQS message. It reads the store and the log tails; nothing calls it from a request path.
 
+mod claimed;
 pub mod executors;
 mod payload;
 mod progress;
@@ -17,11 +18,12 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use outpost_common::clock::unix_ms;
 use outpost_common::duration;
-use outpost_common::ids::TaskId;
+use outpost_common::ids::{AspectVersion, TaskId};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::claimed::SendError;
 use crate::gms::{self, Disposition};
 use crate::logs::LogTails;
 use crate::metrics::{GmsOutcome, Metrics};
@@ -93,11 +95,33 @@ pub struct Reporter {
     metrics: Metrics,
     config: Config,
     locks: TaskLocks,
+    /// This controller's name at GMS (the holder its conditional writes name).
+    holder: String,
+    /// Claims of waiting tasks are renewed when they are this old.
+    renew_after: Duration,
+}
+
+/// Where the reporter writes and as whom.
+pub struct Destination {
+    pub gms: gms::Client,
+    /// This controller's name at GMS.
+    pub holder: String,
+    /// How long a claim lasts unrenewed (waiting tasks' claims are renewed every third of it).
+    pub claim_ttl: Duration,
 }
 
 impl Reporter {
-    pub fn new(store: Store, gms: gms::Client, logs: LogTails, metrics: Metrics, config: Config) -> Reporter {
-        Reporter { store, gms, logs, metrics, config, locks: TaskLocks::default() }
+    pub fn new(store: Store, to: Destination, logs: LogTails, metrics: Metrics, config: Config) -> Reporter {
+        Reporter {
+            store,
+            gms: to.gms,
+            logs,
+            metrics,
+            config,
+            locks: TaskLocks::default(),
+            holder: to.holder,
+            renew_after: to.claim_ttl / 3,
+        }
     }
 
     /// Delivers (and sends progress) until `token` is cancelled; then makes one last delivery pass and returns.
@@ -169,6 +193,9 @@ impl Reporter {
     async fn deliver(&self, entry: &OutboxEntry) -> Delivery {
         let lock = self.locks.of(&entry.task_id);
         let _one_at_a_time = lock.lock().await;
+        if entry.claim_lost {
+            return Delivery::ClaimLost { error: "not sent: another controller holds the request at GMS".into() };
+        }
         let (kind, metric_kind) = match entry.kind {
             OutboxKind::Running => ("RUNNING", "running"),
             OutboxKind::Terminal => ("terminal", "terminal"),
@@ -182,20 +209,28 @@ impl Reporter {
             },
         };
         let mut result = self.write(entry, task.as_ref(), false).await;
-        if let (Err(gms::Error::TooLarge(_)), Some(_)) = (&result, &task) {
+        if let (Err(SendError::Gms(gms::Error::TooLarge(_))), Some(_)) = (&result, &task) {
             warn!(task = %entry.task_id, "GMS refused the result as too large; sending it again with a shorter report");
             result = self.write(entry, task.as_ref(), true).await;
         }
         let error = match result {
-            Ok(aspect) => {
+            Ok((aspect, claim)) => {
                 self.metrics.gms_write(metric_kind, GmsOutcome::Delivered);
                 info!(task = %entry.task_id, kind, status = %aspect["status"], "reported to GMS");
                 if entry.kind == OutboxKind::Terminal {
                     self.logs.forget(&entry.task_id);
                 }
-                return Delivery::Delivered;
+                return match claim {
+                    Some(version) => Delivery::Claimed { version },
+                    None => Delivery::Delivered,
+                };
             }
-            Err(e) => e,
+            Err(SendError::ClaimLost(error)) => {
+                self.metrics.gms_write(metric_kind, GmsOutcome::ClaimLost);
+                warn!(task = %entry.task_id, kind, error = %error, "the claim passed to another controller; stopping here");
+                return Delivery::ClaimLost { error };
+            }
+            Err(SendError::Gms(e)) => e,
         };
         match error.disposition() {
             Disposition::Settled => {
@@ -229,13 +264,19 @@ impl Reporter {
 
     /// Builds and sends a row's aspect (`shrunk`: with the report cut to a sixteenth and no structured report,
     /// after GMS said the full one was too large). Returns what was sent.
-    async fn write(&self, entry: &OutboxEntry, task: Option<&TaskRecord>, shrunk: bool) -> Result<Value, gms::Error> {
+    async fn write(
+        &self,
+        entry: &OutboxEntry,
+        task: Option<&TaskRecord>,
+        shrunk: bool,
+    ) -> Result<(Value, Option<AspectVersion>), SendError> {
         let aspect = match task {
             None => payload::running(entry.start_time_ms, None, self.config.max_report_bytes),
             Some(task) => {
                 let (Some(status), Some(result)) = (task.state.gms_status(), task.result.as_ref()) else {
                     error!(task = %task.request.id, state = %task.state, "a terminal outbox row for an unfinished task");
-                    return Err(gms::Error::Invalid { status: 0, body: format!("task is {}", task.state) });
+                    let body = format!("task is {}", task.state);
+                    return Err(SendError::Gms(gms::Error::Invalid { status: 0, body }));
                 };
                 let (max_report, max_structured) = if shrunk {
                     ((self.config.max_report_bytes / 16).max(16 * 1024), 0)
@@ -256,6 +297,7 @@ impl Reporter {
                 )
             }
         };
-        self.gms.ingest_result(&entry.task_id.urn(), &aspect).await.map(|()| aspect)
+        let claim = self.send_result(&entry.task_id, &aspect, entry.claim.as_ref()).await?;
+        Ok((aspect, claim))
     }
 }

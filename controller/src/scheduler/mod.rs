@@ -488,6 +488,11 @@ impl Scheduler {
         Ok(self.store.live_task_ids().await?)
     }
 
+    /// Unfinished tasks whose claim at GMS passed to another controller.
+    pub async fn lost_claims(&self) -> Result<Vec<TaskId>, Error> {
+        Ok(self.store.lost_claims().await?)
+    }
+
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
         Ok(self.store.list_tasks(filter).await?)
     }

@@ -39,6 +39,7 @@ fn task(id: &str) -> NewTask {
         args: BTreeMap::new(),
         source_type: "MANUAL_INGESTION_SOURCE".into(),
         requested_at_ms: 1,
+        claim: None,
     }
 }
 

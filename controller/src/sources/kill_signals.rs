@@ -1,6 +1,7 @@
 //! KILL signals from DataHub: every poll interval, batch-read `dataHubExecutionRequestSignal` of the tasks not
 //! yet finished (as DataHub Cloud's executor does, only while there are any) and cancel those whose signal is
-//! KILL. A source: it turns GMS facts into scheduler calls and decides nothing itself.
+//! KILL; and stop the tasks whose claim at GMS passed to another controller (the reporter records that). A
+//! source: it turns GMS facts into scheduler calls and decides nothing itself.
 
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub async fn run(scheduler: Scheduler, gms: gms::Client, interval: Duration, tok
 }
 
 async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
+    match scheduler.lost_claims().await {
+        Ok(lost) => {
+            for task in lost {
+                match scheduler.cancel(&task, "another controller took over this request at GMS").await {
+                    Ok(()) => info!(task = %task, "claim lost at GMS: stopping the run here"),
+                    Err(e) if e.is_finished() => {}
+                    Err(e) => warn!(task = %task, error = %e, "claim lost: cancel failed"),
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list lost claims"),
+    }
     let live = match scheduler.live_task_ids().await {
         Ok(live) => live,
         Err(e) => {

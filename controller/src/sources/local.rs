@@ -70,6 +70,7 @@ pub fn validate(submission: Submission) -> Result<NewTask, Error> {
             submission.source_type
         },
         requested_at_ms: unix_ms(),
+        claim: None,
     })
 }
 

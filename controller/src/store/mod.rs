@@ -4,7 +4,9 @@
 //! - `attempts` — one row per grant: epoch, worker, state, reason, last heartbeat (`attempts.rs`);
 //! - `gms_outbox` — writes owed to GMS, added in the transaction of the change they report (`outbox.rs`);
 //! - `sqs_messages` and `quarantine` — the messages each task came in on, and unusable ones (`sqs.rs`);
-//! - `workers` — what each worker declared when it last connected (`workers.rs`).
+//! - `workers` — what each worker declared when it last connected (`workers.rs`);
+//! - claims at GMS: the version of each claimed task's result aspect (columns of `tasks`) and this controller's
+//!   identity (`controller_identity`) (`claims.rs`).
 //!
 //! Every change goes through ONE writer: a dedicated connection on its own thread (`writer.rs`) that runs a
 //! whole transaction per job — the engine's turns (`turn.rs`) and the few changes from elsewhere (outbox
@@ -14,6 +16,7 @@
 //! tonic, SQS or GMS.
 
 mod attempts;
+mod claims;
 mod error;
 mod outbox;
 mod row;
@@ -35,6 +38,7 @@ use sqlx::{Connection, SqlitePool};
 use tokio::sync::{Notify, watch};
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
+pub use claims::WaitingClaim;
 pub use error::Error;
 pub use outbox::{Delivery, OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};

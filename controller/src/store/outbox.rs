@@ -1,7 +1,7 @@
 //! The GMS outbox: rows written in the same transaction as the state change they report (plain functions over
 //! the writer's transaction), read and retired by the reporter. Stores which task and what kind of write; the reporter builds the payload from the task row.
 
-use outpost_common::ids::{Epoch, TaskId};
+use outpost_common::ids::{AspectVersion, Epoch, TaskId};
 use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
@@ -43,6 +43,10 @@ pub struct OutboxEntry {
     pub kind: OutboxKind,
     pub start_time_ms: i64,
     pub tries: u32,
+    /// The task's claim at GMS: the version its write must match (`None`: unconditional).
+    pub claim: Option<AspectVersion>,
+    /// Another controller took the claim over: nothing about the task may be sent.
+    pub claim_lost: bool,
 }
 
 #[derive(FromRow)]
@@ -52,6 +56,8 @@ struct OutboxRow {
     kind: String,
     start_time_ms: i64,
     tries: i64,
+    gms_version: Option<String>,
+    claim_lost_at_ms: Option<i64>,
 }
 
 fn enqueue(
@@ -103,6 +109,12 @@ fn mark_reported(tx: &Transaction<'_>, task: &TaskId, now_ms: i64, effects: &mut
 pub enum Delivery {
     /// GMS has it (or already had a final status): the row goes; a terminal one marks its task reported.
     Delivered,
+    /// GMS accepted the conditional write of a claimed task, whose result aspect is now at `version`: as
+    /// `Delivered`, and the claim moves on.
+    Claimed { version: AspectVersion },
+    /// Another controller holds the request at GMS now: this row and the task's others go unsent (a terminal
+    /// one counts as settled), and the task records why.
+    ClaimLost { error: String },
     /// Try again at `next_try_at_ms`.
     Retry { error: String, next_try_at_ms: i64 },
     /// GMS can never accept it: the row goes and the task records why; a terminal one counts as reported (its
@@ -132,6 +144,17 @@ fn settle(
                 execute(tx, "UPDATE tasks SET delivery_failure = ? WHERE id = ?", params![failure, task.as_str()])?;
             }
             Delivery::Delivered => {}
+            Delivery::Claimed { version } => {
+                execute(
+                    tx,
+                    "UPDATE tasks SET gms_version = ?, gms_written_at_ms = ? WHERE id = ? AND claim_lost_at_ms IS NULL",
+                    params![version.as_str(), now_ms, task.as_str()],
+                )?;
+            }
+            Delivery::ClaimLost { error } => {
+                super::claims::lose(tx, task, error, now_ms, effects)?;
+                continue;
+            }
         }
         execute(tx, "DELETE FROM gms_outbox WHERE seq = ?", [seq])?;
         if *kind == OutboxKind::Terminal {
@@ -145,8 +168,8 @@ impl Store {
     /// Rows due now, oldest first; the first row of each task only (later rows of a task wait for it).
     pub async fn due_outbox(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, Error> {
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT o.seq, o.task_id, o.kind, o.start_time_ms, o.tries FROM gms_outbox o \
-             WHERE o.next_try_at_ms <= ? \
+            "SELECT o.seq, o.task_id, o.kind, o.start_time_ms, o.tries, t.gms_version, t.claim_lost_at_ms \
+             FROM gms_outbox o JOIN tasks t ON t.id = o.task_id WHERE o.next_try_at_ms <= ? \
              AND o.seq = (SELECT MIN(seq) FROM gms_outbox f WHERE f.task_id = o.task_id) \
              ORDER BY o.seq LIMIT ?",
         )
@@ -166,6 +189,8 @@ impl Store {
                     },
                     start_time_ms: row.start_time_ms,
                     tries: row.tries as u32,
+                    claim: row.gms_version.map(AspectVersion::new),
+                    claim_lost: row.claim_lost_at_ms.is_some(),
                 })
             })
             .collect()

@@ -18,6 +18,9 @@ pub struct HeldMessage {
     pub first_received_at_ms: i64,
     /// The task's result reached GMS (or was recorded, with reporting off): the message may go.
     pub done: bool,
+    /// Another controller took over the request's claim at GMS: the message is its business now (let go of,
+    /// never deleted here).
+    pub claim_lost: bool,
 }
 
 /// A message that could not be used.
@@ -40,6 +43,7 @@ struct HeldRow {
     receipt_handle: String,
     first_received_at_ms: i64,
     reported_at_ms: Option<i64>,
+    claim_lost_at_ms: Option<i64>,
 }
 
 #[derive(FromRow)]
@@ -91,7 +95,7 @@ impl Store {
     pub async fn held_messages(&self, queue_url: &str) -> Result<Vec<HeldMessage>, Error> {
         fail::fail_point!("store::held_messages", |_| Err(Error::Corrupt("injected by a fail point".into())));
         let rows: Vec<HeldRow> = sqlx::query_as(
-            "SELECT m.task_id, m.message_id, m.receipt_handle, m.first_received_at_ms, t.reported_at_ms \
+            "SELECT m.task_id, m.message_id, m.receipt_handle, m.first_received_at_ms, t.reported_at_ms, t.claim_lost_at_ms \
              FROM sqs_messages m JOIN tasks t ON t.id = m.task_id WHERE m.queue_url = ? ORDER BY m.received_at_ms",
         )
         .bind(queue_url)
@@ -105,6 +109,7 @@ impl Store {
                     receipt_handle: row.receipt_handle,
                     first_received_at_ms: row.first_received_at_ms,
                     done: row.reported_at_ms.is_some(),
+                    claim_lost: row.claim_lost_at_ms.is_some(),
                 })
             })
             .collect()

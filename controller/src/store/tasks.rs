@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use outpost_common::ids::{Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::ids::{AspectVersion, Epoch, PoolId, TaskId, WorkerId};
 use outpost_common::task::Refusal;
 use outpost_common::task::{AttemptState, TaskState};
 use rusqlite::{Transaction, params};
@@ -24,6 +24,9 @@ pub struct NewTask {
     pub args: BTreeMap<String, String>,
     pub source_type: String,
     pub requested_at_ms: i64,
+    /// Claimed at GMS: the version of the request's result aspect the claim wrote (every later write of this
+    /// controller is conditional on the latest). `None`: writes are unconditional.
+    pub claim: Option<AspectVersion>,
 }
 
 /// The recorded terminal result of a task.
@@ -56,6 +59,8 @@ pub struct TaskRecord {
     pub reported_at_ms: Option<i64>,
     /// The latest GMS write of this task that GMS refused for good, and why.
     pub delivery_failure: Option<String>,
+    /// Another controller took over the claim on this request at GMS.
+    pub claim_lost: bool,
 }
 
 /// One attempt row, parsed.
@@ -121,6 +126,7 @@ impl TaskRecord {
                 args: serde_json::from_str(&row.text("args_json")?).map_err(|e| corrupt("args", &e))?,
                 source_type: row.text("source_type")?,
                 requested_at_ms: row.int("requested_at_ms")?,
+                claim: row.opt_text("gms_version")?.map(AspectVersion::new),
             },
             state: parse("task state", &row.text("state")?)?,
             epoch: Epoch(row.int("epoch")? as u64),
@@ -133,6 +139,7 @@ impl TaskRecord {
             cancel_requested: row.opt_int("cancel_requested_at_ms")?.is_some(),
             reported_at_ms: row.opt_int("reported_at_ms")?,
             delivery_failure: row.opt_text("delivery_failure")?,
+            claim_lost: row.opt_int("claim_lost_at_ms")?.is_some(),
         })
     }
 }
@@ -189,7 +196,8 @@ pub(super) fn insert(tx: &Transaction<'_>, task: &NewTask, now_ms: i64) -> Resul
     let mut statement = tx
         .prepare_cached(
             "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, created_at_ms, \
-             updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?) ON CONFLICT (id) DO NOTHING RETURNING *",
+             updated_at_ms, gms_version, gms_written_at_ms) VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING RETURNING *",
         )
         .map_err(writer_error)?;
     let mut rows = statement
@@ -201,7 +209,9 @@ pub(super) fn insert(tx: &Transaction<'_>, task: &NewTask, now_ms: i64) -> Resul
             task.source_type,
             task.requested_at_ms,
             now_ms,
-            now_ms
+            now_ms,
+            task.claim.as_ref().map(AspectVersion::as_str),
+            task.claim.as_ref().map(|_| now_ms)
         ])
         .map_err(writer_error)?;
     match rows.next().map_err(writer_error)? {

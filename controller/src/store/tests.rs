@@ -15,6 +15,7 @@ fn new_task(id: &str) -> NewTask {
         args: BTreeMap::from([("recipe".to_owned(), "{}".to_owned())]),
         source_type: "MANUAL_INGESTION_SOURCE".into(),
         requested_at_ms: 1,
+        claim: None,
     }
 }
 

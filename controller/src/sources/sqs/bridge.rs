@@ -2,12 +2,13 @@
 //! them into tasks (or cancels, or quarantines them); the keeper renews the visibility of messages whose tasks
 //! live and deletes those whose results reached GMS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message};
 use outpost_common::clock::unix_ms;
-use outpost_common::ids::{PoolId, TaskId};
+use outpost_common::ids::{AspectVersion, PoolId, TaskId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,6 +18,7 @@ use super::message::{self, ExecutionInput, Request};
 use crate::gms;
 use crate::metrics::{ForeignOutcome, Metrics};
 use crate::scheduler::{self, Scheduler};
+use crate::sources::claims::{Claim, Claims};
 use crate::store::{NewTask, Store};
 
 /// SQS batch calls take at most 10 entries.
@@ -36,6 +38,8 @@ pub(super) struct Queue {
     pub metrics: Metrics,
     /// For a DataHub Cloud pool: where its credentials come from (to refresh them when SQS refuses them).
     pub credentials: Option<super::cloud::GmsCredentials>,
+    /// Claims at GMS (with reporting on).
+    pub claims: Option<Arc<Claims>>,
 }
 
 /// How a received message ends up.
@@ -46,8 +50,8 @@ enum Outcome {
     Delete,
     /// Unusable: quarantine, then dead-letter and delete.
     Quarantine(String),
-    /// Not ours: give it back.
-    GiveBack,
+    /// Not ours: give it back, visible again after this long.
+    GiveBack(Duration),
     /// Could not be handled now (e.g. GMS down): leave it; it returns after its visibility timeout.
     Leave,
 }
@@ -138,9 +142,10 @@ impl Queue {
         match outcome {
             Outcome::Held | Outcome::Leave => {}
             Outcome::Delete => self.delete(&message_id, &receipt).await,
-            Outcome::GiveBack => {
+            Outcome::GiveBack(after) => {
                 self.metrics.sqs_call("change_visibility");
-                let seconds = self.config.foreign_visibility.as_secs() as i32;
+                // SQS takes whole seconds, at most 12 hours.
+                let seconds = after.as_secs().min(12 * 3600) as i32;
                 let result = self
                     .sqs
                     .change_message_visibility()
@@ -204,7 +209,7 @@ impl Queue {
                 if self.config.shared_with_datahub_executor {
                     self.metrics.foreign_work(&task, ForeignOutcome::GivenBack);
                     debug!(queue = %self.url, task = %task, "work for DataHub's own executor: given back");
-                    return Outcome::GiveBack;
+                    return Outcome::GiveBack(self.config.foreign_visibility);
                 }
                 self.metrics.foreign_work(&task, ForeignOutcome::Quarantined);
                 Outcome::Quarantine(format!(
@@ -236,8 +241,12 @@ impl Queue {
         };
         if !self.served.contains(&pool) {
             debug!(task = %id, pool = %pool, "a request for a pool this controller does not serve: given back");
-            return Outcome::GiveBack;
+            return Outcome::GiveBack(self.config.foreign_visibility);
         }
+        let claim = match self.claim(&id, &pool).await {
+            Ok(claim) => claim,
+            Err(outcome) => return outcome,
+        };
         let task = NewTask {
             id: id.clone(),
             task_name: input.task,
@@ -245,6 +254,7 @@ impl Queue {
             args: input.args,
             source_type: input.source_type,
             requested_at_ms: input.requested_at_ms,
+            claim,
         };
         let (record, created) = match self.scheduler.submit(task).await {
             Ok(submitted) => submitted,
@@ -265,6 +275,40 @@ impl Queue {
             info!(task = %id, state = %record.state, "a re-delivery of a known task: its new receipt handle adopted");
         }
         Outcome::Held
+    }
+
+    /// Claims a request this controller does not know yet at GMS (`Ok`: ours, with the claim's version when
+    /// claims are on); a request another controller holds is given back to return after the claim TTL (by
+    /// then its holder has finished it or renewed its claim, or it is taken over).
+    async fn claim(&self, id: &TaskId, pool: &PoolId) -> Result<Option<AspectVersion>, Outcome> {
+        let Some(claims) = self.claims.as_ref().filter(|c| c.active()) else { return Ok(None) };
+        match self.store.task(id).await {
+            Ok(Some(known)) => return Ok(known.0.request.claim),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(task = %id, error = %e, "cannot look the task up; the message will come back");
+                return Err(Outcome::Leave);
+            }
+        }
+        match claims.claim(id, pool, None).await {
+            Ok(Claim::Won(version)) => Ok(version),
+            Ok(Claim::Finished(status)) => {
+                info!(task = %id, status, "GMS already has a final status for this request: message deleted");
+                Err(Outcome::Delete)
+            }
+            Ok(Claim::HeldElsewhere { holder }) => {
+                info!(task = %id, holder = holder.as_deref().unwrap_or("?"), "another controller holds this request: given back");
+                Err(Outcome::GiveBack(claims.ttl()))
+            }
+            Ok(Claim::Lost) => {
+                info!(task = %id, "another controller claimed this request first: given back");
+                Err(Outcome::GiveBack(claims.ttl()))
+            }
+            Err(e) => {
+                warn!(task = %id, error = %e, "cannot claim the request at GMS; the message will come back");
+                Err(Outcome::Leave)
+            }
+        }
     }
 
     async fn delete(&self, message_id: &str, receipt: &str) {
@@ -301,6 +345,14 @@ impl Queue {
                     continue;
                 }
             };
+            let (lost, held): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.claim_lost);
+            for message in lost {
+                // Another controller holds the request now (and receives this message again): let go, never delete.
+                match self.store.release_message(&message.message_id, &message.receipt_handle).await {
+                    Ok(()) => info!(task = %message.task_id, "claim lost: the message is left to its new holder"),
+                    Err(e) => warn!(task = %message.task_id, error = %e, "cannot let go of a message"),
+                }
+            }
             let (done, live): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.done);
             for chunk in done.chunks(BATCH) {
                 self.delete_batch(chunk).await;
@@ -416,6 +468,7 @@ pub async fn replay_quarantined(scheduler: &Scheduler, id: i64) -> Result<TaskId
         args: input.args,
         source_type: input.source_type,
         requested_at_ms: input.requested_at_ms,
+        claim: None,
     };
     scheduler.submit(task).await.map_err(|e| e.to_string())?;
     scheduler.mark_replayed(id).await.map_err(|e| e.to_string())?;

@@ -18,11 +18,6 @@ use tracing::info;
 
 pub use bridge::replay_quarantined;
 
-use crate::gms;
-use crate::metrics::Metrics;
-use crate::scheduler::Scheduler;
-use crate::store::Store;
-
 /// The bridge's flags.
 #[derive(Clone, Debug, clap::Args)]
 #[group(id = "sqs")]
@@ -224,12 +219,10 @@ pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
 pub async fn run(
     config: Config,
     sqs: aws_sdk_sqs::Client,
-    store: Store,
-    scheduler: Scheduler,
-    gms: Option<gms::Client>,
-    metrics: Metrics,
+    intake: super::Intake,
     token: CancellationToken,
 ) -> Result<(), String> {
+    let super::Intake { store, scheduler, gms, claims, metrics } = intake;
     let mut queues: Vec<(PoolId, String, aws_sdk_sqs::Client, Option<cloud::GmsCredentials>)> =
         config.all_queues().into_iter().map(|(pool, url)| (pool, url, sqs.clone(), None)).collect();
     for pool in config.gms_pools(gms.is_some()) {
@@ -254,6 +247,7 @@ pub async fn run(
             gms: gms.clone(),
             metrics: metrics.clone(),
             credentials,
+            claims: claims.clone(),
         };
         info!(pool = %pool, queue = %url, "SQS bridge started");
         let receiver = queue.clone();

@@ -1,0 +1,218 @@
+//! The GMS channel, for open-source DataHub (no Kafka consumer, no SQS): every `--gms-poll-interval`, a pool with
+//! free agent slots searches GMS for its execution requests that have no result yet (`listExecutionRequests`,
+//! oldest first), re-reads each candidate (the search index lags), claims it at GMS (`claims.rs`) and takes it in;
+//! every `--gms-takeover-interval` it also looks at the pool's requests others hold, to take over claims nobody
+//! renews. Takes only what the pool's agents can start (the SQS receiver's demand rule). A source: never decides
+//! placement.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_common::duration;
+use outpost_common::ids::{PoolId, TaskId};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::claims::{Claim, Claims};
+use super::sqs::message;
+use crate::gms::{self, Listing};
+use crate::scheduler::Scheduler;
+use crate::store::{NewTask, Store};
+
+/// The channel's flags (and the claim TTL every channel's claims use).
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "gms_channel")]
+#[command(next_help_heading = "GMS channel (open-source DataHub) and claims")]
+pub struct Config {
+    /// A pool (DataHub executor ID) whose execution requests are found in GMS itself, for open-source DataHub;
+    /// repeatable. Needs --gms-url.
+    #[arg(long = "gms-channel", env = "OUTPOST_GMS_CHANNEL", value_delimiter = ',', value_parser = parse_pool)]
+    pub pools: Vec<PoolId>,
+    /// How often GMS is searched for new requests of those pools (while their agents have free slots).
+    #[arg(long, env = "OUTPOST_GMS_POLL_INTERVAL", value_parser = duration::parse, default_value = "1s")]
+    pub gms_poll_interval: Duration,
+    /// How often the requests other controllers hold are checked for claims nobody renews.
+    #[arg(long, env = "OUTPOST_GMS_TAKEOVER_INTERVAL", value_parser = duration::parse, default_value = "30s")]
+    pub gms_takeover_interval: Duration,
+    /// Requests claimed beyond the pool's free agent slots.
+    #[arg(long, env = "OUTPOST_GMS_PREFETCH", default_value_t = 0)]
+    pub gms_prefetch: u32,
+    /// A claim at GMS (on any channel) that has not been renewed for this long may be taken over by another
+    /// controller. Running requests renew it with every progress write; waiting ones every third of it.
+    #[arg(long, env = "OUTPOST_CLAIM_TTL", value_parser = duration::parse, default_value = "2m")]
+    pub claim_ttl: Duration,
+}
+
+fn parse_pool(value: &str) -> Result<PoolId, String> {
+    PoolId::parse(value).map_err(|e| e.to_string())
+}
+
+impl Config {
+    pub fn validate(&self, progress_interval: Duration) -> Result<(), duration::Invalid> {
+        duration::positive("--gms-poll-interval", self.gms_poll_interval)?;
+        duration::positive("--gms-takeover-interval", self.gms_takeover_interval)?;
+        if self.claim_ttl < progress_interval * 3 {
+            return Err(duration::Invalid(format!(
+                "--claim-ttl ({:?}) must be at least three --progress-interval ({:?}): running requests renew their \
+                 claims with progress writes",
+                self.claim_ttl, progress_interval
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Search hits asked for per poll, at most.
+const MAX_PAGE: u32 = 100;
+
+#[derive(Clone)]
+struct Channel {
+    pool: PoolId,
+    config: Config,
+    gms: gms::Client,
+    claims: Arc<Claims>,
+    scheduler: Scheduler,
+    store: Store,
+}
+
+/// Runs one poller per pool until `token` is cancelled.
+pub async fn run(
+    config: Config,
+    gms: gms::Client,
+    claims: Arc<Claims>,
+    scheduler: Scheduler,
+    store: Store,
+    token: CancellationToken,
+) {
+    let mut pollers = JoinSet::new();
+    for pool in &config.pools {
+        info!(pool = %pool, "GMS channel: looking for this pool's execution requests in GMS");
+        let channel = Channel {
+            pool: pool.clone(),
+            config: config.clone(),
+            gms: gms.clone(),
+            claims: claims.clone(),
+            scheduler: scheduler.clone(),
+            store: store.clone(),
+        };
+        pollers.spawn(channel.poll_loop(token.clone()));
+    }
+    while pollers.join_next().await.is_some() {}
+}
+
+impl Channel {
+    async fn poll_loop(self, token: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.gms_poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_takeover = Instant::now() + self.config.gms_takeover_interval;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let want = match self.scheduler.demand(&self.pool).await {
+                Ok(demand) if demand.agents == 0 => 0,
+                Ok(demand) => (demand.free_slots + self.config.gms_prefetch).saturating_sub(demand.queued),
+                Err(_) => break,
+            };
+            if want == 0 {
+                continue;
+            }
+            let takeover = Instant::now() >= next_takeover;
+            if takeover {
+                next_takeover = Instant::now() + self.config.gms_takeover_interval;
+            }
+            let listing = if takeover { Listing::Held } else { Listing::Unclaimed };
+            let polled = tokio::select! {
+                _ = token.cancelled() => break,
+                polled = self.poll(listing, want) => polled,
+            };
+            if let Err(e) = polled {
+                warn!(pool = %self.pool, error = %e, "GMS channel: cannot search GMS for execution requests");
+            }
+        }
+    }
+
+    /// Takes in up to `want` requests of the listing.
+    async fn poll(&self, listing: Listing, want: u32) -> Result<(), gms::Error> {
+        let page = (want * 2 + 4).min(MAX_PAGE);
+        let hits = self.gms.list_execution_requests(self.pool.as_str(), listing, page).await?;
+        let mut taken = 0;
+        for hit in hits {
+            if taken >= want {
+                break;
+            }
+            let Ok(id) = TaskId::parse_id_or_urn(&hit.urn) else {
+                debug!(urn = %hit.urn, "GMS channel: not an execution request URN");
+                continue;
+            };
+            match self.store.task(&id).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(task = %id, error = %e, "GMS channel: cannot look the request up; skipped");
+                    continue;
+                }
+            }
+            match self.take(&id).await {
+                Ok(true) => taken += 1,
+                Ok(false) => {}
+                Err(e) => warn!(task = %id, error = %e, "GMS channel: cannot claim the request; will try again"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads, claims and takes in one request; `false` when it is not (or no longer) for us to run.
+    async fn take(&self, id: &TaskId) -> Result<bool, gms::Error> {
+        let Some(request) = self.gms.read_request(&id.urn()).await? else { return Ok(false) };
+        let Some(input) = request.input.as_ref() else { return Ok(false) };
+        let input = match message::parse_input(input) {
+            Ok(input) => input,
+            Err(reason) => {
+                warn!(task = %id, reason = %reason, "GMS channel: an execution request we cannot run; left alone");
+                return Ok(false);
+            }
+        };
+        if input.executor_id != self.pool.as_str() {
+            return Ok(false);
+        }
+        let version = match self.claims.claim(id, &self.pool, Some(request.result)).await? {
+            Claim::Won(version) => version,
+            Claim::Finished(status) => {
+                debug!(task = %id, status, "GMS channel: already finished");
+                return Ok(false);
+            }
+            Claim::HeldElsewhere { holder } => {
+                debug!(task = %id, holder = holder.as_deref().unwrap_or("?"), "GMS channel: held by another");
+                return Ok(false);
+            }
+            Claim::Lost => {
+                info!(task = %id, "GMS channel: another controller claimed it first");
+                return Ok(false);
+            }
+        };
+        let task = NewTask {
+            id: id.clone(),
+            task_name: input.task,
+            pool: self.pool.clone(),
+            args: input.args,
+            source_type: input.source_type,
+            requested_at_ms: input.requested_at_ms,
+            claim: version,
+        };
+        match self.scheduler.submit(task).await {
+            Ok(_) => {
+                info!(task = %id, pool = %self.pool, "GMS channel: claimed and taken in");
+                Ok(true)
+            }
+            Err(e) => {
+                // The claim stays ours at GMS; the next takeover look finds it (its holder is us) and takes it in.
+                warn!(task = %id, error = %e, "GMS channel: claimed but not taken in; will try again");
+                Ok(false)
+            }
+        }
+    }
+}
