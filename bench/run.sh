@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one benchmark on release binaries. Usage: bench/run.sh BENCH [args]
-#   BENCH: heartbeats | dispatch | throughput | fleet | detection | overhead  (outpost-bench; `--help` for args)
+#   BENCH: heartbeats | dispatch | throughput | fleet | detection | overhead | pickup  (outpost-bench; `--help` for args)
 #          celery   (the Celery + Redis peer; installs redis-server and Celery first, see bench/setup-celery.sh)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +13,7 @@ if [ "$bench" = celery ]; then
     bench/setup-celery.sh
     exec bench/.venv-celery/bin/python bench/celery_bench.py "$@"
 fi
-if [ "$bench" = overhead ]; then
+if [ "$bench" = overhead ] || [ "$bench" = pickup ]; then
     scripts/setup-python.sh  # the datahub CLI, DataHub's executor engine and the GMS stand-in's venv
 fi
 cargo build --release --workspace --bins --quiet

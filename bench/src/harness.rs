@@ -105,6 +105,11 @@ fn spawn(dir: &Path, metrics: &str, listen: Option<&str>, extra: &[&str]) -> any
         .arg(certs.join("ca.pem"))
         .args(extra)
         .env("RUST_LOG", "warn")
+        // For benchmarks against a local SQS API: static credentials, never instance metadata.
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;

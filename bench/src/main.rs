@@ -5,6 +5,7 @@
 mod benches;
 mod gms_sink;
 mod harness;
+mod pickup;
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,20 @@ enum Bench {
     Overhead {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+    /// Execution request created in GMS → RUNNING written, over the GMS channel or SQS (claims at GMS on).
+    Pickup {
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Time between creations (plus up to half as much jitter).
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "200ms")]
+        every: Duration,
+        /// How long the stand-in's search index lags writes.
+        #[arg(long, default_value_t = 1000)]
+        index_lag_ms: u64,
+        /// Deliver the requests over SQS (moto) instead of the GMS channel.
+        #[arg(long)]
+        sqs: bool,
     },
     /// A killed agent's task granted again, `trials` times.
     Detection {
@@ -141,6 +156,9 @@ fn main() -> anyhow::Result<()> {
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,
             Bench::Overhead { runs } => benches::overhead(runs).await,
+            Bench::Pickup { requests, every, index_lag_ms, sqs } => {
+                pickup::pickup(requests, every, index_lag_ms, sqs).await
+            }
         }
     })
 }

@@ -36,17 +36,9 @@ impl Cluster {
         })
         .await;
         outpost_common::tls::install_crypto_provider();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let config = outpost_controller::sources::sqs::loader(Some(&endpoint))
             .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
             .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "static"))
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
             .load()
             .await;
         Moto {

@@ -31,7 +31,7 @@ pub struct Config {
     #[arg(long = "gms-channel", env = "OUTPOST_GMS_CHANNEL", value_delimiter = ',', value_parser = parse_pool)]
     pub pools: Vec<PoolId>,
     /// How often GMS is searched for new requests of those pools (while their agents have free slots).
-    #[arg(long, env = "OUTPOST_GMS_POLL_INTERVAL", value_parser = duration::parse, default_value = "1s")]
+    #[arg(long, env = "OUTPOST_GMS_POLL_INTERVAL", value_parser = duration::parse, default_value = "500ms")]
     pub gms_poll_interval: Duration,
     /// How often the requests other controllers hold are checked for claims nobody renews.
     #[arg(long, env = "OUTPOST_GMS_TAKEOVER_INTERVAL", value_parser = duration::parse, default_value = "30s")]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
+use outpost_common::ids::{AspectVersion, AttemptRef, Epoch, PoolId, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, Refusal, Refused, TaskState};
 
 use super::*;
@@ -419,4 +419,50 @@ async fn the_read_pool_cannot_write() {
     let refused = sqlx::query("DELETE FROM tasks").execute(&store.reads).await;
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("readonly"), "{message}");
+}
+
+#[tokio::test]
+async fn a_claim_moves_on_with_each_write_is_renewed_while_waiting_and_once_lost_sends_nothing() {
+    let (_dir, store) = open().await;
+    assert_eq!(store.controller_id("c-first".into()).await.unwrap(), "c-first");
+    assert_eq!(store.controller_id("c-second".into()).await.unwrap(), "c-first", "made once per database");
+
+    let claimed = NewTask { claim: Some(AspectVersion::new("1")), ..new_task("claimed") };
+    store.insert_task(&claimed, 10).await.unwrap();
+    store.insert_task(&new_task("plain"), 10).await.unwrap();
+    // Waiting claimed tasks whose claim was written at or before the cut are due for renewal; plain ones never.
+    let due = |at| {
+        let store = store.clone();
+        async move { store.waiting_claims(at).await.unwrap().into_iter().map(|w| w.task_id).collect::<Vec<_>>() }
+    };
+    assert_eq!(due(9).await, Vec::<TaskId>::new());
+    assert_eq!(due(10).await, vec![id("claimed")]);
+    store.claim_written(&id("claimed"), &AspectVersion::new("2"), 20).await.unwrap();
+    assert_eq!(due(10).await, Vec::<TaskId>::new(), "renewed at 20");
+    let (task, _) = store.task(&id("claimed")).await.unwrap().unwrap();
+    assert_eq!(task.request.claim, Some(AspectVersion::new("2")));
+
+    // Its RUNNING write is conditional on the claim's version; once settled the claim moves on.
+    store.grant(&id("claimed"), &worker("w-1"), 30).await.unwrap();
+    store.write(Change::Start(attempt("claimed", 1)), 31).await.unwrap();
+    let due_rows = store.due_outbox(40, 10).await.unwrap();
+    assert_eq!((due_rows[0].claim.clone(), due_rows[0].claim_lost), (Some(AspectVersion::new("2")), false));
+    store.outbox_settled(&[(&due_rows[0], Delivery::Claimed { version: AspectVersion::new("3") })], 41).await.unwrap();
+    assert_eq!(store.task(&id("claimed")).await.unwrap().unwrap().0.request.claim, Some(AspectVersion::new("3")));
+
+    // Lost: listed until it ends, its end is not sent, its result counts as settled, its version stays put.
+    store.claim_lost(&id("claimed"), "controller c-other holds it", 50).await.unwrap();
+    assert_eq!(store.lost_claims().await.unwrap(), vec![id("claimed")]);
+    store.claim_written(&id("claimed"), &AspectVersion::new("9"), 51).await.unwrap();
+    let end = finish("claimed", 1, TaskState::Cancelled, AttemptState::Cancelled, "stopped");
+    store.write(Change::End(end), 60).await.unwrap();
+    assert_eq!(store.lost_claims().await.unwrap(), Vec::<TaskId>::new());
+    let rows = store.due_outbox(70, 10).await.unwrap();
+    assert!(rows[0].claim_lost, "the terminal row is marked: {rows:?}");
+    store.outbox_settled(&[(&rows[0], Delivery::ClaimLost { error: "not sent".into() })], 71).await.unwrap();
+    let (task, _) = store.task(&id("claimed")).await.unwrap().unwrap();
+    assert!(task.claim_lost && task.reported_at_ms.is_some(), "{task:?}");
+    assert_eq!(task.request.claim, Some(AspectVersion::new("3")));
+    assert!(task.delivery_failure.unwrap().starts_with("claim lost"));
+    assert!(store.due_outbox(80, 10).await.unwrap().is_empty());
 }

@@ -65,7 +65,8 @@ impl GmsCredentials {
         let credentials = Credentials::new(
             config.access_key_id.clone(),
             config.secret_access_key.expose(),
-            Some(config.session_token.expose().to_owned()),
+            // Long-lived keys come without a session token: send none rather than an empty one.
+            Some(config.session_token.expose().to_owned()).filter(|token| !token.is_empty()),
             config.expiration,
             "datahub-gms",
         );

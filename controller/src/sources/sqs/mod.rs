@@ -194,8 +194,9 @@ async fn cloud_client(region: &str, credentials: cloud::GmsCredentials, endpoint
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
-/// The AWS config loader over rustls with ring (the workspace's only crypto provider), with the endpoint override.
-fn loader(endpoint: Option<&str>) -> aws_config::ConfigLoader {
+/// The AWS config loader over rustls with ring (the workspace's only crypto provider), with the endpoint override
+/// (tests and benchmarks build their local-SQS clients on it too).
+pub fn loader(endpoint: Option<&str>) -> aws_config::ConfigLoader {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
     let loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
@@ -215,7 +216,6 @@ pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
 /// `sqs`, the AWS default chain), and DataHub Cloud pools whose queue and credentials come from GMS (each with its
 /// own client). A loop that ends before that (or panics) ends the bridge with the reason: the supervisor stops the
 /// controller rather than let messages go unkept.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: Config,
     sqs: aws_sdk_sqs::Client,
