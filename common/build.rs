@@ -3,7 +3,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let files = ["outpost/v1/agent.proto", "outpost/v1/admin.proto"];
+    let files = ["outpost/v1/agent.proto", "outpost/v1/admin.proto", "outpost/v1/join.proto"];
     let fds = protox::compile(files, ["../proto"])?;
     std::fs::write(out.join("outpost_descriptor.bin"), fds.encode_to_vec())?;
     // No generated `XClient::connect` constructor: it would clash with the `Connect` RPC. Clients use `new(channel)`.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# README command one: builds Outpost, sets up DataHub's CLI in ./.venv, makes dev certificates, starts a
-# controller (SQLite file, local queue) and two agents with distinct worker IDs, runs the example recipes in
+# README command one: builds Outpost, sets up DataHub's CLI in ./.venv, makes a dev CA, starts a controller
+# (SQLite file, local queue, a join listener) and two agents that join with a join token (no certificate made for
+# them: each makes its own key and gets a short-lived certificate, as in production), runs the example recipes in
 # examples/ as real `datahub ingest` runs, shows which worker ran each and the result, then stops everything.
 # No AWS account and no DataHub server needed. State lives in ./.quickstart.
 set -euo pipefail
@@ -21,8 +22,6 @@ mkdir -p "$state"
 if [[ ! -f "$certs/ca.pem" ]]; then
     say "Making development certificates in $certs"
     "$bin/outpost-controller" certs init --out "$certs"
-    "$bin/outpost-controller" certs agent --out "$certs" --worker-id w-1
-    "$bin/outpost-controller" certs agent --out "$certs" --worker-id w-2
     "$bin/outpost-controller" certs admin --out "$certs" --name quickstart
 fi
 
@@ -34,9 +33,11 @@ cleanup() {
 trap cleanup EXIT
 
 say "Starting the controller (logs: $state/controller.log)"
-rm -f "$state/addr" "$state"/outpost.db*
+rm -rf "$state/addr" "$state"/outpost.db* "$state"/agent-state-*
+join_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$bin/outpost-controller" run --listen 127.0.0.1:0 --listen-addr-file "$state/addr" --db "$state/outpost.db" \
     --tls-cert "$certs/controller.pem" --tls-key "$certs/controller.key" --tls-ca "$certs/ca.pem" \
+    --join-listen "127.0.0.1:$join_port" --ca-key "$certs/ca.key" \
     > "$state/controller.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do [[ -s "$state/addr" ]] && break; sleep 0.1; done
@@ -44,24 +45,30 @@ for _ in $(seq 300); do [[ -s "$state/addr" ]] && break; sleep 0.1; done
 controller="https://$(cat "$state/addr")"
 echo "controller at $controller"
 
-for worker in w-1 w-2; do
-    say "Starting agent $worker (logs: $state/agent-$worker.log)"
-    PATH="$root/.venv/bin:$PATH" DATAHUB_TELEMETRY_ENABLED=false OUTPOST_EXAMPLES="$root/examples" \
-        "$bin/outpost-agent" --controller "$controller" --worker-id "$worker" --pool default --slots 2 \
-        --tls-cert "$certs/agent-$worker.pem" --tls-key "$certs/agent-$worker.key" --tls-ca "$certs/ca.pem" \
-        --work-dir "$state/work-$worker" > "$state/agent-$worker.log" 2>&1 &
-    pids+=($!)
-done
-
 ctl() {
     "$bin/outpostctl" --controller "$controller" --tls-cert "$certs/admin-quickstart.pem" \
         --tls-key "$certs/admin-quickstart.key" --tls-ca "$certs/ca.pem" "$@"
 }
+say "Making a join token for two agents of pool default"
+created="$(ctl tokens create --pool default --uses 2 --ttl 1h --description quickstart)"
+token="$(head -1 <<<"$created")"   # the secret: kept in this shell only, handed to the agents' environment
+tail -1 <<<"$created"
+
+for worker in w-1 w-2; do
+    say "Starting agent $worker with the join token only (logs: $state/agent-$worker.log)"
+    PATH="$root/.venv/bin:$PATH" DATAHUB_TELEMETRY_ENABLED=false OUTPOST_EXAMPLES="$root/examples" \
+        OUTPOST_JOIN_TOKEN="$token" \
+        "$bin/outpost-agent" --controller "$controller" --join-url "https://127.0.0.1:$join_port" \
+        --worker-id "$worker" --pool default --slots 2 --state-dir "$state/agent-state-$worker" \
+        --work-dir "$state/work-$worker" > "$state/agent-$worker.log" 2>&1 &
+    pids+=($!)
+done
 for _ in $(seq 300); do
     [[ "$(ctl --json workers | grep -c '"state": "READY"')" == 2 ]] && break
     sleep 0.1
 done
 ctl workers
+ctl tokens list
 
 say "Submitting examples/file-to-blackhole.yml and examples/mock-data.yml"
 ctl submit --recipe examples/file-to-blackhole.yml --id quickstart-file --wait > "$state/quickstart-file.txt" &

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use outpost_common::telemetry::LogFormat;
-use outpost_common::tls::TlsArgs;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -20,17 +19,27 @@ pub struct Config {
     /// The name the controller's certificate must carry (default: the host of --controller).
     #[arg(long, env = "OUTPOST_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
-    /// This agent's worker ID; must match its certificate.
+    /// This agent's worker ID; must match its certificate. When joining: the one asked for (default: the host
+    /// name, which is the pod name on Kubernetes).
     #[arg(long, env = "DATAHUB_EXECUTOR_WORKER_ID")]
-    pub worker_id: String,
+    pub worker_id: Option<String>,
     /// Pools (DataHub executor IDs) to serve; repeat or separate with commas.
     #[arg(long = "pool", env = "DATAHUB_EXECUTOR_POOL_ID", value_delimiter = ',', required = true)]
     pub pools: Vec<String>,
     /// How many tasks run at once.
     #[arg(long, env = "DATAHUB_EXECUTOR_INGESTION_MAX_WORKERS", default_value_t = 4)]
     pub slots: u32,
+    /// This agent's certificate (PEM); without it the agent uses its state directory or joins with a token.
+    #[arg(long, env = "OUTPOST_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This agent's private key (PEM).
+    #[arg(long, env = "OUTPOST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) the controller's certificate must be signed by.
+    #[arg(long, env = "OUTPOST_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub enroll: crate::enroll::Args,
     #[command(flatten)]
     pub session: crate::session::Timings,
     #[command(flatten)]
@@ -58,6 +67,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The certificate files given on the command line, if any.
+    pub fn given_tls(&self) -> Option<outpost_common::tls::TlsFiles> {
+        Some(outpost_common::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+        })
+    }
+
     /// Every group's checks; the first refusal, naming its flag.
     pub fn validate(&self) -> Result<(), outpost_common::duration::Invalid> {
         if self.slots == 0 {

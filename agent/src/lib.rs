@@ -2,6 +2,7 @@
 //! real `datahub` CLI and reports their results. [`run`] is the whole agent; `main` only parses and wires signals.
 
 pub mod config;
+pub mod enroll;
 pub mod entry;
 pub mod metrics;
 pub mod runner;
@@ -23,7 +24,11 @@ use crate::venv::Venvs;
 /// Runs the agent until `shutdown` is cancelled and its work is finished or handed back.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    let worker_id = WorkerId::parse(&config.worker_id).context("--worker-id")?;
+    let asked = config.worker_id.clone().or_else(|| config.given_tls().is_none().then(hostname));
+    let credentials =
+        enroll::credentials(&config.enroll, config.given_tls(), asked.as_deref(), &config.pools, &config.controller)
+            .await?;
+    let worker_id: WorkerId = credentials.worker.clone();
     let pools =
         config.pools.iter().map(|p| PoolId::parse(p.trim())).collect::<Result<Vec<_>, _>>().context("--pool")?;
     let labels = config
@@ -32,7 +37,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect::<Option<_>>()
         .context("--label must be KEY=VALUE")?;
-    let tls_files = config.tls.files();
+    let tls_files = credentials.files.clone();
     let tls = tls_files.load()?;
     let server_name = match &config.tls_server_name {
         Some(name) => name.clone(),
@@ -77,8 +82,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
         tokio::spawn(outpost_common::metrics::serve(listener, handler, config.metrics_read_timeout, http_stop.clone()));
     }
-    let result = session::run(session, runner, events, metrics, shutdown).await;
+    let result = session::run(session, credentials.renewal, runner, events, metrics, shutdown).await;
     http_stop.cancel();
     result?;
     Ok(())
+}
+
+/// The host name (the pod name on Kubernetes): the worker id an agent asks for when joining without --worker-id.
+fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
+    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let name = if ok {
+        String::from_utf8_lossy(&buffer[..buffer.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned()
+    } else {
+        String::new()
+    };
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' { c } else { '-' })
+        .collect();
+    if cleaned.is_empty() { "agent".to_owned() } else { cleaned }
 }

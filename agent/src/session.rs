@@ -143,12 +143,15 @@ struct Agent {
     interrupted: bool,
     announced: bool,
     metrics: Metrics,
+    /// Renews a certificate the controller issued (joined agents).
+    renewal: Option<crate::enroll::Renewal>,
 }
 
 /// Runs the agent until `shutdown` is cancelled and its work is finished (or handed back after the drain
 /// timeout). Returns an error only for refusals no retry can fix.
 pub async fn run(
     config: SessionConfig,
+    renewal: Option<crate::enroll::Renewal>,
     runner: Runner,
     events: mpsc::Receiver<RunnerEvent>,
     metrics: Metrics,
@@ -166,6 +169,7 @@ pub async fn run(
         interrupted: false,
         announced: false,
         metrics,
+        renewal,
     };
     loop {
         if agent.finished() {
@@ -397,6 +401,17 @@ impl Agent {
                     send(msg(Out::Draining(pb::Draining { reason: "agent shutting down".into() }))).await?;
                 }
                 _ = sleep_until_opt(drain_deadline) => self.interrupt_all(),
+                _ = sleep_until_opt(self.renewal.as_ref().map(|r| r.due())) => {
+                    if let Some(renewal) = self.renewal.as_mut() {
+                        match renewal.request() {
+                            Ok(request) => {
+                                info!("renewing the certificate (a new key) over the live stream");
+                                send(msg(Out::RenewCertificate(request))).await?;
+                            }
+                            Err(e) => warn!(error = %e, "cannot make a certificate request; will try again"),
+                        }
+                    }
+                }
             }
         }
     }
@@ -456,6 +471,13 @@ impl Agent {
                     self.pending.remove(&attempt.task_id);
                 }
             }
+            In::Certificate(certificate) => match self.renewal.as_mut().map(|r| r.complete(certificate)) {
+                Some(Ok(expires_ms)) => {
+                    info!(expires_unix_ms = expires_ms, "certificate renewed; the next connection uses it")
+                }
+                Some(Err(e)) => warn!(error = %e, "certificate renewal failed; will try again"),
+                None => warn!("a certificate the agent did not ask for; ignored"),
+            },
             In::Welcome(_) | In::Keepalive(_) => {}
         }
         Ok(())

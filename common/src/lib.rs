@@ -16,6 +16,7 @@ pub mod duration;
 pub mod errors;
 pub mod identity;
 pub mod ids;
+pub mod join;
 pub mod metrics;
 pub mod signal;
 pub mod task;

@@ -75,6 +75,11 @@ impl TlsMaterial {
         Ok(std::sync::Arc::new(config))
     }
 
+    /// Our certificate and key as tonic's identity (the join listener: server TLS only).
+    pub fn identity(&self) -> Identity {
+        Identity::from_pem(&self.cert, &self.key)
+    }
+
     /// Client side: trust only the CA, present our certificate, expect `server_name` in the server's SANs.
     pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
         ClientTlsConfig::new()

@@ -97,6 +97,8 @@ pub struct RunConfig {
     pub sqs: crate::sources::sqs::Config,
     #[command(flatten)]
     pub gms_channel: crate::sources::gms_channel::Config,
+    #[command(flatten)]
+    pub enroll: crate::enroll::Config,
 }
 
 impl RunConfig {
@@ -110,6 +112,7 @@ impl RunConfig {
         self.reporter.validate()?;
         self.sqs.validate()?;
         self.gms_channel.validate(self.reporter.progress_interval)?;
+        self.enroll.validate()?;
         if !self.sqs.from_gms.is_empty() && self.gms.url.is_none() {
             return Err(duration::Invalid("--queue-from-gms needs --gms-url (the queue comes from GMS)".into()));
         }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod ctl;
+pub mod enroll;
 pub mod entry;
 pub mod gms;
 pub mod grpc;
@@ -155,9 +156,37 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         }
     }
     let grpc_token = CancellationToken::new();
+    let authority = match &config.enroll.ca_key {
+        Some(key) => Some(enroll::Authority::load(&config.grpc.tls.tls_ca, key)?),
+        None => None,
+    };
+    let enrollment = enroll::Enrollment::new(
+        store.clone(),
+        scheduler.clone(),
+        authority,
+        config.grpc.trust_domain.clone(),
+        config.enroll.agent_cert_ttl,
+    );
+    if let Some(addr) = config.enroll.join_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        info!(addr = %listener.local_addr()?, "joining served (TLS, no client certificate)");
+        let identity = config.grpc.tls.files().load()?.identity();
+        let join = grpc::join_service::serve(listener, identity, enrollment.clone(), grpc_token.clone());
+        services.spawn("join listener", true, join);
+    }
     let ready = metrics.clone();
     let serving = move || ready.set_ready(true);
-    let serve = grpc::serve(config.grpc, tls, listener, serving, scheduler, logs, metrics.clone(), grpc_token.clone());
+    let serve = grpc::serve(
+        config.grpc,
+        tls,
+        listener,
+        serving,
+        scheduler,
+        enrollment,
+        logs,
+        metrics.clone(),
+        grpc_token.clone(),
+    );
     services.spawn("gRPC server", true, serve);
 
     let failed = tokio::select! {
@@ -175,7 +204,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     grpc_token.cancel();
     sources_token.cancel();
     status_token.cancel();
-    for name in ["gRPC server", "KILL-signal poller", "SQS bridge", "GMS channel", "executor status"] {
+    for name in ["gRPC server", "join listener", "KILL-signal poller", "SQS bridge", "GMS channel", "executor status"] {
         services.stopped(name, limit).await;
     }
     // 2. The scheduler (it commits its last turn).

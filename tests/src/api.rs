@@ -10,10 +10,15 @@ use super::{RUN_TIMEOUT, repo_root, wait_until};
 
 /// Submits a RUN_INGEST task with `recipe` to pool `default` under execution request id `id`.
 pub async fn submit(admin: &mut AdminServiceClient<Channel>, id: &str, recipe: String) -> pb::Task {
+    submit_to(admin, id, recipe, "default").await
+}
+
+/// Submits a RUN_INGEST task with `recipe` to `pool` under execution request id `id`.
+pub async fn submit_to(admin: &mut AdminServiceClient<Channel>, id: &str, recipe: String, pool: &str) -> pb::Task {
     let request = pb::SubmitTaskRequest {
         task: "RUN_INGEST".into(),
         args: std::collections::HashMap::from([("recipe".to_owned(), recipe)]),
-        pool: "default".into(),
+        pool: pool.into(),
         execution_request_id: id.into(),
         source_type: String::new(),
     };

@@ -338,22 +338,55 @@ impl Cluster {
     pub fn spawn_agent(&self, controller: &Controller, spec: &AgentSpec<'_>) -> Proc {
         let AgentSpec { cert_worker, worker, pool, slots, extra, env } = *spec;
         let (cert, key) = self.agent_cert(cert_worker);
-        let mut command = Command::new(&self.bins.agent);
+        let mut command = self.agent_command(controller, worker, pool, slots, env);
         command
-            .args(["--controller", &controller.url(), "--worker-id", worker, "--pool", pool])
-            .args(["--slots", &slots.to_string()])
+            .args(["--worker-id", worker])
             .arg("--tls-cert")
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
             .arg("--tls-ca")
             .arg(self.certs.join("ca.pem"))
+            .args(extra);
+        Proc::spawn(&format!("agent {worker}"), command, self.path(&format!("agent-{worker}-{}.log", unique())))
+    }
+
+    /// Starts an agent with no certificate: it joins with `token` (through the environment, as
+    /// `OUTPOST_JOIN_TOKEN`) and keeps its identity in `state_dir`. `name` labels its log and work dir.
+    pub fn joining_agent(
+        &self,
+        controller: &Controller,
+        name: &str,
+        pool: &str,
+        token: Option<&str>,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Proc {
+        let env: Vec<(&str, &str)> = token.map(|t| ("OUTPOST_JOIN_TOKEN", t)).into_iter().collect();
+        let mut command = self.agent_command(controller, name, pool, 1, &env);
+        command.arg("--state-dir").arg(state_dir).args(extra);
+        Proc::spawn(&format!("agent {name}"), command, self.path(&format!("agent-{name}-{}.log", unique())))
+    }
+
+    /// What every agent process gets: the controller, its pool and slots, the project's `datahub`, fast
+    /// reconnects, a work dir, static AWS credentials.
+    fn agent_command(
+        &self,
+        controller: &Controller,
+        name: &str,
+        pool: &str,
+        slots: u32,
+        env: &[(&str, &str)],
+    ) -> Command {
+        let mut command = Command::new(&self.bins.agent);
+        command
+            .args(["--controller", &controller.url(), "--pool", pool])
+            .args(["--slots", &slots.to_string()])
             .arg("--datahub-cli")
             .arg(datahub_cli())
             .arg("--work-dir")
-            .arg(self.path(&format!("work-{worker}")))
+            .arg(self.path(&format!("work-{name}")))
             .args(["--reconnect-min", "50ms", "--reconnect-max", "1s"])
-            .args(extra)
             .env("DATAHUB_TELEMETRY_ENABLED", "false")
             .env("OUTPOST_EXAMPLES", repo_root().join("examples"))
             .env("RUST_LOG", "info,outpost_agent=debug")
@@ -362,7 +395,7 @@ impl Cluster {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .envs(env.iter().copied());
-        Proc::spawn(&format!("agent {worker}"), command, self.path(&format!("agent-{worker}-{}.log", unique())))
+        command
     }
 
     /// An admin client over mTLS.

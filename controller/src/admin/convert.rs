@@ -172,5 +172,25 @@ pub fn worker(worker: WorkerView) -> pb::Worker {
         connected_since_unix_ms: worker.connected_since_ms.unwrap_or_default(),
         last_seen_unix_ms: worker.last_seen_ms,
         labels: worker.labels.into_iter().collect(),
+        cert_expires_unix_ms: 0,
+        revoked_unix_ms: 0,
+    }
+}
+
+pub fn join_token(token: crate::store::JoinToken) -> pb::JoinToken {
+    pb::JoinToken {
+        id: token.id,
+        pool: token.pool,
+        expires_unix_ms: token.expires_at_ms,
+        uses_left: token.uses_left.unwrap_or(-1),
+        description: token.description,
+        created_by: token.created_by,
+        created_unix_ms: token.created_at_ms,
+        revoked_unix_ms: token.revoked_at_ms.unwrap_or_default(),
+        used: token
+            .uses
+            .into_iter()
+            .map(|u| pb::JoinTokenUse { worker_id: u.worker_id, address: u.address, unix_ms: u.at_ms })
+            .collect(),
     }
 }

@@ -7,6 +7,7 @@ use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use outpost_common::pb;
 use tonic::{Request, Response, Status};
 
+use crate::enroll::{Enrollment, TokenRequest};
 use crate::grpc::{identity, status};
 use crate::logs::LogTails;
 use crate::metrics::Metrics;
@@ -16,6 +17,7 @@ use crate::store::TaskFilter;
 
 pub struct AdminService {
     pub scheduler: Scheduler,
+    pub enrollment: Enrollment,
     pub local_queue: LocalQueue,
     pub logs: LogTails,
     pub metrics: Metrics,
@@ -48,6 +50,24 @@ fn local_error(error: local::Error) -> Status {
     match error {
         local::Error::Invalid { .. } => Status::invalid_argument(error.to_string()),
         local::Error::Scheduler(e) => status::from_scheduler(e),
+    }
+}
+
+impl AdminService {
+    /// Every worker with its certificate expiry and revocation (one view for ListWorkers and GetWorker).
+    async fn workers(&self) -> Result<Vec<pb::Worker>, Status> {
+        let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
+        let (expiries, revoked) = self.enrollment.worker_facts().await.map_err(status::from_enrollment)?;
+        Ok(workers
+            .into_iter()
+            .map(|w| {
+                let id = w.worker_id.to_string();
+                let mut worker = convert::worker(w);
+                worker.cert_expires_unix_ms = expiries.iter().find(|(w, _)| *w == id).map_or(0, |(_, at)| *at);
+                worker.revoked_unix_ms = revoked.iter().find(|(w, _)| *w == id).map_or(0, |(_, at)| *at);
+                worker
+            })
+            .collect())
     }
 }
 
@@ -117,8 +137,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         identity::require_admin(&request, &self.trust_domain)?;
-        let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
-        Ok(Response::new(pb::ListWorkersResponse { workers: workers.into_iter().map(convert::worker).collect() }))
+        Ok(Response::new(pb::ListWorkersResponse { workers: self.workers().await? }))
     }
 
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
@@ -171,9 +190,54 @@ impl pb::admin_service_server::AdminService for AdminService {
     async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
         identity::require_admin(&request, &self.trust_domain)?;
         let worker = worker_id(&request.get_ref().worker_id)?;
-        let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
-        let found = workers.into_iter().find(|w| w.worker_id == worker);
-        found.map(|w| Response::new(convert::worker(w))).ok_or_else(|| Status::not_found(format!("no worker {worker}")))
+        let found = self.workers().await?.into_iter().find(|w| w.worker_id == worker.as_str());
+        found.map(Response::new).ok_or_else(|| Status::not_found(format!("no worker {worker}")))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let token = TokenRequest {
+            pool: PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?,
+            ttl: std::time::Duration::from_secs(if r.ttl_seconds == 0 { 24 * 3600 } else { r.ttl_seconds }),
+            uses: (!r.reusable).then_some(r.uses.max(1)),
+            description: r.description,
+        };
+        let (secret, info) = self.enrollment.create_token(token, &admin).await.map_err(status::from_enrollment)?;
+        Ok(Response::new(pb::CreateJoinTokenResponse { token: secret.reveal(), info: Some(convert::join_token(info)) }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let tokens = self.enrollment.tokens().await.map_err(status::from_enrollment)?;
+        Ok(Response::new(pb::ListJoinTokensResponse { tokens: tokens.into_iter().map(convert::join_token).collect() }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        self.enrollment.revoke_token(&request.get_ref().id).await.map_err(status::from_enrollment)?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {}))
+    }
+
+    async fn revoke_worker(
+        &self,
+        request: Request<pb::RevokeWorkerRequest>,
+    ) -> Result<Response<pb::RevokeWorkerResponse>, Status> {
+        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
+        self.enrollment.revoke_worker(&worker, &reason).await.map_err(status::from_enrollment)?;
+        Ok(Response::new(pb::RevokeWorkerResponse {}))
     }
 
     async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {

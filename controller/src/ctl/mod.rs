@@ -33,8 +33,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List workers.
-    Workers,
+    /// List workers (`workers revoke WORKER` revokes one).
+    Workers {
+        #[command(subcommand)]
+        action: Option<WorkersAction>,
+    },
+    /// Join tokens for agents: `tokens create --pool P`, `tokens list`, `tokens revoke ID`.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
     /// List tasks, newest first.
     Tasks {
         /// Only tasks in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, ...).
@@ -109,6 +117,42 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum WorkersAction {
+    /// Revoke a worker: its stream closes, its work runs elsewhere, its certificates are refused until they expire.
+    Revoke {
+        worker: String,
+        /// Why (kept with the revocation).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensAction {
+    /// Make a join token; its secret is printed once, here.
+    Create {
+        /// The pool the agents that join with it serve.
+        #[arg(long)]
+        pool: String,
+        /// How long it can be used.
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "24h")]
+        ttl: Duration,
+        /// How many agents may join with it.
+        #[arg(long, default_value_t = 1, conflicts_with = "reusable")]
+        uses: u32,
+        /// Any number of agents may join with it until it expires or is revoked.
+        #[arg(long)]
+        reusable: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (never their secrets) and who joined with them.
+    List,
+    /// Revoke a join token (agents that joined with it keep their certificates).
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum QuarantineAction {
     /// Parse a quarantined message again and take its task in.
     Replay { id: i64 },
@@ -172,9 +216,41 @@ fn read_recipe(path: &PathBuf) -> anyhow::Result<String> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli).await?;
     match &cli.command {
-        Command::Workers => {
+        Command::Workers { action: None } => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
             output::workers(&workers.workers, cli.json);
+        }
+        Command::Workers { action: Some(WorkersAction::Revoke { worker, reason }) } => {
+            let request = pb::RevokeWorkerRequest { worker_id: worker.clone(), reason: reason.clone() };
+            client.revoke_worker(request).await.map_err(status_error)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "workerId": worker, "revoked": true }));
+            } else {
+                println!("revoked {worker}: its stream is closed and its certificates are refused");
+            }
+        }
+        Command::Tokens { action: TokensAction::Create { pool, ttl, uses, reusable, description } } => {
+            let request = pb::CreateJoinTokenRequest {
+                pool: pool.clone(),
+                ttl_seconds: ttl.as_secs().max(1),
+                uses: *uses,
+                reusable: *reusable,
+                description: description.clone(),
+            };
+            let created = client.create_join_token(request).await.map_err(status_error)?.into_inner();
+            output::token_created(&created, cli.json);
+        }
+        Command::Tokens { action: TokensAction::List } => {
+            let tokens = client.list_join_tokens(pb::ListJoinTokensRequest {}).await.map_err(status_error)?;
+            output::tokens(&tokens.into_inner().tokens, cli.json);
+        }
+        Command::Tokens { action: TokensAction::Revoke { id } } => {
+            client.revoke_join_token(pb::RevokeJoinTokenRequest { id: id.clone() }).await.map_err(status_error)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "id": id, "revoked": true }));
+            } else {
+                println!("revoked join token {id}");
+            }
         }
         Command::Tasks { state, pool, worker, limit, page_token } => {
             let state = state.as_deref().map(parse_state).transpose()?.unwrap_or(pb::TaskState::Unspecified);

@@ -55,7 +55,58 @@ fn worker_json(w: &pb::Worker) -> Value {
         "workerId": w.worker_id, "pools": w.pools, "slots": w.slots, "slotsUsed": w.slots_used,
         "version": w.version, "state": worker_state_name(w.state),
         "connectedSinceUnixMs": w.connected_since_unix_ms, "lastSeenUnixMs": w.last_seen_unix_ms, "labels": w.labels,
+        "certExpiresUnixMs": w.cert_expires_unix_ms, "revokedUnixMs": w.revoked_unix_ms,
     })
+}
+
+fn token_json(t: &pb::JoinToken) -> Value {
+    json!({
+        "id": t.id, "pool": t.pool, "expiresUnixMs": t.expires_unix_ms, "usesLeft": t.uses_left,
+        "description": t.description, "createdBy": t.created_by, "createdUnixMs": t.created_unix_ms,
+        "revokedUnixMs": t.revoked_unix_ms,
+        "used": t.used.iter().map(|u| json!({"workerId": u.worker_id, "address": u.address, "unixMs": u.unix_ms}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// A new token: the secret once, and how to use it.
+pub fn token_created(created: &pb::CreateJoinTokenResponse, as_json: bool) {
+    let info = created.info.clone().unwrap_or_default();
+    if as_json {
+        let mut value = token_json(&info);
+        value["token"] = Value::String(created.token.clone());
+        return print_json(&value);
+    }
+    println!("{}", created.token);
+    println!(
+        "join token {} for pool {}, expires {}; it is shown only now. Give it to agents as OUTPOST_JOIN_TOKEN or \
+         --join-token-file.",
+        info.id,
+        info.pool,
+        time(info.expires_unix_ms)
+    );
+}
+
+pub fn tokens(tokens: &[pb::JoinToken], as_json: bool) {
+    if as_json {
+        return print_json(&Value::Array(tokens.iter().map(token_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.pool.clone(),
+                if t.uses_left < 0 { "reusable".into() } else { t.uses_left.to_string() },
+                t.used.len().to_string(),
+                time(t.expires_unix_ms),
+                time(t.revoked_unix_ms),
+                t.created_by.clone(),
+                or_dash(&t.description).to_owned(),
+            ]
+        })
+        .collect();
+    table(&["ID", "POOL", "USES LEFT", "JOINED", "EXPIRES", "REVOKED", "CREATED BY", "DESCRIPTION"], &rows);
 }
 
 fn task_json(t: &pb::Task) -> Value {
@@ -98,10 +149,15 @@ pub fn workers(workers: &[pb::Worker], as_json: bool) {
                 or_dash(&w.version).to_owned(),
                 time(w.connected_since_unix_ms),
                 time(w.last_seen_unix_ms),
+                time(w.cert_expires_unix_ms),
+                if w.revoked_unix_ms > 0 { format!("revoked {}", time(w.revoked_unix_ms)) } else { "-".into() },
             ]
         })
         .collect();
-    table(&["WORKER", "STATE", "POOLS", "SLOTS", "VERSION", "CONNECTED", "LAST SEEN"], &rows);
+    table(
+        &["WORKER", "STATE", "POOLS", "SLOTS", "VERSION", "CONNECTED", "LAST SEEN", "CERT EXPIRES", "REVOKED"],
+        &rows,
+    );
 }
 
 pub fn quarantined(messages: &[pb::QuarantinedMessage], as_json: bool) {

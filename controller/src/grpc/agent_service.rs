@@ -38,6 +38,8 @@ type Unanswered = FuturesOrdered<Pin<Box<dyn Future<Output = Answered> + Send>>>
 
 pub struct AgentService {
     pub scheduler: Scheduler,
+    /// Revocations, pool bindings and certificate renewals.
+    pub enrollment: crate::enroll::Enrollment,
     /// Where agents' output lines go (for GMS progress reports).
     pub logs: LogTails,
     pub trust_domain: String,
@@ -75,6 +77,17 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.worker_id
             )));
         }
+        if self.enrollment.is_revoked(&worker).await.map_err(status::from_enrollment)? {
+            warn!(worker = %worker, "agent refused: the worker is revoked");
+            return Err(Status::permission_denied(format!("worker {worker} is revoked")));
+        }
+        let bound = self.enrollment.binding(&worker).await.map_err(status::from_enrollment)?;
+        if let Some(pool) = bound.filter(|pool| hello.pools.iter().any(|p| p.as_str() != pool.as_str())) {
+            warn!(worker = %worker, bound = %pool, "agent refused: it asks for a pool its join token does not give");
+            return Err(Status::permission_denied(format!(
+                "worker {worker} joined with a token for pool {pool} and may serve only that pool"
+            )));
+        }
         let (commands, command_rx) = mpsc::channel(COMMAND_BUFFER);
         let kick = self.shutdown.child_token();
         let held = hello.held.clone();
@@ -95,6 +108,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let _ = outbound.send(Ok(pb::ControllerMessage { msg: Some(welcome_msg) })).await;
         let session = Session {
             scheduler: self.scheduler.clone(),
+            enrollment: self.enrollment.clone(),
             logs: self.logs.clone(),
             worker,
             id: welcome.session,
@@ -109,6 +123,7 @@ impl pb::agent_service_server::AgentService for AgentService {
 /// The relay of one connected agent.
 struct Session {
     scheduler: Scheduler,
+    enrollment: crate::enroll::Enrollment,
     logs: LogTails,
     worker: WorkerId,
     id: SessionId,
@@ -206,6 +221,22 @@ impl Session {
                 unanswered.push_back(Box::pin(async move { Answered::Result(attempt, answer.get().await) }));
             }
             In::Draining(_) => self.scheduler.draining(&self.worker, self.id).await,
+            In::RenewCertificate(renew) => {
+                // Signing is quick; the stream carries on while it happens.
+                let certificate = match self.enrollment.renew(&self.worker, &renew.csr_pem).await {
+                    Ok(issued) => pb::Certificate {
+                        cert_pem: issued.cert_pem,
+                        expires_unix_ms: issued.expires_at_ms,
+                        error: String::new(),
+                    },
+                    Err(e) => {
+                        warn!(worker = %self.worker, error = %e, "certificate renewal refused");
+                        pb::Certificate { error: e.to_string(), ..Default::default() }
+                    }
+                };
+                let msg = Out::Certificate(certificate);
+                let _ = self.outbound.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await;
+            }
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 mod agent_service;
 mod convert;
 pub mod identity;
+pub mod join_service;
 pub mod status;
 pub mod tls;
 
@@ -68,6 +69,7 @@ pub async fn serve(
     listener: TcpListener,
     serving: impl FnOnce() + Send,
     scheduler: Scheduler,
+    enrollment: crate::enroll::Enrollment,
     logs: LogTails,
     metrics: crate::metrics::Metrics,
     token: CancellationToken,
@@ -75,6 +77,7 @@ pub async fn serve(
     let logs_for_admin = logs.clone();
     let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
         scheduler: scheduler.clone(),
+        enrollment: enrollment.clone(),
         logs,
         trust_domain: config.trust_domain.clone(),
         hello_timeout: config.hello_timeout,
@@ -82,6 +85,7 @@ pub async fn serve(
     });
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminService {
         local_queue: LocalQueue::new(scheduler.clone()),
+        enrollment,
         logs: logs_for_admin,
         metrics,
         scheduler,
@@ -97,6 +101,12 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            // Only what this port serves (JoinService lives on the join listener).
+            .with_service_name("outpost.v1.AgentService")
+            .with_service_name("outpost.v1.AdminService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;

@@ -5,12 +5,31 @@ use tonic::{Code, Status};
 use crate::scheduler::Error;
 
 pub fn from_scheduler(error: Error) -> Status {
+    let message = error.to_string();
+    from_scheduler_ref(&error, message)
+}
+
+/// Enrollment errors as gRPC status codes.
+pub fn from_enrollment(error: crate::enroll::Error) -> Status {
+    use crate::enroll::Error as E;
     let code = match &error {
+        E::NoAuthority => Code::FailedPrecondition,
+        E::Authority(_) | E::Store(_) => Code::Internal,
+        E::BadRequest(_) => Code::InvalidArgument,
+        E::Refused(_) => Code::PermissionDenied,
+        E::NoSuchToken(_) => Code::NotFound,
+        E::Scheduler(e) => return from_scheduler_ref(e, error.to_string()),
+    };
+    Status::new(code, error.to_string())
+}
+
+fn from_scheduler_ref(error: &Error, message: String) -> Status {
+    let code = match error {
         Error::Refused(_) => Code::FailedPrecondition,
         Error::NotFound(_) | Error::NoSuchWorker(_) => Code::NotFound,
         Error::SessionGone => Code::Aborted,
         Error::ShuttingDown | Error::NotDurable(_) => Code::Unavailable,
         Error::Store(_) => Code::Internal,
     };
-    Status::new(code, error.to_string())
+    Status::new(code, message)
 }

@@ -200,13 +200,26 @@ impl Reporter {
             OutboxKind::Running => ("RUNNING", "running"),
             OutboxKind::Terminal => ("terminal", "terminal"),
         };
-        let task = match entry.kind {
-            OutboxKind::Running => None,
-            OutboxKind::Terminal => match self.store.task(&entry.task_id).await {
+        // Read under the task's lock: a progress write that just finished may have moved the claim on.
+        let current = match (entry.kind, &entry.claim) {
+            (OutboxKind::Running, None) => None,
+            _ => match self.store.task(&entry.task_id).await {
                 Ok(Some((task, _))) => Some(task),
                 Ok(None) => return Delivery::Delivered,
                 Err(e) => return self.retry(entry, e.to_string()),
             },
+        };
+        let entry = &OutboxEntry {
+            claim: current.as_ref().map_or(entry.claim.clone(), |t| t.request.claim.clone()),
+            claim_lost: current.as_ref().is_some_and(|t| t.claim_lost),
+            ..entry.clone()
+        };
+        if entry.claim_lost {
+            return Delivery::ClaimLost { error: "not sent: another controller holds the request at GMS".into() };
+        }
+        let task = match entry.kind {
+            OutboxKind::Running => None,
+            OutboxKind::Terminal => current,
         };
         let mut result = self.write(entry, task.as_ref(), false).await;
         if let (Err(SendError::Gms(gms::Error::TooLarge(_))), Some(_)) = (&result, &task) {

@@ -289,6 +289,10 @@ enum Event {
         worker: WorkerId,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    Revoke {
+        worker: WorkerId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Demand {
         pool: PoolId,
         reply: oneshot::Sender<Result<Demand, Error>>,
@@ -427,6 +431,12 @@ impl Scheduler {
     /// Stops granting work to a connected worker and tells it to drain; its running work finishes.
     pub async fn drain(&self, worker: &WorkerId) -> Result<(), Error> {
         self.call(|reply| Event::Drain { worker: worker.clone(), reply }).await
+    }
+
+    /// A revoked worker: its session (if any) is closed at once and everything it holds is lost now, as with an
+    /// agent that died (retried elsewhere under the retry policy).
+    pub async fn revoke(&self, worker: &WorkerId) -> Result<(), Error> {
+        self.call(|reply| Event::Revoke { worker: worker.clone(), reply }).await
     }
 
     /// Free agent slots and waiting tasks of a pool.

@@ -6,7 +6,9 @@
 //! - `sqs_messages` and `quarantine` — the messages each task came in on, and unusable ones (`sqs.rs`);
 //! - `workers` — what each worker declared when it last connected (`workers.rs`);
 //! - claims at GMS: the version of each claimed task's result aspect (columns of `tasks`) and this controller's
-//!   identity (`controller_identity`) (`claims.rs`).
+//!   identity (`controller_identity`) (`claims.rs`);
+//! - `join_tokens` (hashes only), their uses, `worker_bindings`, `issued_certificates`, `revoked_workers`
+//!   (`enrollment.rs`).
 //!
 //! Every change goes through ONE writer: a dedicated connection on its own thread (`writer.rs`) that runs a
 //! whole transaction per job — the engine's turns (`turn.rs`) and the few changes from elsewhere (outbox
@@ -17,6 +19,7 @@
 
 mod attempts;
 mod claims;
+mod enrollment;
 mod error;
 mod outbox;
 mod row;
@@ -39,6 +42,7 @@ use tokio::sync::{Notify, watch};
 
 pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
 pub use claims::WaitingClaim;
+pub use enrollment::{JoinRefused, JoinToken, NewToken, TokenUse};
 pub use error::Error;
 pub use outbox::{Delivery, OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};

@@ -225,6 +225,10 @@ impl Engine {
             Event::Drain { worker, reply } => {
                 let _ = reply.send(self.drain(&worker));
             }
+            Event::Revoke { worker, reply } => {
+                self.revoke(&worker).await;
+                let _ = reply.send(Ok(()));
+            }
             Event::Retry { task, reply } => {
                 let retried = self.retry(&task).await;
                 self.plan.answer(reply, retried);

@@ -106,6 +106,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Closes a revoked worker's session and loses what it holds at once (no lease TTL to wait: it may not come
+    /// back).
+    pub(super) async fn revoke(&mut self, worker: &WorkerId) {
+        if let Some(session) = self.sessions.remove(worker) {
+            session.kick.cancel();
+            self.metrics.set_connected_agents(self.sessions.len());
+            self.plan.change(Change::WorkerDisconnected(worker.clone()));
+        }
+        let held = self.leases.of_worker(worker);
+        warn!(worker = %worker, held = held.len(), "worker revoked: session closed, its work goes elsewhere");
+        for task in held {
+            self.lose(&task, Loss::LeaseExpired).await;
+        }
+    }
+
     pub(super) fn disconnected(&mut self, worker: &WorkerId, session: SessionId) {
         if self.current(worker, session).is_none() {
             return;

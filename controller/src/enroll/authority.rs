@@ -1,0 +1,89 @@
+//! The certificate authority that signs agents' certificates: the CA certificate (the first in `--tls-ca`) and
+//! its private key (`--ca-key`). Signs a certificate signing request with the worker's SPIFFE identity, client
+//! auth only, a random serial and the agent certificate TTL; whatever else the request asks for is ignored.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use outpost_common::identity::agent_uri;
+use outpost_common::ids::WorkerId;
+use rcgen::{
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom;
+
+use super::Error;
+
+/// A certificate made for a worker.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    /// Hex.
+    pub serial: String,
+    pub expires_at_ms: i64,
+}
+
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// The whole CA bundle agents are to trust (the `--tls-ca` file).
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authority(<CA key redacted>)")
+    }
+}
+
+fn first_pem_block(text: &str) -> Option<String> {
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end_marker = "-----END CERTIFICATE-----";
+    let end = text[start..].find(end_marker)? + start + end_marker.len();
+    Some(text[start..end].to_owned())
+}
+
+impl Authority {
+    pub fn load(ca_file: &Path, key_file: &Path) -> Result<Authority, Error> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| Error::Authority(format!("cannot read {}: {e}", path.display())))
+        };
+        let ca_pem = read(ca_file)?;
+        let cert = first_pem_block(&ca_pem)
+            .ok_or_else(|| Error::Authority(format!("{} holds no certificate", ca_file.display())))?;
+        let key = KeyPair::from_pem(&read(key_file)?)
+            .map_err(|e| Error::Authority(format!("{} is not a private key: {e}", key_file.display())))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert, key)
+            .map_err(|e| Error::Authority(format!("the CA certificate in {}: {e}", ca_file.display())))?;
+        Ok(Authority { issuer, ca_pem })
+    }
+
+    /// Signs `csr_pem` for `worker`, valid from a little before now (clock skew) until `ttl` from now.
+    pub fn sign(&self, csr_pem: &str, trust_domain: &str, worker: &WorkerId, ttl: Duration) -> Result<Issued, Error> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::BadRequest(format!("the certificate signing request: {e}")))?;
+        let mut serial = [0u8; 16];
+        ring::rand::SystemRandom::new().fill(&mut serial).map_err(|_| Error::Authority("no randomness".into()))?;
+        serial[0] &= 0x7f; // a positive number
+        let now = SystemTime::now();
+        let expires = now + ttl;
+        let params = &mut csr.params;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("agent {worker}"));
+        let uri = agent_uri(trust_domain, worker)
+            .try_into()
+            .map_err(|e: rcgen::Error| Error::BadRequest(format!("worker id: {e}")))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.is_ca = IsCa::ExplicitNoCa;
+        // Backdated a little for clocks that lag (at most a minute, and never a big share of a short life).
+        params.not_before = (now - (ttl / 4).min(Duration::from_secs(60))).into();
+        params.not_after = expires.into();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.custom_extensions.clear();
+        let cert = csr.signed_by(&self.issuer).map_err(|e| Error::Authority(format!("signing: {e}")))?;
+        let expires_at_ms = expires.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        Ok(Issued { cert_pem: cert.pem(), serial: serial.iter().map(|b| format!("{b:02x}")).collect(), expires_at_ms })
+    }
+}

@@ -1,0 +1,227 @@
+//! Agent enrollment: join tokens (made by admins, kept as digests), joining (a token and a certificate signing
+//! request in, a short-lived certificate bound to the token's pool out), renewals by agents that hold a current
+//! certificate, and revocation of workers (their stream closed, their work lost to the lease engine, their
+//! certificates refused until they expire). The core behind the join listener, the admin API and the agent
+//! stream's renewals; never sees protobuf types, never stores a secret or a private key.
+
+pub mod authority;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_common::clock::unix_ms;
+use outpost_common::duration;
+use outpost_common::ids::{PoolId, WorkerId};
+use outpost_common::join::{self, JoinToken};
+use tracing::{info, warn};
+
+pub use authority::{Authority, Issued};
+
+use crate::scheduler::Scheduler;
+use crate::store::{self, JoinRefused, NewToken, Store};
+
+/// The enrollment flags.
+#[derive(Clone, Debug, clap::Args)]
+#[group(id = "enroll")]
+#[command(next_help_heading = "Agent enrollment")]
+pub struct Config {
+    /// Where agents with a join token get their certificates: TLS with the controller's certificate and no client
+    /// certificate, serving joining only (the mTLS port stays strict). Off when unset.
+    #[arg(long, env = "OUTPOST_JOIN_LISTEN")]
+    pub join_listen: Option<SocketAddr>,
+    /// The private key (PEM) of the CA that signs agents' certificates (the first certificate of --tls-ca). Needed
+    /// to join agents and renew their certificates.
+    #[arg(long, env = "OUTPOST_CA_KEY")]
+    pub ca_key: Option<PathBuf>,
+    /// How long a certificate issued to an agent lives; agents renew at about half of it.
+    #[arg(long, env = "OUTPOST_AGENT_CERT_TTL", value_parser = duration::parse, default_value = "24h")]
+    pub agent_cert_ttl: Duration,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), duration::Invalid> {
+        duration::positive("--agent-cert-ttl", self.agent_cert_ttl)?;
+        if self.join_listen.is_some() && self.ca_key.is_none() {
+            return Err(duration::Invalid(
+                "--join-listen needs --ca-key (the CA that signs agents' certificates)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("this controller issues no certificates: start it with --ca-key")]
+    NoAuthority,
+    #[error("{0}")]
+    Authority(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Refused(#[from] JoinRefused),
+    #[error("no join token {0}")]
+    NoSuchToken(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Scheduler(#[from] crate::scheduler::Error),
+}
+
+/// What a token is made with.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub pool: PoolId,
+    pub ttl: Duration,
+    /// `None`: reusable.
+    pub uses: Option<u32>,
+    pub description: String,
+}
+
+/// A joined agent's identity and certificate.
+#[derive(Clone, Debug)]
+pub struct Joined {
+    pub worker: WorkerId,
+    pub pool: String,
+    pub issued: Issued,
+    pub ca_pem: String,
+}
+
+#[derive(Clone)]
+pub struct Enrollment {
+    store: Store,
+    scheduler: Scheduler,
+    authority: Option<Arc<Authority>>,
+    trust_domain: String,
+    ttl: Duration,
+}
+
+impl Enrollment {
+    pub fn new(
+        store: Store,
+        scheduler: Scheduler,
+        authority: Option<Authority>,
+        trust_domain: String,
+        ttl: Duration,
+    ) -> Enrollment {
+        Enrollment { store, scheduler, authority: authority.map(Arc::new), trust_domain, ttl }
+    }
+
+    fn authority(&self) -> Result<&Authority, Error> {
+        self.authority.as_deref().ok_or(Error::NoAuthority)
+    }
+
+    /// Makes a token; the secret is only in the returned [`JoinToken`].
+    pub async fn create_token(
+        &self,
+        request: TokenRequest,
+        created_by: &str,
+    ) -> Result<(JoinToken, store::JoinToken), Error> {
+        let token = JoinToken::generate();
+        let new = NewToken {
+            id: token.id.clone(),
+            secret_hash: token.secret_hash(),
+            bundle_key: token.bundle_key(),
+            pool: request.pool.to_string(),
+            expires_at_ms: unix_ms() + request.ttl.as_millis() as i64,
+            uses_left: request.uses.map(i64::from),
+            description: request.description,
+            created_by: created_by.to_owned(),
+        };
+        self.store.create_token(&new, unix_ms()).await?;
+        info!(token = %token.id, pool = %request.pool, by = created_by, "join token created");
+        let stored = self.store.tokens().await?.into_iter().find(|t| t.id == token.id);
+        Ok((token, stored.ok_or_else(|| Error::NoSuchToken(new.id))?))
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<store::JoinToken>, Error> {
+        Ok(self.store.tokens().await?)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
+        match self.store.revoke_token(id, unix_ms()).await? {
+            true => {
+                info!(token = id, "join token revoked");
+                Ok(())
+            }
+            false => Err(Error::NoSuchToken(id.to_owned())),
+        }
+    }
+
+    /// The CA bundle and its signature for holders of token `id`.
+    pub async fn ca_bundle(&self, token_id: &str) -> Result<(String, String), Error> {
+        let authority = self.authority()?;
+        let key = self.store.token_bundle_key(token_id).await?;
+        let key = key.ok_or_else(|| Error::NoSuchToken(token_id.to_owned()))?;
+        Ok((authority.ca_pem.clone(), join::sign_bundle(&key, &authority.ca_pem)))
+    }
+
+    /// A token and a signing request in, a certificate out. The worker id is the one asked for, or one made from
+    /// the pool when none is.
+    pub async fn join(&self, token: &str, worker: &str, csr_pem: &str, address: &str) -> Result<Joined, Error> {
+        let authority = self.authority()?;
+        let token = JoinToken::parse(token).map_err(|e| Error::BadRequest(e.to_string()))?;
+        let worker = match worker {
+            "" => {
+                let suffix: String = (0..8).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+                WorkerId::parse(&format!("agent-{suffix}"))
+            }
+            asked => WorkerId::parse(asked),
+        }
+        .map_err(|e| Error::BadRequest(format!("worker id: {e}")))?;
+        // The request is checked before the token is spent on it.
+        let probe = authority.sign(csr_pem, &self.trust_domain, &worker, Duration::from_secs(1));
+        probe?;
+        let pool = match self.store.join(&token.id, &token.secret_hash(), &worker, address, unix_ms()).await? {
+            Ok(pool) => pool,
+            Err(refused) => {
+                warn!(token = %token.id, worker = %worker, address, reason = %refused, "join refused");
+                return Err(refused.into());
+            }
+        };
+        let issued = self.issue(csr_pem, &worker).await?;
+        info!(token = %token.id, worker = %worker, pool, address, expires_at_ms = issued.expires_at_ms, "agent joined");
+        Ok(Joined { worker, pool, issued, ca_pem: authority.ca_pem.clone() })
+    }
+
+    /// A new certificate for a connected worker's new key.
+    pub async fn renew(&self, worker: &WorkerId, csr_pem: &str) -> Result<Issued, Error> {
+        if self.is_revoked(worker).await? {
+            return Err(JoinRefused::WorkerRevoked(worker.to_string()).into());
+        }
+        let issued = self.issue(csr_pem, worker).await?;
+        info!(worker = %worker, expires_at_ms = issued.expires_at_ms, "certificate renewed");
+        Ok(issued)
+    }
+
+    async fn issue(&self, csr_pem: &str, worker: &WorkerId) -> Result<Issued, Error> {
+        let issued = self.authority()?.sign(csr_pem, &self.trust_domain, worker, self.ttl)?;
+        self.store.certificate_issued(&issued.serial, worker, issued.expires_at_ms, unix_ms()).await?;
+        Ok(issued)
+    }
+
+    /// Revokes a worker for good: recorded first (so it is refused from now on, restarts included), then its
+    /// session is closed and its work lost.
+    pub async fn revoke_worker(&self, worker: &WorkerId, reason: &str) -> Result<(), Error> {
+        self.store.revoke_worker(worker, reason, unix_ms()).await?;
+        self.scheduler.revoke(worker).await?;
+        warn!(worker = %worker, reason, "worker revoked");
+        Ok(())
+    }
+
+    pub async fn is_revoked(&self, worker: &WorkerId) -> Result<bool, Error> {
+        Ok(self.store.revoked_workers().await?.iter().any(|(w, _)| w == worker.as_str()))
+    }
+
+    /// The pool a joined worker is bound to.
+    pub async fn binding(&self, worker: &WorkerId) -> Result<Option<String>, Error> {
+        Ok(self.store.worker_binding(worker).await?)
+    }
+
+    /// Per worker: its latest issued certificate's expiry and its revocation time.
+    pub async fn worker_facts(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), Error> {
+        Ok((self.store.certificate_expiries().await?, self.store.revoked_workers().await?))
+    }
+}

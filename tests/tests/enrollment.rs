@@ -1,0 +1,237 @@
+//! Agent enrollment with real processes and real TLS: join tokens, trust from the token or a pin, certificates
+//! renewed on the live stream, revocation that survives restarts, and no secret at rest or in a log.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outpost_common::pb;
+use outpost_integration_tests::*;
+
+struct Fleet {
+    cluster: Cluster,
+    controller: Controller,
+    join_url: String,
+    join_port: String,
+}
+
+async fn fleet(extra: &[&str]) -> Fleet {
+    let cluster = Cluster::new(bins!());
+    let join_port = free_port().to_string();
+    let listen = format!("127.0.0.1:{join_port}");
+    let ca_key = cluster.certs.join("ca.key");
+    let mut flags = vec!["--join-listen", listen.as_str(), "--ca-key", ca_key.to_str().unwrap()];
+    flags.extend(["--heartbeat-interval", "300ms", "--lease-ttl", "3s", "--sweep-interval", "100ms"]);
+    flags.extend(extra);
+    let controller = cluster.controller("outpost.db", &flags).await;
+    Fleet { join_url: format!("https://127.0.0.1:{join_port}"), join_port, cluster, controller }
+}
+
+impl Fleet {
+    /// `outpostctl --json tokens create --pool POOL ARGS`: (token, id).
+    fn token(&self, pool: &str, args: &[&str]) -> (String, String) {
+        let created = self.token_json(pool, args);
+        (created["token"].as_str().unwrap().to_owned(), created["id"].as_str().unwrap().to_owned())
+    }
+
+    fn token_json(&self, pool: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json", "tokens", "create", "--pool", pool];
+        all.extend(args);
+        let out = self.cluster.ctl(&self.controller, &all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn agent(&self, name: &str, pool: &str, token: Option<&str>, extra: &[&str]) -> Proc {
+        let state = self.cluster.path(&format!("state-{name}"));
+        let mut args = vec!["--worker-id", name, "--join-url", self.join_url.as_str()];
+        args.extend(extra);
+        self.cluster.joining_agent(&self.controller, name, pool, token, &state, &args)
+    }
+
+    fn state(&self, name: &str) -> std::path::PathBuf {
+        self.cluster.path(&format!("state-{name}"))
+    }
+}
+
+/// Waits for a refused agent to exit and returns its log.
+async fn refused(agent: &mut Proc) -> String {
+    let status = agent.wait_exit(Duration::from_secs(60)).await;
+    assert!(!status.success(), "the agent should have been refused");
+    agent.log()
+}
+
+fn first_cert_der(pem_path: &Path) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(pem_path).unwrap();
+    CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
+}
+
+/// Every byte of the database files (main, WAL) and every log of the test.
+fn everything_at_rest(cluster: &Cluster) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(cluster.path("")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("outpost.db") || name.ends_with(".log") {
+            bytes.extend(std::fs::read(entry.path()).unwrap_or_default());
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_only_a_token_joins_runs_a_recipe_and_tokens_are_spent_expire_and_are_revoked() {
+    let fleet = fleet(&[]).await;
+    let (token, token_id) = fleet.token("join-pool", &["--description", "first agent"]);
+    let _joined = fleet.agent("joiner", "join-pool", Some(&token), &[]);
+    let mut admin = fleet.cluster.admin(&fleet.controller).await;
+    wait_workers(&admin, 1).await;
+    submit_to(&mut admin, "joined-run", file_recipe(), "join-pool").await;
+    let task = wait_terminal(&admin, "joined-run").await;
+    assert_eq!((task.state, task.worker_id.as_str()), (pb::TaskState::Succeeded as i32, "joiner"));
+    // Its certificate carries its identity; key and certificate are one private file in its state directory.
+    let identity_file = fleet.state("joiner").join("agent.pem");
+    let identity = outpost_common::identity::from_certificate("outpost", &first_cert_der(&identity_file)).unwrap();
+    let joiner = outpost_common::ids::WorkerId::parse("joiner").unwrap();
+    assert_eq!(identity, outpost_common::identity::Identity::Agent(joiner));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&identity_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The single-use token is spent.
+    let mut second = fleet.agent("second", "join-pool", Some(&token), &[]);
+    let log = refused(&mut second).await;
+    assert!(log.contains(&format!("join token {token_id} is used up")), "{log}");
+    // An expired token, a revoked token, a token for another pool.
+    let short_json = fleet.token_json("join-pool", &["--ttl", "1s"]);
+    let (short, short_id) =
+        (short_json["token"].as_str().unwrap().to_owned(), short_json["id"].as_str().unwrap().to_owned());
+    let expires = short_json["expiresUnixMs"].as_i64().unwrap();
+    wait_until("the short token to expire", Duration::from_secs(10), || async {
+        (outpost_common::clock::unix_ms() > expires).then_some(())
+    })
+    .await;
+    let mut late = fleet.agent("late", "join-pool", Some(&short), &[]);
+    assert!(refused(&mut late).await.contains(&format!("join token {short_id} expired")));
+    let (revoked, revoked_id) = fleet.token("join-pool", &[]);
+    let out = fleet.cluster.ctl(&fleet.controller, &["tokens", "revoke", &revoked_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut denied = fleet.agent("denied", "join-pool", Some(&revoked), &[]);
+    assert!(refused(&mut denied).await.contains(&format!("join token {revoked_id} was revoked")));
+    let (other_pool, _) = fleet.token("pool-b", &[]);
+    let mut wrong = fleet.agent("wrong", "join-pool", Some(&other_pool), &[]);
+    assert!(refused(&mut wrong).await.contains("the join token is for pool pool-b"));
+
+    // The list shows who joined with what, never a secret.
+    let out = fleet.cluster.ctl(&fleet.controller, &["--json", "tokens", "list"]);
+    let tokens: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = tokens.as_array().unwrap().iter().find(|t| t["id"] == token_id.as_str()).unwrap();
+    assert_eq!((first["usesLeft"].as_i64(), first["used"][0]["workerId"].as_str()), (Some(0), Some("joiner")));
+    assert_eq!(first["description"], "first agent");
+
+    // No token secret and no private key at rest or in any log.
+    let key_pem = std::fs::read_to_string(&identity_file).unwrap();
+    let key_body: String = key_pem.split("PRIVATE KEY-----").nth(1).unwrap().lines().nth(1).unwrap().to_owned();
+    let rest = everything_at_rest(&fleet.cluster);
+    for (secret, what) in [(&token[7..], "token secret"), (&short[7..], "token secret"), (key_body.as_str(), "key")] {
+        assert!(!contains(&rest, secret), "a {what} reached SQLite or a log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_comes_from_the_token_or_a_pin_and_a_mismatch_is_refused_with_its_cause() {
+    let fleet = fleet(&[]).await;
+    let pin = outpost_common::join::ca_pin(&first_cert_der(&fleet.cluster.certs.join("ca.pem"))).unwrap();
+    let (token, _) = fleet.token("p", &["--uses", "3"]);
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let mut pinned_wrong = fleet.agent("pinned-wrong", "p", Some(&token), &["--ca-pin", &wrong_pin]);
+    let log = refused(&mut pinned_wrong).await;
+    assert!(log.contains("the controller's CA does not match --ca-pin"), "{log}");
+    // Another controller (same address book, its own tokens) does not know the token: nothing to trust.
+    let other_port = free_port().to_string();
+    let other_listen = format!("127.0.0.1:{other_port}");
+    let ca_key = fleet.cluster.certs.join("ca.key");
+    let other = fleet
+        .cluster
+        .controller("other.db", &["--join-listen", &other_listen, "--ca-key", ca_key.to_str().unwrap()])
+        .await;
+    let other_url = format!("https://127.0.0.1:{other_port}");
+    let state = fleet.cluster.path("state-stranger");
+    let mut stranger =
+        fleet.cluster.joining_agent(&other, "stranger", "p", Some(&token), &state, &["--join-url", &other_url]);
+    let log = refused(&mut stranger).await;
+    assert!(log.contains("the join listener has no CA bundle for this token"), "{log}");
+
+    let _pinned = fleet.agent("pinned", "p", Some(&token), &["--ca-pin", &pin]);
+    let admin = fleet.cluster.admin(&fleet.controller).await;
+    wait_workers(&admin, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_outlives_two_certificate_renewals_on_one_stream() {
+    let fleet = fleet(&["--agent-cert-ttl", "20s"]).await;
+    let (token, _) = fleet.token("renew-pool", &[]);
+    let agent = fleet.agent("renewer", "renew-pool", Some(&token), &[]);
+    let mut admin = fleet.cluster.admin(&fleet.controller).await;
+    wait_workers(&admin, 1).await;
+    let first_expiry = worker_json(&fleet, "renewer")["certExpiresUnixMs"].as_i64().unwrap();
+    submit_to(&mut admin, "long-run", mock_recipe(6, 6), "renew-pool").await;
+    let started = Instant::now();
+    let task = wait_terminal(&admin, "long-run").await;
+    let log = agent.log();
+    let renewals = log.matches("certificate renewed; the next connection uses it").count();
+    eprintln!("run of {:?}, {renewals} renewals", started.elapsed());
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert!(task.attempts == 1, "one attempt: {task:?}");
+    assert!(renewals >= 2, "renewed {renewals} times:\n{log}");
+    assert_eq!(log.matches("Starting datahub executor worker").count(), 1);
+    assert_eq!(log.matches(" connected").count(), 1, "the stream was never re-established:\n{log}");
+    let now_expiry = worker_json(&fleet, "renewer")["certExpiresUnixMs"].as_i64().unwrap();
+    assert!(now_expiry > first_expiry, "the worker list shows the current certificate's expiry");
+}
+
+fn worker_json(fleet: &Fleet, worker: &str) -> serde_json::Value {
+    let out = fleet.cluster.ctl(&fleet.controller, &["--json", "workers"]);
+    let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    workers.as_array().unwrap().iter().find(|w| w["workerId"] == worker).cloned().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_worker_is_cut_off_at_once_its_task_runs_elsewhere_and_it_stays_refused_after_a_restart() {
+    let mut fleet = fleet(&[]).await;
+    let (token, _) = fleet.token("default", &[]);
+    let mut victim = fleet.agent("victim", "default", Some(&token), &[]);
+    let mut admin = fleet.cluster.admin(&fleet.controller).await;
+    wait_workers(&admin, 1).await;
+    submit_to(&mut admin, "moved", mock_recipe(6, 5), "default").await;
+    wait_running(&admin, "moved").await;
+    let _standby = fleet.cluster.agent(&fleet.controller, "standby", "default", 1, &[]);
+    wait_workers(&admin, 2).await;
+
+    let revoked_at = Instant::now();
+    let out = fleet.cluster.ctl(&fleet.controller, &["workers", "revoke", "victim", "--reason", "compromised host"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = refused(&mut victim).await;
+    eprintln!("revoked -> the agent cut off and refused on reconnect: {:?}", revoked_at.elapsed());
+    assert!(log.contains("worker victim is revoked"), "{log}");
+    let task = wait_terminal(&admin, "moved").await;
+    assert_eq!((task.state, task.worker_id.as_str(), task.attempts), (pb::TaskState::Succeeded as i32, "standby", 2));
+    assert!(worker_json(&fleet, "victim")["revokedUnixMs"].as_i64().unwrap() > 0);
+
+    // Still refused after a controller restart, with the certificate it still holds.
+    fleet.controller.proc.kill();
+    let addr = fleet.controller.addr.to_string();
+    let listen = format!("127.0.0.1:{}", fleet.join_port);
+    let ca_key = fleet.cluster.certs.join("ca.key");
+    fleet.controller = fleet
+        .cluster
+        .controller("outpost.db", &["--listen", &addr, "--join-listen", &listen, "--ca-key", ca_key.to_str().unwrap()])
+        .await;
+    let mut again = fleet.agent("victim", "default", None, &[]);
+    let log = refused(&mut again).await;
+    assert!(log.contains("using the certificate from an earlier join"), "{log}");
+    assert!(log.contains("worker victim is revoked"), "{log}");
+}
