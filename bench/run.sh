@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one benchmark on release binaries. Usage: bench/run.sh BENCH [args]
-#   BENCH: heartbeats | dispatch | throughput | fleet | detection | overhead | pickup  (outpost-bench; `--help` for args)
+#   BENCH: heartbeats | dispatch | throughput | fleet | detection | overhead | pickup | joins  (outpost-bench; `--help` for args)
 #          celery   (the Celery + Redis peer; installs redis-server and Celery first, see bench/setup-celery.sh)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

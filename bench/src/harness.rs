@@ -36,18 +36,25 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl ControllerProcess {
     pub fn start(extra: &[&str]) -> anyhow::Result<ControllerProcess> {
+        Self::start_with(|_| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Like [`ControllerProcess::start`], with flags that name files of the fresh certificate directory.
+    pub fn start_with(extra: impl FnOnce(&Path) -> Vec<String>) -> anyhow::Result<ControllerProcess> {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         outpost_controller::certs::init(&certs, &[])?;
         outpost_controller::certs::admin(&certs, "bench", "outpost")?;
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let (child, addr) = spawn(dir.path(), &metrics_addr, None, extra)?;
+        let extra = extra(&certs);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (child, addr) = spawn(dir.path(), &metrics_addr, None, &extra)?;
         Ok(ControllerProcess { child, addr, dir, metrics_addr })
     }
 

@@ -5,6 +5,7 @@
 mod benches;
 mod gms_sink;
 mod harness;
+mod joins;
 mod pickup;
 
 use std::time::{Duration, Instant};
@@ -84,6 +85,16 @@ enum Bench {
         #[arg(long)]
         sqs: bool,
     },
+    /// Agents joining with a token (and what renewals cost the controller).
+    Joins {
+        #[arg(long, default_value_t = 2000)]
+        agents: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The agent certificate TTL the renewal cost is worked out for.
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "24h")]
+        cert_ttl: Duration,
+    },
     /// A killed agent's task granted again, `trials` times.
     Detection {
         #[arg(long, default_value_t = 10)]
@@ -156,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,
             Bench::Overhead { runs } => benches::overhead(runs).await,
+            Bench::Joins { agents, concurrency, cert_ttl } => joins::joins(agents, concurrency, cert_ttl).await,
             Bench::Pickup { requests, every, index_lag_ms, sqs } => {
                 pickup::pickup(requests, every, index_lag_ms, sqs).await
             }

@@ -3,6 +3,7 @@
 //! in order.
 
 pub mod admin;
+pub mod aws;
 pub mod certs;
 pub mod config;
 pub mod ctl;
@@ -157,7 +158,10 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     }
     let grpc_token = CancellationToken::new();
     let authority = match &config.enroll.ca_key {
-        Some(key) => Some(enroll::Authority::load(&config.grpc.tls.tls_ca, key)?),
+        Some(source) => {
+            let key = enroll::read_ca_key(source).await?;
+            Some(enroll::Authority::load(&config.grpc.tls.tls_ca, &key, source)?)
+        }
         None => None,
     };
     let enrollment = enroll::Enrollment::new(

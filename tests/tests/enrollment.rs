@@ -235,3 +235,28 @@ async fn a_revoked_worker_is_cut_off_at_once_its_task_runs_elsewhere_and_it_stay
     assert!(log.contains("using the certificate from an earlier join"), "{log}");
     assert!(log.contains("worker victim is revoked"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_key_can_come_from_aws_secrets_manager_and_a_token_binds_its_pool() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let key_pem = std::fs::read_to_string(cluster.certs.join("ca.key")).unwrap();
+    let arn = moto.secrets.create_secret().name("outpost/ca-key").secret_string(&key_pem).send().await.unwrap();
+    let arn = arn.arn.unwrap();
+    let join_port = free_port().to_string();
+    let listen = format!("127.0.0.1:{join_port}");
+    let env = [("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint.as_str())];
+    let controller =
+        cluster.controller_with_env("outpost.db", &["--join-listen", &listen, "--ca-key", &arn], &env).await;
+    let fleet = Fleet { join_url: format!("https://127.0.0.1:{join_port}"), join_port, cluster, controller };
+    let (token, _) = fleet.token("pool-a", &[]);
+    let mut joined = fleet.agent("bound", "pool-a", Some(&token), &[]);
+    let admin = fleet.cluster.admin(&fleet.controller).await;
+    wait_workers(&admin, 1).await;
+    assert!(!contains(&everything_at_rest(&fleet.cluster), key_pem.lines().nth(1).unwrap()), "the CA key leaked");
+    // Restarted for another pool with the certificate it holds: the controller refuses the Hello.
+    joined.kill();
+    let mut elsewhere = fleet.agent("bound", "pool-b", None, &[]);
+    let log = refused(&mut elsewhere).await;
+    assert!(log.contains("worker bound joined with a token for pool pool-a and may serve only that pool"), "{log}");
+}

@@ -44,15 +44,14 @@ fn first_pem_block(text: &str) -> Option<String> {
 }
 
 impl Authority {
-    pub fn load(ca_file: &Path, key_file: &Path) -> Result<Authority, Error> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|e| Error::Authority(format!("cannot read {}: {e}", path.display())))
-        };
-        let ca_pem = read(ca_file)?;
+    /// The CA certificate from `ca_file` and its private key (`key_pem`, read by [`super::read_ca_key`]).
+    pub fn load(ca_file: &Path, key_pem: &str, key_source: &str) -> Result<Authority, Error> {
+        let ca_pem = std::fs::read_to_string(ca_file)
+            .map_err(|e| Error::Authority(format!("cannot read {}: {e}", ca_file.display())))?;
         let cert = first_pem_block(&ca_pem)
             .ok_or_else(|| Error::Authority(format!("{} holds no certificate", ca_file.display())))?;
-        let key = KeyPair::from_pem(&read(key_file)?)
-            .map_err(|e| Error::Authority(format!("{} is not a private key: {e}", key_file.display())))?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| Error::Authority(format!("{key_source} is not a private key: {e}")))?;
         let issuer = Issuer::from_ca_cert_pem(&cert, key)
             .map_err(|e| Error::Authority(format!("the CA certificate in {}: {e}", ca_file.display())))?;
         Ok(Authority { issuer, ca_pem })

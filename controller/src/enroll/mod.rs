@@ -7,7 +7,7 @@
 pub mod authority;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +31,10 @@ pub struct Config {
     /// certificate, serving joining only (the mTLS port stays strict). Off when unset.
     #[arg(long, env = "OUTPOST_JOIN_LISTEN")]
     pub join_listen: Option<SocketAddr>,
-    /// The private key (PEM) of the CA that signs agents' certificates (the first certificate of --tls-ca). Needed
-    /// to join agents and renew their certificates.
+    /// The private key (PEM) of the CA that signs agents' certificates (the first certificate of --tls-ca): a file,
+    /// or the ARN of an AWS Secrets Manager secret holding it. Needed to join agents and renew their certificates.
     #[arg(long, env = "OUTPOST_CA_KEY")]
-    pub ca_key: Option<PathBuf>,
+    pub ca_key: Option<String>,
     /// How long a certificate issued to an agent lives; agents renew at about half of it.
     #[arg(long, env = "OUTPOST_AGENT_CERT_TTL", value_parser = duration::parse, default_value = "24h")]
     pub agent_cert_ttl: Duration,
@@ -68,6 +68,19 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::Error),
+}
+
+/// The CA's private key: read from a file, or from AWS Secrets Manager when `source` is a secret's ARN (region and
+/// credentials from the AWS default chain). Never logged.
+pub async fn read_ca_key(source: &str) -> Result<String, Error> {
+    if source.starts_with("arn:") {
+        let client = aws_sdk_secretsmanager::Client::new(&crate::aws::loader(None).load().await);
+        let secret = client.get_secret_value().secret_id(source).send().await.map_err(|e| {
+            Error::Authority(format!("cannot read the CA key {source}: {}", outpost_common::errors::chain(&e)))
+        })?;
+        return secret.secret_string.ok_or_else(|| Error::Authority(format!("the secret {source} holds no text")));
+    }
+    std::fs::read_to_string(Path::new(source)).map_err(|e| Error::Authority(format!("cannot read {source}: {e}")))
 }
 
 /// What a token is made with.

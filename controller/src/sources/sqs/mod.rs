@@ -9,7 +9,6 @@ pub mod message;
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use outpost_common::duration;
 use outpost_common::ids::PoolId;
 use tokio::task::JoinSet;
@@ -194,17 +193,7 @@ async fn cloud_client(region: &str, credentials: cloud::GmsCredentials, endpoint
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
-/// The AWS config loader over rustls with ring (the workspace's only crypto provider), with the endpoint override
-/// (tests and benchmarks build their local-SQS clients on it too).
-pub fn loader(endpoint: Option<&str>) -> aws_config::ConfigLoader {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-    let loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-    match endpoint {
-        Some(endpoint) => loader.endpoint_url(endpoint),
-        None => loader,
-    }
-}
+pub use crate::aws::loader;
 
 /// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
 /// override, over rustls with ring (the workspace's only crypto provider).
