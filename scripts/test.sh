@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command two: the whole test suite. Installs the pinned Python tools into ./.venv, checks formatting and
 # lints, then runs every Rust test (unit and integration; the integration tests start real controller and agent
-# processes with real TLS and the real `datahub` CLI). `.ci/run` calls exactly this.
+# processes with real TLS and the real `datahub` CLI), then every deployment check (deploy/test.sh: images, Helm
+# chart, CloudFormation stack). `.ci/run` calls exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,3 +19,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace "$@"
 fi
+# The deployment artifacts: lints, the chart against Kubernetes schemas, and the images running a recipe.
+deploy/test.sh
