@@ -106,3 +106,36 @@ mod tests {
         assert!(matches!(parse_uri("outpost", "spiffe://outpost/agent/a/b"), Err(Error::BadUri { .. })));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// Any SAN URI a certificate may carry is an identity, another domain's, or a refusal with words.
+        #[test]
+        fn any_san_uri_is_read_or_refused(uri in "(spiffe://)?[ -~]{0,80}") {
+            if let Err(e) = super::parse_uri("outpost", &uri) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// Any bytes as a certificate: refused with words, never a panic.
+        #[test]
+        fn any_bytes_as_a_certificate_are_refused(der in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(e) = super::from_certificate("outpost", &der) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn any_identifier_and_token_text_is_read_or_refused(text in "\\PC{0,80}") {
+            let _ = crate::ids::TaskId::parse_id_or_urn(&text);
+            let _ = crate::ids::WorkerId::parse(&text);
+            let _ = crate::ids::PoolId::parse(&text);
+            let _ = crate::join::JoinToken::parse(&text);
+        }
+    }
+}

@@ -13,6 +13,8 @@ pub mod gms;
 pub mod grpc;
 pub mod logs;
 pub mod metrics;
+#[cfg(test)]
+mod parsers_properties;
 pub mod reporter;
 pub mod scheduler;
 pub mod sources;
@@ -69,7 +71,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let _ = opened.set(store.clone());
     let writer = store.clone();
     services.spawn("SQLite writer", true, async move { writer.writer_stopped().await });
-    let logs = LogTails::new(config.reporter.max_report_bytes);
+    let logs = LogTails::new(config.reporter.max_report_bytes, config.reporter.log_tails_max_bytes);
 
     let scheduler_token = CancellationToken::new();
     let (scheduler, engine) =

@@ -21,53 +21,79 @@ struct Tail {
     dropped: bool,
 }
 
+#[derive(Debug, Default)]
+struct Tails {
+    by_task: HashMap<TaskId, Tail>,
+    /// Bytes held by every tail together.
+    total: usize,
+}
+
 /// Shared, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LogTails {
-    inner: Arc<Mutex<HashMap<TaskId, Tail>>>,
+    inner: Arc<Mutex<Tails>>,
     max_bytes: usize,
+    max_total_bytes: usize,
 }
 
 impl LogTails {
-    /// Tails of at most `max_bytes` each.
-    pub fn new(max_bytes: usize) -> LogTails {
-        LogTails { inner: Arc::default(), max_bytes }
+    /// Tails of at most `max_bytes` each and `max_total_bytes` together (past that, a tail keeps its newest lines
+    /// and lines that do not fit are dropped, marked as truncated).
+    pub fn new(max_bytes: usize, max_total_bytes: usize) -> LogTails {
+        LogTails { inner: Arc::default(), max_bytes, max_total_bytes }
+    }
+
+    /// Bytes held by every tail together.
+    pub fn total_bytes(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 
     /// Opens the (empty) tail of an attempt assigned to `worker`; a newer epoch replaces an older tail, an older
     /// one changes nothing.
     pub fn open(&self, attempt: &AttemptRef, worker: &WorkerId) {
         let mut tails = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if tails.get(&attempt.task_id).is_some_and(|t| t.epoch >= attempt.epoch) {
+        if tails.by_task.get(&attempt.task_id).is_some_and(|t| t.epoch >= attempt.epoch) {
             return;
         }
         let tail =
             Tail { epoch: attempt.epoch, worker: worker.clone(), lines: VecDeque::new(), bytes: 0, dropped: false };
-        tails.insert(attempt.task_id.clone(), tail);
+        if let Some(old) = tails.by_task.insert(attempt.task_id.clone(), tail) {
+            tails.total -= old.bytes;
+        }
     }
 
     /// Appends lines `worker` sent about an attempt: only into that attempt's open tail, and only from its worker.
     pub fn append(&self, worker: &WorkerId, attempt: &AttemptRef, lines: Vec<String>) {
-        let mut tails = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tail) = tails.get_mut(&attempt.task_id) else { return };
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let tails = &mut *guard;
+        let Some(tail) = tails.by_task.get_mut(&attempt.task_id) else { return };
         if tail.epoch != attempt.epoch || tail.worker != *worker {
             return;
         }
+        let others = tails.total - tail.bytes;
+        // What this tail may hold: its own cap, and what the other tails leave of the total.
+        let room = self.max_bytes.min(self.max_total_bytes.saturating_sub(others));
         for line in lines {
-            tail.bytes += line.len() + 1;
+            let size = line.len() + 1;
+            if size > room {
+                tail.dropped = true;
+                continue;
+            }
+            tail.bytes += size;
             tail.lines.push_back(line);
+            while tail.bytes > room {
+                let Some(old) = tail.lines.pop_front() else { break };
+                tail.bytes -= old.len() + 1;
+                tail.dropped = true;
+            }
         }
-        while tail.bytes > self.max_bytes {
-            let Some(old) = tail.lines.pop_front() else { break };
-            tail.bytes -= old.len() + 1;
-            tail.dropped = true;
-        }
+        tails.total = others + tail.bytes;
     }
 
     /// The tail of the attempt at `epoch`, if any lines came.
     pub fn tail(&self, task: &TaskId, epoch: Epoch) -> Option<String> {
         let tails = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let tail = tails.get(task).filter(|t| t.epoch == epoch)?;
+        let tail = tails.by_task.get(task).filter(|t| t.epoch == epoch)?;
         let mut text = String::with_capacity(tail.bytes + EARLIER.len());
         if tail.dropped {
             text.push_str(EARLIER);
@@ -81,7 +107,10 @@ impl LogTails {
 
     /// Drops a task's tail (its result carries the final report).
     pub fn forget(&self, task: &TaskId) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(task);
+        let mut tails = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = tails.by_task.remove(task) {
+            tails.total -= old.bytes;
+        }
     }
 }
 
@@ -95,7 +124,7 @@ mod tests {
 
     #[test]
     fn tails_are_fenced_by_epoch_and_worker_and_capped() {
-        let tails = LogTails::new(12);
+        let tails = LogTails::new(12, 1024);
         let task = TaskId::parse("t").unwrap();
         let (w1, w2) = (WorkerId::parse("w1").unwrap(), WorkerId::parse("w2").unwrap());
         // Nobody assigned it: nothing is kept.
@@ -117,5 +146,27 @@ mod tests {
         assert_eq!(tails.tail(&task, Epoch(3)).as_deref(), Some("fresh\n"));
         tails.forget(&task);
         assert_eq!(tails.tail(&task, Epoch(3)), None);
+        assert_eq!(tails.total_bytes(), 0, "a forgotten tail frees its bytes");
+    }
+
+    #[test]
+    fn all_tails_together_stay_within_the_total() {
+        let tails = LogTails::new(100, 150);
+        let w = WorkerId::parse("w").unwrap();
+        let (a, b) = (TaskId::parse("a").unwrap(), TaskId::parse("b").unwrap());
+        let at = |task: &TaskId| AttemptRef { task_id: task.clone(), epoch: Epoch(1) };
+        tails.open(&at(&a), &w);
+        tails.open(&at(&b), &w);
+        // A hostile agent floods one task: it keeps at most its own cap.
+        tails.append(&w, &at(&a), (0..100).map(|i| format!("line {i:03}")).collect());
+        assert!(tails.total_bytes() <= 100, "{}", tails.total_bytes());
+        // The other task gets only what is left of the total, and says lines were dropped.
+        tails.append(&w, &at(&b), (0..100).map(|i| format!("other {i:03}")).collect());
+        assert!(tails.total_bytes() <= 150, "{}", tails.total_bytes());
+        let b_tail = tails.tail(&b, Epoch(1)).unwrap();
+        assert!(b_tail.starts_with(EARLIER) && b_tail.ends_with("other 099\n"), "{b_tail}");
+        tails.forget(&a);
+        tails.forget(&b);
+        assert_eq!(tails.total_bytes(), 0);
     }
 }

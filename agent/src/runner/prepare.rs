@@ -213,3 +213,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    fn arg_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,60}",
+            Just("{\"source\": {\"type\": \"file\", \"config\": {}}, \"sink\": {\"type\": \"blackhole\"}}".to_owned()),
+            Just("{\"source\": 5}".to_owned()),
+            Just("[]".to_owned()),
+            Just("1.7.0.17".to_owned()),
+            Just("{\"EXECUTOR_TASK_MEMORY_LIMIT\": \"x\"}".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// Any args a request may carry (recipe, version, debug_mode, extra_env_vars, extra_pip_requirements, ...)
+        /// become a run or a refusal with words, never a panic.
+        #[test]
+        fn any_args_are_prepared_or_refused(
+            task in prop_oneof![Just("RUN_INGEST".to_owned()), Just("TEST_CONNECTION".to_owned()), "\\PC{0,12}"],
+            args in prop::collection::btree_map(
+                prop_oneof![Just("recipe".to_owned()), Just("version".to_owned()), Just("debug_mode".to_owned()),
+                            Just("extra_env_vars".to_owned()), Just("extra_pip_requirements".to_owned()),
+                            Just("extra_pip_plugins".to_owned()), "[a-z_]{1,10}"],
+                arg_value(),
+                0..6,
+            ),
+        ) {
+            let args: BTreeMap<String, String> = args;
+            if let Err(reason) = super::prepare("exec-1", &task, &args, Path::new("/tmp/report.json")) {
+                prop_assert!(!reason.is_empty());
+            }
+        }
+    }
+}

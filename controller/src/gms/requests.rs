@@ -82,7 +82,7 @@ pub fn server_info(config: &Value) -> ServerInfo {
     ServerInfo { version, cloud, conditional_writes }
 }
 
-fn result_state(aspect: &Value) -> Option<ResultState> {
+pub(crate) fn result_state(aspect: &Value) -> Option<ResultState> {
     let status = aspect["value"]["status"].as_str()?.to_owned();
     let metadata = &aspect["systemMetadata"];
     let version = match &metadata["version"] {

@@ -22,12 +22,33 @@ pub fn attempt_to_pb(attempt: &AttemptRef) -> pb::AttemptRef {
     pb::AttemptRef::from(attempt)
 }
 
+/// The most slots one agent may declare (its credit can never exceed them).
+pub const MAX_SLOTS: u32 = 1024;
+/// Bounds on what a Hello may carry (a hostile agent must not grow the controller's memory at will).
+const MAX_LABELS: usize = 32;
+const MAX_TEXT: usize = 256;
+const MAX_POOLS: usize = 64;
+
 pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
     if hello.pools.is_empty() {
         return Err(Status::invalid_argument("hello.pools: an agent must serve at least one pool"));
     }
-    if hello.slots == 0 {
-        return Err(Status::invalid_argument("hello.slots: must be at least 1"));
+    if hello.pools.len() > MAX_POOLS {
+        return Err(Status::invalid_argument(format!("hello.pools: at most {MAX_POOLS}")));
+    }
+    if hello.slots == 0 || hello.slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!("hello.slots: must be 1 to {MAX_SLOTS}, not {}", hello.slots)));
+    }
+    if hello.version.len() > MAX_TEXT {
+        return Err(Status::invalid_argument(format!("hello.version: at most {MAX_TEXT} bytes")));
+    }
+    if hello.labels.len() > MAX_LABELS || hello.labels.iter().any(|(k, v)| k.len() > MAX_TEXT || v.len() > MAX_TEXT) {
+        return Err(Status::invalid_argument(format!(
+            "hello.labels: at most {MAX_LABELS} labels of at most {MAX_TEXT} bytes each"
+        )));
+    }
+    if hello.held.len() > MAX_SLOTS as usize {
+        return Err(Status::invalid_argument(format!("hello.held: at most {MAX_SLOTS} attempts")));
     }
     Ok(AgentHello {
         worker_id: WorkerId::parse(&hello.worker_id).map_err(|e| invalid("hello.worker_id", e))?,

@@ -52,7 +52,11 @@ pub async fn serve(
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))
         .map_err(super::Error::Serve)?
-        .add_service(pb::join_service_server::JoinServiceServer::new(JoinService { enrollment }))
+        // A join carries a token and a CSR: a few kilobytes.
+        .add_service(
+            pb::join_service_server::JoinServiceServer::new(JoinService { enrollment })
+                .max_decoding_message_size(64 * 1024),
+        )
         .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
         .await
         .map_err(super::Error::Serve)

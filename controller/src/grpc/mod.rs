@@ -9,6 +9,10 @@ pub mod join_service;
 pub mod status;
 pub mod tls;
 
+pub use convert::MAX_SLOTS;
+#[cfg(test)]
+pub(crate) use convert::{hello as convert_hello, outcome as convert_outcome};
+
 use std::time::Duration;
 
 use outpost_common::duration;
@@ -50,6 +54,9 @@ pub struct Args {
     /// An agent stream that sends no Hello within this time is closed.
     #[arg(long, env = "OUTPOST_HELLO_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub hello_timeout: Duration,
+    /// The largest message an agent or admin client may send (a larger one ends its call with RESOURCE_EXHAUSTED).
+    #[arg(long, env = "OUTPOST_GRPC_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub grpc_max_message_bytes: usize,
 }
 
 impl Args {
@@ -75,6 +82,7 @@ pub async fn serve(
     token: CancellationToken,
 ) -> Result<(), Error> {
     let logs_for_admin = logs.clone();
+    let max_message = config.grpc_max_message_bytes;
     let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
         scheduler: scheduler.clone(),
         enrollment: enrollment.clone(),
@@ -82,7 +90,8 @@ pub async fn serve(
         trust_domain: config.trust_domain.clone(),
         hello_timeout: config.hello_timeout,
         shutdown: token.clone(),
-    });
+    })
+    .max_decoding_message_size(max_message);
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminService {
         local_queue: LocalQueue::new(scheduler.clone()),
         enrollment,
@@ -90,7 +99,8 @@ pub async fn serve(
         metrics,
         scheduler,
         trust_domain: config.trust_domain,
-    });
+    })
+    .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::agent_service_server::AgentServiceServer<agent_service::AgentService>>().await;
     health_reporter.set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>().await;

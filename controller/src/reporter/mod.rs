@@ -53,6 +53,9 @@ pub struct Config {
     #[arg(id = "gms_max_structured_bytes", long = "gms-max-structured-bytes",
           env = "OUTPOST_GMS_MAX_STRUCTURED_BYTES", default_value_t = 800 * 1000)]
     pub max_structured_bytes: usize,
+    /// Memory for the log tails of all running tasks together (each tail is capped at --gms-max-report-bytes).
+    #[arg(long, env = "OUTPOST_LOG_TAILS_MAX_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub log_tails_max_bytes: usize,
     /// How many GMS writes may be in flight at once, for results and for progress each (writes of one task are
     /// always sent one after another).
     #[arg(id = "gms_concurrency", long = "gms-concurrency", env = "OUTPOST_GMS_CONCURRENCY", default_value_t = 8)]
