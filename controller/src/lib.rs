@@ -230,6 +230,19 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     }
 }
 
+/// A crash point of the test build: with the `failpoints` feature and `FAILPOINTS=<name>=return` (or
+/// `1*return`: the first time only), the controller aborts right there, as a power cut would stop it. Compiles to
+/// nothing without the feature; inert unless a test configures it.
+#[macro_export]
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| {
+            eprintln!("outpost-controller: crash point {} reached: aborting", $name);
+            std::process::abort()
+        })
+    };
+}
+
 /// A fresh name for this controller at GMS (kept in the database from then on): host name and a random part.
 fn controller_id() -> String {
     let random: String = (0..8).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();

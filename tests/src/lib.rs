@@ -17,12 +17,14 @@ mod ghost;
 mod gms;
 mod moto;
 mod ops;
+mod proxy;
 
 pub use api::*;
 pub use ghost::*;
 pub use gms::*;
 pub use moto::*;
 pub use ops::*;
+pub use proxy::Proxy;
 
 /// The programs under test.
 #[derive(Clone, Debug)]
@@ -336,9 +338,14 @@ impl Cluster {
 
     /// Starts an agent process.
     pub fn spawn_agent(&self, controller: &Controller, spec: &AgentSpec<'_>) -> Proc {
+        self.spawn_agent_at(&controller.url(), spec)
+    }
+
+    /// Starts an agent that dials `url` (e.g. a fault proxy in front of the controller).
+    pub fn spawn_agent_at(&self, url: &str, spec: &AgentSpec<'_>) -> Proc {
         let AgentSpec { cert_worker, worker, pool, slots, extra, env } = *spec;
         let (cert, key) = self.agent_cert(cert_worker);
-        let mut command = self.agent_command(controller, worker, pool, slots, env);
+        let mut command = self.agent_command(url, worker, pool, slots, env);
         command
             .args(["--worker-id", worker])
             .arg("--tls-cert")
@@ -363,24 +370,17 @@ impl Cluster {
         extra: &[&str],
     ) -> Proc {
         let env: Vec<(&str, &str)> = token.map(|t| ("OUTPOST_JOIN_TOKEN", t)).into_iter().collect();
-        let mut command = self.agent_command(controller, name, pool, 1, &env);
+        let mut command = self.agent_command(&controller.url(), name, pool, 1, &env);
         command.arg("--state-dir").arg(state_dir).args(extra);
         Proc::spawn(&format!("agent {name}"), command, self.path(&format!("agent-{name}-{}.log", unique())))
     }
 
     /// What every agent process gets: the controller, its pool and slots, the project's `datahub`, fast
     /// reconnects, a work dir, static AWS credentials.
-    fn agent_command(
-        &self,
-        controller: &Controller,
-        name: &str,
-        pool: &str,
-        slots: u32,
-        env: &[(&str, &str)],
-    ) -> Command {
+    fn agent_command(&self, url: &str, name: &str, pool: &str, slots: u32, env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(&self.bins.agent);
         command
-            .args(["--controller", &controller.url(), "--pool", pool])
+            .args(["--controller", url, "--pool", pool])
             .args(["--slots", &slots.to_string()])
             .arg("--datahub-cli")
             .arg(datahub_cli())

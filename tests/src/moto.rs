@@ -55,6 +55,27 @@ impl Moto {
         self.sqs.create_queue().queue_name(name).send().await.expect("create queue").queue_url.expect("queue url")
     }
 
+    /// Fast SQS-bridge flags for a controller serving `pool` from `queue` on this moto.
+    pub fn bridge_flags(&self, pool: &str, queue: &str, visibility: &str) -> Vec<String> {
+        [
+            "--queue",
+            &format!("{pool}={queue}"),
+            "--sqs-endpoint",
+            &self.endpoint,
+            "--sqs-wait",
+            "1s",
+            "--sqs-visibility-timeout",
+            visibility,
+            "--sqs-keep-interval",
+            "1s",
+            "--sqs-idle-poll",
+            "100ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     pub async fn send(&self, queue: &str, body: &str) {
         self.sqs.send_message().queue_url(queue).message_body(body).send().await.expect("send message");
     }

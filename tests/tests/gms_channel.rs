@@ -195,21 +195,8 @@ async fn two_controllers_on_one_pool_sqs_and_gms_channel_run_fifty_requests_and_
     gms.serve_version("v1.2.0").await;
     let moto = cluster.moto().await;
     let queue = moto.queue("shared-pool").await;
-    let queue_flag = format!("oss-pool={queue}");
-    let sqs_flags = [
-        "--queue",
-        queue_flag.as_str(),
-        "--sqs-endpoint",
-        moto.endpoint.as_str(),
-        "--sqs-wait",
-        "1s",
-        "--sqs-visibility-timeout",
-        "5s",
-        "--sqs-keep-interval",
-        "1s",
-        "--sqs-idle-poll",
-        "100ms",
-    ];
+    let sqs_flags = moto.bridge_flags("oss-pool", &queue, "5s");
+    let sqs_flags: Vec<&str> = sqs_flags.iter().map(String::as_str).collect();
     let by_sqs = controller(&cluster, &gms, "sqs.db", &sqs_flags).await;
     let by_gms = controller(&cluster, &gms, "gms.db", &["--gms-channel", "oss-pool"]).await;
     let (sqs_admin, gms_admin) = (cluster.admin(&by_sqs).await, cluster.admin(&by_gms).await);

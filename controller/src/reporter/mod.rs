@@ -231,6 +231,10 @@ impl Reporter {
         }
         let error = match result {
             Ok((aspect, claim)) => {
+                if entry.kind == OutboxKind::Terminal {
+                    // GMS has the result; the outbox does not know yet.
+                    crate::crash_point!("crash::after_gms_write");
+                }
                 self.metrics.gms_write(metric_kind, GmsOutcome::Delivered);
                 info!(task = %entry.task_id, kind, status = %aspect["status"], "reported to GMS");
                 if entry.kind == OutboxKind::Terminal {

@@ -82,7 +82,20 @@ impl Store {
         turn: Turn,
         now_ms: i64,
     ) -> impl Future<Output = Result<TurnWritten, Error>> + Send + Sync + 'static {
-        self.start_transaction(move |tx, effects| apply(tx, &turn, now_ms, effects))
+        let has_grants = !turn.grants.is_empty();
+        let has_results = turn.changes.iter().any(|c| matches!(c, Change::End(_)));
+        let committed = self.start_transaction(move |tx, effects| apply(tx, &turn, now_ms, effects));
+        async move {
+            let written = committed.await?;
+            // Crash points of the test build: the turn is durable, nothing of it announced yet.
+            if has_grants {
+                crate::crash_point!("crash::after_grant_commit");
+            }
+            if has_results {
+                crate::crash_point!("crash::after_result_commit");
+            }
+            Ok(written)
+        }
     }
 
     /// Runs `job` in one write transaction on the writer (all or nothing), then announces what it did.

@@ -106,6 +106,9 @@ impl Queue {
             match received {
                 Ok(output) => {
                     failures = 0;
+                    if output.messages.as_ref().is_some_and(|m| !m.is_empty()) {
+                        crate::crash_point!("crash::after_sqs_receive");
+                    }
                     for message in output.messages.unwrap_or_default() {
                         self.handle(message).await;
                     }
@@ -373,6 +376,7 @@ impl Queue {
     }
 
     async fn delete_batch(&self, messages: &[crate::store::HeldMessage]) {
+        crate::crash_point!("crash::before_sqs_delete");
         let entries: Vec<DeleteMessageBatchRequestEntry> = messages
             .iter()
             .enumerate()
