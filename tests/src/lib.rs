@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 mod api;
 mod ghost;
 mod gms;
+pub mod history;
 mod moto;
 mod ops;
 mod proxy;
@@ -105,6 +106,11 @@ impl Proc {
         command.stdout(file.try_clone().expect("clone log handle")).stderr(file).stdin(Stdio::null());
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Proc { name: name.to_owned(), child, log, exited: None }
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     pub fn pid(&self) -> i32 {

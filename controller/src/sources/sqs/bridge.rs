@@ -377,6 +377,9 @@ impl Queue {
 
     async fn delete_batch(&self, messages: &[crate::store::HeldMessage]) {
         crate::crash_point!("crash::before_sqs_delete");
+        let tasks: Vec<&str> = messages.iter().map(|m| m.task_id.as_str()).collect();
+        // The history checker of the fault tests reads this line: no delete may start before GMS has the result.
+        debug!(tasks = %tasks.join(","), "sqs delete: sending");
         let entries: Vec<DeleteMessageBatchRequestEntry> = messages
             .iter()
             .enumerate()

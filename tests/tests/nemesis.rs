@@ -1,0 +1,207 @@
+//! A seeded nemesis: execution requests flow in over SQS (moto, with duplicate deliveries) while a schedule of
+//! faults drawn from the seed hits the fleet — connection resets through a fault proxy, GMS 5xx and slow answers,
+//! agents SIGKILLed and restarted, the controller crashing at a crash point of the test build or killed and
+//! restarted on its file, a KILL signal now and then — and then the whole history is checked
+//! (`outpost_integration_tests::history`): one final result per request at GMS and nothing changed after it, no SQS
+//! delete before its result was accepted, no stale epoch changing a task; plus no CLI process left behind and no
+//! secret in any log. The seed is printed on failure; `NEMESIS_SEED=N` replays one.
+
+use std::time::{Duration, Instant};
+
+use outpost_common::pb;
+use outpost_integration_tests::history::{self, Delete, History, Recorded, ResultWrite};
+use outpost_integration_tests::*;
+
+const CRASH_POINTS: [&str; 5] = [
+    "crash::after_sqs_receive",
+    "crash::after_grant_commit",
+    "crash::after_result_commit",
+    "crash::after_gms_write",
+    "crash::before_sqs_delete",
+];
+const TOKEN: &str = "nemesis-gms-token-do-not-log";
+
+fn seed(default: u64) -> u64 {
+    std::env::var("NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// `<rfc3339> LEVEL ... tasks=a,b ... "sqs delete: sending"` lines of every controller log of the run.
+fn deletes(cluster: &Cluster) -> Vec<Delete> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(cluster.path("")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("controller-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
+            if !line.contains("sqs delete: sending") {
+                continue;
+            }
+            let Some(stamp) = line.split_whitespace().next() else { continue };
+            let Ok(at) = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')) else { continue };
+            let at_ms = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            let Some(tasks) = line.split_whitespace().find_map(|w| w.strip_prefix("tasks=")) else { continue };
+            found.extend(tasks.split(',').map(|task| Delete { task: task.to_owned(), at_ms }));
+        }
+    }
+    found
+}
+
+async fn result_writes(gms: &Gms) -> Vec<ResultWrite> {
+    gms.requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposal")))
+        .filter_map(|r| {
+            let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
+            let urn = body["proposal"]["entityUrn"].as_str()?;
+            let aspect: serde_json::Value = serde_json::from_str(body["proposal"]["aspect"]["value"].as_str()?).ok()?;
+            Some(ResultWrite {
+                task: urn.rsplit(':').next()?.to_owned(),
+                status: aspect["status"].as_str()?.to_owned(),
+                http: r["status"].as_u64()? as u16,
+                answered_ms: r["done_ms"].as_i64()?,
+            })
+        })
+        .collect()
+}
+
+async fn nemesis(seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let gms = cluster.gms(&[]).await;
+    gms.accept_token(Some(TOKEN)).await;
+    let queue = moto.queue(&format!("nemesis-{seed}")).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut owned = moto.bridge_flags("default", &queue, "3s");
+    owned.extend(["--listen", &listen, "--gms-url", &gms.base, "--gms-token", TOKEN].map(String::from));
+    let mut flags = vec!["--heartbeat-interval", "300ms", "--lease-ttl", "3s", "--sweep-interval", "100ms"];
+    flags.extend(owned.iter().map(String::as_str));
+    flags.extend(["--gms-retry-backoff", "100ms", "--gms-retry-backoff-max", "500ms", "--progress-interval", "500ms"]);
+    flags.extend(["--signal-poll-interval", "500ms", "--retry-backoff", "200ms"]);
+    let crash = CRASH_POINTS[rng.usize(..CRASH_POINTS.len())];
+    let failpoints = format!("{crash}=1*return");
+    eprintln!("nemesis seed {seed}: crash point {crash}");
+    let mut controller =
+        cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", failpoints.as_str())]).await;
+    let proxy = Proxy::start(controller.addr).await;
+    let agent = |n: usize| {
+        let worker = ["w-1", "w-2"][n];
+        let spec = AgentSpec { cert_worker: worker, worker, pool: "default", slots: 2, extra: &[], env: &[] };
+        cluster.spawn_agent_at(&proxy.url(), &spec)
+    };
+    let mut agents = vec![agent(0), agent(1)];
+
+    let ids: Vec<String> = (0..8).map(|i| format!("nem-{seed}-{i}")).collect();
+    let killed = &ids[rng.usize(..ids.len())];
+    for id in &ids {
+        let recipe = if id == killed { mock_recipe(6, 5) } else { file_recipe() };
+        let body = messages::mcl_input(id, &messages::input(&recipe, "default"));
+        moto.send(&queue, &body).await;
+        if rng.bool() {
+            moto.send(&queue, &body).await; // a duplicate delivery
+        }
+    }
+
+    let urns: Vec<String> = ids.iter().map(|id| format!("urn:li:dataHubExecutionRequest:{id}")).collect();
+    let mut signalled = false;
+    let mut faults = Vec::new();
+    let started = Instant::now();
+    for _ in 0..8 {
+        // Each fault waits for the fleet to make some progress at GMS first (or a few seconds).
+        let before = gms.requests().await.len();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while gms.requests().await.len() <= before + 2 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if !signalled && gms.results().await.get(&format!("urn:li:dataHubExecutionRequest:{killed}")).is_some() {
+            gms.signal(&format!("urn:li:dataHubExecutionRequest:{killed}")).await;
+            signalled = true;
+            faults.push("KILL signal".to_owned());
+        }
+        let fault = rng.usize(..5);
+        match fault {
+            0 => proxy.reset(),
+            1 => gms.fail(503, 3, "aspects").await,
+            2 => gms.delay_matching(Duration::from_millis(1500), 2, "").await,
+            3 => {
+                let n = rng.usize(..2);
+                kill_cli_groups(&agents[n].log());
+                agents[n].kill();
+                agents[n] = agent(n);
+            }
+            _ => {
+                controller.proc.kill();
+                controller = cluster.controller("outpost.db", &flags).await;
+            }
+        }
+        faults.push(["reset", "gms 503", "gms slow", "agent killed", "controller killed"][fault].to_owned());
+        if controller.proc.exited() {
+            faults.push(format!("controller crashed at {crash}"));
+            controller = cluster.controller("outpost.db", &flags).await;
+        }
+    }
+    gms.heal().await;
+    eprintln!("nemesis seed {seed}: faults {faults:?} in {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if controller.proc.exited() {
+            controller = cluster.controller("outpost.db", &flags).await;
+        }
+        let results = gms.results().await;
+        let done = urns.iter().all(|u| {
+            results.get(u).is_some_and(|r| !matches!(r["status"].as_str(), Some("RUNNING") | Some("PENDING")))
+        });
+        if done && moto.counts(&queue).await == (0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "seed {seed}: requests unfinished after the faults {faults:?}: {results:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut admin = cluster.admin(&controller).await;
+    let mut recorded = Vec::new();
+    for id in &ids {
+        let task = admin.get_task(pb::GetTaskRequest { id: id.clone() }).await.unwrap().into_inner();
+        recorded.push(Recorded {
+            task: id.clone(),
+            state: pb::TaskState::try_from(task.state).map(|s| s.as_str_name().to_owned()).unwrap_or_default(),
+            epoch: task.epoch,
+            attempts: task.attempt_history.iter().map(|a| (a.epoch, a.state.clone())).collect(),
+        });
+    }
+    let history =
+        History { sent: ids.clone(), writes: result_writes(&gms).await, deletes: deletes(&cluster), recorded };
+    // The log lines are read: every request's message was deleted through the keeper, after its result.
+    for id in &ids {
+        assert!(history.deletes.iter().any(|d| d.task == *id), "seed {seed}: no delete of {id} found in the logs");
+    }
+    let violations = history::check(&history);
+    assert!(violations.is_empty(), "seed {seed} (replay: NEMESIS_SEED={seed}), faults {faults:?}: {violations:#?}");
+    for agent in &agents {
+        for pgid in cli_process_groups(&agent.log()) {
+            assert_eq!(processes_in_group(pgid), Vec::<i32>::new(), "seed {seed}: a CLI process was left behind");
+        }
+    }
+    for entry in std::fs::read_dir(cluster.path("")).unwrap().flatten() {
+        let text = std::fs::read(entry.path()).unwrap_or_default();
+        assert!(
+            !text.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "seed {seed}: the GMS token reached {:?}",
+            entry.path()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis_seed_a() {
+    nemesis(seed(20261201)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis_seed_b() {
+    nemesis(seed(424242)).await;
+}
