@@ -84,6 +84,26 @@ impl Ghost {
         }
     }
 
+    /// A hostile agent: `n` heartbeats, and `n` log messages of 4 KiB about an attempt it does not hold, as fast as
+    /// the stream takes them. Returns how many went out before the stream closed.
+    pub async fn flood(&self, n: usize) -> usize {
+        use outpost_common::pb::{self, agent_message::Msg};
+        let line = "x".repeat(4096);
+        for i in 0..n {
+            let beat = pb::AgentMessage { msg: Some(Msg::Heartbeat(pb::Heartbeat { attempts: vec![] })) };
+            let log = pb::AgentMessage {
+                msg: Some(Msg::Log(pb::Log {
+                    attempt: Some(pb::AttemptRef { task_id: "not-mine".into(), epoch: 1 }),
+                    lines: vec![line.clone()],
+                })),
+            };
+            if self.outbound.send(beat).await.is_err() || self.outbound.send(log).await.is_err() {
+                return i;
+            }
+        }
+        n
+    }
+
     pub async fn ack(&self, assign: &outpost_common::pb::Assign) {
         use outpost_common::pb::{self, agent_message::Msg};
         let ack = pb::Ack { attempt: assign.attempt.clone() };

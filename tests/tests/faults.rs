@@ -116,3 +116,33 @@ async fn a_crash_between_a_gms_write_and_its_record_sends_the_same_result_again_
 async fn a_crash_before_an_sqs_delete_deletes_it_after_the_restart() {
     crash_and_recover("crash::before_sqs_delete").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_neither_starves_another_nor_grows_the_log_tails() {
+    let cluster = Cluster::new(bins!());
+    let controller = cluster.controller("outpost.db", &fast()).await;
+    let mut admin = cluster.admin(&controller).await;
+    let hostile = Ghost::connect_alive(&cluster, &controller, "hostile", "other-pool", 1).await;
+    let _agent = cluster.agent(&controller, "honest", "default", 1, &[]);
+    wait_workers(&admin, 2).await;
+    submit(&mut admin, "under-flood", file_recipe()).await;
+    // 20,000 heartbeats and 20,000 log messages (80 MB of lines about an attempt it does not hold).
+    let flood = tokio::spawn(async move {
+        let sent = hostile.flood(20_000).await;
+        (hostile, sent)
+    });
+    let task = wait_terminal(&admin, "under-flood").await;
+    assert_eq!((task.state, task.worker_id.as_str()), (pb::TaskState::Succeeded as i32, "honest"));
+    let (_hostile, sent) = flood.await.unwrap();
+    assert_eq!(sent, 20_000, "the flood was taken in, not cut off");
+    // The controller kept none of the hostile lines: its memory stayed small.
+    let metrics_free = admin.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner();
+    assert_eq!(metrics_free.workers.len(), 2);
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", controller.proc.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().unwrap()))
+        .unwrap();
+    eprintln!("controller RSS after the flood: {rss_kib} KiB");
+    assert!(rss_kib < 64 * 1024, "the controller's memory grew to {rss_kib} KiB under the flood");
+}
