@@ -196,6 +196,39 @@ async fn nemesis(seed: u64) {
     }
 }
 
+/// The checker catches a real broken build: with `bug::delete_early` the keeper deletes SQS messages while their
+/// runs go on, and the history shows deletes that started before GMS accepted the results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
+    let cluster = Cluster::new(bins!());
+    let moto = cluster.moto().await;
+    let gms = cluster.gms(&[]).await;
+    let queue = moto.queue("broken-build").await;
+    let id = "early-delete";
+    moto.send(&queue, &messages::mcl_input(id, &messages::input(&mock_recipe(6, 5), "default"))).await;
+    let mut owned = moto.bridge_flags("default", &queue, "3s");
+    owned.extend(["--gms-url", &gms.base].map(String::from));
+    let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let controller =
+        cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", "bug::delete_early=return")]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    wait_task(&admin, id, "reported", |t| t.reported_unix_ms > 0).await;
+    let history = History {
+        sent: vec![id.into()],
+        writes: result_writes(&gms).await,
+        deletes: deletes(&cluster),
+        recorded: vec![],
+    };
+    let violations = history::check(&history);
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("its SQS message was being deleted at") && v.contains("before GMS accepted")),
+        "the checker missed the early delete: {violations:?} in {history:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nemesis_seed_a() {
     nemesis(seed(20261201)).await;

@@ -356,7 +356,13 @@ impl Queue {
                     Err(e) => warn!(task = %message.task_id, error = %e, "cannot let go of a message"),
                 }
             }
-            let (done, live): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.done);
+            // A deliberately broken test build (`bug::delete_early`) deletes messages before their results reach
+            // GMS, to show the fault tests' history checker catching exactly that.
+            #[cfg(feature = "failpoints")]
+            let early = fail::eval("bug::delete_early", |_| true).unwrap_or(false);
+            #[cfg(not(feature = "failpoints"))]
+            let early = false;
+            let (done, live): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.done || early);
             for chunk in done.chunks(BATCH) {
                 self.delete_batch(chunk).await;
             }
