@@ -122,7 +122,7 @@ async fn nemesis(seed: u64) {
             signalled = true;
             faults.push("KILL signal".to_owned());
         }
-        let fault = rng.usize(..5);
+        let fault = rng.usize(..6);
         match fault {
             0 => proxy.reset(),
             1 => gms.fail(503, 3, "aspects").await,
@@ -133,12 +133,39 @@ async fn nemesis(seed: u64) {
                 agents[n].kill();
                 agents[n] = agent(n);
             }
-            _ => {
+            4 => {
                 controller.proc.kill();
                 controller = cluster.controller("outpost.db", &flags).await;
             }
+            _ => {
+                // Frozen past its lease: the controller gives its work away; then it wakes up with stale epochs.
+                let n = rng.usize(..2);
+                agents[n].signal(libc::SIGSTOP);
+                let worker = ["w-1", "w-2"][n];
+                // (A controller that just crashed at its crash point has no admin API: then the agent thaws at once.)
+                let admin = channel(&controller.url(), &cluster.admin_tls()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(15), async {
+                    let Ok(channel) = admin else { return };
+                    let mut admin = pb::admin_service_client::AdminServiceClient::new(channel);
+                    loop {
+                        let workers = admin.list_workers(pb::ListWorkersRequest {}).await.map(|r| r.into_inner());
+                        let gone = workers.is_ok_and(|w| {
+                            w.workers.iter().any(|w| w.worker_id == worker && w.state != pb::WorkerState::Ready as i32)
+                        });
+                        if gone {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+                .await;
+                agents[n].signal(libc::SIGCONT);
+            }
         }
-        faults.push(["reset", "gms 503", "gms slow", "agent killed", "controller killed"][fault].to_owned());
+        faults.push(
+            ["reset", "gms 503", "gms slow", "agent killed", "controller killed", "agent frozen past its lease"][fault]
+                .to_owned(),
+        );
         if controller.proc.exited() {
             faults.push(format!("controller crashed at {crash}"));
             controller = cluster.controller("outpost.db", &flags).await;
