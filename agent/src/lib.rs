@@ -52,9 +52,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         None
     };
+    let venvs = Venvs::new(config.venvs);
+    venvs.check_root().map_err(anyhow::Error::msg)?;
     let (runner, events) = Runner::new(ProcessConfig {
         worker_id: worker_id.to_string(),
-        venvs: Arc::new(Venvs::new(config.venvs)),
+        venvs: Arc::new(venvs),
         secrets: Arc::new(secrets::Resolver::new(config.secrets, secrets_manager)),
         work_dir,
         limits: config.runner,

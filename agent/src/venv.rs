@@ -1,7 +1,10 @@
 //! Which `datahub` runs a task: `version: native` (or no `--venv-root`) is the CLI on PATH / `--datahub-cli`; a
 //! pinned version gets a cached virtualenv `<venv-root>/<plugin>-<hash(version, requirements, plugins)>` with
 //! `acryl-datahub[<plugin>,...]==<version>`, built once (one builder per venv at a time), with `uv` when it is on
-//! PATH, else `python -m venv` + pip. A failed build fails the task with the installer's output.
+//! PATH, else `python -m venv` + pip. A failed build fails the task with the installer's output. With
+//! `--venv-max-bytes`, after each build the least recently used venvs that no run is using are deleted until the
+//! ready venvs fit (a venv in use is never deleted: each run holds a lease on its venv). A venv root that cannot be
+//! written is refused when the agent starts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,36 @@ pub struct Venvs {
     pub root: Option<PathBuf>,
     /// The interpreter new venvs are made from.
     pub python: PathBuf,
+    /// Ready venvs are evicted (least recently used first, never one in use) beyond this many bytes.
+    pub max_bytes: Option<u64>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Runs using each venv now.
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The CLI a run uses, and its hold on the venv it lives in (released when the run ends).
+#[derive(Debug)]
+pub struct VenvUse {
+    pub cli: PathBuf,
+    _lease: Option<Lease>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    name: String,
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = in_use.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                in_use.remove(&self.name);
+            }
+        }
+    }
 }
 
 /// Which `datahub` runs (flags).
@@ -47,6 +79,10 @@ pub struct Args {
     /// The Python interpreter new virtualenvs are made from.
     #[arg(long, env = "OUTPOST_VENV_PYTHON", default_value = "python3")]
     pub venv_python: PathBuf,
+    /// Disk budget of the venvs under --venv-root: beyond it the least recently used ones no run is using are
+    /// deleted (0: no budget).
+    #[arg(long, env = "OUTPOST_VENV_MAX_BYTES", default_value_t = 0)]
+    pub venv_max_bytes: u64,
 }
 
 /// Written into a venv once its build finished.
@@ -100,18 +136,48 @@ impl Venvs {
             native_cli: args.datahub_cli,
             root: args.venv_root,
             python: args.venv_python,
+            max_bytes: (args.venv_max_bytes > 0).then_some(args.venv_max_bytes),
             locks: Mutex::new(HashMap::new()),
+            in_use: Arc::default(),
         }
+    }
+
+    /// Refuses a venv root that cannot be written (at start, with the reason), creating it if missing.
+    pub fn check_root(&self) -> Result<(), String> {
+        let Some(root) = &self.root else { return Ok(()) };
+        let probe = root.join(".outpost-write-probe");
+        std::fs::create_dir_all(root)
+            .and_then(|()| std::fs::write(&probe, b"ok"))
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                format!("the venv root {} cannot be written: {e} (give --venv-root a writable volume)", root.display())
+            })
+    }
+
+    fn lease(&self, name: &str) -> Lease {
+        *self.in_use.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default() += 1;
+        Lease { name: name.to_owned(), in_use: self.in_use.clone() }
+    }
+
+    /// Deletes least recently used ready venvs that no run uses until the rest fit in the budget. Returns the
+    /// names deleted.
+    pub async fn evict(&self) -> Vec<String> {
+        let (Some(root), Some(max)) = (self.root.clone(), self.max_bytes) else { return Vec::new() };
+        let in_use: Vec<String> = self.in_use.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        tokio::task::spawn_blocking(move || evict_blocking(&root, max, &in_use)).await.unwrap_or_default()
     }
 
     /// The `datahub` executable for a request, building its venv if needed. `note` receives progress lines for
     /// the task's log; the error is the installer's output.
-    pub async fn cli_for(&self, request: &Request, note: &mut (dyn FnMut(String) + Send)) -> Result<PathBuf, String> {
-        let Some(root) = &self.root else { return Ok(self.native_cli.clone()) };
+    pub async fn cli_for(&self, request: &Request, note: &mut (dyn FnMut(String) + Send)) -> Result<VenvUse, String> {
+        let native = VenvUse { cli: self.native_cli.clone(), _lease: None };
+        let Some(root) = &self.root else { return Ok(native) };
         if request.is_native() {
-            return Ok(self.native_cli.clone());
+            return Ok(native);
         }
         let name = request.venv_name();
+        // Held from before the build, so an eviction never takes a venv a run is about to use.
+        let lease = self.lease(&name);
         let dir = root.join(&name);
         let cli = dir.join("bin").join("datahub");
         let lock = {
@@ -123,7 +189,9 @@ impl Venvs {
         let ready = dir.join(READY_MARKER);
         if tokio::fs::try_exists(&ready).await.unwrap_or(false) {
             note(format!("Using the cached venv {name} for plugin '{}'", request.plugin));
-            return Ok(cli);
+            // Rewritten so its time says when it was last used (the eviction order).
+            let _ = tokio::fs::write(&ready, request.datahub_requirement()).await;
+            return Ok(VenvUse { cli, _lease: Some(lease) });
         }
         note(format!(
             "Setting up venv for plugin '{}' with version '{}' in {}",
@@ -143,7 +211,10 @@ impl Venvs {
             .await
             .map_err(|e| format!("cannot mark the venv ready: {e}"))?;
         note(format!("Venv ready at: {}", dir.display()));
-        Ok(cli)
+        for evicted in self.evict().await {
+            note(format!("Deleted the least recently used venv {evicted} (over --venv-max-bytes)"));
+        }
+        Ok(VenvUse { cli, _lease: Some(lease) })
     }
 
     async fn build(&self, request: &Request, dir: &Path, note: &mut (dyn FnMut(String) + Send)) -> Result<(), String> {
@@ -175,6 +246,48 @@ impl Venvs {
             }
         }
     }
+}
+
+/// Bytes under a directory (symlinks not followed).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn evict_blocking(root: &Path, max: u64, in_use: &[String]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    // (last used, name, bytes) of every ready venv.
+    let mut ready: Vec<(std::time::SystemTime, String, u64)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let used = entry.path().join(READY_MARKER).metadata().ok()?.modified().ok()?;
+            Some((used, entry.file_name().to_string_lossy().into_owned(), dir_bytes(&entry.path())))
+        })
+        .collect();
+    let mut total: u64 = ready.iter().map(|(_, _, bytes)| bytes).sum();
+    ready.sort();
+    let mut deleted = Vec::new();
+    for (_, name, bytes) in ready {
+        if total <= max {
+            break;
+        }
+        if in_use.contains(&name) {
+            continue;
+        }
+        if std::fs::remove_dir_all(root.join(&name)).is_ok() {
+            info!(venv = %name, bytes, "venv evicted: over the disk budget");
+            total -= bytes;
+            deleted.push(name);
+        }
+    }
+    deleted
 }
 
 fn path_text(path: &Path) -> String {
@@ -245,10 +358,60 @@ mod tests {
             datahub_cli: "/opt/datahub".into(),
             venv_root: Some("/nonexistent".into()),
             venv_python: "python3".into(),
+            venv_max_bytes: 0,
         });
         let mut notes = Vec::new();
-        let cli = venvs.cli_for(&request(Some("native"), &[]), &mut |line| notes.push(line)).await.unwrap();
-        assert_eq!(cli, PathBuf::from("/opt/datahub"));
+        let used = venvs.cli_for(&request(Some("native"), &[]), &mut |line| notes.push(line)).await.unwrap();
+        assert_eq!(used.cli, PathBuf::from("/opt/datahub"));
         assert!(notes.is_empty());
+    }
+
+    /// A ready venv of `bytes` bytes, last used `age` seconds ago.
+    fn fake_venv(root: &Path, name: &str, bytes: usize, age: u64) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        std::fs::write(dir.join("lib").join("payload"), vec![0u8; bytes]).unwrap();
+        let marker = dir.join(READY_MARKER);
+        std::fs::write(&marker, "acryl-datahub").unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+        std::fs::File::options().write(true).open(&marker).unwrap().set_modified(when).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_venvs_no_run_uses_go_first_until_the_rest_fit() {
+        let root = tempfile::tempdir().unwrap();
+        let mut venvs = Venvs::new(Args {
+            datahub_cli: "datahub".into(),
+            venv_root: Some(root.path().to_owned()),
+            venv_python: "python3".into(),
+            venv_max_bytes: 2500,
+        });
+        venvs.check_root().unwrap();
+        fake_venv(root.path(), "oldest", 1000, 300);
+        fake_venv(root.path(), "older-in-use", 1000, 200);
+        fake_venv(root.path(), "recent", 1000, 10);
+        std::fs::create_dir_all(root.path().join("half-built")).unwrap(); // no marker: not a ready venv
+        let lease = venvs.lease("older-in-use");
+        // 3,000+ bytes over 2,500: the oldest unused one goes; the one in use stays although it is older.
+        assert_eq!(venvs.evict().await, ["oldest"]);
+        assert!(root.path().join("older-in-use").exists() && root.path().join("recent").exists());
+        venvs.max_bytes = Some(1500);
+        assert_eq!(venvs.evict().await, ["recent"], "in use beats recently used");
+        drop(lease);
+        venvs.max_bytes = Some(10);
+        assert_eq!(venvs.evict().await, ["older-in-use"], "released, it may go");
+        assert!(root.path().join("half-built").exists(), "a venv being built is not touched");
+    }
+
+    #[test]
+    fn an_unwritable_venv_root_is_refused_with_the_reason() {
+        let venvs = Venvs::new(Args {
+            datahub_cli: "datahub".into(),
+            venv_root: Some("/proc/outpost-venvs".into()),
+            venv_python: "python3".into(),
+            venv_max_bytes: 0,
+        });
+        let error = venvs.check_root().unwrap_err();
+        assert!(error.starts_with("the venv root /proc/outpost-venvs cannot be written:"), "{error}");
     }
 }

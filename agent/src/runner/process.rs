@@ -226,7 +226,9 @@ impl Run<'_> {
         for line in notes {
             self.note(line);
         }
-        let cli = cli?;
+        // Held until the run ends: its venv is not evicted while it runs.
+        let venv = cli?;
+        let cli = venv.cli.clone();
         let envelope = prepared.envelope(&secrets);
         drop(secrets);
         let mut command = Command::new(&cli);
