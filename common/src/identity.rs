@@ -49,6 +49,19 @@ pub fn admin_uri(trust_domain: &str, name: &str) -> String {
     format!("spiffe://{trust_domain}/admin/{name}")
 }
 
+/// A certificate serial as Outpost writes it: lowercase hex without leading zeros.
+pub fn serial_text(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() }
+}
+
+/// The serial of a DER certificate ([`serial_text`]), if it parses.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(serial_text(cert.raw_serial()))
+}
+
 /// Parses one SAN URI; `Ok(None)` when it belongs to another trust domain or scheme.
 pub fn parse_uri(trust_domain: &str, uri: &str) -> Result<Option<Identity>, Error> {
     let Some(rest) = uri.strip_prefix("spiffe://") else {

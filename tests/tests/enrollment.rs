@@ -260,3 +260,32 @@ async fn the_ca_key_can_come_from_aws_secrets_manager_and_a_token_binds_its_pool
     let log = refused(&mut elsewhere).await;
     assert!(log.contains("worker bound joined with a token for pool pool-a and may serve only that pool"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_while_its_worker_may_join_again() {
+    let fleet = fleet(&[]).await;
+    let (token, _) = fleet.token("default", &["--uses", "2"]);
+    let mut first = fleet.agent("serial-test", "default", Some(&token), &[]);
+    let admin = fleet.cluster.admin(&fleet.controller).await;
+    wait_workers(&admin, 1).await;
+    let serial = worker_json(&fleet, "serial-test")["certSerial"].as_str().unwrap().to_owned();
+    let der = first_cert_der(&fleet.state("serial-test").join("agent.pem"));
+    assert_eq!(
+        outpost_common::identity::serial_of(&der).as_deref(),
+        Some(serial.as_str()),
+        "the listed serial is the agent's"
+    );
+    let out = fleet.cluster.ctl(&fleet.controller, &["workers", "revoke", "--serial", &serial]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = refused(&mut first).await;
+    assert!(log.contains(&format!("certificate {serial} is revoked")), "{log}");
+    assert_eq!(worker_json(&fleet, "serial-test")["revokedUnixMs"].as_i64(), Some(0), "the worker is not revoked");
+    // With its state wiped it joins again (a new key, a new certificate) and connects.
+    std::fs::remove_dir_all(fleet.state("serial-test")).unwrap();
+    let _again = fleet.agent("serial-test", "default", Some(&token), &[]);
+    wait_until("the worker to connect with its new certificate", Duration::from_secs(30), || async {
+        let worker = worker_json(&fleet, "serial-test");
+        (worker["state"] == "READY" && worker["certSerial"].as_str() != Some(serial.as_str())).then_some(())
+    })
+    .await;
+}

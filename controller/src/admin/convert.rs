@@ -174,6 +174,7 @@ pub fn worker(worker: WorkerView) -> pb::Worker {
         labels: worker.labels.into_iter().collect(),
         cert_expires_unix_ms: 0,
         revoked_unix_ms: 0,
+        cert_serial: String::new(),
     }
 }
 

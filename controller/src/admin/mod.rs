@@ -63,7 +63,10 @@ impl AdminService {
             .map(|w| {
                 let id = w.worker_id.to_string();
                 let mut worker = convert::worker(w);
-                worker.cert_expires_unix_ms = expiries.iter().find(|(w, _)| *w == id).map_or(0, |(_, at)| *at);
+                if let Some((_, at, serial)) = expiries.iter().find(|(w, ..)| *w == id) {
+                    worker.cert_expires_unix_ms = *at;
+                    worker.cert_serial = serial.clone();
+                }
                 worker.revoked_unix_ms = revoked.iter().find(|(w, _)| *w == id).map_or(0, |(_, at)| *at);
                 worker
             })
@@ -234,6 +237,11 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::RevokeWorkerResponse>, Status> {
         let admin = identity::require_admin(&request, &self.trust_domain)?;
         let r = request.into_inner();
+        if !r.serial.is_empty() {
+            let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
+            self.enrollment.revoke_certificate(&r.serial, &reason).await.map_err(status::from_enrollment)?;
+            return Ok(Response::new(pb::RevokeWorkerResponse {}));
+        }
         let worker = worker_id(&r.worker_id)?;
         let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
         self.enrollment.revoke_worker(&worker, &reason).await.map_err(status::from_enrollment)?;

@@ -119,8 +119,13 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum WorkersAction {
     /// Revoke a worker: its stream closes, its work runs elsewhere, its certificates are refused until they expire.
+    /// With --serial, one certificate only (the worker may join again with a token).
     Revoke {
-        worker: String,
+        #[arg(required_unless_present = "serial")]
+        worker: Option<String>,
+        /// Revoke the certificate with this serial (hex, as `workers --json` shows certSerial) instead.
+        #[arg(long, conflicts_with = "worker")]
+        serial: Option<String>,
         /// Why (kept with the revocation).
         #[arg(long, default_value = "")]
         reason: String,
@@ -220,13 +225,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
             output::workers(&workers.workers, cli.json);
         }
-        Command::Workers { action: Some(WorkersAction::Revoke { worker, reason }) } => {
-            let request = pb::RevokeWorkerRequest { worker_id: worker.clone(), reason: reason.clone() };
+        Command::Workers { action: Some(WorkersAction::Revoke { worker, serial, reason }) } => {
+            let request = pb::RevokeWorkerRequest {
+                worker_id: worker.clone().unwrap_or_default(),
+                reason: reason.clone(),
+                serial: serial.clone().unwrap_or_default(),
+            };
             client.revoke_worker(request).await.map_err(status_error)?;
+            let what = match (worker, serial) {
+                (_, Some(serial)) => format!("certificate {serial}"),
+                (Some(worker), None) => worker.clone(),
+                (None, None) => String::new(),
+            };
             if cli.json {
-                println!("{}", serde_json::json!({ "workerId": worker, "revoked": true }));
+                println!("{}", serde_json::json!({ "revoked": what }));
             } else {
-                println!("revoked {worker}: its stream is closed and its certificates are refused");
+                println!("revoked {what}: its stream is closed and it is refused from now on");
             }
         }
         Command::Tokens { action: TokensAction::Create { pool, ttl, uses, reusable, description } } => {

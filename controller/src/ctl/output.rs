@@ -55,7 +55,7 @@ fn worker_json(w: &pb::Worker) -> Value {
         "workerId": w.worker_id, "pools": w.pools, "slots": w.slots, "slotsUsed": w.slots_used,
         "version": w.version, "state": worker_state_name(w.state),
         "connectedSinceUnixMs": w.connected_since_unix_ms, "lastSeenUnixMs": w.last_seen_unix_ms, "labels": w.labels,
-        "certExpiresUnixMs": w.cert_expires_unix_ms, "revokedUnixMs": w.revoked_unix_ms,
+        "certExpiresUnixMs": w.cert_expires_unix_ms, "certSerial": w.cert_serial, "revokedUnixMs": w.revoked_unix_ms,
     })
 }
 

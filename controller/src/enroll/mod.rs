@@ -224,6 +224,26 @@ impl Enrollment {
         Ok(())
     }
 
+    /// Revokes one certificate by serial: refused from now on; the stream of the worker it was issued to (if this
+    /// controller issued it) is closed and its work lost, as for a revoked worker.
+    pub async fn revoke_certificate(&self, serial: &str, reason: &str) -> Result<(), Error> {
+        let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
+        let serial = serial.trim_start_matches('0');
+        if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::BadRequest("a certificate serial is hex digits".into()));
+        }
+        let worker = self.store.revoke_certificate(serial, reason, unix_ms()).await?;
+        if let Some(worker) = worker.as_deref().and_then(|w| WorkerId::parse(w).ok()) {
+            self.scheduler.revoke(&worker).await?;
+        }
+        warn!(serial, worker = worker.as_deref().unwrap_or("?"), reason, "certificate revoked");
+        Ok(())
+    }
+
+    pub async fn is_certificate_revoked(&self, serial: &str) -> Result<bool, Error> {
+        Ok(self.store.certificate_revoked(serial).await?)
+    }
+
     pub async fn is_revoked(&self, worker: &WorkerId) -> Result<bool, Error> {
         Ok(self.store.revoked_workers().await?.iter().any(|(w, _)| w == worker.as_str()))
     }
@@ -233,8 +253,8 @@ impl Enrollment {
         Ok(self.store.worker_binding(worker).await?)
     }
 
-    /// Per worker: its latest issued certificate's expiry and its revocation time.
-    pub async fn worker_facts(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), Error> {
+    /// Per worker: its latest issued certificate (expiry, serial) and its revocation time.
+    pub async fn worker_facts(&self) -> Result<(Vec<(String, i64, String)>, Vec<(String, i64)>), Error> {
         Ok((self.store.certificate_expiries().await?, self.store.revoked_workers().await?))
     }
 }

@@ -62,6 +62,12 @@ impl pb::agent_service_server::AgentService for AgentService {
             Identity::Agent(worker) => worker,
             other => return Err(Status::permission_denied(format!("{other} may not connect as an agent"))),
         };
+        if let Some(serial) = identity::peer_serial(&request)
+            && self.enrollment.is_certificate_revoked(&serial).await.map_err(status::from_enrollment)?
+        {
+            warn!(worker = %worker, serial, "agent refused: its certificate is revoked");
+            return Err(Status::permission_denied(format!("certificate {serial} is revoked")));
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await

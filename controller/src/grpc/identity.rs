@@ -11,6 +11,12 @@ pub fn peer<T>(request: &Request<T>, trust_domain: &str) -> Result<Identity, Sta
     identity::from_certificate(trust_domain, leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
+/// The serial of the peer's certificate (see `identity::serial_text`).
+pub fn peer_serial<T>(request: &Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    identity::serial_of(certs.first()?.as_ref())
+}
+
 /// The admin name, or PERMISSION_DENIED for any other identity.
 pub fn require_admin<T>(request: &Request<T>, trust_domain: &str) -> Result<String, Status> {
     match peer(request, trust_domain)? {

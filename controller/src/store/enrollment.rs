@@ -262,11 +262,41 @@ impl Store {
         .await
     }
 
-    /// When the latest certificate issued to each worker expires.
-    pub async fn certificate_expiries(&self) -> Result<Vec<(String, i64)>, Error> {
-        Ok(sqlx::query_as("SELECT worker_id, MAX(expires_at_ms) FROM issued_certificates GROUP BY worker_id")
-            .fetch_all(&self.reads)
-            .await?)
+    /// The latest certificate issued to each worker: (worker, expires at, serial).
+    pub async fn certificate_expiries(&self) -> Result<Vec<(String, i64, String)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT worker_id, expires_at_ms, serial FROM issued_certificates c WHERE expires_at_ms = \
+             (SELECT MAX(expires_at_ms) FROM issued_certificates d WHERE d.worker_id = c.worker_id)",
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// Revokes one certificate; returns the worker it was issued to, when this controller issued it.
+    pub async fn revoke_certificate(&self, serial: &str, reason: &str, now_ms: i64) -> Result<Option<String>, Error> {
+        let (serial, reason) = (serial.to_owned(), reason.to_owned());
+        self.transaction(move |tx, _| {
+            let worker: Option<String> = tx
+                .query_row("SELECT worker_id FROM issued_certificates WHERE serial = ?", [&serial], |r| r.get(0))
+                .optional()
+                .map_err(writer_error)?;
+            execute(
+                tx,
+                "INSERT INTO revoked_certificates (serial, worker_id, revoked_at_ms, reason) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (serial) DO NOTHING",
+                params![serial, worker, now_ms, reason],
+            )?;
+            Ok(worker)
+        })
+        .await
+    }
+
+    pub async fn certificate_revoked(&self, serial: &str) -> Result<bool, Error> {
+        let found: Option<(i64,)> = sqlx::query_as("SELECT revoked_at_ms FROM revoked_certificates WHERE serial = ?")
+            .bind(serial)
+            .fetch_optional(&self.reads)
+            .await?;
+        Ok(found.is_some())
     }
 
     pub async fn revoke_worker(&self, worker: &WorkerId, reason: &str, now_ms: i64) -> Result<(), Error> {
