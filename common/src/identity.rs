@@ -121,6 +121,16 @@ mod tests {
 }
 
 #[cfg(test)]
+mod serials {
+    #[test]
+    fn serials_are_hex_without_leading_zeros() {
+        assert_eq!(super::serial_text(&[0x03, 0xa6]), "3a6");
+        assert_eq!(super::serial_text(&[0x00, 0x10, 0x00]), "1000");
+        assert_eq!(super::serial_text(&[0x00]), "0");
+    }
+}
+
+#[cfg(test)]
 mod properties {
     use proptest::prelude::*;
 

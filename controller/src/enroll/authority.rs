@@ -83,6 +83,29 @@ impl Authority {
         params.custom_extensions.clear();
         let cert = csr.signed_by(&self.issuer).map_err(|e| Error::Authority(format!("signing: {e}")))?;
         let expires_at_ms = expires.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-        Ok(Issued { cert_pem: cert.pem(), serial: serial.iter().map(|b| format!("{b:02x}")).collect(), expires_at_ms })
+        Ok(Issued { cert_pem: cert.pem(), serial: outpost_common::identity::serial_text(&serial), expires_at_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_serial_is_the_one_in_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::init(dir.path(), &[]).unwrap();
+        let key_pem = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
+        let authority = Authority::load(&dir.path().join("ca.pem"), &key_pem, "ca.key").unwrap();
+        let worker = WorkerId::parse("w-1").unwrap();
+        // Many signings: some serials start with a zero nibble or byte, which DER and the record must agree on.
+        for _ in 0..64 {
+            let key = KeyPair::generate().unwrap();
+            let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
+            let issued = authority.sign(&csr.pem().unwrap(), "outpost", &worker, Duration::from_secs(60)).unwrap();
+            use rustls::pki_types::pem::PemObject;
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+            assert_eq!(outpost_common::identity::serial_of(&der), Some(issued.serial.clone()));
+        }
     }
 }
