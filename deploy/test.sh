@@ -31,7 +31,7 @@ step "the images run: a controller, two agents joining with a token, the example
 work="$(mktemp -d)"
 run_id="outpost-deploy-$$"
 cleanup() {
-    podman rm -f --time 5 "$run_id-agent-1" "$run_id-agent-2" "$run_id-controller" >/dev/null 2>&1 || true
+    podman rm -f --ignore --time 5 "$run_id-agent-1" "$run_id-agent-2" "$run_id-controller" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -143,10 +143,22 @@ impl Enrollment {
             description: request.description,
             created_by: created_by.to_owned(),
         };
-        self.store.create_token(&new, unix_ms()).await?;
+        let now_ms = unix_ms();
+        self.store.create_token(&new, now_ms).await?;
         info!(token = %token.id, pool = %request.pool, by = created_by, "join token created");
-        let stored = self.store.tokens().await?.into_iter().find(|t| t.id == token.id);
-        Ok((token, stored.ok_or_else(|| Error::NoSuchToken(new.id))?))
+        // What was just stored: no uses yet, not revoked.
+        let stored = store::JoinToken {
+            id: new.id,
+            pool: new.pool,
+            expires_at_ms: new.expires_at_ms,
+            uses_left: new.uses_left,
+            description: new.description,
+            created_by: new.created_by,
+            created_at_ms: now_ms,
+            revoked_at_ms: None,
+            uses: Vec::new(),
+        };
+        Ok((token, stored))
     }
 
     pub async fn tokens(&self) -> Result<Vec<store::JoinToken>, Error> {
@@ -245,7 +257,7 @@ impl Enrollment {
     }
 
     pub async fn is_revoked(&self, worker: &WorkerId) -> Result<bool, Error> {
-        Ok(self.store.revoked_workers().await?.iter().any(|(w, _)| w == worker.as_str()))
+        Ok(self.store.worker_revoked(worker).await?)
     }
 
     /// The pool a joined worker is bound to.

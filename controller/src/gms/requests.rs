@@ -51,11 +51,10 @@ pub enum Listing {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub urn: String,
-    pub status: Option<String>,
 }
 
 const LIST_EXECUTION_REQUESTS: &str = "query listExecutionRequests($input: ListExecutionRequestsInput!) { \
-     listExecutionRequests(input: $input) { start count total executionRequests { urn id result { status } } } }";
+     listExecutionRequests(input: $input) { start count total executionRequests { urn id } } }";
 
 /// The result aspect of a claimed request that waits for an agent: PENDING (what DataHub Cloud's coordinator
 /// writes for queued work and DataHub's UI shows as waiting), with a report saying who holds it.
@@ -197,7 +196,7 @@ impl Client {
             .iter()
             .filter_map(|hit| {
                 let urn = hit["urn"].as_str()?.to_owned();
-                Some(Listed { urn, status: hit["result"]["status"].as_str().map(str::to_owned) })
+                Some(Listed { urn })
             })
             .collect())
     }

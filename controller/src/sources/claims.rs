@@ -81,10 +81,6 @@ impl Claims {
         self.ttl
     }
 
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Claims request `id` of `pool`. `known`: its result as just re-read (`Some(None)`: it has none), else it
     /// is read here.
     pub async fn claim(

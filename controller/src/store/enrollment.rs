@@ -313,6 +313,15 @@ impl Store {
         .await
     }
 
+    /// Whether `worker` is revoked (a point look-up: it is asked on every agent connection).
+    pub async fn worker_revoked(&self, worker: &WorkerId) -> Result<bool, Error> {
+        let found: Option<(i64,)> = sqlx::query_as("SELECT revoked_at_ms FROM revoked_workers WHERE worker_id = ?")
+            .bind(worker.as_str())
+            .fetch_optional(&self.reads)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Every revoked worker and when.
     pub async fn revoked_workers(&self) -> Result<Vec<(String, i64)>, Error> {
         Ok(sqlx::query_as("SELECT worker_id, revoked_at_ms FROM revoked_workers").fetch_all(&self.reads).await?)
