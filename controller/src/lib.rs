@@ -180,6 +180,13 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         let join = grpc::join_service::serve(listener, identity, enrollment.clone(), grpc_token.clone());
         services.spawn("join listener", true, join);
     }
+    let sweep = grpc::sweep_tails(
+        scheduler.clone(),
+        logs.clone(),
+        config.reporter.log_tails_sweep_interval,
+        grpc_token.clone(),
+    );
+    services.spawn("log tails sweep", false, sweep);
     let ready = metrics.clone();
     let serving = move || ready.set_ready(true);
     let serve = grpc::serve(
@@ -210,7 +217,15 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     grpc_token.cancel();
     sources_token.cancel();
     status_token.cancel();
-    for name in ["gRPC server", "join listener", "KILL-signal poller", "SQS bridge", "GMS channel", "executor status"] {
+    for name in [
+        "gRPC server",
+        "log tails sweep",
+        "join listener",
+        "KILL-signal poller",
+        "SQS bridge",
+        "GMS channel",
+        "executor status",
+    ] {
         services.stopped(name, limit).await;
     }
     // 2. The scheduler (it commits its last turn).

@@ -4,8 +4,9 @@
 //! in — lines of an older attempt, of another worker or of a task nobody assigned are dropped, so an agent cannot
 //! grow this map at will. Must never be persisted: the durable copy is the report in the result.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 
@@ -19,6 +20,7 @@ struct Tail {
     lines: VecDeque<String>,
     bytes: usize,
     dropped: bool,
+    opened: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -55,8 +57,14 @@ impl LogTails {
         if tails.by_task.get(&attempt.task_id).is_some_and(|t| t.epoch >= attempt.epoch) {
             return;
         }
-        let tail =
-            Tail { epoch: attempt.epoch, worker: worker.clone(), lines: VecDeque::new(), bytes: 0, dropped: false };
+        let tail = Tail {
+            epoch: attempt.epoch,
+            worker: worker.clone(),
+            lines: VecDeque::new(),
+            bytes: 0,
+            dropped: false,
+            opened: Instant::now(),
+        };
         if let Some(old) = tails.by_task.insert(attempt.task_id.clone(), tail) {
             tails.total -= old.bytes;
         }
@@ -111,6 +119,23 @@ impl LogTails {
         if let Some(old) = tails.by_task.remove(task) {
             tails.total -= old.bytes;
         }
+    }
+
+    /// Drops the tails of tasks not in `live` that were opened before `listed` (when `live` was read: a tail
+    /// opened since belongs to a task the list may not show yet). Frees what a task that ended without a result
+    /// from its agent (its lease lost for good, reporting off) would otherwise hold.
+    pub fn retain_live(&self, live: &HashSet<TaskId>, listed: Instant) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let tails = &mut *guard;
+        let mut freed = 0;
+        tails.by_task.retain(|task, tail| {
+            let keep = live.contains(task) || tail.opened >= listed;
+            if !keep {
+                freed += tail.bytes;
+            }
+            keep
+        });
+        tails.total -= freed;
     }
 }
 
@@ -168,5 +193,26 @@ mod tests {
         tails.forget(&a);
         tails.forget(&b);
         assert_eq!(tails.total_bytes(), 0);
+    }
+
+    #[test]
+    fn tails_of_ended_tasks_are_swept_but_not_those_opened_after_the_list() {
+        let tails = LogTails::new(100, 1000);
+        let w = WorkerId::parse("w").unwrap();
+        let (ended, running) = (TaskId::parse("ended").unwrap(), TaskId::parse("running").unwrap());
+        let at = |task: &TaskId| AttemptRef { task_id: task.clone(), epoch: Epoch(1) };
+        for task in [&ended, &running] {
+            tails.open(&at(task), &w);
+            tails.append(&w, &at(task), vec!["a line".into()]);
+        }
+        let listed = Instant::now();
+        let fresh = TaskId::parse("fresh").unwrap();
+        tails.open(&at(&fresh), &w);
+        tails.append(&w, &at(&fresh), vec!["new".into()]);
+        tails.retain_live(&HashSet::from([running.clone()]), listed);
+        assert_eq!(tails.tail(&ended, Epoch(1)), None);
+        assert_eq!(tails.tail(&running, Epoch(1)).as_deref(), Some("a line\n"));
+        assert_eq!(tails.tail(&fresh, Epoch(1)).as_deref(), Some("new\n"), "opened after the list was read");
+        assert_eq!(tails.total_bytes(), "a line\n".len() + "new\n".len());
     }
 }

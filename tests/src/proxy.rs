@@ -60,6 +60,16 @@ impl Proxy {
         format!("https://{}", self.addr)
     }
 
+    /// Listens on 127.0.0.1:0 and forwards to the host and port of `url` (`http://127.0.0.1:N`).
+    pub async fn before(url: &str) -> Proxy {
+        let authority = url.split("://").nth(1).unwrap_or(url).trim_end_matches('/');
+        Proxy::start(authority.parse().unwrap_or_else(|e| panic!("{url}: not a loopback address: {e}"))).await
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Cuts every live connection.
     pub fn reset(&self) {
         for handle in self.state.live.lock().unwrap().drain(..) {

@@ -1,7 +1,8 @@
-//! A seeded nemesis: execution requests flow in over SQS (moto, with duplicate deliveries) while a schedule of
-//! faults drawn from the seed hits the fleet — connection resets through a fault proxy, GMS 5xx and slow answers,
-//! agents SIGKILLed and restarted, the controller crashing at a crash point of the test build or killed and
-//! restarted on its file, a KILL signal now and then — and then the whole history is checked
+//! A seeded nemesis: execution requests flow in over SQS (moto, with duplicate deliveries) and are found in GMS
+//! itself (the GMS channel), each claimed at GMS, while a schedule of faults drawn from the seed hits the fleet —
+//! connection resets through fault proxies (agent↔controller, controller↔GMS), partitions from GMS and from SQS,
+//! GMS 5xx and slow answers, agents SIGKILLed and restarted, the controller crashing at a crash point of the test
+//! build or killed and restarted on its file, a KILL signal now and then — and then the whole history is checked
 //! (`outpost_integration_tests::history`): one final result per request at GMS and nothing changed after it, no SQS
 //! delete before its result was accepted, no stale epoch changing a task; plus no CLI process left behind and no
 //! secret in any log. The seed is printed on failure; `NEMESIS_SEED=N` replays one.
@@ -70,32 +71,41 @@ async fn nemesis(seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
-    let gms = cluster.gms(&[]).await;
+    let gms = cluster.gms(&["--index-lag-ms", "300"]).await;
     gms.accept_token(Some(TOKEN)).await;
+    gms.serve_version("v1.2.0").await; // conditional writes: every request is claimed at GMS
     let queue = moto.queue(&format!("nemesis-{seed}")).await;
+    // The controller reaches GMS and SQS through fault proxies too.
+    let (gms_proxy, sqs_proxy) = (Proxy::before(&gms.base).await, Proxy::before(&moto.endpoint).await);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut owned = moto.bridge_flags("default", &queue, "3s");
-    owned.extend(["--listen", &listen, "--gms-url", &gms.base, "--gms-token", TOKEN].map(String::from));
+    let endpoint = owned.iter().position(|f| f == "--sqs-endpoint").unwrap() + 1;
+    owned[endpoint] = sqs_proxy.http_url();
+    owned.extend(["--listen", &listen, "--gms-url", &gms_proxy.http_url(), "--gms-token", TOKEN].map(String::from));
     let mut flags = vec!["--heartbeat-interval", "300ms", "--lease-ttl", "3s", "--sweep-interval", "100ms"];
     flags.extend(owned.iter().map(String::as_str));
     flags.extend(["--gms-retry-backoff", "100ms", "--gms-retry-backoff-max", "500ms", "--progress-interval", "500ms"]);
     flags.extend(["--signal-poll-interval", "500ms", "--retry-backoff", "200ms"]);
+    // Open-source DataHub's way in as well: requests of the pool `oss` are found in GMS itself.
+    flags.extend(["--gms-channel", "oss", "--gms-poll-interval", "200ms", "--gms-takeover-interval", "500ms"]);
+    flags.extend(["--claim-ttl", "3s", "--log-tails-sweep-interval", "500ms"]);
     let crash = CRASH_POINTS[rng.usize(..CRASH_POINTS.len())];
     let failpoints = format!("{crash}=1*return");
     eprintln!("nemesis seed {seed}: crash point {crash}");
     let mut controller =
         cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", failpoints.as_str())]).await;
     let proxy = Proxy::start(controller.addr).await;
+    const WORKERS: [(&str, &str); 3] = [("w-1", "default"), ("w-2", "default"), ("w-3", "oss")];
     let agent = |n: usize| {
-        let worker = ["w-1", "w-2"][n];
-        let spec = AgentSpec { cert_worker: worker, worker, pool: "default", slots: 2, extra: &[], env: &[] };
+        let (worker, pool) = WORKERS[n];
+        let spec = AgentSpec { cert_worker: worker, worker, pool, slots: 2, extra: &[], env: &[] };
         cluster.spawn_agent_at(&proxy.url(), &spec)
     };
-    let mut agents = vec![agent(0), agent(1)];
+    let mut agents = vec![agent(0), agent(1), agent(2)];
 
-    let ids: Vec<String> = (0..8).map(|i| format!("nem-{seed}-{i}")).collect();
-    let killed = &ids[rng.usize(..ids.len())];
-    for id in &ids {
+    let sqs_ids: Vec<String> = (0..8).map(|i| format!("nem-{seed}-{i}")).collect();
+    let killed = &sqs_ids[rng.usize(..sqs_ids.len())];
+    for id in &sqs_ids {
         let recipe = if id == killed { mock_recipe(6, 5) } else { file_recipe() };
         let body = messages::mcl_input(id, &messages::input(&recipe, "default"));
         moto.send(&queue, &body).await;
@@ -103,6 +113,12 @@ async fn nemesis(seed: u64) {
             moto.send(&queue, &body).await; // a duplicate delivery
         }
     }
+    let gms_ids: Vec<String> = (0..4).map(|i| format!("nem-{seed}-oss-{i}")).collect();
+    for id in &gms_ids {
+        let urn = format!("urn:li:dataHubExecutionRequest:{id}");
+        gms.create_request(&urn, messages::input(&file_recipe(), "oss")).await;
+    }
+    let ids: Vec<String> = sqs_ids.iter().chain(&gms_ids).cloned().collect();
 
     let urns: Vec<String> = ids.iter().map(|id| format!("urn:li:dataHubExecutionRequest:{id}")).collect();
     let mut signalled = false;
@@ -122,13 +138,13 @@ async fn nemesis(seed: u64) {
             signalled = true;
             faults.push("KILL signal".to_owned());
         }
-        let fault = rng.usize(..6);
+        let fault = rng.usize(..9);
         match fault {
             0 => proxy.reset(),
             1 => gms.fail(503, 3, "aspects").await,
             2 => gms.delay_matching(Duration::from_millis(1500), 2, "").await,
             3 => {
-                let n = rng.usize(..2);
+                let n = rng.usize(..agents.len());
                 kill_cli_groups(&agents[n].log());
                 agents[n].kill();
                 agents[n] = agent(n);
@@ -137,11 +153,11 @@ async fn nemesis(seed: u64) {
                 controller.proc.kill();
                 controller = cluster.controller("outpost.db", &flags).await;
             }
-            _ => {
+            5 => {
                 // Frozen past its lease: the controller gives its work away; then it wakes up with stale epochs.
-                let n = rng.usize(..2);
+                let n = rng.usize(..agents.len());
                 agents[n].signal(libc::SIGSTOP);
-                let worker = ["w-1", "w-2"][n];
+                let worker = WORKERS[n].0;
                 // (A controller that just crashed at its crash point has no admin API: then the agent thaws at once.)
                 let admin = channel(&controller.url(), &cluster.admin_tls()).await;
                 let _ = tokio::time::timeout(Duration::from_secs(15), async {
@@ -161,9 +177,31 @@ async fn nemesis(seed: u64) {
                 .await;
                 agents[n].signal(libc::SIGCONT);
             }
+            6 => gms_proxy.reset(),
+            // Partitions: the fault lasts a fixed time (it is the fault, not a wait for something).
+            7 => {
+                gms_proxy.partition(true);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                gms_proxy.partition(false);
+            }
+            _ => {
+                sqs_proxy.partition(true);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                sqs_proxy.partition(false);
+            }
         }
         faults.push(
-            ["reset", "gms 503", "gms slow", "agent killed", "controller killed", "agent frozen past its lease"][fault]
+            [
+                "reset",
+                "gms 503",
+                "gms slow",
+                "agent killed",
+                "controller killed",
+                "agent frozen past its lease",
+                "gms connections reset",
+                "gms partitioned 2s",
+                "sqs partitioned 2s",
+            ][fault]
                 .to_owned(),
         );
         if controller.proc.exited() {
@@ -202,8 +240,8 @@ async fn nemesis(seed: u64) {
     }
     let history =
         History { sent: ids.clone(), writes: result_writes(&gms).await, deletes: deletes(&cluster), recorded };
-    // The log lines are read: every request's message was deleted through the keeper, after its result.
-    for id in &ids {
+    // The log lines are read: every SQS request's message was deleted through the keeper, after its result.
+    for id in &sqs_ids {
         assert!(history.deletes.iter().any(|d| d.task == *id), "seed {seed}: no delete of {id} found in the logs");
     }
     let violations = history::check(&history);

@@ -132,3 +132,25 @@ pub async fn serve(
     serving();
     server.await.map_err(Error::Serve)
 }
+
+/// Every `interval` until `token` is cancelled, drops the log tails of tasks that are no longer live (tails are
+/// opened here, at assignment, and dropped at once when a result is accepted or delivered; a task that ends
+/// otherwise — its lease lost for good, a cancel nobody answered — is caught by this sweep).
+pub async fn sweep_tails(
+    scheduler: Scheduler,
+    logs: LogTails,
+    interval: Duration,
+    token: CancellationToken,
+) -> Result<(), String> {
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let listed = std::time::Instant::now();
+        match scheduler.live_task_ids().await {
+            Ok(live) => logs.retain_live(&live.into_iter().collect(), listed),
+            Err(e) => tracing::warn!(error = %e, "cannot list live tasks to sweep log tails; trying again later"),
+        }
+    }
+}

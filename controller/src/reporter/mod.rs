@@ -56,6 +56,9 @@ pub struct Config {
     /// Memory for the log tails of all running tasks together (each tail is capped at --gms-max-report-bytes).
     #[arg(long, env = "OUTPOST_LOG_TAILS_MAX_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub log_tails_max_bytes: usize,
+    /// How often the log tails of tasks that ended without a result from their agent are dropped.
+    #[arg(long, env = "OUTPOST_LOG_TAILS_SWEEP_INTERVAL", value_parser = duration::parse, default_value = "30s")]
+    pub log_tails_sweep_interval: Duration,
     /// How many GMS writes may be in flight at once, for results and for progress each (writes of one task are
     /// always sent one after another).
     #[arg(id = "gms_concurrency", long = "gms-concurrency", env = "OUTPOST_GMS_CONCURRENCY", default_value_t = 8)]
@@ -66,6 +69,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), duration::Invalid> {
         duration::positive("--progress-interval", self.progress_interval)?;
         duration::positive("--gms-retry-backoff", self.retry_backoff)?;
+        duration::positive("--log-tails-sweep-interval", self.log_tails_sweep_interval)?;
         if !(1..=256).contains(&self.concurrency) {
             return Err(duration::Invalid(format!("--gms-concurrency must be 1 to 256, not {}", self.concurrency)));
         }
