@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs a file -> blackhole recipe through DataHub's own executor engine (`datahub.executor` in acryl-datahub, as in
 datahub-protocol.md §6.4, `version: native`) N times and prints the wall time from dispatch to the terminal result
-(the SUCCESS MCP the engine emits), one line per run and the median, as JSON on the last line."""
+(the SUCCESS MCP the engine emits), one line per run and the median, as JSON on the last line. A third argument pins
+a DataHub version: the engine then builds that version's venv in each run's temporary directory, as it does."""
 import json
 import statistics
 import sys
@@ -38,6 +39,7 @@ class CaptureGraph(DataHubGraph):
 def main():
     path = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    version = sys.argv[3] if len(sys.argv) > 3 else "native"
     executor = ReportingExecutor(ReportingExecutorConfig(
         id="remote", graph_client=CaptureGraph(),
         task_configs=[TaskConfig(name="RUN_INGEST",
@@ -51,13 +53,15 @@ def main():
         exec_id = f"bench-{i}-{time.time_ns()}"
         started = time.monotonic()
         dispatcher.dispatch(ExecutionRequest(executor_id="remote", exec_id=exec_id, name="RUN_INGEST",
-                                             args={"recipe": json.dumps(recipe), "version": "native",
+                                             args={"recipe": json.dumps(recipe), "version": version,
                                                    "debug_mode": "false"}))
         with LOCK:
             while not any(exec_id in key for key in DONE):
                 LOCK.wait()
             key = next(k for k in DONE if exec_id in k)
             ended, status = DONE[key]
+        if status != "SUCCESS":
+            raise SystemExit(f"run {i} ended {status}")
         times.append(ended - started)
         print(f"run {i}: {status} in {ended - started:.3f} s", file=sys.stderr)
     print(json.dumps({"runs": runs, "median_s": statistics.median(times), "times_s": times}))

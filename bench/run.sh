@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one benchmark on release binaries. Usage: bench/run.sh BENCH [args]
-#   BENCH: heartbeats | dispatch | throughput | fleet | detection | overhead | pickup | joins  (outpost-bench; `--help` for args)
+#   BENCH: heartbeats | dispatch | throughput | fleet | detection | overhead | pickup | joins | pinned  (outpost-bench; `--help` for args)
 #          nemesis  (the fault-injection soak over seeds: --seeds N)
 #          celery   (the Celery + Redis peer; installs redis-server and Celery first, see bench/setup-celery.sh)
 set -euo pipefail
@@ -31,7 +31,7 @@ if [ "$bench" = celery ]; then
     bench/setup-celery.sh
     exec bench/.venv-celery/bin/python bench/celery_bench.py "$@"
 fi
-if [ "$bench" = overhead ] || [ "$bench" = pickup ]; then
+if [ "$bench" = overhead ] || [ "$bench" = pickup ] || [ "$bench" = pinned ]; then
     scripts/setup-python.sh  # the datahub CLI, DataHub's executor engine and the GMS stand-in's venv
 fi
 cargo build --release --workspace --bins --quiet

@@ -52,11 +52,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         None
     };
-    let venvs = Venvs::new(config.venvs);
+    let metrics = metrics::Metrics::default();
+    let warm = config.venvs.warm.clone();
+    let venvs = Venvs::new(config.venvs, metrics.clone());
     venvs.check_root().map_err(anyhow::Error::msg)?;
+    let venvs = Arc::new(venvs);
+    venvs.refresh().await;
+    for spec in warm {
+        let venvs = venvs.clone();
+        tokio::spawn(async move { venvs.warm(spec).await });
+    }
     let (runner, events) = Runner::new(ProcessConfig {
         worker_id: worker_id.to_string(),
-        venvs: Arc::new(venvs),
+        venvs: venvs.clone(),
         secrets: Arc::new(secrets::Resolver::new(config.secrets, secrets_manager)),
         work_dir,
         limits: config.runner,
@@ -72,7 +80,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         labels,
         timings: config.session,
     };
-    let metrics = metrics::Metrics::default();
     metrics.set_slots(config.slots);
     let http_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
@@ -84,7 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
         tokio::spawn(outpost_common::metrics::serve(listener, handler, config.metrics_read_timeout, http_stop.clone()));
     }
-    let result = session::run(session, credentials.renewal, runner, events, metrics, shutdown).await;
+    let result = session::run(session, credentials.renewal, runner, events, venvs, metrics, shutdown).await;
     http_stop.cancel();
     result?;
     Ok(())

@@ -20,6 +20,10 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::runner::{Assignment, RunOutcome, Runner, RunnerEvent, StopReason};
+use crate::venv::{HeldVenv, Venvs};
+use outpost_common::venv::VenvSpec;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// What the session needs to know.
 #[derive(Clone, Debug)]
@@ -145,6 +149,9 @@ struct Agent {
     metrics: Metrics,
     /// Renews a certificate the controller issued (joined agents).
     renewal: Option<crate::enroll::Renewal>,
+    /// Builds venvs ahead of need; what it holds goes to the controller.
+    venvs: Arc<Venvs>,
+    held_venvs: watch::Receiver<Vec<HeldVenv>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled and its work is finished (or handed back after the drain
@@ -154,6 +161,7 @@ pub async fn run(
     renewal: Option<crate::enroll::Renewal>,
     runner: Runner,
     events: mpsc::Receiver<RunnerEvent>,
+    venvs: Arc<Venvs>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -170,6 +178,8 @@ pub async fn run(
         announced: false,
         metrics,
         renewal,
+        held_venvs: venvs.subscribe(),
+        venvs,
     };
     loop {
         if agent.finished() {
@@ -193,6 +203,18 @@ pub async fn run(
             return Ok(());
         }
     }
+}
+
+fn venvs_pb(venvs: &[HeldVenv]) -> Vec<pb::Venv> {
+    venvs
+        .iter()
+        .map(|v| pb::Venv {
+            key: v.key.clone(),
+            requirement: v.requirement.clone(),
+            bytes: v.bytes,
+            last_used_unix_ms: v.last_used_ms,
+        })
+        .collect()
 }
 
 fn msg(msg: Out) -> pb::AgentMessage {
@@ -326,6 +348,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             labels: self.config.labels.clone().into_iter().collect(),
             held: held.iter().map(attempt_pb).collect(),
+            venvs: venvs_pb(&self.held_venvs.borrow_and_update()),
         });
         let _ = tx.send(msg(hello)).await;
         let mut inbound = client.connect(ReceiverStream::new(rx)).await.map_err(Error::Refused)?.into_inner();
@@ -396,6 +419,10 @@ impl Agent {
                 _ = keepalive.tick() => {
                     send(msg(Out::Keepalive(pb::Keepalive { sent_unix_ms: unix_ms() }))).await?;
                 }
+                Ok(()) = self.held_venvs.changed() => {
+                    let venvs = venvs_pb(&self.held_venvs.borrow_and_update());
+                    send(msg(Out::VenvsHeld(pb::VenvsHeld { venvs }))).await?;
+                }
                 _ = shutdown.cancelled(), if may_begin_shutdown => {
                     self.begin_shutdown();
                     send(msg(Out::Draining(pb::Draining { reason: "agent shutting down".into() }))).await?;
@@ -452,6 +479,13 @@ impl Agent {
                 info!(attempt = %attempt, reason = %cancel.reason, "cancel requested");
                 self.runner.stop(&attempt, StopReason::Cancelled);
             }
+            In::WarmVenv(warm) => match VenvSpec::pinned(&warm.version, &warm.plugin) {
+                Ok(spec) => {
+                    let venvs = self.venvs.clone();
+                    tokio::spawn(async move { venvs.warm(spec).await });
+                }
+                Err(e) => warn!(error = %e, "the controller asked for a venv that cannot be built"),
+            },
             In::Drain(drain) => {
                 info!(reason = %drain.reason, "drain requested by the controller: taking no new work");
                 self.drained = true;

@@ -12,18 +12,22 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use tokio::process::Command;
-use tracing::info;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// A ready venv this agent holds, as the controller is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldVenv {
+    pub key: String,
+    pub requirement: String,
+    pub bytes: u64,
+    pub last_used_ms: i64,
+}
 
 /// What a task asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    /// `None` or `native`: the agent's own CLI.
-    pub version: Option<String>,
-    /// The recipe's source type (`mysql`, `file`, ...): the acryl-datahub extra to install.
-    pub plugin: String,
-    pub extra_requirements: Vec<String>,
-    pub extra_plugins: Vec<String>,
-}
+pub use outpost_common::venv::VenvSpec as Request;
 
 /// Chooses (and builds) virtualenvs.
 #[derive(Debug)]
@@ -38,6 +42,11 @@ pub struct Venvs {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Runs using each venv now.
     in_use: Arc<Mutex<HashMap<String, usize>>>,
+    /// The ready venvs, for the controller (sent in Hello and whenever this changes).
+    held: watch::Sender<Vec<HeldVenv>>,
+    /// Warm-up builds go one at a time.
+    warming: Semaphore,
+    metrics: Metrics,
 }
 
 /// The CLI a run uses, and its hold on the venv it lives in (released when the run ends).
@@ -83,55 +92,17 @@ pub struct Args {
     /// deleted (0: no budget).
     #[arg(long, env = "OUTPOST_VENV_MAX_BYTES", default_value_t = 0)]
     pub venv_max_bytes: u64,
+    /// Venvs to build in the background at start, before work needing them arrives: `VERSION:PLUGIN`
+    /// (e.g. `1.7.0.17:mysql`), repeated or comma-separated. Needs --venv-root.
+    #[arg(long = "warm", env = "OUTPOST_WARM", value_delimiter = ',', value_parser = Request::parse_pair)]
+    pub warm: Vec<Request>,
 }
 
 /// Written into a venv once its build finished.
 const READY_MARKER: &str = ".outpost-ready";
 
-/// FNV-1a, 64 bits: a stable name for a venv's contents (not a security hash).
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.bytes().chain([0u8]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
-}
-
-/// Characters allowed in a venv directory name.
-fn sanitize(text: &str) -> String {
-    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
-}
-
-impl Request {
-    pub fn is_native(&self) -> bool {
-        self.version.as_deref().is_none_or(|v| v.is_empty() || v == "native")
-    }
-
-    /// `<plugin>-<16 hex digits>`.
-    pub fn venv_name(&self) -> String {
-        let version = self.version.as_deref().unwrap_or("");
-        let requirements = self.extra_requirements.join("\n");
-        let plugins = self.extra_plugins.join(",");
-        format!("{}-{:016x}", sanitize(&self.plugin), fnv1a(&[version, &requirements, &plugins]))
-    }
-
-    /// The pip requirement for acryl-datahub with the extras the recipe needs.
-    pub fn datahub_requirement(&self) -> String {
-        let mut extras = vec![self.plugin.clone()];
-        extras.extend(self.extra_plugins.iter().cloned());
-        let extras = extras.join(",");
-        match self.version.as_deref() {
-            Some("latest") | None => format!("acryl-datahub[{extras}]"),
-            Some(version) => format!("acryl-datahub[{extras}]=={}", version.trim_start_matches('v')),
-        }
-    }
-}
-
 impl Venvs {
-    pub fn new(args: Args) -> Venvs {
+    pub fn new(args: Args, metrics: Metrics) -> Venvs {
         Venvs {
             native_cli: args.datahub_cli,
             root: args.venv_root,
@@ -139,7 +110,54 @@ impl Venvs {
             max_bytes: (args.venv_max_bytes > 0).then_some(args.venv_max_bytes),
             locks: Mutex::new(HashMap::new()),
             in_use: Arc::default(),
+            held: watch::Sender::new(Vec::new()),
+            warming: Semaphore::new(1),
+            metrics,
         }
+    }
+
+    /// The ready venvs now and from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<HeldVenv>> {
+        self.held.subscribe()
+    }
+
+    /// Reads which venvs are ready (and their sizes) from the disk.
+    pub async fn refresh(&self) {
+        let Some(root) = self.root.clone() else { return };
+        let held = tokio::task::spawn_blocking(move || scan_blocking(&root)).await.unwrap_or_default();
+        self.metrics.set_venv_bytes(held.iter().map(|v| v.bytes).sum());
+        self.held.send_if_modified(|current| {
+            let changed = *current != held;
+            *current = held;
+            changed
+        });
+    }
+
+    /// Builds a venv ahead of need (at start with --warm, or when the controller asks), one such build at a
+    /// time; a venv already ready only has its use time renewed.
+    pub async fn warm(&self, spec: Request) {
+        if self.root.is_none() {
+            warn!(requirement = %spec.datahub_requirement(), "cannot warm a venv without --venv-root");
+            return;
+        }
+        let _one_at_a_time = self.warming.acquire().await;
+        info!(venv = %spec.key(), requirement = %spec.datahub_requirement(), "warming a venv");
+        let mut note = |line: String| tracing::debug!(line, "warm-up");
+        match self.cli_for(&spec, &mut note).await {
+            Ok(_) => info!(venv = %spec.key(), "venv warm"),
+            Err(e) => warn!(venv = %spec.key(), error = %e, "warming a venv failed"),
+        }
+    }
+
+    /// The venv `name` was just used: its last use moves on (what the controller shows).
+    fn touched(&self, name: &str) {
+        self.held.send_if_modified(|held| match held.iter_mut().find(|v| v.key == name) {
+            Some(venv) => {
+                venv.last_used_ms = outpost_common::clock::unix_ms();
+                true
+            }
+            None => false,
+        });
     }
 
     /// Refuses a venv root that cannot be written (at start, with the reason), creating it if missing.
@@ -175,7 +193,7 @@ impl Venvs {
         if request.is_native() {
             return Ok(native);
         }
-        let name = request.venv_name();
+        let name = request.key().to_string();
         // Held from before the build, so an eviction never takes a venv a run is about to use.
         let lease = self.lease(&name);
         let dir = root.join(&name);
@@ -191,6 +209,8 @@ impl Venvs {
             note(format!("Using the cached venv {name} for plugin '{}'", request.plugin));
             // Rewritten so its time says when it was last used (the eviction order).
             let _ = tokio::fs::write(&ready, request.datahub_requirement()).await;
+            self.metrics.venv_cache(true);
+            self.touched(&name);
             return Ok(VenvUse { cli, _lease: Some(lease) });
         }
         note(format!(
@@ -202,7 +222,10 @@ impl Venvs {
         info!(venv = %dir.display(), requirement = %request.datahub_requirement(), "building virtualenv");
         let _ = tokio::fs::remove_dir_all(&dir).await;
         tokio::fs::create_dir_all(root).await.map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        self.metrics.venv_cache(false);
+        let started = std::time::Instant::now();
         let built = self.build(request, &dir, note).await;
+        self.metrics.venv_built(started.elapsed().as_secs_f64(), built.is_ok());
         if let Err(e) = built {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
@@ -214,6 +237,7 @@ impl Venvs {
         for evicted in self.evict().await {
             note(format!("Deleted the least recently used venv {evicted} (over --venv-max-bytes)"));
         }
+        self.refresh().await;
         Ok(VenvUse { cli, _lease: Some(lease) })
     }
 
@@ -259,6 +283,26 @@ fn dir_bytes(dir: &Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+/// Every ready venv under `root`, by key.
+fn scan_blocking(root: &Path) -> Vec<HeldVenv> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut held: Vec<HeldVenv> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let marker = entry.path().join(READY_MARKER);
+            let used = marker.metadata().ok()?.modified().ok()?;
+            Some(HeldVenv {
+                key: entry.file_name().to_string_lossy().into_owned(),
+                requirement: std::fs::read_to_string(&marker).unwrap_or_default().trim().to_owned(),
+                bytes: dir_bytes(&entry.path()),
+                last_used_ms: used.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+            })
+        })
+        .collect();
+    held.sort_by(|a, b| a.key.cmp(&b.key));
+    held
 }
 
 fn evict_blocking(root: &Path, max: u64, in_use: &[String]) -> Vec<String> {
@@ -328,40 +372,27 @@ async fn run(program: &Path, args: &[String], note: &mut (dyn FnMut(String) + Se
 mod tests {
     use super::*;
 
-    fn request(version: Option<&str>, plugins: &[&str]) -> Request {
-        Request {
-            version: version.map(str::to_owned),
-            plugin: "mysql".into(),
-            extra_requirements: vec![],
-            extra_plugins: plugins.iter().map(|p| p.to_string()).collect(),
+    fn args(cli: &str, root: &str, max_bytes: u64) -> Args {
+        Args {
+            datahub_cli: cli.into(),
+            venv_root: Some(root.into()),
+            venv_python: "python3".into(),
+            venv_max_bytes: max_bytes,
+            warm: Vec::new(),
         }
-    }
-
-    #[test]
-    fn names_and_requirements() {
-        assert!(request(None, &[]).is_native());
-        assert!(request(Some("native"), &[]).is_native());
-        let pinned = request(Some("v1.7.0.17"), &["sql-queries"]);
-        assert!(!pinned.is_native());
-        assert_eq!(pinned.datahub_requirement(), "acryl-datahub[mysql,sql-queries]==1.7.0.17");
-        assert_eq!(request(Some("latest"), &[]).datahub_requirement(), "acryl-datahub[mysql]");
-        let name = pinned.venv_name();
-        assert!(name.starts_with("mysql-") && name.len() == "mysql-".len() + 16, "{name}");
-        assert_eq!(name, request(Some("v1.7.0.17"), &["sql-queries"]).venv_name(), "stable");
-        assert_ne!(name, request(Some("v1.7.0.16"), &["sql-queries"]).venv_name());
-        assert_ne!(name, request(Some("v1.7.0.17"), &[]).venv_name());
     }
 
     #[tokio::test]
     async fn native_needs_no_build() {
-        let venvs = Venvs::new(Args {
-            datahub_cli: "/opt/datahub".into(),
-            venv_root: Some("/nonexistent".into()),
-            venv_python: "python3".into(),
-            venv_max_bytes: 0,
-        });
+        let venvs = Venvs::new(args("/opt/datahub", "/nonexistent", 0), Metrics::default());
         let mut notes = Vec::new();
-        let used = venvs.cli_for(&request(Some("native"), &[]), &mut |line| notes.push(line)).await.unwrap();
+        let used = venvs
+            .cli_for(
+                &Request { version: Some("native".into()), ..Request::pinned("1.0", "mysql").unwrap() },
+                &mut |line| notes.push(line),
+            )
+            .await
+            .unwrap();
         assert_eq!(used.cli, PathBuf::from("/opt/datahub"));
         assert!(notes.is_empty());
     }
@@ -380,12 +411,7 @@ mod tests {
     #[tokio::test]
     async fn the_least_recently_used_venvs_no_run_uses_go_first_until_the_rest_fit() {
         let root = tempfile::tempdir().unwrap();
-        let mut venvs = Venvs::new(Args {
-            datahub_cli: "datahub".into(),
-            venv_root: Some(root.path().to_owned()),
-            venv_python: "python3".into(),
-            venv_max_bytes: 2500,
-        });
+        let mut venvs = Venvs::new(args("datahub", root.path().to_str().unwrap(), 2500), Metrics::default());
         venvs.check_root().unwrap();
         fake_venv(root.path(), "oldest", 1000, 300);
         fake_venv(root.path(), "older-in-use", 1000, 200);
@@ -405,12 +431,7 @@ mod tests {
 
     #[test]
     fn an_unwritable_venv_root_is_refused_with_the_reason() {
-        let venvs = Venvs::new(Args {
-            datahub_cli: "datahub".into(),
-            venv_root: Some("/proc/outpost-venvs".into()),
-            venv_python: "python3".into(),
-            venv_max_bytes: 0,
-        });
+        let venvs = Venvs::new(args("datahub", "/proc/outpost-venvs", 0), Metrics::default());
         let error = venvs.check_root().unwrap_err();
         assert!(error.starts_with("the venv root /proc/outpost-venvs cannot be written:"), "{error}");
     }

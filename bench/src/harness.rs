@@ -288,6 +288,18 @@ impl Drop for Guard {
 /// A real `outpost-agent` process (the release binary next to this one) with its own certificate, serving `pool`
 /// with `slots` slots and running `datahub` from the project venv; killed on drop.
 pub fn agent_process(controller: &ControllerProcess, worker: &str, pool: &str, slots: u32) -> anyhow::Result<Guard> {
+    agent_process_with(controller, worker, pool, slots, &[], &[])
+}
+
+/// An agent with extra flags and environment variables.
+pub fn agent_process_with(
+    controller: &ControllerProcess,
+    worker: &str,
+    pool: &str,
+    slots: u32,
+    extra: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<Guard> {
     let certs = controller.certs();
     outpost_controller::certs::agent(&certs, worker, "outpost")?;
     let datahub = repo_root()?.join(".venv/bin/datahub");
@@ -304,6 +316,8 @@ pub fn agent_process(controller: &ControllerProcess, worker: &str, pool: &str, s
         .arg(&datahub)
         .env("DATAHUB_TELEMETRY_ENABLED", "false")
         .env("RUST_LOG", "warn")
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;

@@ -7,6 +7,7 @@ mod gms_sink;
 mod harness;
 mod joins;
 mod pickup;
+mod pinned;
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,11 @@ enum Bench {
     /// The same file → blackhole recipe through Outpost and the bare CLI.
     Overhead {
         #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// A pinned-version recipe through Outpost cold and warm, and through DataHub's executor engine.
+    Pinned {
+        #[arg(long, default_value_t = 5)]
         runs: usize,
     },
     /// Execution request created in GMS → RUNNING written, over the GMS channel or SQS (claims at GMS on).
@@ -167,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,
             Bench::Overhead { runs } => benches::overhead(runs).await,
+            Bench::Pinned { runs } => pinned::pinned(runs).await,
             Bench::Joins { agents, concurrency, cert_ttl } => joins::joins(agents, concurrency, cert_ttl).await,
             Bench::Pickup { requests, every, index_lag_ms, sqs } => {
                 pickup::pickup(requests, every, index_lag_ms, sqs).await

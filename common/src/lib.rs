@@ -22,4 +22,5 @@ pub mod signal;
 pub mod task;
 pub mod telemetry;
 pub mod tls;
+pub mod venv;
 pub mod wire;

@@ -117,6 +117,8 @@ struct Inner {
     retries: [AtomicU64; 5],
     aborted: AtomicU64,
     grants: AtomicU64,
+    /// Grants of tasks needing a pinned-version venv: to an agent holding it, to one that builds it.
+    venv_grants: [AtomicU64; 2],
     connected_agents: AtomicU64,
     sqs_calls: [AtomicU64; 4],
     gms_writes: [[AtomicU64; 6]; 3],
@@ -134,6 +136,7 @@ impl Default for Metrics {
                 retries: Default::default(),
                 aborted: AtomicU64::new(0),
                 grants: AtomicU64::new(0),
+                venv_grants: Default::default(),
                 connected_agents: AtomicU64::new(0),
                 sqs_calls: Default::default(),
                 gms_writes: Default::default(),
@@ -149,9 +152,13 @@ fn add(counter: &AtomicU64) {
 }
 
 impl Metrics {
-    /// A task was granted after waiting `seconds` in the queue.
-    pub fn granted(&self, seconds: f64) {
+    /// A task was granted after waiting `seconds` in the queue; `warm`: whether the agent holds the venv it
+    /// needs (`None`: it needs none).
+    pub fn granted(&self, seconds: f64, warm: Option<bool>) {
         add(&self.inner.grants);
+        if let Some(warm) = warm {
+            add(&self.inner.venv_grants[usize::from(!warm)]);
+        }
         self.inner.dispatch_latency.observe(seconds);
     }
 
@@ -245,6 +252,11 @@ impl Metrics {
         );
         family(&mut out, "outpost_grants_total", "counter", "Tasks granted to agents.");
         sample(&mut out, "outpost_grants_total", &[], inner.grants.load(Ordering::Relaxed) as f64);
+        let help = "Grants of tasks needing a pinned-version venv, by whether the agent already held it.";
+        family(&mut out, "outpost_venv_grants_total", "counter", help);
+        for (venv, n) in ["warm", "cold"].iter().zip(&inner.venv_grants) {
+            sample(&mut out, "outpost_venv_grants_total", &[("venv", venv)], n.load(Ordering::Relaxed) as f64);
+        }
         family(&mut out, "outpost_lease_losses_total", "counter", "Attempts whose agent was lost, by reason.");
         for (reason, n) in ["lease_expired", "no_ack", "agent_restarted"].iter().zip(&inner.lease_losses) {
             sample(&mut out, "outpost_lease_losses_total", &[("reason", reason)], n.load(Ordering::Relaxed) as f64);

@@ -92,6 +92,7 @@ proptest! {
         version in "\\PC{0,40}",
         labels in prop::collection::btree_map("\\PC{0,10}", "\\PC{0,10}", 0..4),
         held in prop::collection::vec(("\\PC{0,20}", any::<u64>()), 0..4),
+        venvs in prop::collection::vec(("\\PC{0,20}", "\\PC{0,30}", any::<u64>(), any::<i64>()), 0..4),
     ) {
         use outpost_common::pb;
         let hello = pb::Hello {
@@ -101,6 +102,10 @@ proptest! {
             version,
             labels: labels.into_iter().collect(),
             held: held.into_iter().map(|(task_id, epoch)| pb::AttemptRef { task_id, epoch }).collect(),
+            venvs: venvs
+                .into_iter()
+                .map(|(key, requirement, bytes, last_used_unix_ms)| pb::Venv { key, requirement, bytes, last_used_unix_ms })
+                .collect(),
         };
         match crate::grpc::convert_hello(hello) {
             Ok(hello) => prop_assert!(hello.slots >= 1 && hello.slots <= crate::grpc::MAX_SLOTS),

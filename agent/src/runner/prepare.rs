@@ -46,14 +46,6 @@ impl Prepared {
     }
 }
 
-/// A JSON list of strings given as a string arg (empty string = empty list).
-fn string_list(args: &BTreeMap<String, String>, key: &str) -> Result<Vec<String>, String> {
-    match args.get(key).map(String::as_str) {
-        None | Some("") => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text).map_err(|e| format!("{key} is not a JSON list of strings: {e}")),
-    }
-}
-
 pub fn prepare(
     exec_id: &str,
     task_name: &str,
@@ -114,12 +106,7 @@ pub fn prepare(
     }
     argv.push(report_path.clone());
     env.insert("DATAHUB_DEBUG".into(), if debug { "true" } else { "false" }.into());
-    let venv = venv::Request {
-        version: args.get("version").cloned(),
-        plugin,
-        extra_requirements: string_list(args, "extra_pip_requirements")?,
-        extra_plugins: string_list(args, "extra_pip_plugins")?,
-    };
+    let venv = venv::Request::from_args(plugin, args)?;
     Ok(Prepared { recipe: recipe.to_string(), argv, env, test_connection, debug, memory_limit, venv, report_path })
 }
 

@@ -7,7 +7,7 @@ use tonic::Status;
 use outpost_common::ids::TaskId;
 
 use crate::metrics::Metrics;
-use crate::scheduler::{Explanation, PoolCapacity, Why, WorkerState, WorkerView};
+use crate::scheduler::{Explanation, HeldVenv, PoolCapacity, Why, WorkerState, WorkerView};
 use crate::store::{AttemptRecord, PoolBacklog, Quarantined, TaskRecord};
 
 pub fn task_state(state: TaskState) -> pb::TaskState {
@@ -134,6 +134,15 @@ pub fn explanation(id: &TaskId, explanation: Explanation) -> pb::Explanation {
         }
         Why::Finished => (pb::Reason::Finished, format!("finished as {}", explanation.state)),
     };
+    let mut message = message;
+    if let Some(key) = &explanation.venv {
+        let holders: Vec<String> = explanation.warm_on.iter().map(ToString::to_string).collect();
+        if holders.is_empty() {
+            message.push_str(&format!("; needs venv {key}, which no connected agent of its pool holds yet"));
+        } else {
+            message.push_str(&format!("; needs venv {key}, held by {}", holders.join(", ")));
+        }
+    }
     pb::Explanation {
         id: id.to_string(),
         state: task_state(explanation.state) as i32,
@@ -141,6 +150,8 @@ pub fn explanation(id: &TaskId, explanation: Explanation) -> pb::Explanation {
         message,
         not_before_unix_ms,
         worker_id,
+        venv_key: explanation.venv.map(|k| k.to_string()).unwrap_or_default(),
+        warm_workers: explanation.warm_on.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -175,6 +186,16 @@ pub fn worker(worker: WorkerView) -> pb::Worker {
         cert_expires_unix_ms: 0,
         revoked_unix_ms: 0,
         cert_serial: String::new(),
+        venvs: worker.venvs.iter().map(venv).collect(),
+    }
+}
+
+pub fn venv(venv: &HeldVenv) -> pb::Venv {
+    pb::Venv {
+        key: venv.key.to_string(),
+        requirement: venv.requirement.clone(),
+        bytes: venv.bytes,
+        last_used_unix_ms: venv.last_used_ms,
     }
 }
 

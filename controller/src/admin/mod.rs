@@ -5,6 +5,7 @@ mod convert;
 
 use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use outpost_common::pb;
+use outpost_common::venv::VenvSpec;
 use tonic::{Request, Response, Status};
 
 use crate::enroll::{Enrollment, TokenRequest};
@@ -246,6 +247,19 @@ impl pb::admin_service_server::AdminService for AdminService {
         let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
         self.enrollment.revoke_worker(&worker, &reason).await.map_err(status::from_enrollment)?;
         Ok(Response::new(pb::RevokeWorkerResponse {}))
+    }
+
+    async fn warm_venvs(
+        &self,
+        request: Request<pb::WarmVenvsRequest>,
+    ) -> Result<Response<pb::WarmVenvsResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let pool = PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?;
+        let spec = VenvSpec::pinned(&r.version, &r.plugin).map_err(Status::invalid_argument)?;
+        let key = spec.key().to_string();
+        let asked = self.scheduler.warm(&pool, spec, r.agents).await.map_err(status::from_scheduler)?;
+        Ok(Response::new(pb::WarmVenvsResponse { key, worker_ids: asked.iter().map(ToString::to_string).collect() }))
     }
 
     async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {

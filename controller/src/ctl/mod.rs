@@ -38,6 +38,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<WorkersAction>,
     },
+    /// The pinned-version venvs each connected agent holds (size, last use); `venvs warm --pool P --version V
+    /// --plugin PLUGIN` asks agents of a pool to build one in idle time.
+    Venvs {
+        #[command(subcommand)]
+        action: Option<VenvsAction>,
+    },
     /// Join tokens for agents: `tokens create --pool P`, `tokens list`, `tokens revoke ID`.
     Tokens {
         #[command(subcommand)]
@@ -113,6 +119,24 @@ enum Command {
         /// How often --wait polls.
         #[arg(long, value_parser = outpost_common::duration::parse, default_value = "500ms")]
         poll_interval: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VenvsAction {
+    /// Ask agents of a pool to build a venv before work needing it arrives (placement then prefers them).
+    Warm {
+        #[arg(long)]
+        pool: String,
+        /// A pinned DataHub version, e.g. 1.7.0.17.
+        #[arg(long)]
+        version: String,
+        /// The source plugin, e.g. mysql.
+        #[arg(long)]
+        plugin: String,
+        /// How many agents to ask (0: every connected agent of the pool that does not hold it yet).
+        #[arg(long, default_value_t = 0)]
+        agents: u32,
     },
 }
 
@@ -221,6 +245,20 @@ fn read_recipe(path: &PathBuf) -> anyhow::Result<String> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli).await?;
     match &cli.command {
+        Command::Venvs { action: None } => {
+            let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
+            output::venvs(&workers.workers, cli.json);
+        }
+        Command::Venvs { action: Some(VenvsAction::Warm { pool, version, plugin, agents }) } => {
+            let request = pb::WarmVenvsRequest {
+                pool: pool.clone(),
+                version: version.clone(),
+                plugin: plugin.clone(),
+                agents: *agents,
+            };
+            let warmed = client.warm_venvs(request).await.map_err(status_error)?.into_inner();
+            output::warmed(&warmed, cli.json);
+        }
         Command::Workers { action: None } => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
             output::workers(&workers.workers, cli.json);

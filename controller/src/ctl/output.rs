@@ -56,7 +56,55 @@ fn worker_json(w: &pb::Worker) -> Value {
         "version": w.version, "state": worker_state_name(w.state),
         "connectedSinceUnixMs": w.connected_since_unix_ms, "lastSeenUnixMs": w.last_seen_unix_ms, "labels": w.labels,
         "certExpiresUnixMs": w.cert_expires_unix_ms, "certSerial": w.cert_serial, "revokedUnixMs": w.revoked_unix_ms,
+        "venvs": w.venvs.iter().map(venv_json).collect::<Vec<_>>(),
     })
+}
+
+fn venv_json(v: &pb::Venv) -> Value {
+    json!({"key": v.key, "requirement": v.requirement, "bytes": v.bytes, "lastUsedUnixMs": v.last_used_unix_ms})
+}
+
+/// Every venv of every connected worker, one row each.
+pub fn venvs(workers: &[pb::Worker], as_json: bool) {
+    let held = workers.iter().flat_map(|w| w.venvs.iter().map(move |v| (w, v)));
+    if as_json {
+        let values = held
+            .map(|(w, v)| {
+                let mut value = venv_json(v);
+                value["workerId"] = json!(w.worker_id);
+                value["pools"] = json!(w.pools);
+                value
+            })
+            .collect();
+        return print_json(&Value::Array(values));
+    }
+    let rows: Vec<Vec<String>> = held
+        .map(|(w, v)| {
+            vec![
+                w.worker_id.clone(),
+                w.pools.join(","),
+                v.key.clone(),
+                v.requirement.clone(),
+                format!("{:.1} MiB", v.bytes as f64 / (1024.0 * 1024.0)),
+                time(v.last_used_unix_ms),
+            ]
+        })
+        .collect();
+    table(&["WORKER", "POOLS", "VENV", "REQUIREMENT", "SIZE", "LAST USED"], &rows);
+}
+
+pub fn warmed(warmed: &pb::WarmVenvsResponse, as_json: bool) {
+    if as_json {
+        return print_json(&json!({"key": warmed.key, "workerIds": warmed.worker_ids}));
+    }
+    if warmed.worker_ids.is_empty() {
+        println!(
+            "venv {}: no agent asked (every connected agent of the pool holds it already, or none is connected)",
+            warmed.key
+        );
+    } else {
+        println!("venv {}: asked {} to build it", warmed.key, warmed.worker_ids.join(", "));
+    }
 }
 
 fn token_json(t: &pb::JoinToken) -> Value {
@@ -151,11 +199,12 @@ pub fn workers(workers: &[pb::Worker], as_json: bool) {
                 time(w.last_seen_unix_ms),
                 time(w.cert_expires_unix_ms),
                 if w.revoked_unix_ms > 0 { format!("revoked {}", time(w.revoked_unix_ms)) } else { "-".into() },
+                w.venvs.len().to_string(),
             ]
         })
         .collect();
     table(
-        &["WORKER", "STATE", "POOLS", "SLOTS", "VERSION", "CONNECTED", "LAST SEEN", "CERT EXPIRES", "REVOKED"],
+        &["WORKER", "STATE", "POOLS", "SLOTS", "VERSION", "CONNECTED", "LAST SEEN", "CERT EXPIRES", "REVOKED", "VENVS"],
         &rows,
     );
 }
@@ -259,7 +308,8 @@ pub fn explanation(e: &pb::Explanation, as_json: bool) {
     let reason = reason.unwrap_or_else(|_| e.reason.to_string());
     if as_json {
         return print_json(&json!({"id": e.id, "state": state_name(e.state), "reason": reason, "message": e.message,
-                                  "notBeforeUnixMs": e.not_before_unix_ms, "workerId": e.worker_id}));
+                                  "notBeforeUnixMs": e.not_before_unix_ms, "workerId": e.worker_id,
+                                  "venvKey": e.venv_key, "warmWorkers": e.warm_workers}));
     }
     println!("{} is {}: {} ({reason})", e.id, state_name(e.state), e.message);
 }

@@ -227,6 +227,10 @@ impl Session {
                 unanswered.push_back(Box::pin(async move { Answered::Result(attempt, answer.get().await) }));
             }
             In::Draining(_) => self.scheduler.draining(&self.worker, self.id).await,
+            In::VenvsHeld(held) => {
+                let venvs = convert::venvs(held.venvs)?;
+                self.scheduler.venvs_held(&self.worker, self.id, venvs).await;
+            }
             In::RenewCertificate(renew) => {
                 // Signing is quick; the stream carries on while it happens.
                 let certificate = match self.enrollment.renew(&self.worker, &renew.csr_pem).await {

@@ -6,8 +6,9 @@ use outpost_common::pb;
 use tonic::Status;
 
 use crate::scheduler::AttemptResult;
-use crate::scheduler::{AgentCommand, AgentHello};
+use crate::scheduler::{AgentCommand, AgentHello, HeldVenv};
 use crate::store::ResultRecord;
+use outpost_common::venv::VenvKey;
 
 fn invalid(what: &str, error: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{what}: {error}"))
@@ -28,6 +29,29 @@ pub const MAX_SLOTS: u32 = 1024;
 const MAX_LABELS: usize = 32;
 const MAX_TEXT: usize = 256;
 const MAX_POOLS: usize = 64;
+/// The most venvs an agent may say it holds.
+pub const MAX_VENVS: usize = 1024;
+
+/// The venvs of a Hello or a VenvsHeld, bounded and with keys checked.
+pub fn venvs(venvs: Vec<pb::Venv>) -> Result<Vec<HeldVenv>, Status> {
+    if venvs.len() > MAX_VENVS {
+        return Err(Status::invalid_argument(format!("venvs: at most {MAX_VENVS}")));
+    }
+    venvs
+        .into_iter()
+        .map(|v| {
+            if v.requirement.len() > MAX_TEXT {
+                return Err(Status::invalid_argument(format!("venvs.requirement: at most {MAX_TEXT} bytes")));
+            }
+            Ok(HeldVenv {
+                key: VenvKey::parse(&v.key).map_err(|e| invalid("venvs.key", e))?,
+                requirement: v.requirement,
+                bytes: v.bytes,
+                last_used_ms: v.last_used_unix_ms,
+            })
+        })
+        .collect()
+}
 
 pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
     if hello.pools.is_empty() {
@@ -62,6 +86,7 @@ pub fn hello(hello: pb::Hello) -> Result<AgentHello, Status> {
         version: hello.version,
         labels: hello.labels.into_iter().collect(),
         held: hello.held.into_iter().map(|a| attempt(Some(a))).collect::<Result<_, _>>()?,
+        venvs: venvs(hello.venvs)?,
     })
 }
 
@@ -96,6 +121,9 @@ pub fn command(command: AgentCommand) -> pb::ControllerMessage {
             Msg::Cancel(pb::Cancel { attempt: Some(attempt_to_pb(&attempt)), reason })
         }
         AgentCommand::Drain { reason } => Msg::Drain(pb::Drain { reason }),
+        AgentCommand::Warm(spec) => {
+            Msg::WarmVenv(pb::WarmVenv { version: spec.version.unwrap_or_default(), plugin: spec.plugin })
+        }
     };
     pb::ControllerMessage { msg: Some(msg) }
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use outpost_common::ids::{AttemptRef, Epoch, PoolId, TaskId, WorkerId};
 use outpost_common::task::TaskState;
+use outpost_common::venv::VenvKey;
 use tokio::time::Instant;
 
 use super::lifecycle::TaskFacts;
@@ -24,6 +25,8 @@ pub struct Lease {
     pub ack_deadline: Option<Instant>,
     /// While a cancel is pending.
     pub cancel_deadline: Option<Instant>,
+    /// The pinned-version venv the task needs (kept for its retries' placement).
+    pub venv: Option<VenvKey>,
 }
 
 impl Lease {
@@ -111,6 +114,7 @@ mod tests {
             attempts: 2,
             ack_deadline: None,
             cancel_deadline: None,
+            venv: None,
         }
     }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use outpost_common::duration;
 
 use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
+use outpost_common::venv::{VenvKey, VenvSpec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,10 @@ pub struct Config {
     /// Stop a run still going after this long; it ends TIMED_OUT (unset: no limit, as in DataHub).
     #[arg(long, env = "OUTPOST_TASK_TIMEOUT", value_parser = duration::parse)]
     pub task_timeout: Option<Duration>,
+    /// How long a task that needs a pinned-version venv may wait for a busy agent that already holds it, instead
+    /// of going to a free agent that would build it (0: never wait; a warm free agent is preferred either way).
+    #[arg(long, env = "OUTPOST_WARM_WAIT", value_parser = duration::parse, default_value = "0s")]
+    pub warm_wait: Duration,
     #[command(flatten)]
     pub retry: RetryPolicy,
 }
@@ -141,6 +146,17 @@ pub struct AgentHello {
     pub version: String,
     pub labels: BTreeMap<String, String>,
     pub held: Vec<AttemptRef>,
+    /// The ready venvs it holds.
+    pub venvs: Vec<HeldVenv>,
+}
+
+/// A ready venv an agent holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldVenv {
+    pub key: VenvKey,
+    pub requirement: String,
+    pub bytes: u64,
+    pub last_used_ms: i64,
 }
 
 /// The engine's answer to a Hello.
@@ -167,8 +183,15 @@ pub struct Assignment {
 #[derive(Clone, Debug)]
 pub enum AgentCommand {
     Assign(Assignment),
-    Cancel { attempt: AttemptRef, reason: String },
-    Drain { reason: String },
+    Cancel {
+        attempt: AttemptRef,
+        reason: String,
+    },
+    Drain {
+        reason: String,
+    },
+    /// Build this venv in idle time.
+    Warm(VenvSpec),
 }
 
 /// How much work a pool could start now, for demand-driven intake.
@@ -201,6 +224,9 @@ pub enum Why {
 pub struct Explanation {
     pub state: outpost_common::task::TaskState,
     pub why: Why,
+    /// The pinned-version venv the task needs, and the connected agents of its pool that hold it now.
+    pub venv: Option<VenvKey>,
+    pub warm_on: Vec<WorkerId>,
 }
 
 /// Connected agents of a pool.
@@ -233,6 +259,8 @@ pub struct WorkerView {
     pub connected_since_ms: Option<i64>,
     pub last_seen_ms: i64,
     pub labels: BTreeMap<String, String>,
+    /// Ready venvs it holds (connected workers only).
+    pub venvs: Vec<HeldVenv>,
 }
 
 /// Messages from the handle to the engine.
@@ -276,6 +304,17 @@ enum Event {
     Disconnected {
         worker: WorkerId,
         session: SessionId,
+    },
+    VenvsHeld {
+        worker: WorkerId,
+        session: SessionId,
+        venvs: Vec<HeldVenv>,
+    },
+    Warm {
+        pool: PoolId,
+        spec: VenvSpec,
+        agents: u32,
+        reply: oneshot::Sender<Result<Vec<WorkerId>, Error>>,
     },
     ListWorkers {
         reply: oneshot::Sender<Result<Vec<WorkerView>, Error>>,
@@ -421,6 +460,17 @@ impl Scheduler {
 
     pub async fn disconnected(&self, worker: &WorkerId, session: SessionId) {
         self.tell(Event::Disconnected { worker: worker.clone(), session }).await
+    }
+
+    /// The ready venvs an agent holds now.
+    pub async fn venvs_held(&self, worker: &WorkerId, session: SessionId, venvs: Vec<HeldVenv>) {
+        self.tell(Event::VenvsHeld { worker: worker.clone(), session, venvs }).await
+    }
+
+    /// Asks up to `agents` (0: every) connected, non-draining agents of `pool` that do not hold the venv yet to
+    /// build it in idle time; returns the workers asked.
+    pub async fn warm(&self, pool: &PoolId, spec: VenvSpec, agents: u32) -> Result<Vec<WorkerId>, Error> {
+        self.call(|reply| Event::Warm { pool: pool.clone(), spec, agents, reply }).await
     }
 
     /// Cancels a task: a queued one at once; a running one is fenced out (epoch bump) and its agent told to stop.

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use outpost_common::ids::{PoolId, TaskId};
+use outpost_common::venv::VenvKey;
 use tokio::time::Instant;
 
 #[derive(Debug, Default)]
@@ -14,11 +15,16 @@ pub struct Queue {
     delayed_pool: HashMap<TaskId, PoolId>,
     /// When each ready task became ready (for the dispatch-latency histogram).
     ready_since: HashMap<TaskId, Instant>,
+    /// The pinned-version venv each waiting task needs (placement prefers agents holding it).
+    venvs: HashMap<TaskId, VenvKey>,
 }
 
 impl Queue {
     /// Adds a task at the back of its pool's queue, or to the delayed set if `not_before_ms` is in the future.
-    pub fn push(&mut self, pool: PoolId, task: TaskId, not_before_ms: i64, now_ms: i64) {
+    pub fn push(&mut self, pool: PoolId, task: TaskId, venv: Option<VenvKey>, not_before_ms: i64, now_ms: i64) {
+        if let Some(venv) = venv {
+            self.venvs.insert(task.clone(), venv);
+        }
         if not_before_ms > now_ms {
             self.delayed.insert((not_before_ms, task.clone()));
             self.delayed_pool.insert(task, pool);
@@ -54,11 +60,22 @@ impl Queue {
         self.ready.get(pool).and_then(|q| q.front())
     }
 
-    /// The oldest ready task of a pool and how long it waited.
-    pub fn pop_front(&mut self, pool: &PoolId) -> Option<(TaskId, std::time::Duration)> {
+    /// The venv a waiting task needs, if any.
+    pub fn venv(&self, task: &TaskId) -> Option<&VenvKey> {
+        self.venvs.get(task)
+    }
+
+    /// How long a ready task has been ready.
+    pub fn ready_for(&self, task: &TaskId) -> std::time::Duration {
+        self.ready_since.get(task).map(Instant::elapsed).unwrap_or_default()
+    }
+
+    /// The oldest ready task of a pool, how long it waited, and the venv it needs.
+    pub fn pop_front(&mut self, pool: &PoolId) -> Option<(TaskId, std::time::Duration, Option<VenvKey>)> {
         let task = self.ready.get_mut(pool).and_then(|q| q.pop_front())?;
         let waited = self.ready_since.remove(&task).map(|since| since.elapsed()).unwrap_or_default();
-        Some((task, waited))
+        let venv = self.venvs.remove(&task);
+        Some((task, waited, venv))
     }
 
     /// Where a task waits: `Some(None)` ready, `Some(Some(t))` backing off until t, `None` not queued here.
@@ -81,6 +98,7 @@ impl Queue {
 
     /// Removes a task wherever it waits; false when it is not queued here.
     pub fn remove(&mut self, task: &TaskId) -> bool {
+        self.venvs.remove(task);
         if self.delayed_pool.remove(task).is_some() {
             self.delayed.retain(|(_, t)| t != task);
             return true;
@@ -110,16 +128,16 @@ mod tests {
     #[test]
     fn fifo_per_pool_with_delayed_tasks_promoted_in_time_order() {
         let mut queue = Queue::default();
-        queue.push(pool("p"), task("a"), 0, 100);
-        queue.push(pool("p"), task("late"), 300, 100);
-        queue.push(pool("p"), task("later"), 500, 100);
-        queue.push(pool("q"), task("b"), 100, 100);
+        queue.push(pool("p"), task("a"), None, 0, 100);
+        queue.push(pool("p"), task("late"), None, 300, 100);
+        queue.push(pool("p"), task("later"), None, 500, 100);
+        queue.push(pool("q"), task("b"), None, 100, 100);
         assert_eq!(queue.ready_len(&pool("p")), 1);
         assert_eq!(queue.ready_len(&pool("q")), 1);
         assert_eq!(queue.promote_due(299), 0);
         assert_eq!(queue.promote_due(300), 1);
-        assert_eq!(queue.pop_front(&pool("p")).map(|(t, _)| t), Some(task("a")));
-        assert_eq!(queue.pop_front(&pool("p")).map(|(t, _)| t), Some(task("late")));
+        assert_eq!(queue.pop_front(&pool("p")).map(|(t, _, _)| t), Some(task("a")));
+        assert_eq!(queue.pop_front(&pool("p")).map(|(t, _, _)| t), Some(task("late")));
         assert_eq!(queue.pop_front(&pool("p")), None);
         assert_eq!(queue.front(&pool("q")), Some(&task("b")));
         let mut pools = queue.ready_pools();
@@ -130,8 +148,8 @@ mod tests {
     #[test]
     fn remove_finds_ready_and_delayed_tasks() {
         let mut queue = Queue::default();
-        queue.push(pool("p"), task("a"), 0, 0);
-        queue.push(pool("p"), task("b"), 50, 0);
+        queue.push(pool("p"), task("a"), None, 0, 0);
+        queue.push(pool("p"), task("b"), None, 50, 0);
         assert!(queue.remove(&task("b")));
         assert!(queue.remove(&task("a")));
         assert!(!queue.remove(&task("a")));

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::metrics::Metrics;
+use outpost_common::venv::VenvSpec;
 
 fn config() -> Config {
     Config {
@@ -22,6 +23,7 @@ fn config() -> Config {
         cancel_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(60),
         task_timeout: None,
+        warm_wait: Duration::ZERO,
         retry: RetryPolicy {
             max_attempts: 3,
             backoff_base: Duration::from_millis(10),
@@ -102,6 +104,16 @@ async fn agent_kicked_by(
     worker: &str,
     credits: u32,
 ) -> (SessionId, mpsc::Receiver<AgentCommand>, CancellationToken) {
+    agent_holding(scheduler, worker, credits, &[]).await
+}
+
+/// An agent session whose Hello says it holds `venvs`.
+async fn agent_holding(
+    scheduler: &Scheduler,
+    worker: &str,
+    credits: u32,
+    venvs: &[&VenvSpec],
+) -> (SessionId, mpsc::Receiver<AgentCommand>, CancellationToken) {
     let (commands, received) = mpsc::channel(64);
     let kick = CancellationToken::new();
     let hello = AgentHello {
@@ -111,6 +123,15 @@ async fn agent_kicked_by(
         version: "test".into(),
         labels: BTreeMap::new(),
         held: Vec::new(),
+        venvs: venvs
+            .iter()
+            .map(|spec| HeldVenv {
+                key: spec.key(),
+                requirement: spec.datahub_requirement(),
+                bytes: 1,
+                last_used_ms: 0,
+            })
+            .collect(),
     };
     let welcome = scheduler.connect(hello, commands, kick.clone()).await.unwrap();
     scheduler.credit(&WorkerId::parse(worker).unwrap(), welcome.session, credits).await;
@@ -341,5 +362,68 @@ async fn an_agent_cannot_take_more_work_than_its_slots_whatever_credit_it_sends(
     assigned(&mut commands).await;
     scheduler.list_workers().await.unwrap();
     assert!(commands.try_recv().is_err());
+    token.cancel();
+}
+
+/// A task that needs `spec`'s venv (a pinned version of the `file` source).
+fn pinned_task(id: &str, spec: &VenvSpec) -> NewTask {
+    let mut task = task(id);
+    task.task_name = "RUN_INGEST".into();
+    task.args.insert("recipe".into(), format!(r#"{{"source": {{"type": "{}", "config": {{}}}}}}"#, spec.plugin));
+    task.args.insert("version".into(), spec.version.clone().unwrap());
+    task
+}
+
+#[tokio::test]
+async fn a_task_goes_to_the_free_agent_holding_its_venv_and_otherwise_to_the_one_with_most_credit() {
+    let (_dir, _store, scheduler, token) = start().await;
+    let spec = VenvSpec::pinned("1.7.0.17", "file").unwrap();
+    let other = VenvSpec::pinned("1.7.0.16", "file").unwrap();
+    let (_, mut roomy) = agent(&scheduler, "a-roomy", 4).await;
+    let (_, mut warm, _) = agent_holding(&scheduler, "b-warm", 1, &[&spec]).await;
+    scheduler.submit(pinned_task("warm-1", &spec)).await.unwrap();
+    assert_eq!(assigned(&mut warm).await.attempt.task_id.as_str(), "warm-1", "the warm agent despite less credit");
+    let explained = scheduler.explain(&id("warm-1")).await.unwrap();
+    assert_eq!(explained.venv, Some(spec.key()));
+    assert_eq!(explained.warm_on, [WorkerId::parse("b-warm").unwrap()]);
+    // Another version: nobody holds it, the most credit wins; and with the warm agent busy (no credit left, the
+    // warm wait 0), a second task of the same venv goes to the cold agent at once.
+    scheduler.submit(pinned_task("cold-1", &other)).await.unwrap();
+    assert_eq!(assigned(&mut roomy).await.attempt.task_id.as_str(), "cold-1");
+    scheduler.submit(pinned_task("warm-2", &spec)).await.unwrap();
+    assert_eq!(assigned(&mut roomy).await.attempt.task_id.as_str(), "warm-2", "never waits by default");
+    // Warm-up asks agents of the pool that do not hold it yet, the least busy first.
+    let asked = scheduler.warm(&PoolId::parse("p").unwrap(), spec.clone(), 0).await.unwrap();
+    assert_eq!(asked, [WorkerId::parse("a-roomy").unwrap()]);
+    match roomy.recv().await {
+        Some(AgentCommand::Warm(asked_for)) => assert_eq!(asked_for, spec),
+        other => panic!("expected a warm-up request, got {other:?}"),
+    }
+    token.cancel();
+}
+
+#[tokio::test]
+async fn with_a_warm_wait_a_task_waits_for_its_busy_warm_agent_and_then_goes_cold() {
+    let config =
+        Config { warm_wait: Duration::from_millis(600), sweep_interval: Duration::from_millis(50), ..config() };
+    let (_dir, _store, scheduler, token) = start_with(config).await;
+    let spec = VenvSpec::pinned("1.7.0.17", "file").unwrap();
+    let (warm_session, mut warm, _) = agent_holding(&scheduler, "b-warm", 1, &[&spec]).await;
+    let (_, mut cold) = agent(&scheduler, "a-cold", 4).await;
+    scheduler.submit(pinned_task("first", &spec)).await.unwrap();
+    let first = assigned(&mut warm).await;
+    scheduler.submit(pinned_task("second", &spec)).await.unwrap();
+    // The warm agent finishes within the wait: the second task goes to it, not to the free cold agent.
+    let worker = WorkerId::parse("b-warm").unwrap();
+    scheduler.ack(&worker, warm_session, first.attempt.clone()).await.get().await.unwrap();
+    scheduler.result(&worker, warm_session, first.attempt, succeeded()).await.get().await.unwrap();
+    scheduler.credit(&worker, warm_session, 1).await;
+    assert_eq!(assigned(&mut warm).await.attempt.task_id.as_str(), "second");
+    assert!(cold.try_recv().is_err());
+    // A third waits out the warm wait while the warm agent stays busy, then goes to the cold agent.
+    let asked = std::time::Instant::now();
+    scheduler.submit(pinned_task("third", &spec)).await.unwrap();
+    assert_eq!(assigned(&mut cold).await.attempt.task_id.as_str(), "third");
+    assert!(asked.elapsed() >= Duration::from_millis(600), "it waited for the warm agent first");
     token.cancel();
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use outpost_common::clock::unix_ms;
 use outpost_common::ids::{AttemptRef, TaskId, WorkerId};
 use outpost_common::task::TaskState;
+use outpost_common::venv::VenvKey;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -19,6 +20,9 @@ use crate::store;
 pub(super) struct Pick {
     pub task: TaskId,
     pub worker: WorkerId,
+    venv: Option<VenvKey>,
+    /// Whether the worker holds that venv.
+    warm: Option<bool>,
     /// How long it had been ready, and when it was picked (for the dispatch-latency histogram).
     waited: std::time::Duration,
     picked: Instant,
@@ -30,7 +34,8 @@ impl Engine {
     pub(super) fn pick(&mut self) -> Vec<Pick> {
         let mut picks = Vec::new();
         for pool in self.queue.ready_pools() {
-            while self.queue.front(&pool).is_some() {
+            while let Some(front) = self.queue.front(&pool) {
+                let venv = self.queue.venv(front);
                 let worker = {
                     let candidates: Vec<Candidate<'_>> = self
                         .sessions
@@ -40,18 +45,31 @@ impl Engine {
                             pools: &s.hello.pools,
                             credits: s.credits,
                             draining: s.draining,
+                            warm: venv.is_some_and(|key| s.hello.venvs.iter().any(|v| v.key == *key)),
                         })
                         .collect();
                     match policy::choose(&pool, &candidates) {
-                        Some(index) => candidates[index].worker_id.clone(),
+                        Some(index) if candidates[index].warm => (candidates[index].worker_id.clone(), Some(true)),
+                        Some(_)
+                            if policy::wait_for_warm(
+                                &pool,
+                                &candidates,
+                                self.queue.ready_for(front),
+                                self.config.warm_wait,
+                            ) =>
+                        {
+                            break; // the pool waits (in order) for the warm agent, within --warm-wait
+                        }
+                        Some(index) => (candidates[index].worker_id.clone(), venv.map(|_| false)),
                         None => break,
                     }
                 };
-                let Some((task, waited)) = self.queue.pop_front(&pool) else { break };
+                let (worker, warm) = worker;
+                let Some((task, waited, venv)) = self.queue.pop_front(&pool) else { break };
                 if let Some(session) = self.sessions.get_mut(&worker) {
                     session.credits = session.credits.saturating_sub(1);
                 }
-                picks.push(Pick { task, worker, waited, picked: Instant::now() });
+                picks.push(Pick { task, worker, venv, warm, waited, picked: Instant::now() });
             }
         }
         picks
@@ -71,7 +89,7 @@ impl Engine {
                 continue;
             };
             // Queued → durably granted (the Assign goes out right after).
-            self.metrics.granted((pick.waited + pick.picked.elapsed()).as_secs_f64());
+            self.metrics.granted((pick.waited + pick.picked.elapsed()).as_secs_f64(), pick.warm);
             let task = grant.task;
             let worker = pick.worker;
             self.leases.insert(
@@ -85,10 +103,12 @@ impl Engine {
                     attempts: task.attempts,
                     ack_deadline: Some(Instant::now() + self.config.ack_deadline),
                     cancel_deadline: None,
+                    venv: pick.venv,
                 },
             );
             let attempt = AttemptRef { task_id: task.request.id.clone(), epoch: task.epoch };
-            info!(worker = %worker, attempt = %attempt, number = grant.attempt_number, "task assigned");
+            let venv = pick.warm.map(|warm| if warm { "warm" } else { "cold" });
+            info!(worker = %worker, attempt = %attempt, number = grant.attempt_number, venv, "task assigned");
             let command = AgentCommand::Assign(Assignment {
                 attempt,
                 task_name: task.request.task_name,

@@ -5,12 +5,13 @@
 //! revokes unacknowledged assignments, times out cancels, wakes backed-off tasks and persists heartbeats.
 //!
 //! The concerns live in their own files: `sessions.rs` (agents coming and going, liveness), `tasks.rs` (the life
-//! cycle applied: acks, results, losses, cancels, retries), `dispatch.rs` (placement and grants), `views.rs`
+//! cycle applied: acks, results, losses, cancels, retries), `dispatch.rs` (placement and grants), `venvs.rs` (warm-up requests), `views.rs`
 //! (read models for the admin API and intake). This file holds the loop, the turn and its commit.
 
 mod dispatch;
 mod sessions;
 mod tasks;
+mod venvs;
 mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use outpost_common::clock::unix_ms;
 use outpost_common::ids::{TaskId, WorkerId};
 use outpost_common::task::TaskState;
+use outpost_common::venv::VenvSpec;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +93,8 @@ async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Erro
     let mut queue = Queue::default();
     let queued = store.queued_tasks().await?;
     for task in &queued {
-        queue.push(task.request.pool.clone(), task.request.id.clone(), task.not_before_ms, now_ms);
+        let venv = VenvSpec::key_of_task(&task.request.args);
+        queue.push(task.request.pool.clone(), task.request.id.clone(), venv, task.not_before_ms, now_ms);
     }
     let mut leases = Leases::default();
     let held = store.held_tasks().await?;
@@ -109,6 +112,7 @@ async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Erro
                 attempts: task.attempts,
                 ack_deadline: (task.state == TaskState::Assigned).then(|| now + ack_window),
                 cancel_deadline: task.cancel_requested.then(|| now + config.cancel_timeout),
+                venv: VenvSpec::key_of_task(&task.request.args),
             },
         );
     }
@@ -215,6 +219,14 @@ impl Engine {
             }
             Event::Draining { worker, session } => self.draining(&worker, session),
             Event::Disconnected { worker, session } => self.disconnected(&worker, session),
+            Event::VenvsHeld { worker, session, venvs } => {
+                if let Some(current) = self.current(&worker, session) {
+                    current.hello.venvs = venvs;
+                }
+            }
+            Event::Warm { pool, spec, agents, reply } => {
+                let _ = reply.send(Ok(self.warm(&pool, spec, agents)));
+            }
             Event::ListWorkers { reply } => {
                 let _ = reply.send(self.list_workers().await);
             }

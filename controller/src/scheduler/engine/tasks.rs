@@ -6,6 +6,7 @@
 use outpost_common::clock::unix_ms;
 use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, ResultStatus, TaskState};
+use outpost_common::venv::VenvSpec;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -40,7 +41,8 @@ impl Engine {
         // Queued now so the turn that records it can also grant it; the grant is fenced on the task being QUEUED
         // in the store, so a known (finished) task submitted again is never granted.
         if self.leases.get(&task.id).is_none() && !self.queue.contains(&task.id) {
-            self.queue.push(task.pool.clone(), task.id.clone(), 0, unix_ms());
+            let venv = VenvSpec::key_of_task(&task.args);
+            self.queue.push(task.pool.clone(), task.id.clone(), venv, 0, unix_ms());
         }
         self.plan.submit(task, reply);
     }
@@ -260,7 +262,7 @@ impl Engine {
         self.leases.remove(task);
         let state = match &end.change {
             TaskChange::Requeue { not_before_ms } => {
-                self.queue.push(lease.pool.clone(), task.clone(), *not_before_ms, now_ms);
+                self.queue.push(lease.pool.clone(), task.clone(), lease.venv.clone(), *not_before_ms, now_ms);
                 TaskState::Queued
             }
             TaskChange::Finish { state, .. } => {
@@ -333,7 +335,10 @@ impl Engine {
                 self.plan.change(Change::Retry { task: task.clone() });
                 let facts = TaskFacts { state: TaskState::Queued, ..known.facts };
                 self.plan.decided(task, facts, &known.pool);
-                self.queue.push(known.pool, task.clone(), 0, unix_ms());
+                // An operator's retry is rare: the venv it needs is read from its stored args.
+                let stored = self.store.task(task).await.ok().flatten();
+                let venv = stored.and_then(|(record, _)| VenvSpec::key_of_task(&record.request.args));
+                self.queue.push(known.pool, task.clone(), venv, 0, unix_ms());
                 info!(task = %task, "finished task queued again by an operator");
                 Ok(())
             }

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use outpost_common::ids::{PoolId, TaskId};
+use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use outpost_common::task::TaskState;
+use outpost_common::venv::{VenvKey, VenvSpec};
 
 use super::{Engine, Session};
 use crate::scheduler::{Demand, Error, Explanation, PoolCapacity, Why, WorkerState, WorkerView};
@@ -20,7 +21,9 @@ impl Engine {
             } else {
                 Why::Running { worker }
             };
-            return Ok(Explanation { state: lease.state, why });
+            let venv = lease.venv.clone();
+            let warm_on = self.warm_on(&lease.pool, venv.as_ref());
+            return Ok(Explanation { state: lease.state, why, venv, warm_on });
         }
         let (record, _) = self.store.task(task).await?.ok_or_else(|| Self::not_found(task))?;
         let why = match self.queue.waiting(task) {
@@ -41,7 +44,22 @@ impl Engine {
             None if record.state.is_terminal() => Why::Finished,
             None => Why::WaitingItsTurn,
         };
-        Ok(Explanation { state: record.state, why })
+        let venv = match self.queue.venv(task) {
+            Some(key) => Some(key.clone()),
+            None => VenvSpec::key_of_task(&record.request.args),
+        };
+        let warm_on = self.warm_on(&record.request.pool, venv.as_ref());
+        Ok(Explanation { state: record.state, why, venv, warm_on })
+    }
+
+    /// Connected agents of `pool` that hold `venv`.
+    fn warm_on(&self, pool: &PoolId, venv: Option<&VenvKey>) -> Vec<WorkerId> {
+        let Some(key) = venv else { return Vec::new() };
+        self.sessions
+            .values()
+            .filter(|s| s.hello.pools.contains(pool) && s.hello.venvs.iter().any(|v| v.key == *key))
+            .map(|s| s.hello.worker_id.clone())
+            .collect()
     }
 
     pub(super) async fn list_workers(&self) -> Result<Vec<WorkerView>, Error> {
@@ -61,6 +79,7 @@ impl Engine {
                         connected_since_ms: Some(s.connected_since_ms),
                         last_seen_ms: self.liveness.get(&s.hello.worker_id).map_or(record.last_seen_ms, |l| l.1),
                         labels: s.hello.labels.clone(),
+                        venvs: s.hello.venvs.clone(),
                     },
                     None => WorkerView {
                         worker_id: record.seen.worker_id,
@@ -72,6 +91,7 @@ impl Engine {
                         connected_since_ms: None,
                         last_seen_ms: record.last_seen_ms,
                         labels: record.seen.labels,
+                        venvs: Vec::new(),
                     },
                 }
             })
