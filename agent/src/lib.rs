@@ -84,12 +84,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let http_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let answering = metrics.clone();
-        let handler: outpost_common::metrics::Handler = Arc::new(move |path: String| {
-            let answer = answering.answer(&path);
-            Box::pin(async move { answer })
-        });
-        tokio::spawn(outpost_common::metrics::serve(listener, handler, config.metrics_read_timeout, http_stop.clone()));
+        let router = outpost_common::metrics::router(metrics.probes());
+        let timeout = config.metrics_read_timeout;
+        tokio::spawn(outpost_common::http::serve(listener, router, timeout, None, http_stop.clone()));
     }
     let result = session::run(session, credentials.renewal, runner, events, venvs, metrics, shutdown).await;
     http_stop.cancel();

@@ -57,13 +57,18 @@ pub async fn pinned(runs: usize) -> anyhow::Result<()> {
     let cold = times.remove(0);
     times.sort();
     let warm = percentile_ms(&times, 50.0);
-    // DataHub's executor engine, the same pinned recipe, a venv built per run.
+    // DataHub's executor engine, the same pinned recipe, a venv built per run. Its install is constrained by the
+    // constraints.txt inside acryl-datahub, which pins pip==26.2.2, a release the package index here no longer
+    // serves (yanked): an override to the release before it lets the engine build at all.
+    let overrides = venvs.path().join("uv-overrides.txt");
+    std::fs::write(&overrides, "pip==26.2.1\n")?;
     let engine = Command::new(root.join(".venv/bin/python"))
         .arg(root.join("bench/datahub_executor_run.py"))
         .arg(&sample)
         .arg(runs.to_string())
         .arg(VERSION)
         .env("PATH", &path)
+        .env("UV_OVERRIDE", &overrides)
         .env("DATAHUB_TELEMETRY_ENABLED", "false")
         .output()?;
     anyhow::ensure!(

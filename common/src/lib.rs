@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod clock;
 pub mod duration;
 pub mod errors;
+pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod join;

@@ -50,16 +50,13 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "metrics and health on http");
-        let (metrics, opened) = (metrics.clone(), opened.clone());
-        let handler: outpost_common::metrics::Handler = Arc::new(move |path: String| {
-            let (metrics, store) = (metrics.clone(), opened.get().cloned());
-            Box::pin(async move { http_answer(&path, &metrics, store.as_ref()).await })
+        let router = outpost_common::metrics::router(probes(metrics.clone(), opened.clone()));
+        let serve =
+            outpost_common::http::serve(listener, router, config.metrics_read_timeout, None, http_token.clone());
+        services.spawn("metrics endpoint", false, async move {
+            serve.await;
+            Ok::<(), String>(())
         });
-        services.spawn(
-            "metrics endpoint",
-            false,
-            outpost_common::metrics::serve(listener, handler, config.metrics_read_timeout, http_token.clone()),
-        );
     }
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -264,24 +261,29 @@ fn controller_id() -> String {
     format!("{}-{random}", reporter::executors::hostname())
 }
 
-/// Answers `/metrics`, `/healthz` (the process is up) and `/readyz` (gRPC serves and the store answers).
-async fn http_answer(path: &str, metrics: &Metrics, store: Option<&Store>) -> outpost_common::metrics::Answer {
-    use outpost_common::metrics::PROMETHEUS_TEXT;
-    let Some(store) = store else {
-        return match path {
-            "/healthz" => (200, "text/plain", "ok\n".to_owned()),
-            "/readyz" => (503, "text/plain", "starting: the store is not open yet\n".to_owned()),
-            _ => (503, "text/plain", "starting\n".to_owned()),
-        };
-    };
-    match path {
-        "/metrics" => (200, PROMETHEUS_TEXT, metrics.render(store).await),
-        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
-        "/readyz" => match store.ping().await {
-            Ok(()) if metrics.is_ready() => (200, "text/plain", "ready\n".to_owned()),
-            Ok(()) => (503, "text/plain", "not serving\n".to_owned()),
-            Err(e) => (503, "text/plain", format!("store: {e}\n")),
-        },
-        _ => (404, "text/plain", "not found\n".to_owned()),
+/// The probes of `/metrics` and `/readyz` (gRPC serves and the store answers); `/healthz` says the process is up.
+fn probes(metrics: Metrics, opened: Arc<OnceLock<Store>>) -> outpost_common::metrics::Probes {
+    let (scraped, ready_metrics, ready_store) = (metrics.clone(), metrics, opened.clone());
+    outpost_common::metrics::Probes {
+        exposition: Arc::new(move || {
+            let (metrics, store) = (scraped.clone(), opened.get().cloned());
+            Box::pin(async move {
+                match store {
+                    Some(store) => metrics.render(&store).await,
+                    None => "# the store is not open yet\n# EOF\n".to_owned(),
+                }
+            })
+        }),
+        ready: Arc::new(move || {
+            let (metrics, store) = (ready_metrics.clone(), ready_store.get().cloned());
+            Box::pin(async move {
+                let Some(store) = store else { return (false, "starting: the store is not open yet".to_owned()) };
+                match store.ping().await {
+                    Ok(()) if metrics.is_ready() => (true, "ready".to_owned()),
+                    Ok(()) => (false, "not serving".to_owned()),
+                    Err(e) => (false, format!("store: {e}")),
+                }
+            })
+        }),
     }
 }

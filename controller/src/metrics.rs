@@ -1,12 +1,16 @@
-//! The controller's metrics: counters and histograms updated where things happen (lock-free atomics), plus
-//! gauges read from the store at scrape time; rendered as Prometheus text on `--metrics-listen` with `/healthz`
-//! and `/readyz`. Must never block a hot path: recording is an atomic add.
+//! The controller's metrics: counters and histograms of the `prometheus-client` crate updated where things
+//! happen, plus gauges read from the store at scrape time; exposed as OpenMetrics text on `--metrics-listen` with
+//! `/healthz` and `/readyz`. Must never block a hot path: recording is an atomic add.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use outpost_common::metrics::{Histogram, LATENCY_BUCKETS, family, sample};
-use outpost_common::task::TaskState;
+use outpost_common::metrics::{LATENCY_BUCKETS, Labels, labels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::scheduler::lifecycle::Loss;
 use crate::store::Store;
@@ -112,113 +116,178 @@ pub struct Metrics {
 
 #[derive(Debug)]
 struct Inner {
+    registry: Registry,
+    tasks: Family<Labels, Gauge>,
+    outbox_depth: Gauge,
     dispatch_latency: Histogram,
-    lease_losses: [AtomicU64; 3],
-    retries: [AtomicU64; 5],
-    aborted: AtomicU64,
-    grants: AtomicU64,
-    /// Grants of tasks needing a pinned-version venv: to an agent holding it, to one that builds it.
-    venv_grants: [AtomicU64; 2],
-    connected_agents: AtomicU64,
-    sqs_calls: [AtomicU64; 4],
-    gms_writes: [[AtomicU64; 6]; 3],
-    /// By task (FOREIGN_TASKS) and outcome (given back, quarantined).
-    foreign_work: [[AtomicU64; 2]; 2],
+    grants: Counter,
+    venv_grants: Family<Labels, Counter>,
+    lease_losses: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    aborted: Counter,
+    connected_agents: Gauge,
+    sqs_calls: Family<Labels, Counter>,
+    gms_writes: Family<Labels, Counter>,
+    foreign_work: Family<Labels, Counter>,
     ready: AtomicBool,
 }
 
+const LEASE_LOSSES: [&str; 3] = ["lease_expired", "no_ack", "agent_restarted"];
+
 impl Default for Metrics {
     fn default() -> Metrics {
-        Metrics {
-            inner: Arc::new(Inner {
-                dispatch_latency: Histogram::new(LATENCY_BUCKETS),
-                lease_losses: Default::default(),
-                retries: Default::default(),
-                aborted: AtomicU64::new(0),
-                grants: AtomicU64::new(0),
-                venv_grants: Default::default(),
-                connected_agents: AtomicU64::new(0),
-                sqs_calls: Default::default(),
-                gms_writes: Default::default(),
-                foreign_work: Default::default(),
-                ready: AtomicBool::new(false),
-            }),
+        let mut registry = Registry::default();
+        let inner = Inner {
+            tasks: Family::default(),
+            outbox_depth: Gauge::default(),
+            dispatch_latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            grants: Counter::default(),
+            venv_grants: Family::default(),
+            lease_losses: Family::default(),
+            retries: Family::default(),
+            aborted: Counter::default(),
+            connected_agents: Gauge::default(),
+            sqs_calls: Family::default(),
+            gms_writes: Family::default(),
+            foreign_work: Family::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register("outpost_tasks", "Tasks by state and pool", inner.tasks.clone());
+        registry.register(
+            "outpost_dispatch_latency_seconds",
+            "Time from a task being ready in the queue to its grant to an agent",
+            inner.dispatch_latency.clone(),
+        );
+        registry.register("outpost_grants", "Tasks granted to agents", inner.grants.clone());
+        registry.register(
+            "outpost_venv_grants",
+            "Grants of tasks needing a pinned-version venv, by whether the agent already held it",
+            inner.venv_grants.clone(),
+        );
+        registry.register(
+            "outpost_lease_losses",
+            "Attempts whose agent was lost, by reason",
+            inner.lease_losses.clone(),
+        );
+        registry.register("outpost_retries", "Tasks put back in the queue, by reason", inner.retries.clone());
+        registry.register("outpost_aborted", "Tasks ABORTED after exhausting their attempts", inner.aborted.clone());
+        registry.register("outpost_connected_agents", "Agents with an open session", inner.connected_agents.clone());
+        registry.register("outpost_sqs_calls", "SQS API calls, by call", inner.sqs_calls.clone());
+        registry.register("outpost_gms_writes", "Writes to DataHub GMS, by kind and outcome", inner.gms_writes.clone());
+        registry.register(
+            "outpost_sqs_foreign_work",
+            "SQS messages for work of DataHub's own executor (assertion monitors), by task and outcome",
+            inner.foreign_work.clone(),
+        );
+        registry.register(
+            "outpost_gms_outbox_depth",
+            "GMS writes waiting in the durable outbox",
+            inner.outbox_depth.clone(),
+        );
+        // Every series exists from the start (a scrape shows zeros, not gaps).
+        for venv in ["warm", "cold"] {
+            let _ = inner.venv_grants.get_or_create(&labels(&[("venv", venv)]));
         }
+        for reason in LEASE_LOSSES {
+            let _ = inner.lease_losses.get_or_create(&labels(&[("reason", reason)]));
+        }
+        for reason in RetryReason::ALL {
+            let _ = inner.retries.get_or_create(&labels(&[("reason", reason.label())]));
+        }
+        for call in SQS_CALLS {
+            let _ = inner.sqs_calls.get_or_create(&labels(&[("call", call)]));
+        }
+        for kind in GMS_KINDS {
+            for outcome in GmsOutcome::ALL {
+                let _ = inner.gms_writes.get_or_create(&labels(&[("kind", kind), ("outcome", outcome.label())]));
+            }
+        }
+        for task in FOREIGN_TASKS {
+            for outcome in ["given_back", "quarantined"] {
+                let _ = inner.foreign_work.get_or_create(&labels(&[("task", task), ("outcome", outcome)]));
+            }
+        }
+        Metrics { inner: Arc::new(Inner { registry, ..inner }) }
     }
-}
-
-fn add(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Metrics {
     /// A task was granted after waiting `seconds` in the queue; `warm`: whether the agent holds the venv it
     /// needs (`None`: it needs none).
     pub fn granted(&self, seconds: f64, warm: Option<bool>) {
-        add(&self.inner.grants);
+        self.inner.grants.inc();
         if let Some(warm) = warm {
-            add(&self.inner.venv_grants[usize::from(!warm)]);
+            self.inner.venv_grants.get_or_create(&labels(&[("venv", if warm { "warm" } else { "cold" })])).inc();
         }
         self.inner.dispatch_latency.observe(seconds);
     }
 
     pub fn lease_lost(&self, loss: Loss) {
-        let index = match loss {
-            Loss::LeaseExpired => 0,
-            Loss::NoAck => 1,
-            Loss::AgentRestarted => 2,
+        let reason = match loss {
+            Loss::LeaseExpired => LEASE_LOSSES[0],
+            Loss::NoAck => LEASE_LOSSES[1],
+            Loss::AgentRestarted => LEASE_LOSSES[2],
         };
-        add(&self.inner.lease_losses[index]);
+        self.inner.lease_losses.get_or_create(&labels(&[("reason", reason)])).inc();
     }
 
     pub fn retried(&self, reason: RetryReason) {
-        add(&self.inner.retries[RetryReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)]);
+        self.inner.retries.get_or_create(&labels(&[("reason", reason.label())])).inc();
     }
 
     /// A message for work of DataHub's own executor (`task` is one of [`FOREIGN_TASKS`]).
     pub fn foreign_work(&self, task: &str, outcome: ForeignOutcome) {
-        let Some(t) = FOREIGN_TASKS.iter().position(|f| *f == task) else { return };
-        add(&self.inner.foreign_work[t][outcome as usize]);
+        let Some(task) = FOREIGN_TASKS.iter().find(|f| **f == task) else { return };
+        let outcome = match outcome {
+            ForeignOutcome::GivenBack => "given_back",
+            ForeignOutcome::Quarantined => "quarantined",
+        };
+        self.inner.foreign_work.get_or_create(&labels(&[("task", task), ("outcome", outcome)])).inc();
     }
 
     pub fn aborted(&self) {
-        add(&self.inner.aborted);
+        self.inner.aborted.inc();
     }
 
     pub fn set_connected_agents(&self, n: usize) {
-        self.inner.connected_agents.store(n as u64, Ordering::Relaxed);
+        self.inner.connected_agents.set(n as i64);
     }
 
     /// `call` is one of [`SQS_CALLS`].
     pub fn sqs_call(&self, call: &str) {
-        if let Some(index) = SQS_CALLS.iter().position(|c| *c == call) {
-            add(&self.inner.sqs_calls[index]);
+        if let Some(call) = SQS_CALLS.iter().find(|c| **c == call) {
+            self.inner.sqs_calls.get_or_create(&labels(&[("call", call)])).inc();
         }
     }
 
+    fn counts(
+        family: &Family<Labels, Counter>,
+        label: &'static str,
+        values: &[&'static str],
+    ) -> Vec<(&'static str, u64)> {
+        values.iter().map(|v| (*v, family.get_or_create(&labels(&[(label, v)])).get())).collect()
+    }
+
     pub fn sqs_calls(&self) -> Vec<(&'static str, u64)> {
-        SQS_CALLS.iter().zip(&self.inner.sqs_calls).map(|(c, n)| (*c, n.load(Ordering::Relaxed))).collect()
+        Self::counts(&self.inner.sqs_calls, "call", &SQS_CALLS)
     }
 
     /// Lease losses by reason label.
     pub fn lease_losses(&self) -> Vec<(&'static str, u64)> {
-        ["lease_expired", "no_ack", "agent_restarted"]
-            .into_iter()
-            .zip(&self.inner.lease_losses)
-            .map(|(label, n)| (label, n.load(Ordering::Relaxed)))
-            .collect()
+        Self::counts(&self.inner.lease_losses, "reason", &LEASE_LOSSES)
     }
 
     /// Retries by reason label.
     pub fn retries(&self) -> Vec<(&'static str, u64)> {
-        RetryReason::ALL.iter().zip(&self.inner.retries).map(|(r, n)| (r.label(), n.load(Ordering::Relaxed))).collect()
+        let reasons: Vec<&'static str> = RetryReason::ALL.iter().map(|r| r.label()).collect();
+        Self::counts(&self.inner.retries, "reason", &reasons)
     }
 
     /// `kind` is one of [`GMS_KINDS`].
     pub fn gms_write(&self, kind: &str, outcome: GmsOutcome) {
-        let Some(k) = GMS_KINDS.iter().position(|c| *c == kind) else { return };
-        let o = GmsOutcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
-        add(&self.inner.gms_writes[k][o]);
+        let Some(kind) = GMS_KINDS.iter().find(|k| **k == kind) else { return };
+        self.inner.gms_writes.get_or_create(&labels(&[("kind", kind), ("outcome", outcome.label())])).inc();
     }
 
     /// The controller is serving (store open, gRPC bound).
@@ -230,71 +299,19 @@ impl Metrics {
         self.inner.ready.load(Ordering::Relaxed)
     }
 
-    /// The whole exposition: recorded series plus gauges read from the store now.
+    /// The whole exposition: recorded series plus gauges read from the store now (left out when it cannot be
+    /// read).
     pub async fn render(&self, store: &Store) -> String {
         let inner = &self.inner;
-        let mut out = String::new();
-        family(&mut out, "outpost_tasks", "gauge", "Tasks by state and pool.");
-        match store.task_counts().await {
-            Ok(counts) => {
-                for (state, pool, n) in counts {
-                    sample(&mut out, "outpost_tasks", &[("state", state.as_str()), ("pool", pool.as_str())], n as f64);
-                }
-            }
-            Err(_) => {
-                sample(&mut out, "outpost_tasks", &[("state", TaskState::Queued.as_str()), ("pool", "")], f64::NAN)
+        inner.tasks.clear();
+        if let Ok(counts) = store.task_counts().await {
+            for (state, pool, n) in counts {
+                inner.tasks.get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())])).set(n as i64);
             }
         }
-        inner.dispatch_latency.render(
-            &mut out,
-            "outpost_dispatch_latency_seconds",
-            "Time from a task being ready in the queue to its grant to an agent.",
-        );
-        family(&mut out, "outpost_grants_total", "counter", "Tasks granted to agents.");
-        sample(&mut out, "outpost_grants_total", &[], inner.grants.load(Ordering::Relaxed) as f64);
-        let help = "Grants of tasks needing a pinned-version venv, by whether the agent already held it.";
-        family(&mut out, "outpost_venv_grants_total", "counter", help);
-        for (venv, n) in ["warm", "cold"].iter().zip(&inner.venv_grants) {
-            sample(&mut out, "outpost_venv_grants_total", &[("venv", venv)], n.load(Ordering::Relaxed) as f64);
+        if let Ok(depth) = store.outbox_depth().await {
+            inner.outbox_depth.set(depth as i64);
         }
-        family(&mut out, "outpost_lease_losses_total", "counter", "Attempts whose agent was lost, by reason.");
-        for (reason, n) in ["lease_expired", "no_ack", "agent_restarted"].iter().zip(&inner.lease_losses) {
-            sample(&mut out, "outpost_lease_losses_total", &[("reason", reason)], n.load(Ordering::Relaxed) as f64);
-        }
-        family(&mut out, "outpost_retries_total", "counter", "Tasks put back in the queue, by reason.");
-        for (reason, n) in RetryReason::ALL.iter().zip(&inner.retries) {
-            sample(&mut out, "outpost_retries_total", &[("reason", reason.label())], n.load(Ordering::Relaxed) as f64);
-        }
-        family(&mut out, "outpost_aborted_total", "counter", "Tasks ABORTED after exhausting their attempts.");
-        sample(&mut out, "outpost_aborted_total", &[], inner.aborted.load(Ordering::Relaxed) as f64);
-        family(&mut out, "outpost_connected_agents", "gauge", "Agents with an open session.");
-        sample(&mut out, "outpost_connected_agents", &[], inner.connected_agents.load(Ordering::Relaxed) as f64);
-        family(&mut out, "outpost_sqs_calls_total", "counter", "SQS API calls, by call.");
-        for (call, n) in self.sqs_calls() {
-            sample(&mut out, "outpost_sqs_calls_total", &[("call", call)], n as f64);
-        }
-        family(&mut out, "outpost_gms_writes_total", "counter", "Writes to DataHub GMS, by kind and outcome.");
-        for (kind, outcomes) in GMS_KINDS.iter().zip(&inner.gms_writes) {
-            for (outcome, n) in GmsOutcome::ALL.iter().zip(outcomes) {
-                let labels = [("kind", *kind), ("outcome", outcome.label())];
-                sample(&mut out, "outpost_gms_writes_total", &labels, n.load(Ordering::Relaxed) as f64);
-            }
-        }
-        family(
-            &mut out,
-            "outpost_sqs_foreign_work_total",
-            "counter",
-            "SQS messages for work of DataHub's own executor (assertion monitors), by task and outcome.",
-        );
-        for (task, outcomes) in FOREIGN_TASKS.iter().zip(&inner.foreign_work) {
-            for (outcome, n) in ["given_back", "quarantined"].iter().zip(outcomes) {
-                let labels = [("task", *task), ("outcome", *outcome)];
-                sample(&mut out, "outpost_sqs_foreign_work_total", &labels, n.load(Ordering::Relaxed) as f64);
-            }
-        }
-        family(&mut out, "outpost_gms_outbox_depth", "gauge", "GMS writes waiting in the durable outbox.");
-        let depth = store.outbox_depth().await.map(|d| d as f64).unwrap_or(f64::NAN);
-        sample(&mut out, "outpost_gms_outbox_depth", &[], depth);
-        out
+        outpost_common::metrics::encode(&inner.registry)
     }
 }
