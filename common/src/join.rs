@@ -27,7 +27,8 @@ impl fmt::Debug for JoinToken {
 #[error("a join token is <id>.<secret> (6 and 16 characters of a-z and 0-9)")]
 pub struct BadToken;
 
-fn random_text(len: usize) -> String {
+/// `len` random characters of `[a-z0-9]` from the system's secure random source.
+pub fn random_text(len: usize) -> String {
     let mut bytes = vec![0u8; len];
     ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system's random source works");
     bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
@@ -41,7 +42,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_hex(parts: &[&[u8]]) -> String {
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut context = digest::Context::new(&digest::SHA256);
     for part in parts {
         context.update(part);
@@ -71,6 +72,11 @@ impl JoinToken {
     /// What the controller keeps to check joins.
     pub fn secret_hash(&self) -> String {
         sha256_hex(&[b"outpost-join-token:", self.secret.as_bytes()])
+    }
+
+    /// What the controller keeps to check logins to the status page (a token of that kind, same form).
+    pub fn ui_secret_hash(&self) -> String {
+        sha256_hex(&[b"outpost-ui-token:", self.secret.as_bytes()])
     }
 
     /// What the controller keeps to sign the CA bundle for this token's holders.

@@ -75,6 +75,23 @@ impl TlsMaterial {
         Ok(std::sync::Arc::new(config))
     }
 
+    /// Server side for browsers (the status page): our identity, HTTP/1.1, no client certificate asked for.
+    pub fn rustls_web_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |what: &str, e: &dyn std::fmt::Display| Error::Invalid(format!("{what}: {e}"));
+        let certs = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| invalid("private key", &e))?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid("certificate and key", &e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(config))
+    }
+
     /// Our certificate and key as tonic's identity (the join listener: server TLS only).
     pub fn identity(&self) -> Identity {
         Identity::from_pem(&self.cert, &self.key)

@@ -99,6 +99,8 @@ pub struct RunConfig {
     pub gms_channel: crate::sources::gms_channel::Config,
     #[command(flatten)]
     pub enroll: crate::enroll::Config,
+    #[command(flatten)]
+    pub ui: crate::ui::Args,
 }
 
 impl RunConfig {
@@ -113,6 +115,7 @@ impl RunConfig {
         self.sqs.validate()?;
         self.gms_channel.validate(self.reporter.progress_interval)?;
         self.enroll.validate()?;
+        self.ui.validate()?;
         if !self.sqs.from_gms.is_empty() && self.gms.url.is_none() {
             return Err(duration::Invalid("--queue-from-gms needs --gms-url (the queue comes from GMS)".into()));
         }

@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod sources;
 pub mod store;
 pub mod supervisor;
+pub mod ui;
 
 use std::sync::{Arc, OnceLock};
 
@@ -69,6 +70,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let writer = store.clone();
     services.spawn("SQLite writer", true, async move { writer.writer_stopped().await });
     let logs = LogTails::new(config.reporter.max_report_bytes, config.reporter.log_tails_max_bytes);
+    let logins = ui::Logins::new(store.clone(), config.ui.ui_session_ttl);
 
     let scheduler_token = CancellationToken::new();
     let (scheduler, engine) =
@@ -184,6 +186,27 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         grpc_token.clone(),
     );
     services.spawn("log tails sweep", false, sweep);
+    let ui_token = CancellationToken::new();
+    if let Some(addr) = config.ui.ui_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let tls = match config.ui.ui_tls {
+            true => Some(config.grpc.tls.files().load()?.rustls_web_server_config()?),
+            false => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(url = %format!("{scheme}://{}", listener.local_addr()?), "status page served");
+        let page = ui::Ui {
+            scheduler: scheduler.clone(),
+            enrollment: enrollment.clone(),
+            logs: logs.clone(),
+            logins: logins.clone(),
+            datahub_url: config.ui.datahub_url.clone(),
+            refresh: config.ui.ui_refresh_interval,
+            secure: tls.is_some(),
+        };
+        let serve = ui::serve(listener, page, config.ui.ui_read_timeout, tls, ui_token.clone());
+        services.spawn("status page", false, serve);
+    }
     let ready = metrics.clone();
     let serving = move || ready.set_ready(true);
     let serve = grpc::serve(
@@ -194,6 +217,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         scheduler,
         enrollment,
         logs,
+        logins,
         metrics.clone(),
         grpc_token.clone(),
     );
@@ -212,6 +236,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let limit = config.shutdown_timeout;
     // 1. Intake: gRPC (agent sessions, admin), signal polling, SQS; the executor status says it stopped.
     grpc_token.cancel();
+    ui_token.cancel();
     sources_token.cancel();
     status_token.cancel();
     for name in [

@@ -104,45 +104,27 @@ pub fn stats(
 }
 
 pub fn explanation(id: &TaskId, explanation: Explanation) -> pb::Explanation {
-    let mut worker_id = String::new();
-    let mut not_before_unix_ms = 0;
-    let (reason, message) = match explanation.why {
-        Why::NoAgentForPool => (pb::Reason::NoAgentForPool, "no connected agent serves the task's pool".to_owned()),
-        Why::AgentsDraining => (pb::Reason::AgentsDraining, "every agent serving the pool is draining".to_owned()),
-        Why::AllSlotsBusy => {
-            (pb::Reason::AllSlotsBusy, "every agent serving the pool is busy (no free slot)".to_owned())
-        }
+    let message = explanation.describe();
+    let (mut worker_id, mut not_before_unix_ms) = (String::new(), 0);
+    let reason = match &explanation.why {
+        Why::NoAgentForPool => pb::Reason::NoAgentForPool,
+        Why::AgentsDraining => pb::Reason::AgentsDraining,
+        Why::AllSlotsBusy => pb::Reason::AllSlotsBusy,
         Why::Backoff { not_before_ms } => {
-            not_before_unix_ms = not_before_ms;
-            (pb::Reason::Backoff, format!("waiting out a retry backoff until {not_before_ms} (Unix ms)"))
+            not_before_unix_ms = *not_before_ms;
+            pb::Reason::Backoff
         }
-        Why::WaitingItsTurn => (pb::Reason::WaitingItsTurn, "queued behind older tasks of its pool".to_owned()),
-        Why::Assigned { worker } => {
-            let message = format!("granted to {worker}, waiting for its ack");
+        Why::WaitingItsTurn => pb::Reason::WaitingItsTurn,
+        Why::Assigned { worker } | Why::Running { worker } | Why::Cancelling { worker } => {
             worker_id = worker.to_string();
-            (pb::Reason::Assigned, message)
+            match &explanation.why {
+                Why::Assigned { .. } => pb::Reason::Assigned,
+                Why::Running { .. } => pb::Reason::Running,
+                _ => pb::Reason::Cancelling,
+            }
         }
-        Why::Running { worker } => {
-            let message = format!("running on {worker}");
-            worker_id = worker.to_string();
-            (pb::Reason::Running, message)
-        }
-        Why::Cancelling { worker } => {
-            let message = format!("cancel requested; waiting for {worker} to confirm");
-            worker_id = worker.to_string();
-            (pb::Reason::Cancelling, message)
-        }
-        Why::Finished => (pb::Reason::Finished, format!("finished as {}", explanation.state)),
+        Why::Finished => pb::Reason::Finished,
     };
-    let mut message = message;
-    if let Some(key) = &explanation.venv {
-        let holders: Vec<String> = explanation.warm_on.iter().map(ToString::to_string).collect();
-        if holders.is_empty() {
-            message.push_str(&format!("; needs venv {key}, which no connected agent of its pool holds yet"));
-        } else {
-            message.push_str(&format!("; needs venv {key}, held by {}", holders.join(", ")));
-        }
-    }
     pb::Explanation {
         id: id.to_string(),
         state: task_state(explanation.state) as i32,

@@ -21,6 +21,7 @@ pub struct AdminService {
     pub enrollment: Enrollment,
     pub local_queue: LocalQueue,
     pub logs: LogTails,
+    pub logins: crate::ui::Logins,
     pub metrics: Metrics,
     pub trust_domain: String,
 }
@@ -247,6 +248,31 @@ impl pb::admin_service_server::AdminService for AdminService {
         let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
         self.enrollment.revoke_worker(&worker, &reason).await.map_err(status::from_enrollment)?;
         Ok(Response::new(pb::RevokeWorkerResponse {}))
+    }
+
+    async fn create_ui_token(
+        &self,
+        request: Request<pb::CreateUiTokenRequest>,
+    ) -> Result<Response<pb::CreateUiTokenResponse>, Status> {
+        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let r = request.into_inner();
+        let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 { 12 * 3600 } else { r.ttl_seconds });
+        let created =
+            self.logins.create(ttl, &r.description, &format!("admin/{admin}")).await.map_err(status::from_ui_login)?;
+        Ok(Response::new(pb::CreateUiTokenResponse {
+            token: created.token,
+            id: created.id,
+            expires_unix_ms: created.expires_at_ms,
+        }))
+    }
+
+    async fn revoke_ui_token(
+        &self,
+        request: Request<pb::RevokeUiTokenRequest>,
+    ) -> Result<Response<pb::RevokeUiTokenResponse>, Status> {
+        identity::require_admin(&request, &self.trust_domain)?;
+        self.logins.revoke(&request.get_ref().id).await.map_err(status::from_ui_login)?;
+        Ok(Response::new(pb::RevokeUiTokenResponse {}))
     }
 
     async fn warm_venvs(

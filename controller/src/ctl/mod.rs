@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<VenvsAction>,
     },
+    /// Login tokens for the status page (--ui-listen): `ui-tokens create [--ttl 12h]`, `ui-tokens revoke ID`.
+    UiTokens {
+        #[command(subcommand)]
+        action: UiTokensAction,
+    },
     /// Join tokens for agents: `tokens create --pool P`, `tokens list`, `tokens revoke ID`.
     Tokens {
         #[command(subcommand)]
@@ -154,6 +159,20 @@ enum WorkersAction {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UiTokensAction {
+    /// Make a login token for the status page; it is printed once, here.
+    Create {
+        /// How long it can be used to log in.
+        #[arg(long, value_parser = outpost_common::duration::parse, default_value = "12h")]
+        ttl: Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke a login token: its sessions end at their next request.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +310,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let created = client.create_join_token(request).await.map_err(status_error)?.into_inner();
             output::token_created(&created, cli.json);
+        }
+        Command::UiTokens { action: UiTokensAction::Create { ttl, description } } => {
+            let request =
+                pb::CreateUiTokenRequest { ttl_seconds: ttl.as_secs().max(1), description: description.clone() };
+            let created = client.create_ui_token(request).await.map_err(status_error)?.into_inner();
+            output::ui_token_created(&created, cli.json);
+        }
+        Command::UiTokens { action: UiTokensAction::Revoke { id } } => {
+            client.revoke_ui_token(pb::RevokeUiTokenRequest { id: id.clone() }).await.map_err(status_error)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "id": id, "revoked": true }));
+            } else {
+                println!("status page login token {id} revoked");
+            }
         }
         Command::Tokens { action: TokensAction::List } => {
             let tokens = client.list_join_tokens(pb::ListJoinTokensRequest {}).await.map_err(status_error)?;

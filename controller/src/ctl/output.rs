@@ -118,6 +118,20 @@ fn token_json(t: &pb::JoinToken) -> Value {
 }
 
 /// A new token: the secret once, and how to use it.
+pub fn ui_token_created(created: &pb::CreateUiTokenResponse, as_json: bool) {
+    if as_json {
+        return print_json(
+            &json!({"token": created.token, "id": created.id, "expiresUnixMs": created.expires_unix_ms}),
+        );
+    }
+    println!("{}", created.token);
+    println!(
+        "status page login token {}, expires {}; it is shown only now. Type it at the page's login form.",
+        created.id,
+        time(created.expires_unix_ms)
+    );
+}
+
 pub fn token_created(created: &pb::CreateJoinTokenResponse, as_json: bool) {
     let info = created.info.clone().unwrap_or_default();
     if as_json {

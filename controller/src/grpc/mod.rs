@@ -78,6 +78,7 @@ pub async fn serve(
     scheduler: Scheduler,
     enrollment: crate::enroll::Enrollment,
     logs: LogTails,
+    logins: crate::ui::Logins,
     metrics: crate::metrics::Metrics,
     token: CancellationToken,
 ) -> Result<(), Error> {
@@ -96,6 +97,7 @@ pub async fn serve(
         local_queue: LocalQueue::new(scheduler.clone()),
         enrollment,
         logs: logs_for_admin,
+        logins,
         metrics,
         scheduler,
         trust_domain: config.trust_domain,

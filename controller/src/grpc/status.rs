@@ -23,6 +23,16 @@ pub fn from_enrollment(error: crate::enroll::Error) -> Status {
     Status::new(code, error.to_string())
 }
 
+pub fn from_ui_login(error: crate::ui::auth::Error) -> Status {
+    use crate::ui::auth::Error as E;
+    let code = match &error {
+        E::Store(_) => Code::Internal,
+        E::NotFound(_) => Code::NotFound,
+        E::BadTtl => Code::InvalidArgument,
+    };
+    Status::new(code, error.to_string())
+}
+
 fn from_scheduler_ref(error: &Error, message: String) -> Status {
     let code = match error {
         Error::Refused(_) => Code::FailedPrecondition,

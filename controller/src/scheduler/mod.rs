@@ -229,6 +229,32 @@ pub struct Explanation {
     pub warm_on: Vec<WorkerId>,
 }
 
+impl Explanation {
+    /// The explanation in words, as the admin API and the status page show it.
+    pub fn describe(&self) -> String {
+        let mut text = match &self.why {
+            Why::NoAgentForPool => "no connected agent serves the task's pool".to_owned(),
+            Why::AgentsDraining => "every agent serving the pool is draining".to_owned(),
+            Why::AllSlotsBusy => "every agent serving the pool is busy (no free slot)".to_owned(),
+            Why::Backoff { not_before_ms } => format!("waiting out a retry backoff until {not_before_ms} (Unix ms)"),
+            Why::WaitingItsTurn => "queued behind older tasks of its pool".to_owned(),
+            Why::Assigned { worker } => format!("granted to {worker}, waiting for its ack"),
+            Why::Running { worker } => format!("running on {worker}"),
+            Why::Cancelling { worker } => format!("cancel requested; waiting for {worker} to confirm"),
+            Why::Finished => format!("finished as {}", self.state),
+        };
+        if let Some(key) = &self.venv {
+            let holders: Vec<String> = self.warm_on.iter().map(ToString::to_string).collect();
+            if holders.is_empty() {
+                text.push_str(&format!("; needs venv {key}, which no connected agent of its pool holds yet"));
+            } else {
+                text.push_str(&format!("; needs venv {key}, held by {}", holders.join(", ")));
+            }
+        }
+        text
+    }
+}
+
 /// Connected agents of a pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolCapacity {

@@ -28,6 +28,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 mod turn;
+mod ui;
 mod workers;
 mod writer;
 
@@ -48,6 +49,7 @@ pub use outbox::{Delivery, OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};
 pub use tasks::{AttemptRecord, NewTask, PoolBacklog, TaskFilter, TaskRecord, TaskResult};
 pub use turn::{Change, Turn, TurnWritten};
+pub use ui::{NewUiToken, UiTokenCheck};
 pub use workers::{WorkerRecord, WorkerSeen};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

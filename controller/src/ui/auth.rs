@@ -1,0 +1,185 @@
+//! Who may see the status page: login tokens an admin makes (`outpostctl ui-tokens create`, stored as hashes
+//! only), and the sessions a login opens (in memory; a cookie carries a random id, the map holds its hash). Must
+//! never log, store or show a token's secret or a session id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_common::clock::unix_ms;
+use outpost_common::join::{JoinToken, random_text, sha256_hex};
+
+use crate::store::{self, NewUiToken, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("no login token {0}")]
+    NotFound(String),
+    #[error("the token lifetime must be 1 s to 90 days")]
+    BadTtl,
+}
+
+/// Why a login was refused (the page shows one text for all, so that it does not tell which part was wrong).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Malformed,
+    Unknown,
+    Wrong,
+    Expired,
+    Revoked,
+}
+
+/// A token made for an operator: shown once.
+#[derive(Debug)]
+pub struct Created {
+    pub id: String,
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug)]
+struct Session {
+    token_id: String,
+    expires_at_ms: i64,
+}
+
+/// Login tokens and sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct Logins {
+    store: Store,
+    session_ttl: Duration,
+    /// By the hash of the session id.
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+}
+
+impl std::fmt::Debug for Logins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Logins")
+    }
+}
+
+fn session_hash(id: &str) -> String {
+    sha256_hex(&[b"outpost-ui-session:", id.as_bytes()])
+}
+
+/// Longest lifetime of a login token.
+const MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+impl Logins {
+    pub fn new(store: Store, session_ttl: Duration) -> Logins {
+        Logins { store, session_ttl, sessions: Arc::default() }
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+
+    /// Makes a login token valid for `ttl`.
+    pub async fn create(&self, ttl: Duration, description: &str, created_by: &str) -> Result<Created, Error> {
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(Error::BadTtl);
+        }
+        let token = JoinToken::generate();
+        let now = unix_ms();
+        let expires_at_ms = now + ttl.as_millis() as i64;
+        let record = NewUiToken {
+            id: token.id.clone(),
+            secret_hash: token.ui_secret_hash(),
+            description: description.to_owned(),
+            created_by: created_by.to_owned(),
+            expires_at_ms,
+        };
+        self.store.create_ui_token(&record, now).await?;
+        Ok(Created { id: token.id.clone(), token: token.reveal(), expires_at_ms })
+    }
+
+    /// Revokes a login token; its sessions end at their next request.
+    pub async fn revoke(&self, id: &str) -> Result<(), Error> {
+        match self.store.revoke_ui_token(id, unix_ms()).await? {
+            true => Ok(()),
+            false => Err(Error::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Checks a token typed at the login form; on success, opens a session and returns its id (for the cookie).
+    pub async fn login(&self, typed: &str) -> Result<Result<String, Refused>, Error> {
+        let Ok(token) = JoinToken::parse(typed) else { return Ok(Err(Refused::Malformed)) };
+        if let Err(refused) = self.token_valid(&token.id, Some(&token.ui_secret_hash())).await? {
+            return Ok(Err(refused));
+        }
+        let id = random_text(40);
+        let session =
+            Session { token_id: token.id.clone(), expires_at_ms: unix_ms() + self.session_ttl.as_millis() as i64 };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = unix_ms();
+        sessions.retain(|_, s| s.expires_at_ms > now);
+        sessions.insert(session_hash(&id), session);
+        Ok(Ok(id))
+    }
+
+    async fn token_valid(&self, id: &str, secret_hash: Option<&str>) -> Result<Result<(), Refused>, Error> {
+        let Some(stored) = self.store.ui_token(id).await? else { return Ok(Err(Refused::Unknown)) };
+        // Digests are compared, not secrets: timing tells nothing about the secret.
+        if let Some(hash) = secret_hash
+            && hash != stored.secret_hash
+        {
+            return Ok(Err(Refused::Wrong));
+        }
+        if stored.revoked_at_ms.is_some() {
+            return Ok(Err(Refused::Revoked));
+        }
+        if stored.expires_at_ms <= unix_ms() {
+            return Ok(Err(Refused::Expired));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Whether a session id from a cookie is a live session whose token is still valid.
+    pub async fn check(&self, session_id: &str) -> Result<bool, Error> {
+        let hash = session_hash(session_id);
+        let token_id = {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match sessions.get(&hash) {
+                Some(s) if s.expires_at_ms > unix_ms() => s.token_id.clone(),
+                _ => return Ok(false),
+            }
+        };
+        if self.token_valid(&token_id, None).await?.is_err() {
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&hash);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub fn logout(&self, session_id: &str) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_hash(session_id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_opens_sessions_until_it_is_revoked_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), false).await.unwrap();
+        let logins = Logins::new(store, Duration::from_secs(3600));
+        let created = logins.create(Duration::from_secs(60), "for tests", "admin/ops").await.unwrap();
+        assert!(created.token.starts_with(&format!("{}.", created.id)));
+        assert_eq!(logins.login("not a token").await.unwrap(), Err(Refused::Malformed));
+        let wrong = format!("{}.{}", created.id, "a".repeat(16));
+        assert_eq!(logins.login(&wrong).await.unwrap(), Err(Refused::Wrong));
+        assert_eq!(logins.login("zzzzzz.aaaaaaaaaaaaaaaa").await.unwrap(), Err(Refused::Unknown));
+        let session = logins.login(&created.token).await.unwrap().unwrap();
+        assert!(logins.check(&session).await.unwrap());
+        assert!(!logins.check("forged-session").await.unwrap());
+        logins.revoke(&created.id).await.unwrap();
+        assert!(!logins.check(&session).await.unwrap(), "revoking the token ends its sessions");
+        assert_eq!(logins.login(&created.token).await.unwrap(), Err(Refused::Revoked));
+        assert!(matches!(logins.revoke("nosuch").await, Err(Error::NotFound(_))));
+        assert!(matches!(logins.create(Duration::ZERO, "", "a").await, Err(Error::BadTtl)));
+    }
+}

@@ -1,0 +1,114 @@
+//! The status page over HTTP: nothing without a login, logins only with a token an admin made (hashed at rest,
+//! revocable), the session cookie's attributes, cross-site posts refused, security headers, TLS, and a refusal to
+//! serve plain HTTP on a non-loopback address. The browser test (`browser.rs`) drives the pages themselves.
+
+use std::time::Duration;
+
+use outpost_integration_tests::*;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn ui_token(cluster: &Cluster, controller: &Controller) -> String {
+    let out = cluster.ctl(controller, &["--json", "ui-tokens", "create", "--ttl", "1h", "--description", "tests"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    created["token"].as_str().unwrap().to_owned()
+}
+
+async fn login(http: &reqwest::Client, base: &str, token: &str) -> reqwest::Response {
+    form(http.post(format!("{base}/login")), token).send().await.unwrap()
+}
+
+/// The login form as a browser posts it (tokens are `[a-z0-9.]`: nothing to encode).
+fn form(request: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    request.header("content-type", "application/x-www-form-urlencoded").body(format!("token={token}"))
+}
+
+fn cookie_of(response: &reqwest::Response) -> String {
+    let set = response.headers().get("set-cookie").expect("a session cookie").to_str().unwrap().to_owned();
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_needs_a_login_with_a_token_an_admin_made() {
+    let cluster = Cluster::new(bins!());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    wait_workers(&admin, 1).await;
+    let (http, base) = (client(), format!("http://{listen}"));
+
+    // Nothing without a session: pages send the browser to the login, the live refresh gets 401.
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    assert_eq!(http.get(format!("{base}/tasks?fragment=1")).send().await.unwrap().status(), 401);
+    let forged = http.get(format!("{base}/")).header("cookie", "outpost_session=forged").send().await.unwrap();
+    assert_eq!(forged.status(), 303);
+
+    // A wrong token is refused with one message for every reason.
+    let wrong = login(&http, &base, "abcdef.0123456789abcdef").await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("That token is not valid"));
+
+    let token = ui_token(&cluster, &controller);
+    // Posted from another site: refused even with the right token.
+    let cross = http.post(format!("{base}/login")).header("origin", "http://evil.example");
+    let cross = form(cross, &token).send().await.unwrap();
+    assert_eq!(cross.status(), 403);
+
+    let logged_in = login(&http, &base, &token).await;
+    assert_eq!(logged_in.status(), 303);
+    let set_cookie = logged_in.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain HTTP on loopback: {set_cookie}");
+    let cookie = cookie_of(&logged_in);
+    let fleet = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(fleet.status(), 200);
+    let headers = fleet.headers().clone();
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
+    let html = fleet.text().await.unwrap();
+    assert!(html.contains("<caption>Workers</caption>") && html.contains(">w-1</a>"), "{html}");
+    // The token's secret never reaches the database file.
+    let secret = token.split('.').nth(1).unwrap();
+    let db = std::fs::read(cluster.path("outpost.db")).unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+    // Revoked: the session ends at its next request.
+    let id = token.split('.').next().unwrap();
+    let out = cluster.ctl(&controller, &["ui-tokens", "revoke", id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(after.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_over_tls_with_secure_cookies_and_never_plain_on_an_open_address() {
+    let cluster = Cluster::new(bins!());
+    // Plain HTTP on a non-loopback address: refused at start, saying what to do.
+    let mut refused = cluster.start_controller("refused.db", &["--ui-listen", "0.0.0.0:0"], &[]);
+    let status = refused.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    assert!(refused.log().contains("is not a loopback address: add --ui-tls"), "{}", refused.log());
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen, "--ui-tls"]).await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(cluster.certs.join("ca.pem")).unwrap()).unwrap();
+    let http =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_certs_only([ca]).build().unwrap();
+    let base = format!("https://localhost:{}", listen.rsplit(':').next().unwrap());
+    let token = ui_token(&cluster, &controller);
+    let logged_in = login(&http, &base, &token).await;
+    assert_eq!(logged_in.status(), 303);
+    assert!(logged_in.headers()["set-cookie"].to_str().unwrap().contains("; Secure"));
+    let tasks = http.get(format!("{base}/tasks")).header("cookie", cookie_of(&logged_in)).send().await.unwrap();
+    assert_eq!(tasks.status(), 200);
+}
