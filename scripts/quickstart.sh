@@ -2,12 +2,16 @@
 # README command one: builds Outpost, sets up DataHub's CLI in ./.venv, makes a dev CA, starts a controller
 # (SQLite file, local queue, a join listener) and two agents that join with a join token (no certificate made for
 # them: each makes its own key and gets a short-lived certificate, as in production), runs the example recipes in
-# examples/ as real `datahub ingest` runs, shows which worker ran each and the result, then stops everything.
-# No AWS account and no DataHub server needed. State lives in ./.quickstart.
+# examples/ as real `datahub ingest` runs, shows which worker ran each and the result, then keeps the fleet running
+# (with its status page) until Ctrl-C, printing the page's address, a login token and the `outpostctl` environment.
+# `scripts/quickstart.sh --exit` stops at once after the examples (for scripts). No AWS account and no DataHub
+# server needed. State lives in ./.quickstart.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 state="$root/.quickstart"
+stay=1
+[[ "${1:-}" == --exit ]] && stay=0
 certs="$state/certs"
 bin="$root/target/debug"
 
@@ -34,10 +38,12 @@ trap cleanup EXIT
 
 say "Starting the controller (logs: $state/controller.log)"
 rm -rf "$state/addr" "$state"/outpost.db* "$state"/agent-state-*
-join_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+join_port="$(free_port)"
+ui_port="$(free_port)"
 "$bin/outpost-controller" run --listen 127.0.0.1:0 --listen-addr-file "$state/addr" --db "$state/outpost.db" \
     --tls-cert "$certs/controller.pem" --tls-key "$certs/controller.key" --tls-ca "$certs/ca.pem" \
-    --join-listen "127.0.0.1:$join_port" --ca-key "$certs/ca.key" \
+    --join-listen "127.0.0.1:$join_port" --ca-key "$certs/ca.key" --ui-listen "127.0.0.1:$ui_port" \
     > "$state/controller.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do [[ -s "$state/addr" ]] && break; sleep 0.1; done
@@ -89,5 +95,25 @@ done
 for id in quickstart-file quickstart-mock-data; do
     grep -q '^STATE     SUCCEEDED' "$state/$id.txt" || status=1
 done
-if [[ $status == 0 ]]; then say "Both recipes ran. Explore with: outpostctl --help"; else say "A task did not succeed"; fi
-exit $status
+if [[ $status != 0 ]]; then say "A task did not succeed"; exit $status; fi
+say "Both recipes ran."
+[[ $stay == 1 ]] || exit 0
+ui_token="$(ctl ui-tokens create --ttl 12h --description quickstart | head -1)"
+cat <<EOF
+
+The fleet keeps running until you press Ctrl-C.
+
+  Status page:  http://127.0.0.1:$ui_port
+  Log in with:  $ui_token
+
+  outpostctl, from another terminal in $root:
+    export OUTPOST_CONTROLLER=$controller OUTPOST_TLS_CA=$certs/ca.pem \\
+           OUTPOST_TLS_CERT=$certs/admin-quickstart.pem OUTPOST_TLS_KEY=$certs/admin-quickstart.key
+    target/debug/outpostctl workers      # also: tasks, task ID --follow, submit --recipe F --wait, --help
+EOF
+trap 'echo; say "Stopping the fleet"; exit 0' INT TERM
+while true; do
+    sleep 3600 &
+    pids+=($!)
+    wait $! || true
+done

@@ -1,6 +1,9 @@
 //! Pinned-version runs: a file → blackhole recipe pinning the acryl-datahub version the suite uses, through
 //! Outpost (the first run builds the venv on the agent, the next ones find it) and through DataHub's own executor
 //! engine (which builds the venv in each run's temporary directory). Both build with uv from the same uv cache.
+//! The version is 1.7.0.12, not the suite's 1.7.0.17: DataHub's engine installs under the constraints.txt inside
+//! acryl-datahub, which pins every dependency exactly, and the newer releases pin versions the package index here
+//! does not serve (pip 26.2.2 for 1.7.0.17, certifi 2026.10.19 for 1.7.0.16), so the engine cannot build them.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use outpost_common::pb;
 
 use crate::harness::{ControllerProcess, agent_process_with, percentile_ms, repo_root};
 
-const VERSION: &str = "1.7.0.17";
+const VERSION: &str = "1.7.0.12";
 
 pub async fn pinned(runs: usize) -> anyhow::Result<()> {
     let root = repo_root()?;
@@ -57,18 +60,13 @@ pub async fn pinned(runs: usize) -> anyhow::Result<()> {
     let cold = times.remove(0);
     times.sort();
     let warm = percentile_ms(&times, 50.0);
-    // DataHub's executor engine, the same pinned recipe, a venv built per run. Its install is constrained by the
-    // constraints.txt inside acryl-datahub, which pins pip==26.2.2, a release the package index here no longer
-    // serves (yanked): an override to the release before it lets the engine build at all.
-    let overrides = venvs.path().join("uv-overrides.txt");
-    std::fs::write(&overrides, "pip==26.2.1\n")?;
+    // DataHub's executor engine, the same pinned recipe, a venv built per run.
     let engine = Command::new(root.join(".venv/bin/python"))
         .arg(root.join("bench/datahub_executor_run.py"))
         .arg(&sample)
         .arg(runs.to_string())
         .arg(VERSION)
         .env("PATH", &path)
-        .env("UV_OVERRIDE", &overrides)
         .env("DATAHUB_TELEMETRY_ENABLED", "false")
         .output()?;
     anyhow::ensure!(

@@ -116,12 +116,14 @@ pub fn router(ui: Ui) -> axum::Router {
         .route("/logout", post(logout))
         .route("/assets/ui.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route("/assets/ui.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS) }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(pages)
         .layer(middleware::from_fn(security_headers))
         .with_state(ui)
 }
 
-/// Headers on every answer: no framing, no sniffing, no caching, no referrer, scripts and styles from here only.
+/// Headers on every answer: no framing, no sniffing, no caching, no referrer to other sites, scripts and styles from
+/// here only.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -131,7 +133,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
             "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ];

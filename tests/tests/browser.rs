@@ -1,0 +1,106 @@
+//! The status page in a real browser: Debian's Chromium, headless, driven by playwright-core
+//! (`tests/browser/status_page.mjs`) against a controller with agents and four tasks — one succeeded, one failed,
+//! one long and writing logs, one waiting with no agent for its pool. Screenshots land in `target/screenshots/`
+//! (or `OUTPOST_SCREENSHOTS_DIR`; `docs/screenshots/` holds a set for the README).
+
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_common::pb;
+use outpost_integration_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browser() {
+    let cluster = Cluster::new(bins!());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let controller = cluster
+        .controller(
+            "outpost.db",
+            &["--ui-listen", &listen, "--ui-refresh-interval", "1s", "--heartbeat-interval", "1s"],
+        )
+        .await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agents =
+        [cluster.agent(&controller, "w-1", "default", 2, &[]), cluster.agent(&controller, "w-2", "default", 1, &[])];
+    wait_workers(&admin, 2).await;
+    submit(&mut admin, "page-ok", file_recipe()).await;
+    submit(&mut admin, "page-failed", failing_recipe()).await;
+    wait_terminal(&admin, "page-ok").await;
+    wait_terminal(&admin, "page-failed").await;
+    submit_args(&mut admin, "page-long", "RUN_INGEST", &[("recipe", mock_recipe(6, 6)), ("debug_mode", "true".into())])
+        .await;
+    submit_to(&mut admin, "page-waiting", file_recipe(), "nobody-serves-this").await;
+    wait_running(&admin, "page-long").await;
+
+    let out = cluster.ctl(&controller, &["--json", "ui-tokens", "create", "--ttl", "1h"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"].as_str().unwrap().to_owned();
+    let shots = std::env::var_os("OUTPOST_SCREENSHOTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/screenshots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    let tasks = serde_json::json!({"succeeded": "page-ok", "failed": "page-failed", "long": "page-long",
+                                   "waiting": "page-waiting"});
+    let shots_dir = shots.clone();
+    let driver = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(repo_root().join("tests/browser/status_page.mjs"))
+            .env("BASE_URL", format!("http://{listen}"))
+            .env("TOKEN", token)
+            .env("SHOTS", &shots)
+            .env("TASKS", tasks.to_string())
+            .output()
+            .expect("node runs (scripts/setup-browser.sh installs what it needs)")
+    });
+    let output = tokio::time::timeout(Duration::from_secs(240), driver).await.expect("the browser run ends").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser run failed: {stderr}");
+    let seen: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or("{}")).unwrap();
+    eprintln!("seen: {seen:#}");
+
+    // Not logged in: the login form, and nothing of the task.
+    assert_eq!(seen["anonymousUrl"], "/login");
+    assert_eq!(seen["anonymousSeesTask"], false);
+    assert!(seen["wrongLogin"].as_str().unwrap().contains("That token is not valid"));
+    // The workers with their slots, the long run on one of them.
+    let workers = seen["workers"].as_array().unwrap();
+    let row = |id: &str| workers.iter().find(|w| w[0] == id).unwrap_or_else(|| panic!("no row for {id}: {workers:?}"));
+    assert_eq!(row("w-1")[1], "READY");
+    assert!(row("w-2")[3].as_str().unwrap().ends_with("/1"), "{:?}", row("w-2"));
+    let running_on: Vec<&serde_json::Value> = workers.iter().filter(|w| w[4] == "page-long").collect();
+    assert_eq!(running_on.len(), 1, "{workers:?}");
+    assert!(running_on[0][3].as_str().unwrap().starts_with("1/"), "{:?}", running_on[0]);
+    let pools = seen["pools"].as_array().unwrap();
+    let waiting_pool = pools.iter().find(|p| p[0] == "nobody-serves-this").expect("the waiting task's pool");
+    assert_eq!((waiting_pool[1].as_str(), waiting_pool[4].as_str()), (Some("0"), Some("1")), "{waiting_pool:?}");
+    assert!(seen["failures"].as_str().unwrap().contains("page-failed"));
+    assert!(!seen["failures"].as_str().unwrap().contains("page-ok"));
+    // Keyboard and labels.
+    assert_eq!(seen["firstTab"], "Skip to content");
+    assert_eq!(seen["unlabelledFields"], 0);
+    assert!(seen["failedListing"].as_str().unwrap().contains("page-failed"));
+    assert!(!seen["failedListing"].as_str().unwrap().contains("page-ok"));
+    // The long run's log grew on the page while it stayed loaded.
+    assert!(seen["logLater"].as_u64().unwrap() > seen["logAtFirst"].as_u64().unwrap(), "{seen}");
+    assert_eq!(seen["reloadsWhileGrowing"], 0);
+    // The failed run's error, and why the waiting one waits.
+    assert_eq!(seen["failedState"], "FAILED");
+    assert!(seen["failedReport"].as_str().unwrap().contains("Exit code\n1"), "{}", seen["failedReport"]);
+    assert!(seen["failedReport"].as_str().unwrap().contains("/nonexistent/outpost/missing.json"));
+    assert!(seen["waitingWhy"].as_str().unwrap().contains("no connected agent serves the task's pool"));
+    // A phone's screen holds the page; logging out ends the session.
+    assert!(seen["phoneOverflow"].as_i64().unwrap() <= 0, "{}", seen["phoneOverflow"]);
+    assert_eq!(seen["afterLogout"], "/login");
+    for shot in ["fleet.png", "task.png", "fleet-phone.png"] {
+        assert!(shots_dir.join(shot).metadata().unwrap().len() > 10_000, "{shot}");
+    }
+    eprintln!(
+        "page weight {} bytes, load {} ms, first contentful paint {} ms",
+        seen["fleetBytes"], seen["fleetLoadMs"], seen["firstContentfulPaintMs"]
+    );
+    // The task stays as it was: the page changed nothing.
+    let mut admin = admin.clone();
+    let task = admin.get_task(pb::GetTaskRequest { id: "page-waiting".into() }).await.unwrap().into_inner();
+    assert_eq!(task.state, pb::TaskState::Queued as i32);
+}
