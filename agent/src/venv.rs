@@ -343,10 +343,39 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
 }
 
-/// Runs an installer step; on failure the error is the tail of its output.
+/// Variables the installer may see: where to find things, how to reach the package index, its own settings.
+/// Nothing else of the agent's environment (which may hold secrets for recipes) reaches it.
+fn installer_may_see(name: &str) -> bool {
+    const EXACT: [&str; 16] = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LANG",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "XDG_CACHE_HOME",
+        "SOURCE_DATE_EPOCH",
+    ];
+    const PREFIXES: [&str; 3] = ["UV_", "PIP_", "LC_"];
+    EXACT.contains(&name)
+        || EXACT.iter().any(|e| e.ends_with("PROXY") && name == e.to_ascii_lowercase())
+        || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Runs an installer step with only the variables it may see; on failure the error is the tail of its output.
 async fn run(program: &Path, args: &[String], note: &mut (dyn FnMut(String) + Send)) -> Result<(), String> {
     note(format!("Running: {} {}", program.display(), args.join(" ")));
     let output = Command::new(program)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(installer_may_see)))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -434,5 +463,24 @@ mod tests {
         let venvs = Venvs::new(args("datahub", "/proc/outpost-venvs", 0), Metrics::default());
         let error = venvs.check_root().unwrap_err();
         assert!(error.starts_with("the venv root /proc/outpost-venvs cannot be written:"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_installer_sees_its_settings_and_never_the_agents_other_variables() {
+        // SAFETY: set before anything else of this test reads the environment; no other test reads these names.
+        unsafe {
+            std::env::set_var("OUTPOST_TEST_RECIPE_PASSWORD", "hunter2-secret");
+            std::env::set_var("UV_TEST_SETTING", "kept");
+        }
+        let mut lines = Vec::new();
+        run(Path::new("/usr/bin/env"), &[], &mut |line| lines.push(line)).await.unwrap();
+        let text = lines.join("\n");
+        assert!(text.contains("UV_TEST_SETTING=kept") && text.contains("PATH="), "{text}");
+        assert!(!text.contains("hunter2-secret"), "{text}");
+        assert!(
+            installer_may_see("https_proxy")
+                && installer_may_see("PIP_INDEX_URL")
+                && !installer_may_see("AWS_SECRET_ACCESS_KEY")
+        );
     }
 }

@@ -108,7 +108,8 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
     }
     for b in &backlogs {
         let row = pools.entry(b.pool.clone()).or_default();
-        (row.waiting, row.running, row.oldest_ms) = (b.queued, b.running, b.oldest_queued_ms);
+        (row.waiting, row.running, row.oldest_ms, row.sqs_held) =
+            (b.queued, b.running, b.oldest_queued_ms, b.sqs_in_hand);
     }
     let pool_rows: Vec<Vec<String>> = pools
         .into_iter()
@@ -122,12 +123,13 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
                 r.waiting.to_string(),
                 r.running.to_string(),
                 oldest,
+                r.sqs_held.to_string(),
             ]
         })
         .collect();
     live.push_str(&table(
         "Pools",
-        &["Pool", "Agents", "Draining", "Free slots", "Waiting", "Running", "Oldest waiting"],
+        &["Pool", "Agents", "Draining", "Free slots", "Waiting", "Running", "Oldest waiting", "SQS messages held"],
         &pool_rows,
         "No pool has agents or work yet.",
     ));
@@ -166,6 +168,7 @@ struct PoolRow {
     waiting: u32,
     running: u32,
     oldest_ms: i64,
+    sqs_held: u32,
 }
 
 fn worker_row(w: &WorkerView, running: &[TaskId], cert_expires_ms: i64, revoked_at: Option<i64>) -> Vec<String> {
