@@ -455,7 +455,8 @@ impl Agent {
                 if self.runner.holds(&attempt) {
                     return Ok(());
                 }
-                if !self.taking_work() || self.free_slots() == 0 {
+                // A newer attempt of a task whose older attempt is ending here takes that attempt's slot.
+                if !self.taking_work() || (self.free_slots() == 0 && !self.runner.replaces(&attempt)) {
                     let reason = if self.taking_work() { "no free slot" } else { "the agent is draining" };
                     warn!(attempt = %attempt, reason, "handing an assignment back");
                     let outcome = handed_back(reason);
@@ -464,15 +465,19 @@ impl Agent {
                     return Ok(());
                 }
                 info!(attempt = %attempt, task = %assign.task, number = assign.attempt_number, "assignment received");
-                self.metrics.set_busy(self.runner.busy() + 1);
-                let _ = tx.send(msg(Out::Ack(pb::Ack { attempt: Some(attempt_pb(&attempt)) }))).await;
-                self.runner.start(Assignment {
-                    attempt,
+                let taken = self.runner.start(Assignment {
+                    attempt: attempt.clone(),
                     task_name: assign.task,
                     args: assign.args.into_iter().collect(),
                     attempt_number: assign.attempt_number,
                     deadline_unix_ms: (assign.deadline_unix_ms > 0).then_some(assign.deadline_unix_ms),
                 });
+                if !taken {
+                    warn!(attempt = %attempt, "an assignment older than the attempt of this task here; not taken");
+                    return Ok(());
+                }
+                self.metrics.set_busy(self.runner.busy());
+                let _ = tx.send(msg(Out::Ack(pb::Ack { attempt: Some(attempt_pb(&attempt)) }))).await;
             }
             In::Cancel(cancel) => {
                 let attempt = attempt_from_pb(cancel.attempt)?;

@@ -115,6 +115,23 @@ pub struct RunOutcome {
     pub duration_ms: i64,
 }
 
+/// The outcome of an attempt stopped before it started.
+pub fn not_started(reason: StopReason) -> RunOutcome {
+    let (status, why) = match reason {
+        StopReason::Cancelled => (ResultStatus::Cancelled, "Ingestion task was cancelled before it started"),
+        StopReason::TimedOut => (ResultStatus::TimedOut, "The ingestion task's deadline passed before it started"),
+        StopReason::Interrupted => (ResultStatus::Interrupted, "The agent shut down before the ingestion started"),
+    };
+    RunOutcome {
+        status,
+        exit_code: None,
+        report: format!("{why}\n"),
+        structured_report: String::new(),
+        start_time_ms: outpost_common::clock::unix_ms(),
+        duration_ms: 0,
+    }
+}
+
 /// Runs the attempt to its end. Lines of output (masked, capped) go to `lines` as they come; a full channel drops
 /// them (the tail in the report is kept regardless).
 pub async fn run(
