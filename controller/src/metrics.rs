@@ -21,15 +21,17 @@ pub enum RetryReason {
     LeaseExpired,
     NoAck,
     AgentRestarted,
+    NotRunning,
     Interrupted,
     TaskFailed,
 }
 
 impl RetryReason {
-    const ALL: [RetryReason; 5] = [
+    const ALL: [RetryReason; 6] = [
         RetryReason::LeaseExpired,
         RetryReason::NoAck,
         RetryReason::AgentRestarted,
+        RetryReason::NotRunning,
         RetryReason::Interrupted,
         RetryReason::TaskFailed,
     ];
@@ -39,6 +41,7 @@ impl RetryReason {
             RetryReason::LeaseExpired => "lease_expired",
             RetryReason::NoAck => "no_ack",
             RetryReason::AgentRestarted => "agent_restarted",
+            RetryReason::NotRunning => "not_running",
             RetryReason::Interrupted => "interrupted",
             RetryReason::TaskFailed => "task_failed",
         }
@@ -51,6 +54,7 @@ impl From<Loss> for RetryReason {
             Loss::LeaseExpired => RetryReason::LeaseExpired,
             Loss::NoAck => RetryReason::NoAck,
             Loss::AgentRestarted => RetryReason::AgentRestarted,
+            Loss::NotRunning => RetryReason::NotRunning,
         }
     }
 }
@@ -132,7 +136,7 @@ struct Inner {
     ready: AtomicBool,
 }
 
-const LEASE_LOSSES: [&str; 3] = ["lease_expired", "no_ack", "agent_restarted"];
+const LEASE_LOSSES: [&str; 4] = ["lease_expired", "no_ack", "agent_restarted", "not_running"];
 
 impl Default for Metrics {
     fn default() -> Metrics {
@@ -228,6 +232,7 @@ impl Metrics {
             Loss::LeaseExpired => LEASE_LOSSES[0],
             Loss::NoAck => LEASE_LOSSES[1],
             Loss::AgentRestarted => LEASE_LOSSES[2],
+            Loss::NotRunning => LEASE_LOSSES[3],
         };
         self.inner.lease_losses.get_or_create(&labels(&[("reason", reason)])).inc();
     }

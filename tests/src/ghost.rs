@@ -12,6 +12,8 @@ pub struct Ghost {
     outbound: tokio::sync::mpsc::Sender<outpost_common::pb::AgentMessage>,
     inbound: tonic::Streaming<outpost_common::pb::ControllerMessage>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The attempts it acknowledged: its heartbeats list them, as a real agent's list what it runs.
+    held: std::sync::Arc<std::sync::Mutex<Vec<outpost_common::pb::AttemptRef>>>,
 }
 
 impl Drop for Ghost {
@@ -40,10 +42,11 @@ impl Ghost {
         let first = inbound.message().await.expect("welcome").expect("welcome");
         assert!(matches!(first.msg, Some(pb::controller_message::Msg::Welcome(_))), "{first:?}");
         outbound.send(pb::AgentMessage { msg: Some(Msg::Credit(pb::Credit { credits: slots })) }).await.unwrap();
-        Ghost { outbound, inbound, heartbeat: None }
+        Ghost { outbound, inbound, heartbeat: None, held: Default::default() }
     }
 
-    /// Like [`Ghost::connect`], but it heartbeats every 200 ms (until dropped), so its lease never expires.
+    /// Like [`Ghost::connect`], but it heartbeats every 200 ms (until dropped), listing the attempts it
+    /// acknowledged, so its leases never expire.
     pub async fn connect_alive(
         cluster: &Cluster,
         controller: &Controller,
@@ -53,10 +56,16 @@ impl Ghost {
     ) -> Ghost {
         use outpost_common::pb::{self, agent_message::Msg};
         let mut ghost = Ghost::connect(cluster, controller, worker, pool, slots).await;
-        let outbound = ghost.outbound.clone();
+        let (outbound, held) = (ghost.outbound.clone(), ghost.held.clone());
         ghost.heartbeat = Some(tokio::spawn(async move {
             loop {
-                let beat = pb::AgentMessage { msg: Some(Msg::Heartbeat(pb::Heartbeat { attempts: vec![] })) };
+                let attempts = held
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|a| pb::AttemptProgress { attempt: Some(a.clone()), ..Default::default() })
+                    .collect();
+                let beat = pb::AgentMessage { msg: Some(Msg::Heartbeat(pb::Heartbeat { attempts })) };
                 if outbound.send(beat).await.is_err() {
                     break;
                 }
@@ -108,5 +117,8 @@ impl Ghost {
         use outpost_common::pb::{self, agent_message::Msg};
         let ack = pb::Ack { attempt: assign.attempt.clone() };
         self.outbound.send(pb::AgentMessage { msg: Some(Msg::Ack(ack)) }).await.unwrap();
+        if let Some(attempt) = &assign.attempt {
+            self.held.lock().unwrap().push(attempt.clone());
+        }
     }
 }

@@ -203,13 +203,18 @@ impl Runner {
             .collect()
     }
 
+    /// Every attempt held, for heartbeats (the controller loses a running attempt its heartbeats stop listing): a
+    /// newer attempt waiting for an older one to end is listed, with no output yet.
     pub fn progress(&self) -> Vec<AttemptProgress> {
         self.running
             .iter()
-            .map(|(task_id, r)| AttemptProgress {
-                attempt: AttemptRef { task_id: task_id.clone(), epoch: r.epoch },
-                log_bytes: r.progress.log_bytes.load(Ordering::Relaxed),
-                last_output_ms: r.progress.last_output_ms.load(Ordering::Relaxed),
+            .map(|(task_id, r)| match self.deferred.get(task_id) {
+                Some(waiting) => AttemptProgress { attempt: waiting.attempt.clone(), log_bytes: 0, last_output_ms: 0 },
+                None => AttemptProgress {
+                    attempt: AttemptRef { task_id: task_id.clone(), epoch: r.epoch },
+                    log_bytes: r.progress.log_bytes.load(Ordering::Relaxed),
+                    last_output_ms: r.progress.last_output_ms.load(Ordering::Relaxed),
+                },
             })
             .collect()
     }

@@ -215,7 +215,21 @@ impl Session {
                 let answer = self.scheduler.ack(&self.worker, self.id, attempt.clone()).await;
                 unanswered.push_back(Box::pin(async move { Answered::Ack(attempt, answer.get().await) }));
             }
-            In::Heartbeat(_) | In::Keepalive(_) => self.scheduler.seen(&self.worker, self.id).await,
+            In::Heartbeat(heartbeat) => {
+                if heartbeat.attempts.len() > convert::MAX_SLOTS as usize {
+                    return Err(Status::invalid_argument(format!(
+                        "heartbeat.attempts: at most {}",
+                        convert::MAX_SLOTS
+                    )));
+                }
+                let attempts = heartbeat
+                    .attempts
+                    .into_iter()
+                    .map(|p| convert::attempt(p.attempt))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.scheduler.heartbeat(&self.worker, self.id, attempts).await;
+            }
+            In::Keepalive(_) => self.scheduler.seen(&self.worker, self.id).await,
             In::Log(log) => {
                 let attempt = convert::attempt(log.attempt)?;
                 self.logs.append(&self.worker, &attempt, log.lines);

@@ -27,6 +27,8 @@ pub struct Lease {
     pub cancel_deadline: Option<Instant>,
     /// The pinned-version venv the task needs (kept for its retries' placement).
     pub venv: Option<VenvKey>,
+    /// Heartbeats in a row of its (live) agent that did not list this running attempt.
+    pub unlisted: u32,
 }
 
 impl Lease {
@@ -115,6 +117,7 @@ mod tests {
             ack_deadline: None,
             cancel_deadline: None,
             venv: None,
+            unlisted: 0,
         }
     }
 

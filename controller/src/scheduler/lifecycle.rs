@@ -46,12 +46,14 @@ pub enum Loss {
     NoAck,
     /// The agent reconnected without it (it restarted and lost its work).
     AgentRestarted,
+    /// The agent is alive but its heartbeats stopped listing the attempt (it is not running there).
+    NotRunning,
 }
 
 impl Loss {
     pub fn attempt_state(self) -> AttemptState {
         match self {
-            Loss::LeaseExpired | Loss::AgentRestarted => AttemptState::Lost,
+            Loss::LeaseExpired | Loss::AgentRestarted | Loss::NotRunning => AttemptState::Lost,
             Loss::NoAck => AttemptState::Revoked,
         }
     }
@@ -61,6 +63,7 @@ impl Loss {
             Loss::LeaseExpired => "lease expired: the agent stopped heartbeating",
             Loss::NoAck => "the agent did not acknowledge the assignment in time",
             Loss::AgentRestarted => "the agent reconnected without it (it restarted)",
+            Loss::NotRunning => "the agent's heartbeats stopped listing it (it was not running there)",
         }
     }
 }

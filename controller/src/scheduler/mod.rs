@@ -58,6 +58,10 @@ pub struct Config {
     /// of going to a free agent that would build it (0: never wait; a warm free agent is preferred either way).
     #[arg(long, env = "OUTPOST_WARM_WAIT", value_parser = duration::parse, default_value = "0s")]
     pub warm_wait: Duration,
+    /// A running attempt its live agent leaves out of this many heartbeats in a row is lost (re-queued): the agent
+    /// is not running it.
+    #[arg(long, env = "OUTPOST_HEARTBEAT_MISSES", default_value_t = 3)]
+    pub heartbeat_misses: u32,
     #[command(flatten)]
     pub retry: RetryPolicy,
 }
@@ -316,6 +320,11 @@ enum Event {
         worker: WorkerId,
         session: SessionId,
     },
+    Heartbeat {
+        worker: WorkerId,
+        session: SessionId,
+        attempts: Vec<AttemptRef>,
+    },
     Result {
         worker: WorkerId,
         session: SessionId,
@@ -464,9 +473,15 @@ impl Scheduler {
         self.ask(|reply| Event::Ack { worker: worker.clone(), session, attempt, reply }).await
     }
 
-    /// The agent is alive (heartbeat or keepalive).
+    /// The agent is alive (keepalive).
     pub async fn seen(&self, worker: &WorkerId, session: SessionId) {
         self.tell(Event::Seen { worker: worker.clone(), session }).await
+    }
+
+    /// The agent is alive and runs these attempts (a running attempt it stops listing is lost after
+    /// `--heartbeat-misses` heartbeats).
+    pub async fn heartbeat(&self, worker: &WorkerId, session: SessionId, attempts: Vec<AttemptRef>) {
+        self.tell(Event::Heartbeat { worker: worker.clone(), session, attempts }).await
     }
 
     /// An attempt's result. Returns once the engine has the event; the answer comes when it is durable.

@@ -24,6 +24,7 @@ fn config() -> Config {
         sweep_interval: Duration::from_secs(60),
         task_timeout: None,
         warm_wait: Duration::ZERO,
+        heartbeat_misses: 3,
         retry: RetryPolicy {
             max_attempts: 3,
             backoff_base: Duration::from_millis(10),
@@ -425,5 +426,36 @@ async fn with_a_warm_wait_a_task_waits_for_its_busy_warm_agent_and_then_goes_col
     scheduler.submit(pinned_task("third", &spec)).await.unwrap();
     assert_eq!(assigned(&mut cold).await.attempt.task_id.as_str(), "third");
     assert!(asked.elapsed() >= Duration::from_millis(600), "it waited for the warm agent first");
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_running_attempt_its_live_agent_stops_listing_is_lost_and_runs_again() {
+    let (_dir, store, scheduler, token) = start().await;
+    let (session, mut commands) = agent(&scheduler, "w1", 2).await;
+    let w1 = WorkerId::parse("w1").unwrap();
+    scheduler.submit(task("listed")).await.unwrap();
+    scheduler.submit(task("forgotten")).await.unwrap();
+    let (a, b) = (assigned(&mut commands).await, assigned(&mut commands).await);
+    let (listed, forgotten) = if a.attempt.task_id.as_str() == "listed" { (a, b) } else { (b, a) };
+    for attempt in [&listed.attempt, &forgotten.attempt] {
+        scheduler.ack(&w1, session, attempt.clone()).await.get().await.unwrap();
+    }
+    // Two heartbeats without it: not yet (a result may be on its way); the third loses it.
+    for _ in 0..2 {
+        scheduler.heartbeat(&w1, session, vec![listed.attempt.clone()]).await;
+    }
+    scheduler.explain(&id("forgotten")).await.unwrap(); // the engine has handled the heartbeats
+    assert_eq!(store.task(&id("forgotten")).await.unwrap().unwrap().0.state, TaskState::Running);
+    scheduler.heartbeat(&w1, session, vec![listed.attempt.clone()]).await;
+    // Back in the queue (granted again at a new epoch once an agent has a free slot).
+    stored_until(&store, "forgotten", |t, _| t.state == TaskState::Queued).await;
+    let (_, attempts) = store.task(&id("forgotten")).await.unwrap().unwrap();
+    assert_eq!(attempts[0].state, outpost_common::task::AttemptState::Lost);
+    assert_eq!(
+        attempts[0].reason.as_deref(),
+        Some("the agent's heartbeats stopped listing it (it was not running there)")
+    );
+    assert_eq!(store.task(&id("listed")).await.unwrap().unwrap().0.state, TaskState::Running, "the listed one runs on");
     token.cancel();
 }

@@ -104,6 +104,7 @@ impl Engine {
                     ack_deadline: Some(Instant::now() + self.config.ack_deadline),
                     cancel_deadline: None,
                     venv: pick.venv,
+                    unlisted: 0,
                 },
             );
             let attempt = AttemptRef { task_id: task.request.id.clone(), epoch: task.epoch };

@@ -113,6 +113,7 @@ async fn rebuild(store: &Store, config: &Config) -> Result<(Queue, Leases), Erro
                 ack_deadline: (task.state == TaskState::Assigned).then(|| now + ack_window),
                 cancel_deadline: task.cancel_requested.then(|| now + config.cancel_timeout),
                 venv: VenvSpec::key_of_task(&task.request.args),
+                unlisted: 0,
             },
         );
     }
@@ -213,6 +214,7 @@ impl Engine {
                     self.heard_from(&worker);
                 }
             }
+            Event::Heartbeat { worker, session, attempts } => self.heartbeat(&worker, session, &attempts).await,
             Event::Result { worker, session, attempt, outcome, reply } => {
                 let recorded = self.result(&worker, session, &attempt, &outcome).await;
                 self.plan.answer(reply, recorded);

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use outpost_common::clock::unix_ms;
-use outpost_common::ids::{PoolId, WorkerId};
+use outpost_common::ids::{AttemptRef, PoolId, WorkerId};
 use outpost_common::task::TaskState;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -87,6 +87,36 @@ impl Engine {
             let room = s.hello.slots.saturating_sub(held);
             s.credits = s.credits.saturating_add(credits).min(room);
             self.heard_from(worker);
+        }
+    }
+
+    /// A heartbeat: the agent is alive, and runs `attempts`. A running attempt (acknowledged, no cancel pending)
+    /// that `--heartbeat-misses` heartbeats in a row leave out is lost: the agent is not running it, whatever the
+    /// reason, and its liveness must not keep the task's lease forever.
+    pub(super) async fn heartbeat(&mut self, worker: &WorkerId, session: SessionId, attempts: &[AttemptRef]) {
+        if self.current(worker, session).is_none() {
+            return;
+        }
+        self.heard_from(worker);
+        let misses = self.config.heartbeat_misses.max(1);
+        let mut unlisted = Vec::new();
+        for task in self.leases.of_worker(worker) {
+            let Some(lease) = self.leases.get_mut(&task) else { continue };
+            if lease.state != TaskState::Running || lease.cancel_deadline.is_some() {
+                continue;
+            }
+            if attempts.iter().any(|a| a.task_id == task && a.epoch == lease.attempt_epoch()) {
+                lease.unlisted = 0;
+                continue;
+            }
+            lease.unlisted += 1;
+            if lease.unlisted >= misses {
+                unlisted.push(task);
+            }
+        }
+        for task in unlisted {
+            warn!(worker = %worker, task = %task, misses, "the agent's heartbeats no longer list a running attempt");
+            self.lose(&task, Loss::NotRunning).await;
         }
     }
 
