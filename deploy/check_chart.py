@@ -75,10 +75,25 @@ def main():
     grace = agent["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     if grace <= 150:
         sys.exit(f"the agents' grace period ({grace} s) must exceed the drain timeout (150 s)")
+    controller = next(d for d in documents if d["kind"] == "StatefulSet")
+    if any(a.startswith("--ui-listen") for a in controller["spec"]["template"]["spec"]["containers"][0]["args"]):
+        sys.exit("the status page must be off by default")
     for path in sorted(glob.glob(os.path.join(HERE, "helm", "examples", "*.yaml"))):
         with open(path) as f:
             values = yaml.safe_load(f)
-        validate(render(values), os.path.relpath(path, HERE))
+        rendered = validate(render(values), os.path.relpath(path, HERE))
+        if values.get("controller", {}).get("ui", {}).get("enabled"):
+            # The status page: HTTPS on its port, in the Service and let through the NetworkPolicy.
+            args = next(d for d in rendered if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+            service = next(d for d in rendered if d["kind"] == "Service" and not d["metadata"]["name"].endswith("headless"))
+            policy = next(d for d in rendered if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("controller"))
+            if "--ui-listen=0.0.0.0:7480" not in args or "--ui-tls" not in args:
+                sys.exit(f"{path}: the status page is enabled but the controller's args are {args}")
+            if not any(p["name"] == "ui" for p in service["spec"]["ports"]):
+                sys.exit(f"{path}: the Service lacks the status page's port")
+            if not any(p["port"] == 7480 for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])):
+                sys.exit(f"{path}: the NetworkPolicy does not let the status page's port in")
+            print(f"{os.path.relpath(path, HERE)}: the status page is served over HTTPS on port 7480")
     for broken, expected in [({}, "controller.tlsSecretName is required"),
                              (merge(REQUIRED, {"agents": {"enrollment": "certificates", "certificatesSecretName": "c"}}),
                               "use replicas 1"),

@@ -180,7 +180,15 @@ async fn a_long_run_outlives_two_certificate_renewals_on_one_stream() {
     let first_expiry = worker_json(&fleet, "renewer")["certExpiresUnixMs"].as_i64().unwrap();
     submit_to(&mut admin, "long-run", mock_recipe(6, 6), "renew-pool").await;
     let started = Instant::now();
-    let task = wait_terminal(&admin, "long-run").await;
+    // A ~35 s CLI run on an idle machine: the wait leaves room for a loaded one.
+    let task = wait_until("the long run to finish", Duration::from_secs(300), || {
+        let mut admin = admin.clone();
+        async move {
+            let task = admin.get_task(pb::GetTaskRequest { id: "long-run".into() }).await.ok()?.into_inner();
+            is_terminal(task.state).then_some(task)
+        }
+    })
+    .await;
     let log = agent.log();
     let renewals = log.matches("certificate renewed; the next connection uses it").count();
     eprintln!("run of {:?}, {renewals} renewals", started.elapsed());

@@ -96,9 +96,12 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
         .filter(|w| w.state != WorkerState::Disconnected)
         .fold((0, 0), |(u, t), w| (u + w.slots_used, t + w.slots));
     let waiting: u32 = backlogs.iter().map(|b| b.queued).sum();
+    let plural = |n: usize, one: &str, many: &str| if n == 1 { one.to_owned() } else { many.to_owned() };
     let mut live = format!(
-        "<h1>Fleet</h1><ul class=\"summary\"><li><strong>{connected}</strong> agents connected</li>\
-         <li><strong>{used}/{total}</strong> slots in use</li><li><strong>{waiting}</strong> tasks waiting</li></ul>"
+        "<h1>Fleet</h1><ul class=\"summary\"><li><strong>{connected}</strong> {} connected</li>\
+         <li><strong>{used}/{total}</strong> slots in use</li><li><strong>{waiting}</strong> {} waiting</li></ul>",
+        plural(connected, "agent", "agents"),
+        plural(waiting as usize, "task", "tasks")
     );
     // Pools: every pool with agents or work.
     let mut pools: BTreeMap<String, PoolRow> = BTreeMap::new();
