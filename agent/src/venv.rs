@@ -121,16 +121,31 @@ impl Venvs {
         self.held.subscribe()
     }
 
-    /// Reads which venvs are ready (and their sizes) from the disk.
+    /// Reads which venvs are ready (and their sizes) from the disk and publishes them.
     pub async fn refresh(&self) {
-        let Some(root) = self.root.clone() else { return };
-        let held = tokio::task::spawn_blocking(move || scan_blocking(&root)).await.unwrap_or_default();
+        self.rescan(false).await;
+    }
+
+    /// One read of the disk: the ready venvs; with `evict` and a budget, the least recently used ones no run uses
+    /// are deleted until the rest fit. Publishes what is left; returns the names deleted.
+    async fn rescan(&self, evict: bool) -> Vec<String> {
+        let Some(root) = self.root.clone() else { return Vec::new() };
+        let budget = if evict { self.max_bytes } else { None };
+        let in_use: Vec<String> = self.in_use.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let (held, deleted) = tokio::task::spawn_blocking(move || {
+            let mut held = scan_blocking(&root);
+            let deleted = budget.map_or_else(Vec::new, |max| evict_blocking(&root, max, &in_use, &mut held));
+            (held, deleted)
+        })
+        .await
+        .unwrap_or_default();
         self.metrics.set_venv_bytes(held.iter().map(|v| v.bytes).sum());
         self.held.send_if_modified(|current| {
             let changed = *current != held;
             *current = held;
             changed
         });
+        deleted
     }
 
     /// Builds a venv ahead of need (at start with --warm, or when the controller asks), one such build at a
@@ -177,12 +192,10 @@ impl Venvs {
         Lease { name: name.to_owned(), in_use: self.in_use.clone() }
     }
 
-    /// Deletes least recently used ready venvs that no run uses until the rest fit in the budget. Returns the
-    /// names deleted.
+    /// Deletes least recently used ready venvs that no run uses until the rest fit in the budget, and publishes
+    /// what is left. Returns the names deleted.
     pub async fn evict(&self) -> Vec<String> {
-        let (Some(root), Some(max)) = (self.root.clone(), self.max_bytes) else { return Vec::new() };
-        let in_use: Vec<String> = self.in_use.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-        tokio::task::spawn_blocking(move || evict_blocking(&root, max, &in_use)).await.unwrap_or_default()
+        self.rescan(true).await
     }
 
     /// The `datahub` executable for a request, building its venv if needed. `note` receives progress lines for
@@ -237,7 +250,6 @@ impl Venvs {
         for evicted in self.evict().await {
             note(format!("Deleted the least recently used venv {evicted} (over --venv-max-bytes)"));
         }
-        self.refresh().await;
         Ok(VenvUse { cli, _lease: Some(lease) })
     }
 
@@ -305,32 +317,26 @@ fn scan_blocking(root: &Path) -> Vec<HeldVenv> {
     held
 }
 
-fn evict_blocking(root: &Path, max: u64, in_use: &[String]) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
-    // (last used, name, bytes) of every ready venv.
-    let mut ready: Vec<(std::time::SystemTime, String, u64)> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let used = entry.path().join(READY_MARKER).metadata().ok()?.modified().ok()?;
-            Some((used, entry.file_name().to_string_lossy().into_owned(), dir_bytes(&entry.path())))
-        })
-        .collect();
-    let mut total: u64 = ready.iter().map(|(_, _, bytes)| bytes).sum();
-    ready.sort();
+/// Deletes from `ready` (and the disk) the least recently used venvs not `in_use` until the rest fit in `max`.
+fn evict_blocking(root: &Path, max: u64, in_use: &[String], ready: &mut Vec<HeldVenv>) -> Vec<String> {
+    let mut total: u64 = ready.iter().map(|v| v.bytes).sum();
+    let mut oldest_first: Vec<&HeldVenv> = ready.iter().collect();
+    oldest_first.sort_by(|a, b| a.last_used_ms.cmp(&b.last_used_ms).then_with(|| a.key.cmp(&b.key)));
     let mut deleted = Vec::new();
-    for (_, name, bytes) in ready {
+    for venv in oldest_first {
         if total <= max {
             break;
         }
-        if in_use.contains(&name) {
+        if in_use.contains(&venv.key) {
             continue;
         }
-        if std::fs::remove_dir_all(root.join(&name)).is_ok() {
-            info!(venv = %name, bytes, "venv evicted: over the disk budget");
-            total -= bytes;
-            deleted.push(name);
+        if std::fs::remove_dir_all(root.join(&venv.key)).is_ok() {
+            info!(venv = %venv.key, bytes = venv.bytes, "venv evicted: over the disk budget");
+            total -= venv.bytes;
+            deleted.push(venv.key.clone());
         }
     }
+    ready.retain(|v| !deleted.contains(&v.key));
     deleted
 }
 

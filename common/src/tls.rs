@@ -50,16 +50,27 @@ impl TlsFiles {
 }
 
 impl TlsMaterial {
+    /// Our certificate chain and private key, parsed from PEM.
+    fn certificate_and_key(
+        &self,
+    ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>), Error>
+    {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Invalid(format!("certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| Error::Invalid(format!("private key: {e}")))?;
+        Ok((certs, key))
+    }
+
     /// Server side as a rustls configuration (for an acceptor of our own): our identity, HTTP/2, and client
     /// certificates required, signed by the CA.
     pub fn rustls_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, Error> {
+        use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let invalid = |what: &str, e: &dyn std::fmt::Display| Error::Invalid(format!("{what}: {e}"));
-        let certs = CertificateDer::pem_slice_iter(&self.cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| invalid("private key", &e))?;
+        let (certs, key) = self.certificate_and_key()?;
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(&self.ca) {
             roots.add(ca.map_err(|e| invalid("CA certificate", &e))?).map_err(|e| invalid("CA certificate", &e))?;
@@ -77,17 +88,11 @@ impl TlsMaterial {
 
     /// Server side for browsers (the status page): our identity, HTTP/1.1, no client certificate asked for.
     pub fn rustls_web_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, Error> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let invalid = |what: &str, e: &dyn std::fmt::Display| Error::Invalid(format!("{what}: {e}"));
-        let certs = CertificateDer::pem_slice_iter(&self.cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| invalid("private key", &e))?;
+        let (certs, key) = self.certificate_and_key()?;
         let mut config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| invalid("certificate and key", &e))?;
+            .map_err(|e| Error::Invalid(format!("certificate and key: {e}")))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(std::sync::Arc::new(config))
     }

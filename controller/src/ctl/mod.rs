@@ -319,11 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::UiTokens { action: UiTokensAction::Revoke { id } } => {
             client.revoke_ui_token(pb::RevokeUiTokenRequest { id: id.clone() }).await.map_err(status_error)?;
-            if cli.json {
-                println!("{}", serde_json::json!({ "id": id, "revoked": true }));
-            } else {
-                println!("status page login token {id} revoked");
-            }
+            output::token_revoked("status page login token", id, cli.json);
         }
         Command::Tokens { action: TokensAction::List } => {
             let tokens = client.list_join_tokens(pb::ListJoinTokensRequest {}).await.map_err(status_error)?;
@@ -331,11 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tokens { action: TokensAction::Revoke { id } } => {
             client.revoke_join_token(pb::RevokeJoinTokenRequest { id: id.clone() }).await.map_err(status_error)?;
-            if cli.json {
-                println!("{}", serde_json::json!({ "id": id, "revoked": true }));
-            } else {
-                println!("revoked join token {id}");
-            }
+            output::token_revoked("join token", id, cli.json);
         }
         Command::Tasks { state, pool, worker, limit, page_token } => {
             let state = state.as_deref().map(parse_state).transpose()?.unwrap_or(pb::TaskState::Unspecified);

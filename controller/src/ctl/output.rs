@@ -118,6 +118,14 @@ fn token_json(t: &pb::JoinToken) -> Value {
 }
 
 /// A new token: the secret once, and how to use it.
+/// A token (`what`: join token, status page login token) revoked.
+pub fn token_revoked(what: &str, id: &str, as_json: bool) {
+    if as_json {
+        return print_json(&json!({ "id": id, "revoked": true }));
+    }
+    println!("revoked {what} {id}");
+}
+
 pub fn ui_token_created(created: &pb::CreateUiTokenResponse, as_json: bool) {
     if as_json {
         return print_json(

@@ -297,6 +297,7 @@ pub struct WorkerView {
 enum Event {
     Submit {
         task: NewTask,
+        venv: Option<VenvKey>,
         reply: oneshot::Sender<Result<(TaskRecord, bool), Error>>,
     },
     Connect {
@@ -450,7 +451,9 @@ impl Scheduler {
 
     /// Takes a task in (idempotent on its id) and dispatches it when an agent can take it.
     pub async fn submit(&self, task: NewTask) -> Result<(TaskRecord, bool), Error> {
-        self.call(|reply| Event::Submit { task, reply }).await
+        // The venv the task needs is read from its recipe here, in the caller's task, not in the engine's turn.
+        let venv = VenvSpec::key_of_task(&task.args);
+        self.call(|reply| Event::Submit { task, venv, reply }).await
     }
 
     /// Opens a session for an identity-checked agent. `commands` receives its work; `kick` is cancelled when the

@@ -50,13 +50,14 @@ fn failed(what: &str, error: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-/// The whole page, or only its live part when the page's script asks for it.
-fn respond(ui: &Ui, title: &str, current: &str, refresh_url: &str, fragment: bool, live: String) -> Response {
+/// The whole page (its live part refreshed from `refresh_url`, if any), or only the live part when the page's
+/// script asks for it.
+fn respond(ui: &Ui, title: &str, current: &str, refresh_url: Option<&str>, fragment: bool, live: String) -> Response {
     if fragment {
         return Html(live).into_response();
     }
     let every = ui.refresh.as_millis() as u64;
-    Html(page(title, current, &live, Some((refresh_url, every)))).into_response()
+    Html(page(title, current, &live, refresh_url.map(|url| (url, every)))).into_response()
 }
 
 fn task_link(id: &TaskId) -> String {
@@ -160,7 +161,7 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
     failures.truncate(10);
     let failure_rows: Vec<Vec<String>> = failures.iter().map(task_row).collect();
     live.push_str(&table("Recent failures", &TASK_HEADERS, &failure_rows, "No failures."));
-    respond(&ui, "Fleet", "/", "/?fragment=1", query.fragment.is_some(), live)
+    respond(&ui, "Fleet", "/", Some("/?fragment=1"), query.fragment.is_some(), live)
 }
 
 #[derive(Default)]
@@ -292,7 +293,7 @@ pub async fn tasks(State(ui): State<Ui>, Query(listing): Query<Listing>) -> Resp
         live.push_str(&format!("<p><a href=\"{}\" rel=\"next\">Older tasks</a></p>", esc(&next)));
     }
     let refresh = format!("{}&q={}&fragment=1", query(&listing.after), url_value(&listing.q));
-    respond(&ui, "Tasks", "/tasks", &refresh, fragment, live)
+    respond(&ui, "Tasks", "/tasks", Some(&refresh), fragment, live)
 }
 
 pub async fn task(State(ui): State<Ui>, Path(id): Path<String>, Query(query): Query<Fragment>) -> Response {
@@ -365,11 +366,7 @@ pub async fn task(State(ui): State<Ui>, Path(id): Path<String>, Query(query): Qu
     }
     let path = format!("/tasks/{}", url_value(id.as_str()));
     let refresh = if task.state.is_terminal() { None } else { Some(format!("{path}?fragment=1")) };
-    if query.fragment.is_some() {
-        return Html(live).into_response();
-    }
-    let every = ui.refresh.as_millis() as u64;
-    Html(page(&format!("Task {}", id.as_str()), "", &live, refresh.as_deref().map(|r| (r, every)))).into_response()
+    respond(&ui, &format!("Task {}", id.as_str()), "", refresh.as_deref(), query.fragment.is_some(), live)
 }
 
 fn attempt_row(a: &AttemptRecord) -> Vec<String> {

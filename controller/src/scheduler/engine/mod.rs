@@ -199,7 +199,7 @@ impl Engine {
 
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit { task, reply } => self.submit(task, reply),
+            Event::Submit { task, venv, reply } => self.submit(task, venv, reply),
             Event::Connect { hello, commands, kick, reply } => {
                 let welcome = self.connect(hello, commands, kick).await;
                 self.plan.answer(reply, welcome);

@@ -6,7 +6,7 @@
 use outpost_common::clock::unix_ms;
 use outpost_common::ids::{AttemptRef, PoolId, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, ResultStatus, TaskState};
-use outpost_common::venv::VenvSpec;
+use outpost_common::venv::{VenvKey, VenvSpec};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -37,11 +37,15 @@ fn refused(attempt: &AttemptRef, refusal: Refusal) -> Error {
 }
 
 impl Engine {
-    pub(super) fn submit(&mut self, task: NewTask, reply: oneshot::Sender<Result<(TaskRecord, bool), Error>>) {
+    pub(super) fn submit(
+        &mut self,
+        task: NewTask,
+        venv: Option<VenvKey>,
+        reply: oneshot::Sender<Result<(TaskRecord, bool), Error>>,
+    ) {
         // Queued now so the turn that records it can also grant it; the grant is fenced on the task being QUEUED
         // in the store, so a known (finished) task submitted again is never granted.
         if self.leases.get(&task.id).is_none() && !self.queue.contains(&task.id) {
-            let venv = VenvSpec::key_of_task(&task.args);
             self.queue.push(task.pool.clone(), task.id.clone(), venv, 0, unix_ms());
         }
         self.plan.submit(task, reply);
