@@ -157,7 +157,8 @@ async fn retry_stats_workers_pages_and_follow() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // Follow a run's log until it ends.
-    submit(&mut admin, "followed", mock_recipe(5, 5)).await;
+    // At least 3 s, a log line every 0.5 s: the follower sees the log grow.
+    submit(&mut admin, "followed", timed_recipe(3.0)).await;
     let output = cluster.ctl(&controller, &["task", "followed", "--follow", "--poll-interval", "200ms"]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();

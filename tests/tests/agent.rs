@@ -170,7 +170,9 @@ async fn a_run_past_its_deadline_ends_timed_out_and_its_group_is_gone() {
     let controller = cluster.controller("outpost.db", &["--task-timeout", "2s"]).await;
     let mut admin = cluster.admin(&controller).await;
     let agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
-    submit(&mut admin, "slow", mock_recipe(6, 6)).await;
+    // Never released: only the deadline ends it.
+    let run = cluster.held_run("slow");
+    submit(&mut admin, "slow", run.recipe()).await;
     let task = wait_terminal(&admin, "slow").await;
     assert_eq!(task.state, pb::TaskState::TimedOut as i32, "{task:?}");
     assert_eq!(task.attempt_history[0].state, "TIMED_OUT");
@@ -187,12 +189,14 @@ async fn sigterm_hands_an_unfinished_run_back_and_it_reruns_at_once() {
     let mut admin = cluster.admin(&controller).await;
     let mut leaving = cluster.agent(&controller, "w-1", "default", 1, &["--drain-timeout", "1s"]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "handed-back", mock_recipe(6, 5)).await;
-    wait_running(&admin, "handed-back").await;
+    let run = cluster.held_run("handed-back");
+    submit(&mut admin, "handed-back", run.recipe()).await;
+    run.wait_started(1).await;
     let _staying = cluster.agent(&controller, "w-2", "default", 1, &[]);
     leaving.signal(libc::SIGTERM);
     let status = leaving.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
+    run.release();
     let task = wait_terminal(&admin, "handed-back").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     let (first, second) = (&task.attempt_history[0], &task.attempt_history[1]);
@@ -210,7 +214,11 @@ async fn a_pinned_version_builds_its_venv_once_for_two_concurrent_tasks() {
     let venvs = cluster.path("venvs");
     let venv_root = venvs.to_string_lossy().into_owned();
     let python = repo_root().join(".venv/bin/python").to_string_lossy().into_owned();
-    let agent = cluster.agent(&controller, "w-1", "default", 2, &["--venv-root", &venv_root, "--venv-python", &python]);
+    // uv with the tests' cache, which scripts/setup-python.sh --warm-venv-cache filled: no download in the test.
+    let env = uv_installer_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent =
+        cluster.agent_with_env(&controller, "w-1", 2, &["--venv-root", &venv_root, "--venv-python", &python], &env);
     for id in ["pinned-1", "pinned-2"] {
         submit_args(&mut admin, id, "RUN_INGEST", &[("recipe", file_recipe()), ("version", "1.7.0.17".into())]).await;
     }

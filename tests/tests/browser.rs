@@ -27,10 +27,12 @@ async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browse
     submit(&mut admin, "page-failed", failing_recipe()).await;
     wait_terminal(&admin, "page-ok").await;
     wait_terminal(&admin, "page-failed").await;
-    submit_args(&mut admin, "page-long", "RUN_INGEST", &[("recipe", mock_recipe(6, 6)), ("debug_mode", "true".into())])
+    // Held until the browser run is over: its log grows (a line every 0.5 s) while the page is open.
+    let long = cluster.held_run("page-long");
+    submit_args(&mut admin, "page-long", "RUN_INGEST", &[("recipe", long.recipe()), ("debug_mode", "true".into())])
         .await;
     submit_to(&mut admin, "page-waiting", file_recipe(), "nobody-serves-this").await;
-    wait_running(&admin, "page-long").await;
+    long.wait_started(1).await;
 
     let out = cluster.ctl(&controller, &["--json", "ui-tokens", "create", "--ttl", "1h"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -103,4 +105,5 @@ async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browse
     let mut admin = admin.clone();
     let task = admin.get_task(pb::GetTaskRequest { id: "page-waiting".into() }).await.unwrap().into_inner();
     assert_eq!(task.state, pb::TaskState::Queued as i32);
+    long.release();
 }

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use outpost_common::pb;
 use outpost_integration_tests::*;
 
+/// (The controller is dropped, and so stopped, before the cluster keeps a failed test's logs.)
 struct Fleet {
-    cluster: Cluster,
     controller: Controller,
+    cluster: Cluster,
     join_url: String,
     join_port: String,
 }
@@ -178,17 +179,20 @@ async fn a_long_run_outlives_two_certificate_renewals_on_one_stream() {
     let mut admin = fleet.cluster.admin(&fleet.controller).await;
     wait_workers(&admin, 1).await;
     let first_expiry = worker_json(&fleet, "renewer")["certExpiresUnixMs"].as_i64().unwrap();
-    submit_to(&mut admin, "long-run", mock_recipe(6, 6), "renew-pool").await;
+    let run = fleet.cluster.held_run("long-run");
+    submit_to(&mut admin, "long-run", run.recipe(), "renew-pool").await;
+    run.wait_started(1).await;
     let started = Instant::now();
-    // A ~35 s CLI run on an idle machine: the wait leaves room for a loaded one.
-    let task = wait_until("the long run to finish", Duration::from_secs(300), || {
-        let mut admin = admin.clone();
-        async move {
-            let task = admin.get_task(pb::GetTaskRequest { id: "long-run".into() }).await.ok()?.into_inner();
-            is_terminal(task.state).then_some(task)
-        }
+    // The run holds until two renewals went through its stream: each comes at about half of the 20 s certificate
+    // life (±10 %), so two take at most 2 × 11 s; the rest is room for a loaded machine.
+    wait_until("two certificate renewals during the run", Duration::from_secs(2 * 11 + 30), || {
+        let renewals = agent.log().matches("certificate renewed; the next connection uses it").count();
+        async move { (renewals >= 2).then_some(()) }
     })
     .await;
+    assert_eq!(run.started(), 1, "still the first attempt");
+    run.release();
+    let task = wait_terminal(&admin, "long-run").await;
     let log = agent.log();
     let renewals = log.matches("certificate renewed; the next connection uses it").count();
     eprintln!("run of {:?}, {renewals} renewals", started.elapsed());
@@ -214,8 +218,9 @@ async fn a_revoked_worker_is_cut_off_at_once_its_task_runs_elsewhere_and_it_stay
     let mut victim = fleet.agent("victim", "default", Some(&token), &[]);
     let mut admin = fleet.cluster.admin(&fleet.controller).await;
     wait_workers(&admin, 1).await;
-    submit_to(&mut admin, "moved", mock_recipe(6, 5), "default").await;
-    wait_running(&admin, "moved").await;
+    let run = fleet.cluster.held_run("moved");
+    submit_to(&mut admin, "moved", run.recipe(), "default").await;
+    run.wait_started(1).await;
     let _standby = fleet.cluster.agent(&fleet.controller, "standby", "default", 1, &[]);
     wait_workers(&admin, 2).await;
 
@@ -225,6 +230,7 @@ async fn a_revoked_worker_is_cut_off_at_once_its_task_runs_elsewhere_and_it_stay
     let log = refused(&mut victim).await;
     eprintln!("revoked -> the agent cut off and refused on reconnect: {:?}", revoked_at.elapsed());
     assert!(log.contains("worker victim is revoked"), "{log}");
+    run.release();
     let task = wait_terminal(&admin, "moved").await;
     assert_eq!((task.state, task.worker_id.as_str(), task.attempts), (pb::TaskState::Succeeded as i32, "standby", 2));
     assert!(worker_json(&fleet, "victim")["revokedUnixMs"].as_i64().unwrap() > 0);

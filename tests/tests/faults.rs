@@ -20,8 +20,9 @@ async fn a_network_blip_and_a_short_partition_lose_nothing_and_run_the_task_once
     let _agent = cluster.spawn_agent_at(&proxy.url(), &spec);
     let mut admin = cluster.admin(&controller).await;
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "through-faults", mock_recipe(6, 5)).await;
-    wait_running(&admin, "through-faults").await;
+    let run = cluster.held_run("through-faults");
+    submit(&mut admin, "through-faults", run.recipe()).await;
+    run.wait_started(1).await;
 
     // A blip: both ends see the connection die; the agent reconnects and keeps its run.
     let before = proxy.accepted();
@@ -39,6 +40,8 @@ async fn a_network_blip_and_a_short_partition_lose_nothing_and_run_the_task_once
     })
     .await;
     proxy.partition(false);
+    wait_workers(&admin, 1).await;
+    run.release();
     let task = wait_terminal(&admin, "through-faults").await;
     assert_eq!((task.state, task.attempts), (pb::TaskState::Succeeded as i32, 1), "{task:?}");
     let full = admin.get_task(pb::GetTaskRequest { id: "through-faults".into() }).await.unwrap().into_inner();

@@ -68,7 +68,8 @@ async fn a_run_reports_running_progress_and_success_as_datahub_does() {
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
-    submit(&mut admin, "reported", mock_recipe(5, 5)).await;
+    // A run of at least 3 s: progress writes (every 500 ms) carry its growing log.
+    submit(&mut admin, "reported", timed_recipe(3.0)).await;
     let task = wait_reported(&admin, "reported").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
 
@@ -85,7 +86,8 @@ async fn a_run_reports_running_progress_and_success_as_datahub_does() {
     assert!(!progress.is_empty(), "progress was reported every 500 ms during a multi-second run: {seen:?}");
     assert!(progress.iter().all(|p| p["status"] == "RUNNING" && p["startTimeMs"] == kickoff["startTimeMs"]));
     assert!(
-        progress.iter().any(|p| p["report"].as_str().is_some_and(|r| r.contains("datahub-mock-data") || r.len() > 20))
+        progress.iter().any(|p| p["report"].as_str().is_some_and(|r| r.contains("outpost test source: still holding"))),
+        "{progress:#?}"
     );
     let done = &writes.last().unwrap().1;
     assert_eq!(done["startTimeMs"], task.result.as_ref().unwrap().start_time_unix_ms);
@@ -102,7 +104,7 @@ async fn a_run_reports_running_progress_and_success_as_datahub_does() {
         (Some("RUN_INGEST"), Some("application/json"))
     );
     let cli_report: serde_json::Value = serde_json::from_str(structured["serializedValue"].as_str().unwrap()).unwrap();
-    assert_eq!(cli_report["source"]["type"], "datahub-mock-data");
+    assert_eq!(cli_report["source"]["type"], "outpost_test_source.HeldSource");
 
     // The wire details GMS needs.
     let requests = gms.requests().await;
@@ -167,8 +169,10 @@ async fn a_kill_signal_in_gms_cancels_the_run_and_its_process_group() {
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
     let agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
-    submit(&mut admin, "killed", mock_recipe(6, 6)).await;
-    wait_running(&admin, "killed").await;
+    // Never released: only the KILL ends it.
+    let run = cluster.held_run("killed");
+    submit(&mut admin, "killed", run.recipe()).await;
+    run.wait_started(1).await;
     let pgid = wait_until("the CLI to start", Duration::from_secs(30), || {
         let groups = cli_process_groups(&agent.log());
         async move { groups.first().copied() }
@@ -322,7 +326,8 @@ async fn a_slow_gms_never_holds_a_result_behind_progress_writes() {
     let mut admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "long", mock_recipe(6, 6)).await;
+    let long = cluster.held_run("long");
+    submit(&mut admin, "long", long.recipe()).await;
     // Once the long run's progress writes flow (one after another, each 5 s), a short run finishes.
     wait_until("a progress write of the long run", Duration::from_secs(60), || async {
         let writes = gms.result_writes("urn:li:dataHubExecutionRequest:long").await;
@@ -344,6 +349,7 @@ async fn a_slow_gms_never_holds_a_result_behind_progress_writes() {
     })
     .await;
     assert_eq!(progress.aspect["status"], "RUNNING");
+    long.release();
     assert_clean(&gms).await;
 }
 

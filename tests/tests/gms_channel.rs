@@ -139,7 +139,8 @@ async fn a_killed_controllers_claim_is_taken_over_after_the_ttl_and_its_late_wri
     gms.serve_version("v1.2.0").await;
     let mut first = controller(&cluster, &gms, "first.db", &["--gms-channel", "oss-pool"]).await;
     let mut first_agent = cluster.agent(&first, "w-1", "oss-pool", 1, &[]);
-    gms.create_request(&urn("orphan"), messages::input(&mock_recipe(6, 5), "oss-pool")).await;
+    let run = cluster.held_run("orphan");
+    gms.create_request(&urn("orphan"), messages::input(&run.recipe(), "oss-pool")).await;
     wait_until("the first controller to report RUNNING", Duration::from_secs(60), || async {
         let writes = gms.claimed_writes(&urn("orphan")).await;
         writes.iter().any(|w| w.status == "RUNNING" && w.http == 200).then_some(())
@@ -149,6 +150,7 @@ async fn a_killed_controllers_claim_is_taken_over_after_the_ttl_and_its_late_wri
     first.proc.kill();
     kill_cli_groups(&first_agent.log());
     first_agent.kill();
+    run.release();
 
     let second = controller(&cluster, &gms, "second.db", &["--gms-channel", "oss-pool"]).await;
     let second_admin = cluster.admin(&second).await;

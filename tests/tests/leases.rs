@@ -29,14 +29,17 @@ async fn a_killed_agent_loses_its_task_to_the_other_agent_within_the_lease_ttl()
     let mut admin = cluster.admin(&controller).await;
     let mut first = cluster.agent(&controller, "w-1", "default", 1, &[]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "survivor", mock_recipe(6, 5)).await;
+    let run = cluster.held_run("survivor");
+    submit(&mut admin, "survivor", run.recipe()).await;
     assert_eq!(wait_running(&admin, "survivor").await, "w-1");
+    run.wait_started(1).await;
     let _second = cluster.agent(&controller, "w-2", "default", 1, &[]);
     wait_workers(&admin, 2).await;
 
     first.signal(libc::SIGKILL);
     first.wait_exit(Duration::from_secs(10)).await;
     kill_cli_groups(&first.log());
+    run.release();
     let task = wait_terminal(&admin, "survivor").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
     assert_eq!((task.attempts, task.epoch, task.worker_id.as_str()), (2, 2, "w-2"));
@@ -57,11 +60,17 @@ async fn a_paused_agents_late_result_is_refused_and_the_rerun_is_recorded() {
     let mut admin = cluster.admin(&controller).await;
     let paused = cluster.agent(&controller, "w-1", "default", 1, &[]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "paused", mock_recipe(4, 4)).await;
+    let run = cluster.held_run("paused");
+    submit(&mut admin, "paused", run.recipe()).await;
     assert_eq!(wait_running(&admin, "paused").await, "w-1");
+    run.wait_started(1).await;
 
     paused.signal(libc::SIGSTOP);
     let _other = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    // Both CLIs finish once the second holds: the paused agent's own CLI (its process group is not stopped) ends
+    // while its agent cannot say so.
+    run.wait_started(2).await;
+    run.release();
     let task = wait_terminal(&admin, "paused").await;
     paused.signal(libc::SIGCONT);
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
@@ -92,13 +101,16 @@ async fn a_controller_killed_mid_run_loses_nothing() {
     let mut admin = cluster.admin(&first).await;
     let _agent = cluster.agent(&first, "w-1", "default", 1, &[]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "across-crash", mock_recipe(6, 5)).await;
+    let run = cluster.held_run("across-crash");
+    submit(&mut admin, "across-crash", run.recipe()).await;
     submit(&mut admin, "queued-across-crash", file_recipe()).await;
-    wait_running(&admin, "across-crash").await;
+    run.wait_started(1).await;
 
     first.proc.kill();
     let controller = controller(&cluster, &[("--lease-ttl", "10s"), ("--listen", &port)]).await;
     let admin = cluster.admin(&controller).await;
+    wait_workers(&admin, 1).await;
+    run.release();
     let task = wait_terminal(&admin, "across-crash").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
     assert_eq!((task.attempts, task.epoch, task.worker_id.as_str()), (1, 1, "w-1"), "the agent kept its lease");
@@ -171,8 +183,9 @@ async fn a_draining_agent_finishes_its_work_and_takes_no_more() {
     let mut admin = cluster.admin(&controller).await;
     let mut agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "finishing", mock_recipe(5, 5)).await;
-    wait_running(&admin, "finishing").await;
+    let run = cluster.held_run("finishing");
+    submit(&mut admin, "finishing", run.recipe()).await;
+    run.wait_started(1).await;
 
     agent.signal(libc::SIGTERM);
     wait_until("the agent to be draining", Duration::from_secs(10), || {
@@ -184,6 +197,7 @@ async fn a_draining_agent_finishes_its_work_and_takes_no_more() {
     })
     .await;
     submit(&mut admin, "waiting", file_recipe()).await;
+    run.release();
     let finished = wait_terminal(&admin, "finishing").await;
     assert_eq!(finished.state, pb::TaskState::Succeeded as i32);
     assert_eq!(finished.attempts, 1);
@@ -213,8 +227,10 @@ async fn cancelling_a_running_ingest_kills_its_process_group() {
     let mut admin = cluster.admin(&controller).await;
     let agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
     wait_workers(&admin, 1).await;
-    submit(&mut admin, "to-cancel", mock_recipe(6, 6)).await;
-    wait_running(&admin, "to-cancel").await;
+    // Never released: only the cancel ends it.
+    let run = cluster.held_run("to-cancel");
+    submit(&mut admin, "to-cancel", run.recipe()).await;
+    run.wait_started(1).await;
     let pgid = wait_until("the CLI to start", Duration::from_secs(30), || {
         let groups = cli_process_groups(&agent.log());
         async move { groups.first().copied() }

@@ -105,8 +105,11 @@ async fn nemesis(seed: u64) {
 
     let sqs_ids: Vec<String> = (0..8).map(|i| format!("nem-{seed}-{i}")).collect();
     let killed = &sqs_ids[rng.usize(..sqs_ids.len())];
+    // The run the KILL signal is for holds until it is killed (or, if the faults never let it report RUNNING,
+    // until it is released after them).
+    let held = cluster.held_run("killed");
     for id in &sqs_ids {
-        let recipe = if id == killed { mock_recipe(6, 5) } else { file_recipe() };
+        let recipe = if id == killed { held.recipe() } else { file_recipe() };
         let body = messages::mcl_input(id, &messages::input(&recipe, "default"));
         moto.send(&queue, &body).await;
         if rng.bool() {
@@ -210,6 +213,9 @@ async fn nemesis(seed: u64) {
         }
     }
     gms.heal().await;
+    if !signalled {
+        held.release();
+    }
     eprintln!("nemesis seed {seed}: faults {faults:?} in {:?}", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -270,7 +276,8 @@ async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
     let gms = cluster.gms(&[]).await;
     let queue = moto.queue("broken-build").await;
     let id = "early-delete";
-    moto.send(&queue, &messages::mcl_input(id, &messages::input(&mock_recipe(6, 5), "default"))).await;
+    let run = cluster.held_run(id);
+    moto.send(&queue, &messages::mcl_input(id, &messages::input(&run.recipe(), "default"))).await;
     let mut owned = moto.bridge_flags("default", &queue, "3s");
     owned.extend(["--gms-url", &gms.base].map(String::from));
     let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
@@ -278,6 +285,14 @@ async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
         cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", "bug::delete_early=return")]).await;
     let admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    run.wait_started(1).await;
+    // The broken keeper deletes at its first keep-alive of the message (a third of the 3 s visibility timeout).
+    wait_until("the broken build to delete the message while the run goes on", Duration::from_secs(30), || {
+        let deleted = deletes(&cluster).iter().any(|d| d.task == id);
+        async move { deleted.then_some(()) }
+    })
+    .await;
+    run.release();
     wait_task(&admin, id, "reported", |t| t.reported_unix_ms > 0).await;
     let history = History {
         sent: vec![id.into()],

@@ -91,7 +91,8 @@ async fn a_run_longer_than_the_visibility_timeout_keeps_its_message_and_runs_onc
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
     let queue = moto.queue("long").await;
-    moto.send(&queue, &messages::mcl_input("long-run", &messages::input(&mock_recipe(6, 5), "default"))).await;
+    let run = cluster.held_run("long-run");
+    moto.send(&queue, &messages::mcl_input("long-run", &messages::input(&run.recipe(), "default"))).await;
     let controller =
         controller(&cluster, &moto, &queue, &[("--sqs-visibility-timeout", "2s"), ("--sqs-keep-interval", "500ms")])
             .await;
@@ -99,19 +100,18 @@ async fn a_run_longer_than_the_visibility_timeout_keeps_its_message_and_runs_onc
     let _a1 = cluster.agent(&controller, "w-1", "default", 1, &[]);
     let _a2 = cluster.agent(&controller, "w-2", "default", 1, &[]);
     let started = wait_task(&admin, "long-run", "running", |t| t.state == pb::TaskState::Running as i32).await;
+    run.wait_started(1).await;
     let begun = std::time::Instant::now();
-    // Over several visibility timeouts the message never becomes visible again.
-    loop {
+    // Over three visibility timeouts (2 s) the message never becomes visible again while the run holds.
+    while begun.elapsed() < Duration::from_secs(6) {
         // Sample the queue, then check the task still ran after the sample.
         let counts = moto.counts(&queue).await;
-        if get(&mut admin.clone(), "long-run").await.state != pb::TaskState::Running as i32 {
-            break;
-        }
+        assert_eq!(get(&mut admin.clone(), "long-run").await.state, pb::TaskState::Running as i32);
         assert_eq!(counts, (0, 1), "held invisible while it runs");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    run.release();
     let task = wait_terminal(&admin, "long-run").await;
-    assert!(begun.elapsed() > Duration::from_secs(4), "the run outlasted two visibility timeouts");
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     assert_eq!((task.attempts, task.worker_id.as_str()), (1, started.worker_id.as_str()), "it ran once");
     moto.wait_empty(&queue).await;
@@ -122,14 +122,13 @@ async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes(
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
     let queue = moto.queue("crash").await;
-    // Long enough to still be running once the restarted controller has received the message again (the
-    // assertion on adoption below needs that), even on a loaded machine.
-    moto.send(&queue, &messages::mcl_input("crash-run", &messages::input(&mock_recipe(6, 5), "default"))).await;
+    // Held until the restarted controller has received the message again and adopted it.
+    let run = cluster.held_run("crash-run");
+    moto.send(&queue, &messages::mcl_input("crash-run", &messages::input(&run.recipe(), "default"))).await;
     let mut first = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s")]).await;
     let port = first.addr.to_string();
-    let admin = cluster.admin(&first).await;
     let _agent = cluster.agent(&first, "w-1", "default", 1, &[]);
-    wait_running(&admin, "crash-run").await;
+    run.wait_started(1).await;
     first.proc.kill();
     wait_until("the message to be visible again", Duration::from_secs(30), || async {
         (moto.counts(&queue).await.0 == 1).then_some(())
@@ -137,6 +136,12 @@ async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes(
     .await;
     let controller = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s"), ("--listen", &port)]).await;
     let admin = cluster.admin(&controller).await;
+    wait_until("the re-delivered message to be adopted", Duration::from_secs(30), || {
+        let adopted = controller.proc.log().contains("a re-delivery of a known task: its new receipt handle adopted");
+        async move { adopted.then_some(()) }
+    })
+    .await;
+    run.release();
     let task = wait_task(&admin, "crash-run", "recorded", |t| t.reported_unix_ms > 0).await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     assert_eq!(task.attempts, 1, "the agent kept running it and reclaimed it");
@@ -149,14 +154,23 @@ async fn a_duplicate_delivery_runs_once() {
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
     let queue = moto.queue("dupes").await;
-    let body = messages::mcl_input("twice", &messages::input(&mock_recipe(4, 4), "default"));
+    // Held until both deliveries were received, so the second arrives while the first runs.
+    let run = cluster.held_run("twice");
+    let body = messages::mcl_input("twice", &messages::input(&run.recipe(), "default"));
     moto.send(&queue, &body).await;
     moto.send(&queue, &body).await;
     let controller = controller(&cluster, &moto, &queue, &[]).await;
     let admin = cluster.admin(&controller).await;
     let _a1 = cluster.agent(&controller, "w-1", "default", 2, &[]);
     let _a2 = cluster.agent(&controller, "w-2", "default", 2, &[]);
+    run.wait_started(1).await;
+    wait_until("both deliveries to be received", Duration::from_secs(30), || async {
+        (moto.counts(&queue).await.0 == 0).then_some(())
+    })
+    .await;
+    run.release();
     let task = wait_task(&admin, "twice", "recorded", |t| t.reported_unix_ms > 0).await;
+    assert_eq!(run.started(), 1, "one CLI ran it");
     assert_eq!((task.state, task.attempts, task.epoch), (pb::TaskState::Succeeded as i32, 1, 1));
     moto.wait_empty(&queue).await;
     let listed = admin.clone().list_tasks(pb::ListTasksRequest::default()).await.unwrap().into_inner().tasks;
@@ -230,7 +244,7 @@ async fn intake_follows_demand_no_agent_nothing_taken_two_slots_at_most_three_in
     let moto = cluster.moto().await;
     let queue = moto.queue("demand").await;
     for i in 0..6 {
-        moto.send(&queue, &messages::plain(&format!("d{i}"), &messages::input(&mock_recipe(4, 4), "default"))).await;
+        moto.send(&queue, &messages::plain(&format!("d{i}"), &messages::input(&timed_recipe(2.0), "default"))).await;
     }
     let controller = controller(&cluster, &moto, &queue, &[("--sqs-prefetch", "1")]).await;
     wait_until("three idle demand checks", Duration::from_secs(30), || {
@@ -301,11 +315,13 @@ async fn a_kill_signal_on_sqs_cancels_the_running_task() {
     let cluster = Cluster::new(bins!());
     let moto = cluster.moto().await;
     let queue = moto.queue("kills").await;
-    moto.send(&queue, &messages::mcl_input("doomed", &messages::input(&mock_recipe(6, 6), "default"))).await;
+    // Never released: only the KILL ends it.
+    let run = cluster.held_run("doomed");
+    moto.send(&queue, &messages::mcl_input("doomed", &messages::input(&run.recipe(), "default"))).await;
     let controller = controller(&cluster, &moto, &queue, &[]).await;
     let admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
-    wait_running(&admin, "doomed").await;
+    run.wait_started(1).await;
     moto.send(&queue, &messages::mcl_kill("doomed")).await;
     let task = wait_terminal(&admin, "doomed").await;
     assert_eq!(task.state, pb::TaskState::Cancelled as i32);
@@ -371,7 +387,8 @@ async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms
     let other = serde_json::json!({"region": "us-east-1", "executorId": "other-pool", "queueUrl": "http://127.0.0.1:1/x",
         "accessKeyId": "ASIAOTHER", "secretKeyId": "other-secret", "sessionToken": "other-token"});
     gms.executor_configs(serde_json::json!([other, entry]), Duration::from_secs(3)).await;
-    moto.send(&queue, &messages::mcl_input("cloud-run", &messages::input(&mock_recipe(6, 5), "default"))).await;
+    let run = cluster.held_run("cloud-run");
+    moto.send(&queue, &messages::mcl_input("cloud-run", &messages::input(&run.recipe(), "default"))).await;
 
     let gms_url = format!("{}/gms", gms.base);
     let flags = [
@@ -384,12 +401,17 @@ async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms
     let mut controller = controller(&cluster, &moto, "", &flags).await;
     let admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    run.wait_started(1).await;
+    // The run outlives the credentials: they are fetched again about every second (3 s minus 2 s ahead).
+    let before = gms.graphql_calls().await;
+    wait_until("three credential refreshes during the run", Duration::from_secs(30), || async {
+        (gms.graphql_calls().await >= before + 3).then_some(())
+    })
+    .await;
+    run.release();
     let task = wait_task(&admin, "cloud-run", "reported to GMS", |t| t.reported_unix_ms > 0).await;
     assert_eq!((task.state, task.attempts), (pb::TaskState::Succeeded as i32, 1));
     moto.wait_empty(&queue).await;
-    // The run (~7 s) outlived the credentials: they were fetched again about every second (3 s minus 2 s ahead).
-    let calls = gms.graphql_calls().await;
-    assert!(calls >= 4, "credentials fetched {calls} times");
     let log = controller.proc.log();
     assert!(log.contains("queue and credentials from DataHub GMS"), "{log}");
     for secret in ["cloud-secret-value", "cloud-session-token", "other-secret"] {
@@ -508,7 +530,8 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     let moto = cluster.moto().await;
     let gms = cluster.gms(&[]).await;
     let queue = moto.queue("re-rotating").await;
-    moto.send(&queue, &messages::mcl_input("rotated", &messages::input(&mock_recipe(6, 6), "default"))).await;
+    let run = cluster.held_run("rotated");
+    moto.send(&queue, &messages::mcl_input("rotated", &messages::input(&run.recipe(), "default"))).await;
     // From here on moto checks every request's signature against the keys IAM knows, and its policy.
     let admin = iam(&moto, None, &["admin"]);
     let mut key = iam(&moto, None, &["user", "executor"]);
@@ -530,7 +553,7 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     let controller = controller(&cluster, &moto, "", &flags).await;
     let admin_api = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
-    wait_running(&admin_api, "rotated").await;
+    run.wait_started(1).await;
 
     for _ in 0..2 {
         // A new key is handed out by GMS; once the controller has fetched it, the old one is deleted.
@@ -549,6 +572,7 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     }
     let running = admin_api.clone().get_task(pb::GetTaskRequest { id: "rotated".into() }).await.unwrap().into_inner();
     assert_eq!(running.state, pb::TaskState::Running as i32, "the run outlived both rotations");
+    run.release();
 
     let task = wait_task(&admin_api, "rotated", "reported to GMS", |t| t.reported_unix_ms > 0).await;
     assert_eq!((task.state, task.attempts), (pb::TaskState::Succeeded as i32, 1));

@@ -12,22 +12,13 @@ const VERSION: &str = "1.7.0.17";
 
 type Admin = pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>;
 
-/// The installer on PATH and a uv cache shared by every agent of every run (as a volume would be).
-fn installer_env() -> Vec<(String, String)> {
-    let path = format!("{}:{}", repo_root().join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    let cache = std::path::Path::new(&home).join(".cache/outpost-tests/uv");
-    std::fs::create_dir_all(&cache).unwrap();
-    vec![("PATH".into(), path), ("UV_CACHE_DIR".into(), cache.to_string_lossy().into_owned())]
-}
-
 /// An agent of pool `default` with its own venv root, building with uv.
 fn venv_agent(cluster: &Cluster, controller: &Controller, worker: &str, slots: u32, extra: &[&str]) -> Proc {
     let root = cluster.path(&format!("venvs-{worker}")).to_string_lossy().into_owned();
     let python = repo_root().join(".venv/bin/python").to_string_lossy().into_owned();
     let mut flags = vec!["--venv-root", &root, "--venv-python", &python];
     flags.extend(extra);
-    let env = installer_env();
+    let env = uv_installer_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     cluster.spawn_agent(
         controller,
@@ -59,7 +50,8 @@ async fn workers(admin: &Admin) -> Vec<pb::Worker> {
 
 /// Waits until `worker` says it holds exactly the venvs with these keys.
 async fn wait_held(admin: &Admin, worker: &str, keys: &[&str]) -> Vec<pb::Venv> {
-    wait_until(&format!("{worker} to hold {keys:?}"), Duration::from_secs(300), || async {
+    // A build from the warmed cache takes seconds (2.3 s measured); the bound is a run's.
+    wait_until(&format!("{worker} to hold {keys:?}"), RUN_TIMEOUT, || async {
         let found = workers(admin).await.into_iter().find(|w| w.worker_id == worker)?;
         let held: Vec<&str> = found.venvs.iter().map(|v| v.key.as_str()).collect();
         (held == keys).then_some(found.venvs)
