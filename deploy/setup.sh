@@ -9,12 +9,7 @@ for tool in podman buildah skopeo mmdebstrap runc; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-    if [[ "$(id -u)" != 0 ]]; then
-        echo "deploy/setup.sh: ${missing[*]} missing; install them (apt-get install ${missing[*]}) or run as root" >&2
-        exit 1
-    fi
-    echo "installing ${missing[*]} from Debian (about a minute)..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    "$here/../scripts/apt-install.sh" "${missing[@]}"
 fi
 venv="$here/.venv"
 stamp="$venv/.requirements.sha256"

@@ -5,12 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if ! command -v chromium >/dev/null 2>&1; then
-    if [[ "$(id -u)" != 0 ]]; then
-        echo "scripts/setup-browser.sh: chromium missing; install it (apt-get install chromium) or run as root" >&2
-        exit 1
-    fi
-    echo "installing chromium from Debian (about a minute)..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    "$root/scripts/apt-install.sh" chromium
 fi
 browser="$root/tests/browser"
 stamp="$browser/node_modules/.package-lock.sha256"
