@@ -91,13 +91,7 @@ impl StateDir {
 
 /// (not before, not after) of the first certificate in a PEM text.
 fn validity(pem: &str) -> anyhow::Result<(SystemTime, SystemTime)> {
-    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .context("no certificate")?
-        .context("unreadable certificate")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).context("unreadable certificate")?;
-    let at = |t: x509_parser::time::ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
-    Ok((at(cert.validity().not_before), at(cert.validity().not_after)))
+    outpost_common::identity::pem_validity(pem).context("no readable certificate")
 }
 
 use rustls::pki_types::pem::PemObject;

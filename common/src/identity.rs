@@ -62,6 +62,17 @@ pub fn serial_of(der: &[u8]) -> Option<String> {
     Some(serial_text(cert.raw_serial()))
 }
 
+/// (not before, not after) of the first certificate in a PEM text; `None` when there is none or it does not parse.
+pub fn pem_validity(pem: &str) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    Some((at(cert.validity().not_before), at(cert.validity().not_after)))
+}
+
 /// Parses one SAN URI; `Ok(None)` when it belongs to another trust domain or scheme.
 pub fn parse_uri(trust_domain: &str, uri: &str) -> Result<Option<Identity>, Error> {
     let Some(rest) = uri.strip_prefix("spiffe://") else {

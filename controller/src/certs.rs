@@ -27,26 +27,33 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
     move |source| Error::Io { action, path, source }
 }
 
-fn write_pair(dir: &Path, stem: &str, cert_pem: &str, key: &KeyPair) -> Result<Vec<PathBuf>, Error> {
+/// Writes `<stem>.key` (0600) and then `<stem>.pem` into `dir`, each replaced atomically (a reader sees the old
+/// file or the new one, never a part).
+pub(crate) fn write_pair(dir: &Path, stem: &str, cert_pem: &str, key: &KeyPair) -> Result<Vec<PathBuf>, Error> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let cert_path = dir.join(format!("{stem}.pem"));
     let key_path = dir.join(format!("{stem}.key"));
-    std::fs::write(&cert_path, cert_pem).map_err(io("write", &cert_path))?;
     write_private(&key_path, &key.serialize_pem())?;
+    write_private(&cert_path, cert_pem)?;
     Ok(vec![cert_path, key_path])
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+/// Writes a 0600 file through a temporary file in the same directory and a rename.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.new"));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(io("write", path))?;
-    file.write_all(contents.as_bytes()).map_err(io("write", path))
+        .open(&temporary)
+        .map_err(io("write", &temporary))?;
+    file.write_all(contents.as_bytes()).map_err(io("write", &temporary))?;
+    file.sync_all().map_err(io("write", &temporary))?;
+    std::fs::rename(&temporary, path).map_err(io("write", path))
 }
 
 fn ca_params() -> Result<CertificateParams, Error> {
@@ -59,7 +66,7 @@ fn ca_params() -> Result<CertificateParams, Error> {
     Ok(ca)
 }
 
-fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, Error> {
+pub(crate) fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, Error> {
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca.key");
     let cert_pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
@@ -74,29 +81,59 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<Vec<PathBuf>, Error> {
     if ca_path.exists() {
         return Err(Error::Exists { path: ca_path });
     }
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params()?;
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let mut written = write_pair(dir, "ca", &ca_cert.pem(), &ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    names.extend(extra_sans.iter().cloned());
-    let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, "outpost-controller");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    written.extend(write_pair(dir, "controller", &cert.pem(), &key)?);
+    let mut written = new_ca(dir)?;
+    written.extend(server(dir, extra_sans, None)?);
     Ok(written)
 }
 
-fn client(dir: &Path, stem: &str, common_name: &str, uri: String) -> Result<Vec<PathBuf>, Error> {
+/// A new CA in `dir` (ca.pem, ca.key).
+pub(crate) fn new_ca(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
+    write_pair(dir, "ca", &ca_cert.pem(), &ca_key)
+}
+
+/// A certificate valid from a minute ago (clock skew) for `lifetime`; rcgen's default (no end) when `None`.
+fn valid_for(params: &mut CertificateParams, lifetime: Option<std::time::Duration>) {
+    if let Some(lifetime) = lifetime {
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(60)).into();
+        params.not_after = (now + lifetime).into();
+    }
+}
+
+/// The controller's server certificate (controller.pem, controller.key) for localhost, 127.0.0.1 and
+/// `extra_sans`, signed by the CA in `dir`.
+pub(crate) fn server(
+    dir: &Path,
+    extra_sans: &[String],
+    lifetime: Option<std::time::Duration>,
+) -> Result<Vec<PathBuf>, Error> {
+    let issuer = load_issuer(dir)?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.extend(extra_sans.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, "outpost-controller");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    valid_for(&mut params, lifetime);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_pair(dir, "controller", &cert.pem(), &key)
+}
+
+fn client(
+    dir: &Path,
+    stem: &str,
+    common_name: &str,
+    uri: String,
+    lifetime: Option<std::time::Duration>,
+) -> Result<Vec<PathBuf>, Error> {
     let issuer = load_issuer(dir)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.subject_alt_names.push(SanType::URI(uri.try_into()?));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    valid_for(&mut params, lifetime);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     write_pair(dir, stem, &cert.pem(), &key)
@@ -105,13 +142,23 @@ fn client(dir: &Path, stem: &str, common_name: &str, uri: String) -> Result<Vec<
 /// Writes agent-W.pem / agent-W.key, signed by the CA in `dir`.
 pub fn agent(dir: &Path, worker_id: &str, trust_domain: &str) -> Result<Vec<PathBuf>, Error> {
     let worker = WorkerId::parse(worker_id)?;
-    client(dir, &format!("agent-{worker}"), &format!("agent {worker}"), agent_uri(trust_domain, &worker))
+    client(dir, &format!("agent-{worker}"), &format!("agent {worker}"), agent_uri(trust_domain, &worker), None)
 }
 
 /// Writes admin-N.pem / admin-N.key, signed by the CA in `dir`.
 pub fn admin(dir: &Path, name: &str, trust_domain: &str) -> Result<Vec<PathBuf>, Error> {
+    admin_for(dir, name, trust_domain, None)
+}
+
+/// The same, valid for `lifetime` (rcgen's default when `None`).
+pub(crate) fn admin_for(
+    dir: &Path,
+    name: &str,
+    trust_domain: &str,
+    lifetime: Option<std::time::Duration>,
+) -> Result<Vec<PathBuf>, Error> {
     WorkerId::parse(name)?;
-    client(dir, &format!("admin-{name}"), &format!("admin {name}"), admin_uri(trust_domain, name))
+    client(dir, &format!("admin-{name}"), &format!("admin {name}"), admin_uri(trust_domain, name), lifetime)
 }
 
 #[cfg(test)]

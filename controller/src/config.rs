@@ -86,6 +86,8 @@ pub struct RunConfig {
     #[arg(long, env = "OUTPOST_SHUTDOWN_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
+    pub trust: crate::trust::Config,
+    #[command(flatten)]
     pub grpc: crate::grpc::Args,
     #[command(flatten)]
     pub scheduler: crate::scheduler::Config,
@@ -108,6 +110,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), duration::Invalid> {
         duration::positive("--shutdown-timeout", self.shutdown_timeout)?;
         duration::positive("--metrics-read-timeout", self.metrics_read_timeout)?;
+        self.trust.validate()?;
         self.grpc.validate()?;
         self.scheduler.validate()?;
         self.gms.validate()?;
@@ -115,6 +118,11 @@ impl RunConfig {
         self.sqs.validate()?;
         self.gms_channel.validate(self.reporter.progress_interval)?;
         self.enroll.validate()?;
+        if self.enroll.join_listen.is_some() && self.enroll.ca_key.is_none() && self.trust.tls_ca.is_some() {
+            return Err(duration::Invalid(
+                "--join-listen needs --ca-key (the key of the --tls-ca that signs agents' certificates)".into(),
+            ));
+        }
         self.ui.validate()?;
         if !self.sqs.from_gms.is_empty() && self.gms.url.is_none() {
             return Err(duration::Invalid("--queue-from-gms needs --gms-url (the queue comes from GMS)".into()));

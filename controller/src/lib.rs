@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod sources;
 pub mod store;
 pub mod supervisor;
+pub mod trust;
 pub mod ui;
 
 use std::sync::{Arc, OnceLock};
@@ -61,7 +62,8 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     }
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let tls = Arc::new(grpc::tls::Reloading::load(config.grpc.tls.files())?);
+    let trust = config.trust.resolve(&config.db, &config.grpc.trust_domain)?;
+    let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?);
     let gms_client = config.gms.client()?;
     let store = Store::open(&config.db, gms_client.is_some())
         .await
@@ -158,13 +160,21 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         }
     }
     let grpc_token = CancellationToken::new();
-    let authority = match &config.enroll.ca_key {
+    let ca_key = config.enroll.ca_key.clone().or_else(|| trust.own_ca_key().map(|p| p.to_string_lossy().into_owned()));
+    let authority = match &ca_key {
         Some(source) => {
             let key = enroll::read_ca_key(source).await?;
-            Some(enroll::Authority::load(&config.grpc.tls.tls_ca, &key, source)?)
+            Some(enroll::Authority::load(&trust.files.ca, &key, source)?)
         }
         None => None,
     };
+    if let Some(own) = trust.own.clone() {
+        let renew = own.renew(config.trust.own_cert_check_interval, grpc_token.clone());
+        services.spawn("certificate renewal", false, async move {
+            renew.await;
+            Ok::<(), String>(())
+        });
+    }
     let enrollment = enroll::Enrollment::new(
         store.clone(),
         scheduler.clone(),
@@ -172,10 +182,14 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         config.grpc.trust_domain.clone(),
         config.enroll.agent_cert_ttl,
     );
+    if let Some(file) = &config.enroll.bootstrap_token_file {
+        let pool = outpost_common::ids::PoolId::parse(&config.enroll.bootstrap_pool)?;
+        enrollment.bootstrap(file, &pool).await?;
+    }
     if let Some(addr) = config.enroll.join_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "joining served (TLS, no client certificate)");
-        let identity = config.grpc.tls.files().load()?.identity();
+        let identity = trust.files.load()?.identity();
         let join = grpc::join_service::serve(listener, identity, enrollment.clone(), grpc_token.clone());
         services.spawn("join listener", true, join);
     }
@@ -190,7 +204,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     if let Some(addr) = config.ui.ui_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let tls = match config.ui.ui_tls {
-            true => Some(config.grpc.tls.files().load()?.rustls_web_server_config()?),
+            true => Some(trust.files.load()?.rustls_web_server_config()?),
             false => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };

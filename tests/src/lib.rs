@@ -293,8 +293,13 @@ impl Cluster {
 
     /// The same with extra environment variables (e.g. `FAILPOINTS` for the test build's fail points).
     pub async fn controller_with_env(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Controller {
+        let proc = self.start_controller(db_name, extra, env);
+        self.listening(db_name, proc).await
+    }
+
+    /// Waits until the controller started over `db_name` listens.
+    async fn listening(&self, db_name: &str, mut proc: Proc) -> Controller {
         let addr_file = self.path(&format!("{db_name}.addr"));
-        let mut proc = self.start_controller(db_name, extra, env);
         let addr = wait_until("the controller to listen", Duration::from_secs(30), || {
             let text = std::fs::read_to_string(&addr_file).ok();
             let exited = proc.child.try_wait().ok().flatten();
@@ -310,6 +315,22 @@ impl Cluster {
     /// Starts a controller process and returns at once (for tests of how it starts, or fails to). It writes its
     /// address to `<db_name>.addr` once it listens.
     pub fn start_controller(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        self.spawn_controller(db_name, extra, env, true)
+    }
+
+    /// A controller given no certificate files: it makes and keeps its own trust (in `trust/` of the temp dir,
+    /// beside its database). Returns once it listens.
+    pub async fn controller_with_own_trust(&self, db_name: &str, extra: &[&str]) -> Controller {
+        let proc = self.spawn_controller(db_name, extra, &[], false);
+        self.listening(db_name, proc).await
+    }
+
+    /// Starts a controller process given only `extra` of the TLS flags, and returns at once.
+    pub fn start_controller_without_tls(&self, db_name: &str, extra: &[&str]) -> Proc {
+        self.spawn_controller(db_name, extra, &[], false)
+    }
+
+    fn spawn_controller(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)], given_tls: bool) -> Proc {
         let addr_file = self.path(&format!("{db_name}.addr"));
         let _ = std::fs::remove_file(&addr_file);
         let mut command = Command::new(&self.bins.controller);
@@ -317,17 +338,17 @@ impl Cluster {
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        command.arg("--listen-addr-file").arg(&addr_file).arg("--db").arg(self.path(db_name));
+        if given_tls {
+            command
+                .arg("--tls-cert")
+                .arg(self.certs.join("controller.pem"))
+                .arg("--tls-key")
+                .arg(self.certs.join("controller.key"))
+                .arg("--tls-ca")
+                .arg(self.certs.join("ca.pem"));
+        }
         command
-            .arg("--listen-addr-file")
-            .arg(&addr_file)
-            .arg("--db")
-            .arg(self.path(db_name))
-            .arg("--tls-cert")
-            .arg(self.certs.join("controller.pem"))
-            .arg("--tls-key")
-            .arg(self.certs.join("controller.key"))
-            .arg("--tls-ca")
-            .arg(self.certs.join("ca.pem"))
             .args(extra)
             .env("RUST_LOG", "info,outpost_controller=debug")
             // AWS: static credentials, a fixed region, never instance metadata.
@@ -436,13 +457,17 @@ impl Cluster {
 
     /// An admin client over mTLS.
     pub async fn admin(&self, controller: &Controller) -> AdminServiceClient<Channel> {
-        let channel = channel(&controller.url(), &self.admin_tls()).await.expect("admin connects");
-        AdminServiceClient::new(channel)
+        admin_client(controller, &self.admin_tls()).await
     }
 
     /// Runs outpostctl against the controller with the admin certificate.
     pub fn ctl(&self, controller: &Controller, args: &[&str]) -> Output {
-        let tls = self.admin_tls();
+        self.ctl_as(controller, &self.admin_tls(), args)
+    }
+
+    /// Runs outpostctl against the controller with the given client files.
+    pub fn ctl_as(&self, controller: &Controller, tls: &TlsFiles, args: &[&str]) -> Output {
+        let tls = tls.clone();
         Command::new(&self.bins.ctl)
             .args(["--controller", &controller.url()])
             .arg("--tls-cert")
@@ -455,6 +480,11 @@ impl Cluster {
             .output()
             .expect("run outpostctl")
     }
+}
+
+/// An admin client over mTLS with the given client files.
+pub async fn admin_client(controller: &Controller, tls: &TlsFiles) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(channel(&controller.url(), tls).await.expect("admin connects"))
 }
 
 /// A TLS channel to `url` with the given client files (server name: the URL's host).

@@ -32,9 +32,18 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_JOIN_LISTEN")]
     pub join_listen: Option<SocketAddr>,
     /// The private key (PEM) of the CA that signs agents' certificates (the first certificate of --tls-ca): a file,
-    /// or the ARN of an AWS Secrets Manager secret holding it. Needed to join agents and renew their certificates.
+    /// or the ARN of an AWS Secrets Manager secret holding it. Needed to join agents and renew their certificates
+    /// when --tls-ca is given; a controller that made its own CA uses that CA's key.
     #[arg(long, env = "OUTPOST_CA_KEY")]
     pub ca_key: Option<String>,
+    /// A file holding a join token (`<id>.<secret>`, as `outpostctl tokens create` prints) that is registered at
+    /// every start as a reusable token for --bootstrap-pool, so every agent of a release can join with it and nobody
+    /// has to mint one first. A changed file replaces the token of the previous one (revoked).
+    #[arg(long, env = "OUTPOST_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<std::path::PathBuf>,
+    /// The pool the bootstrap token joins agents to.
+    #[arg(long, env = "OUTPOST_BOOTSTRAP_POOL", default_value = "default")]
+    pub bootstrap_pool: String,
     /// How long a certificate issued to an agent lives; agents renew at about half of it.
     #[arg(long, env = "OUTPOST_AGENT_CERT_TTL", value_parser = duration::parse, default_value = "24h")]
     pub agent_cert_ttl: Duration,
@@ -42,13 +51,8 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), duration::Invalid> {
-        duration::positive("--agent-cert-ttl", self.agent_cert_ttl)?;
-        if self.join_listen.is_some() && self.ca_key.is_none() {
-            return Err(duration::Invalid(
-                "--join-listen needs --ca-key (the CA that signs agents' certificates)".into(),
-            ));
-        }
-        Ok(())
+        PoolId::parse(&self.bootstrap_pool).map_err(|e| duration::Invalid(format!("--bootstrap-pool: {e}")))?;
+        duration::positive("--agent-cert-ttl", self.agent_cert_ttl)
     }
 }
 
@@ -64,11 +68,19 @@ pub enum Error {
     Refused(#[from] JoinRefused),
     #[error("no join token {0}")]
     NoSuchToken(String),
+    #[error("worker {0} is connected; a second agent cannot take its name")]
+    WorkerConnected(WorkerId),
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::Error),
 }
+
+/// Who made a bootstrap token (its `created_by`).
+pub const BOOTSTRAP_CREATOR: &str = "bootstrap token file";
+
+/// A bootstrap token does not expire: 9999-12-31.
+const BOOTSTRAP_EXPIRY_MS: i64 = 253_402_300_799_000;
 
 /// The CA's private key: read from a file, or from AWS Secrets Manager when `source` is a secret's ARN (region and
 /// credentials from the AWS default chain). Never logged.
@@ -161,6 +173,28 @@ impl Enrollment {
         Ok((token, stored))
     }
 
+    /// Registers the token in `file` as the reusable join token of `pool` (see `--bootstrap-token-file`).
+    pub async fn bootstrap(&self, file: &Path, pool: &PoolId) -> Result<(), Error> {
+        let text = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|e| Error::BadRequest(format!("cannot read the bootstrap token file {}: {e}", file.display())))?;
+        let token = JoinToken::parse(text.trim())
+            .map_err(|e| Error::BadRequest(format!("the bootstrap token file {}: {e}", file.display())))?;
+        let new = NewToken {
+            id: token.id.clone(),
+            secret_hash: token.secret_hash(),
+            bundle_key: token.bundle_key(),
+            pool: pool.to_string(),
+            expires_at_ms: BOOTSTRAP_EXPIRY_MS,
+            uses_left: None,
+            description: format!("from {}", file.display()),
+            created_by: BOOTSTRAP_CREATOR.to_owned(),
+        };
+        let revoked = self.store.bootstrap_token(&new, unix_ms()).await?;
+        info!(token = %token.id, pool = %pool, replaced = ?revoked, "bootstrap join token registered");
+        Ok(())
+    }
+
     pub async fn tokens(&self) -> Result<Vec<store::JoinToken>, Error> {
         Ok(self.store.tokens().await?)
     }
@@ -199,6 +233,12 @@ impl Enrollment {
         // The request is checked before the token is spent on it.
         let probe = authority.sign(csr_pem, &self.trust_domain, &worker, Duration::from_secs(1));
         probe?;
+        // Agents of one release share a reusable token: a second one asking for a live worker's name is refused.
+        let workers = self.scheduler.list_workers().await?;
+        if workers.iter().any(|w| w.worker_id == worker && w.state != crate::scheduler::WorkerState::Disconnected) {
+            warn!(token = %token.id, worker = %worker, address, "join refused: the worker is connected");
+            return Err(Error::WorkerConnected(worker));
+        }
         let pool = match self.store.join(&token.id, &token.secret_hash(), &worker, address, unix_ms()).await? {
             Ok(pool) => pool,
             Err(refused) => {

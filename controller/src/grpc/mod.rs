@@ -40,8 +40,6 @@ pub enum Error {
 #[group(id = "grpc")]
 #[command(next_help_heading = "gRPC and TLS")]
 pub struct Args {
-    #[command(flatten)]
-    pub tls: outpost_common::tls::TlsArgs,
     /// The trust domain of SPIFFE URIs in client certificates.
     #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = outpost_common::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,

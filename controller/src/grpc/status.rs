@@ -18,6 +18,7 @@ pub fn from_enrollment(error: crate::enroll::Error) -> Status {
         E::BadRequest(_) => Code::InvalidArgument,
         E::Refused(_) => Code::PermissionDenied,
         E::NoSuchToken(_) => Code::NotFound,
+        E::WorkerConnected(_) => Code::AlreadyExists,
         E::Scheduler(e) => return from_scheduler_ref(e, error.to_string()),
     };
     Status::new(code, error.to_string())

@@ -141,27 +141,57 @@ fn join(
     Ok(Ok(pool))
 }
 
+/// Inserts `token` made at `now_ms`, with `on_conflict` (SQL, or empty) after the insert.
+fn insert_token(tx: &Transaction<'_>, token: &NewToken, now_ms: i64, on_conflict: &str) -> Result<(), Error> {
+    let sql = format!(
+        "INSERT INTO join_tokens (id, secret_hash, bundle_key, pool, expires_at_ms, uses_left, description, \
+         created_by, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?){on_conflict}"
+    );
+    execute(
+        tx,
+        &sql,
+        params![
+            token.id,
+            token.secret_hash,
+            token.bundle_key,
+            token.pool,
+            token.expires_at_ms,
+            token.uses_left,
+            token.description,
+            token.created_by,
+            now_ms
+        ],
+    )
+    .map(|_| ())
+}
+
 impl Store {
     pub async fn create_token(&self, token: &NewToken, now_ms: i64) -> Result<(), Error> {
         let token = token.clone();
+        self.transaction(move |tx, _| insert_token(tx, &token, now_ms, "")).await
+    }
+
+    /// Registers the token of a bootstrap file: `token` (reusable, with no end) replaces any other token made by
+    /// `token.created_by`, which is revoked; the same token again is refreshed in place (pool, secret) and
+    /// un-revoked. Returns the ids it revoked.
+    pub async fn bootstrap_token(&self, token: &NewToken, now_ms: i64) -> Result<Vec<String>, Error> {
+        let token = token.clone();
         self.transaction(move |tx, _| {
-            execute(
-                tx,
-                "INSERT INTO join_tokens (id, secret_hash, bundle_key, pool, expires_at_ms, uses_left, description, \
-                 created_by, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                params![
-                    token.id,
-                    token.secret_hash,
-                    token.bundle_key,
-                    token.pool,
-                    token.expires_at_ms,
-                    token.uses_left,
-                    token.description,
-                    token.created_by,
-                    now_ms
-                ],
-            )
-            .map(|_| ())
+            let revoked: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM join_tokens WHERE created_by = ? AND id <> ? AND revoked_at_ms IS NULL ORDER BY id",
+                )
+                .and_then(|mut stale| stale.query_map(params![token.created_by, token.id], |row| row.get(0))?.collect())
+                .map_err(writer_error)?;
+            for id in &revoked {
+                execute(tx, "UPDATE join_tokens SET revoked_at_ms = ? WHERE id = ?", params![now_ms, id])?;
+            }
+            let refresh = " ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, \
+                           bundle_key = excluded.bundle_key, pool = excluded.pool, \
+                           expires_at_ms = excluded.expires_at_ms, uses_left = excluded.uses_left, \
+                           description = excluded.description, created_by = excluded.created_by, revoked_at_ms = NULL";
+            insert_token(tx, &token, now_ms, refresh)?;
+            Ok(revoked)
         })
         .await
     }
