@@ -129,26 +129,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The TLS flags every Outpost program takes (flattened into each command line).
-#[derive(Clone, Debug, clap::Args)]
-pub struct TlsArgs {
-    /// This program's certificate (PEM).
-    #[arg(long, env = "OUTPOST_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// This program's private key (PEM).
-    #[arg(long, env = "OUTPOST_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// The CA (PEM): the controller accepts only clients it signed; clients accept only a controller it signed.
-    #[arg(long, env = "OUTPOST_TLS_CA")]
-    pub tls_ca: PathBuf,
-}
-
-impl TlsArgs {
-    pub fn files(&self) -> TlsFiles {
-        TlsFiles { cert: self.tls_cert.clone(), key: self.tls_key.clone(), ca: self.tls_ca.clone() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::server_name_of;

@@ -64,6 +64,15 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     submit(&mut admin, "own-trust-1", file_recipe()).await;
     assert_eq!(wait_terminal(&admin, "own-trust-1").await.state, pb::TaskState::Succeeded as i32);
 
+    // Beside the controller, outpostctl needs nothing but its trust directory (as in the controller's container).
+    let out = std::process::Command::new(&cluster.bins.ctl)
+        .env("OUTPOST_TRUST_DIR", &trust)
+        .args(["--controller", &controller.url(), "workers"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("w-1"));
+
     // A second agent asking for the connected worker's name is refused, and spends no use of the token.
     let twin_state = cluster.path("state-twin");
     let mut twin = cluster.joining_agent(&controller, "twin", "default", Some(TOKEN), &twin_state, &agent_flags);

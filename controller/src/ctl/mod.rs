@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outpost_common::pb::{self, admin_service_client::AdminServiceClient};
-use outpost_common::tls::TlsArgs;
+use outpost_common::tls::TlsFiles;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
@@ -23,12 +23,50 @@ struct Cli {
     #[arg(long, env = "OUTPOST_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
     #[command(flatten)]
-    tls: TlsArgs,
+    tls: Identity,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Who outpostctl is: an admin certificate, or (none given) the local admin identity of a controller that made its
+/// own trust, read from its --trust-dir (so `outpostctl` works as it is inside the controller's container).
+#[derive(Debug, clap::Args)]
+struct Identity {
+    /// An admin certificate (PEM), SAN URI spiffe://<trust-domain>/admin/<name>.
+    #[arg(long, env = "OUTPOST_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "OUTPOST_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signed the controller's certificate (PEM).
+    #[arg(long, env = "OUTPOST_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// With no --tls-* files: the trust directory of a controller that made its own trust (admin-local.pem,
+    /// admin-local.key, ca.pem); the controller's container sets it.
+    #[arg(long, env = "OUTPOST_TRUST_DIR")]
+    trust_dir: Option<PathBuf>,
+}
+
+impl Identity {
+    fn files(&self) -> anyhow::Result<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca, &self.trust_dir) {
+            (Some(cert), Some(key), Some(ca), _) => {
+                Ok(TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() })
+            }
+            (None, None, None, Some(dir)) => Ok(TlsFiles {
+                cert: dir.join("admin-local.pem"),
+                key: dir.join("admin-local.key"),
+                ca: dir.join("ca.pem"),
+            }),
+            _ => anyhow::bail!(
+                "give --tls-cert, --tls-key and --tls-ca (an admin certificate), or --trust-dir (OUTPOST_TRUST_DIR) of \
+                 a controller that made its own trust"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,7 +265,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let tls = cli.tls.files().load()?;
+    let tls = cli.tls.files()?.load()?;
     let server_name = match &cli.tls_server_name {
         Some(name) => name.clone(),
         None => outpost_common::tls::server_name_of(&cli.controller)
