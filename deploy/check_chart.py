@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Renders deploy/helm/outpost offline with Helm's own library (helm-python-sdk) for the default values and every
 values file in deploy/helm/examples/, lints the chart strictly, and validates every rendered manifest strictly
-against Kubernetes schemas (kubernetes-validate) for 1.28 and the newest bundled version. Also checks that the chart
-refuses values it cannot serve. Exits non-zero on the first problem, saying which."""
+against Kubernetes schemas (kubernetes-validate) for 1.28 and the newest bundled version. Checks that a values file
+as DataHub's terraform module writes it (examples/from-datahub-executor.yaml, nothing added) reaches every object it
+configures, and that the chart refuses values it cannot serve. Exits non-zero on the first problem, saying which."""
 
 import glob
 import os
@@ -16,7 +17,7 @@ import helm_python
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(HERE, "helm", "outpost")
 VERSIONS = ["1.28.0", "1.37.0"]
-# What the default values cannot render without (a cluster always supplies these two Secrets' names).
+# The certificates-from-Secrets layout (cert-manager): the controller's Secret, its CA's, and a join token's.
 REQUIRED = {"controller": {"tlsSecretName": "outpost-controller-tls", "caSecretName": "outpost-ca"},
             "agents": {"joinToken": {"secretRef": "outpost-join-token"}}}
 
@@ -31,6 +32,73 @@ def merge(base, extra):
 def render(values, name="demo"):
     with helm_python.Chart.load(CHART) as chart:
         return chart.render(values, name=name, namespace="datahub")
+
+
+def notes(values):
+    return next(text for path, text in render(values).items() if path.endswith("NOTES.txt"))
+
+
+def fail_unless(condition, what):
+    if not condition:
+        sys.exit(f"from-datahub-executor.yaml: {what}")
+
+
+def check_datahub_values(path):
+    """Every setting of DataHub's terraform values file reaches its object; the only Secret referenced and not made
+    by the chart is DataHub's token; the names Outpost does not use are listed in the notes."""
+    with open(path) as f:
+        values = yaml.safe_load(f)
+    documents = validate(render(values), os.path.relpath(path, HERE))
+    by_kind = {}
+    for doc in documents:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    agents = next(d for d in by_kind["StatefulSet"] if d["metadata"]["name"].endswith("-agent"))
+    controller = next(d for d in by_kind["StatefulSet"] if d["metadata"]["name"].endswith("-controller"))
+    pod = agents["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    fail_unless(agents["spec"]["replicas"] == 3, f"replicaCount 3 gave {agents['spec']['replicas']} agents")
+    fail_unless("--slots=7" in container["args"], f"max_workers 7 is not --slots=7: {container['args']}")
+    fail_unless(container["image"] == "registry.acme.internal/outpost-agent:0.1.0", container["image"])
+    fail_unless(container["imagePullPolicy"] == "Always", container["imagePullPolicy"])
+    fail_unless(pod["imagePullSecrets"] == [{"name": "acme-registry"}], pod.get("imagePullSecrets"))
+    fail_unless(container["resources"] == values["resources"], container["resources"])
+    fail_unless(pod["serviceAccountName"] == "datahub-executor", pod["serviceAccountName"])
+    fail_unless(controller["spec"]["template"]["spec"]["serviceAccountName"] == "datahub-executor",
+                "the controller (which calls SQS) does not use the service account with the IAM role")
+    account = next(d for d in by_kind["ServiceAccount"] if d["metadata"]["name"] == "datahub-executor")
+    fail_unless(account["metadata"]["annotations"] == values["serviceAccount"]["annotations"], account)
+    fail_unless(agents["spec"]["template"]["metadata"]["annotations"] == values["podAnnotations"], "podAnnotations")
+    fail_unless(pod["nodeSelector"] == values["nodeSelector"], pod.get("nodeSelector"))
+    fail_unless(pod["tolerations"] == values["tolerations"], pod.get("tolerations"))
+    fail_unless(pod["securityContext"]["fsGroup"] == 1000, pod["securityContext"])
+    fail_unless(container["securityContext"]["runAsUser"] == 1000, container["securityContext"])
+    for probe in ("livenessProbe", "readinessProbe"):
+        timing = {k: v for k, v in container[probe].items() if k != "httpGet"}
+        fail_unless(timing == values[probe], f"{probe} timing {timing}")
+    fail_unless(agents["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "state",
+                "a StatefulSet's agents keep their identity on a volume")
+    fail_unless("--signal-poll-interval=5s" in controller["spec"]["template"]["spec"]["containers"][0]["args"],
+                "signal_poll_interval 5 (seconds) is not --signal-poll-interval=5s")
+    fail_unless("--queue-from-gms=remote" in controller["spec"]["template"]["spec"]["containers"][0]["args"],
+                "with nothing else said, the intake is DataHub Cloud's queue for the pool")
+    made = {d["metadata"]["name"] for d in by_kind.get("Secret", [])}
+    referenced = set()
+    for doc in documents:
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                referenced.add(volume["secret"]["secretName"])
+        for c in spec.get("containers", []):
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced.add(ref["name"])
+    fail_unless(referenced - made == {"datahub-access-token"},
+                f"Secrets to make by hand: {sorted(referenced - made)} (only DataHub's token should be)")
+    text = notes(values)
+    fail_unless("NOT USED by Outpost" in text and "global.datahub.executor.monitors" in text, text)
+    print(f"{os.path.relpath(path, HERE)}: every DataHub setting reached its object; the only Secret to make is "
+          "DataHub's token; the unused names are in the notes")
 
 
 # Objects of add-ons' CRDs (Prometheus Operator, KEDA) have no schema in kubernetes-validate: checked by hand.
@@ -70,7 +138,10 @@ def main():
         if problems:
             sys.exit(f"helm lint --strict: {problems}")
     print("helm lint --strict: no warnings or errors")
-    documents = validate(render(REQUIRED), "default values")
+    validate(render(REQUIRED), "certificates from Secrets")
+    documents = validate(render({}), "default values (nothing added)")
+    if not any(d["kind"] == "Secret" and d["metadata"]["name"].endswith("bootstrap-token") for d in documents):
+        sys.exit("default values: no bootstrap token Secret")
     agent = next(d for d in documents if d["kind"] == "Deployment")
     grace = agent["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     if grace <= 150:
@@ -78,6 +149,7 @@ def main():
     controller = next(d for d in documents if d["kind"] == "StatefulSet")
     if any(a.startswith("--ui-listen") for a in controller["spec"]["template"]["spec"]["containers"][0]["args"]):
         sys.exit("the status page must be off by default")
+    check_datahub_values(os.path.join(HERE, "helm", "examples", "from-datahub-executor.yaml"))
     for path in sorted(glob.glob(os.path.join(HERE, "helm", "examples", "*.yaml"))):
         with open(path) as f:
             values = yaml.safe_load(f)
@@ -94,8 +166,11 @@ def main():
             if not any(p["port"] == 7480 for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])):
                 sys.exit(f"{path}: the NetworkPolicy does not let the status page's port in")
             print(f"{os.path.relpath(path, HERE)}: the status page is served over HTTPS on port 7480")
-    for broken, expected in [({}, "controller.tlsSecretName is required"),
-                             (merge(REQUIRED, {"agents": {"enrollment": "certificates", "certificatesSecretName": "c"}}),
+    for broken, expected in [({"ingestions": {"max_workers": 4}}, "moved to DataHub's path"),
+                             ({"workloadKind": "DaemonSet"}, "workloadKind must be Deployment or StatefulSet"),
+                             ({"controller": {"tlsSecretName": "t"}}, "needs controller.caSecretName"),
+                             (merge(REQUIRED, {"replicaCount": 2,
+                                             "agents": {"enrollment": "certificates", "certificatesSecretName": "c"}}),
                               "use replicas 1"),
                              (merge(REQUIRED, {"agents": {"joinToken": {"secretRef": ""}}}), "joinToken.secretRef is required")]:
         try:

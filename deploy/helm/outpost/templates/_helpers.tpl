@@ -55,3 +55,67 @@ seccompProfile:
       key: {{ .Values.global.datahub.gms.secretKey }}
 {{- end }}
 {{- end -}}
+
+{{/* The Secret holding the release's bootstrap join token (made once by the chart, kept across upgrades). */}}
+{{- define "outpost.bootstrapToken" -}}{{ include "outpost.name" . }}-bootstrap-token{{- end -}}
+
+{{/* Probe timing: DataHub's livenessProbe/readinessProbe fields where given, else a period of `period` s. */}}
+{{- define "outpost.probeTiming" -}}
+{{- $probe := .probe | default dict -}}
+periodSeconds: {{ $probe.periodSeconds | default .period }}
+{{- range $field := list "initialDelaySeconds" "timeoutSeconds" "failureThreshold" "successThreshold" }}
+{{- with index $probe $field }}
+{{ $field }}: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The service account of a component ("controller" or "agent"). DataHub's top-level serviceAccount.name names one
+account for both (the chart makes it when serviceAccount.create, else it must exist), so an IAM role bound to that
+name (IRSA) serves the controller's SQS calls and the agents' Secrets Manager calls. Otherwise the chart makes one
+per component (controller.serviceAccount / agents.serviceAccount), carrying serviceAccount.annotations too.
+*/}}
+{{- define "outpost.serviceAccountName" -}}
+{{- $top := .top -}}
+{{- $own := ternary $top.Values.controller.serviceAccount $top.Values.agents.serviceAccount (eq .component "controller") -}}
+{{- $shared := $top.Values.serviceAccount | default dict -}}
+{{- if $shared.name -}}
+{{ $shared.name }}
+{{- else if $own.create -}}
+{{ include "outpost.name" $top }}-{{ .component }}
+{{- else -}}
+{{ $own.name | default "default" }}
+{{- end -}}
+{{- end -}}
+
+{{- define "outpost.serviceAccount" -}}
+{{- $top := .top -}}
+{{- $own := ternary $top.Values.controller.serviceAccount $top.Values.agents.serviceAccount (eq .component "controller") -}}
+{{- $shared := $top.Values.serviceAccount | default dict -}}
+{{- $name := "" -}}
+{{- $annotations := dict -}}
+{{- if $shared.name -}}
+{{- if and $shared.create (eq .component "agent") -}}
+{{- $name = $shared.name -}}
+{{- $annotations = $shared.annotations | default dict -}}
+{{- end -}}
+{{- else if $own.create -}}
+{{- $name = printf "%s-%s" (include "outpost.name" $top) .component -}}
+{{- $annotations = merge (dict) ($own.annotations | default dict) ($shared.annotations | default dict) -}}
+{{- end -}}
+{{- if $name }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "outpost.labels" $top | nindent 4 }}
+  {{- with $annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: false
+{{- end }}
+{{- end -}}
