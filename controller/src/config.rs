@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve agents and the admin API.
     Run(Box<RunConfig>),
+    /// Check, with the same flags as `run` and before a first start, whether what they name can work (TLS, the
+    /// database's directory, GMS and its version, each channel, each queue). Only reads. Exits 1 if a check fails.
+    Doctor(Box<RunConfig>),
     /// Make development certificates (a CA, the controller's, agents', admins').
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -36,6 +36,17 @@ pub fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Doctor(config) => {
+            config.validate()?;
+            outpost_common::tls::install_crypto_provider();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let checks = runtime.block_on(crate::doctor::run(&config));
+            print!("{}", crate::doctor::report(&checks));
+            match checks.iter().any(|c| c.verdict == crate::doctor::Verdict::Fail) {
+                true => anyhow::bail!("a check failed"),
+                false => Ok(()),
+            }
+        }
         Command::Run(config) => {
             let config = *config;
             outpost_common::tls::install_crypto_provider();

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod certs;
 pub mod config;
 pub mod ctl;
+pub mod doctor;
 pub mod enroll;
 pub mod entry;
 pub mod gms;
@@ -65,6 +66,11 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let trust = config.trust.resolve(&config.db, &config.grpc.trust_domain)?;
     let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?);
     let gms_client = config.gms.client()?;
+    if let Some(client) = &gms_client
+        && !config.gms_channel.pools.is_empty()
+    {
+        sources::gms_channel::check_server(client).await.map_err(anyhow::Error::msg)?;
+    }
     let store = Store::open(&config.db, gms_client.is_some())
         .await
         .with_context(|| format!("opening {}", config.db.display()))?;

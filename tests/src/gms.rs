@@ -96,6 +96,13 @@ impl Gms {
 
     /// What `GET /config` answers from now on: an open-source DataHub of `version` (conditional writes from
     /// v0.14.0).
+    /// `GET /config` answers as DataHub Cloud of `version` would (`serverEnv` other than `core`).
+    pub async fn serve_cloud_version(&self, version: &str) {
+        let config = serde_json::json!({"noCode": "true", "versions": {"acryldata/datahub": {"version": version}},
+                                        "datahub": {"serverType": "prod", "serverEnv": "prod"}});
+        self.control("config", config).await;
+    }
+
     pub async fn serve_version(&self, version: &str) {
         let config = serde_json::json!({"noCode": "true", "versions": {"acryldata/datahub": {"version": version}},
                                         "datahub": {"serverType": "prod", "serverEnv": "core"}});

@@ -51,6 +51,20 @@ impl Cluster {
 }
 
 impl Moto {
+    /// Runs tests/moto_iam.py against this moto (signing with `admin`'s key once moto enforces authentication):
+    /// `admin`, `user NAME`, `key NAME`, `delete NAME KEY`, `enforce`, `try KEY SECRET QUEUE`, `count QUEUE`.
+    pub fn iam(&self, admin: Option<&serde_json::Value>, args: &[&str]) -> serde_json::Value {
+        let mut command = std::process::Command::new(repo_root().join(".venv/bin/python"));
+        command.arg(repo_root().join("tests/moto_iam.py")).arg(&self.endpoint).args(args);
+        if let Some(admin) = admin {
+            command.env("ADMIN_KEY_ID", admin["AccessKeyId"].as_str().unwrap());
+            command.env("ADMIN_SECRET", admin["SecretAccessKey"].as_str().unwrap());
+        }
+        let output = command.output().expect("moto_iam.py runs");
+        assert!(output.status.success(), "moto_iam.py {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("moto_iam.py prints JSON")
+    }
+
     pub async fn queue(&self, name: &str) -> String {
         self.sqs.create_queue().queue_name(name).send().await.expect("create queue").queue_url.expect("queue url")
     }

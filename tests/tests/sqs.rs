@@ -511,19 +511,6 @@ async fn a_store_that_keeps_failing_does_not_make_the_keeper_spin() {
     assert!(seen <= 10, "the keeper asked {seen} times");
 }
 
-/// Runs tests/moto_iam.py against `moto` (signing with `admin`'s key once moto enforces authentication).
-fn iam(moto: &Moto, admin: Option<&serde_json::Value>, args: &[&str]) -> serde_json::Value {
-    let mut command = std::process::Command::new(repo_root().join(".venv/bin/python"));
-    command.arg(repo_root().join("tests/moto_iam.py")).arg(&moto.endpoint).args(args);
-    if let Some(admin) = admin {
-        command.env("ADMIN_KEY_ID", admin["AccessKeyId"].as_str().unwrap());
-        command.env("ADMIN_SECRET", admin["SecretAccessKey"].as_str().unwrap());
-    }
-    let output = command.output().expect("moto_iam.py runs");
-    assert!(output.status.success(), "moto_iam.py {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("moto_iam.py prints JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_keys() {
     let cluster = Cluster::new(bins!());
@@ -533,9 +520,9 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     let run = cluster.held_run("rotated");
     moto.send(&queue, &messages::mcl_input("rotated", &messages::input(&run.recipe(), "default"))).await;
     // From here on moto checks every request's signature against the keys IAM knows, and its policy.
-    let admin = iam(&moto, None, &["admin"]);
-    let mut key = iam(&moto, None, &["user", "executor"]);
-    iam(&moto, None, &["enforce"]);
+    let admin = moto.iam(None, &["admin"]);
+    let mut key = moto.iam(None, &["user", "executor"]);
+    moto.iam(None, &["enforce"]);
     let refused = moto.sqs.get_queue_attributes().queue_url(&queue).send().await;
     assert!(refused.is_err(), "moto enforces authentication: unknown keys are refused");
     let entry = |key: &serde_json::Value| {
@@ -557,7 +544,7 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
 
     for _ in 0..2 {
         // A new key is handed out by GMS; once the controller has fetched it, the old one is deleted.
-        let next = iam(&moto, Some(&admin), &["key", "executor"]);
+        let next = moto.iam(Some(&admin), &["key", "executor"]);
         gms.executor_configs(entry(&next), Duration::from_secs(3)).await;
         let before = gms.graphql_calls().await;
         wait_until("the controller to fetch the new key", Duration::from_secs(30), || async {
@@ -565,8 +552,8 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
         })
         .await;
         let old = key["AccessKeyId"].as_str().unwrap().to_owned();
-        iam(&moto, Some(&admin), &["delete", "executor", &old]);
-        let tried = iam(&moto, None, &["try", &old, key["SecretAccessKey"].as_str().unwrap(), &queue]);
+        moto.iam(Some(&admin), &["delete", "executor", &old]);
+        let tried = moto.iam(None, &["try", &old, key["SecretAccessKey"].as_str().unwrap(), &queue]);
         assert!(tried["error"].is_string(), "moto refuses a deleted key: {tried}");
         key = next;
     }
@@ -577,7 +564,7 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     let task = wait_task(&admin_api, "rotated", "reported to GMS", |t| t.reported_unix_ms > 0).await;
     assert_eq!((task.state, task.attempts), (pb::TaskState::Succeeded as i32, 1));
     wait_until("the message to be deleted", Duration::from_secs(60), || async {
-        let counts = iam(&moto, Some(&admin), &["count", &queue]);
+        let counts = moto.iam(Some(&admin), &["count", &queue]);
         (counts["visible"] == 0 && counts["in_flight"] == 0).then_some(())
     })
     .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod requests;
-pub use requests::{Listed, Listing, RequestState, ResultState, ServerInfo};
+pub use requests::{EXECUTOR_SEARCH_SINCE, Listed, Listing, RequestState, ResultState, ServerInfo};
 
 /// A bearer token; `Debug` and `Display` never show it.
 #[derive(Clone)]
@@ -224,16 +224,26 @@ impl Client {
 
     /// A GET; `None` for 404 (DataHub's OpenAPI answers 404 for a missing entity or aspect).
     async fn get(&self, path: &str) -> Result<Option<String>, Error> {
+        self.get_dated(path).await.map(|(text, _)| text)
+    }
+
+    /// A GET, with the time the answer's `Date` header gives (when it has one).
+    async fn get_dated(&self, path: &str) -> Result<(Option<String>, Option<std::time::SystemTime>), Error> {
         let mut request = self.http.get(format!("{}{path}", self.base));
         if let Some(Token(token)) = &self.token {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|e| Error::Unavailable(transport_error(&e)))?;
         let status = response.status().as_u16();
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok());
         let text = response.text().await.unwrap_or_default();
         match status {
-            200..=299 => Ok(Some(text)),
-            404 => Ok(None),
+            200..=299 => Ok((Some(text), date)),
+            404 => Ok((None, date)),
             _ => Err(classify(status, path, &text)),
         }
     }

@@ -20,7 +20,13 @@ pub struct ServerInfo {
     pub cloud: bool,
     /// Conditional writes (`If-Version-Match`, added in open-source v0.14.0; every DataHub Cloud release since).
     pub conditional_writes: bool,
+    /// Execution requests searchable by `executorId` (the model in open-source 1.2.0 and later, and DataHub Cloud):
+    /// what the GMS channel needs to find a pool's requests.
+    pub executor_search: bool,
 }
+
+/// The first open-source DataHub whose search indexes `executorId`.
+pub const EXECUTOR_SEARCH_SINCE: &str = "v1.2.0";
 
 /// A request's `dataHubExecutionRequestResult` as GMS holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +83,10 @@ pub fn server_info(config: &Value) -> ServerInfo {
         .to_owned();
     let env = config["datahub"]["serverEnv"].as_str().unwrap_or_default();
     let cloud = !env.is_empty() && env != "core";
-    let conditional_writes = cloud || parse_version(&version).is_some_and(|v| v >= (0, 14, 0));
-    ServerInfo { version, cloud, conditional_writes }
+    let parsed = parse_version(&version);
+    let conditional_writes = cloud || parsed.is_some_and(|v| v >= (0, 14, 0));
+    let executor_search = cloud || parsed.is_some_and(|v| v >= (1, 2, 0));
+    ServerInfo { version, cloud, conditional_writes, executor_search }
 }
 
 pub(crate) fn result_state(aspect: &Value) -> Option<ResultState> {
@@ -105,12 +113,15 @@ fn encode(urn: &str) -> String {
 impl Client {
     /// What the server is and supports (`GET {gms}/config`).
     pub async fn server_info(&self) -> Result<ServerInfo, Error> {
-        let text = self
-            .get("/config")
-            .await?
-            .ok_or_else(|| Error::NoSuchEndpoint { path: "/config".into(), body: String::new() })?;
+        self.server_info_dated().await.map(|(info, _)| info)
+    }
+
+    /// The same, with the time GMS's answer says it is (its `Date` header), for a clock check.
+    pub async fn server_info_dated(&self) -> Result<(ServerInfo, Option<std::time::SystemTime>), Error> {
+        let (text, date) = self.get_dated("/config").await?;
+        let text = text.ok_or_else(|| Error::NoSuchEndpoint { path: "/config".into(), body: String::new() })?;
         let config: Value = serde_json::from_str(&text).map_err(|e| Error::BadResponse(format!("/config: {e}")))?;
-        Ok(server_info(&config))
+        Ok((server_info(&config), date))
     }
 
     /// Re-reads a request's input and result with their system metadata (OpenAPI v3); `None` when GMS has no
@@ -215,12 +226,15 @@ mod tests {
         assert!(server_info(&core("v0.14.1rc3")).conditional_writes);
         assert!(!server_info(&core("v0.13.3")).conditional_writes);
         assert!(!server_info(&json!({"versions": {"linkedin/datahub": {"version": "v0.8.45"}}})).conditional_writes);
+        assert!(!server_info(&core("v1.1.0")).executor_search);
+        assert!(server_info(&core("v1.2.0")).executor_search);
+        assert!(server_info(&core("v1.3.0rc2")).executor_search);
         assert!(!server_info(&json!({})).conditional_writes);
         let cloud =
             json!({"versions": {"acryldata/datahub": {"version": "v0.3.12"}}, "datahub": {"serverEnv": "prod"}});
         assert_eq!(
             server_info(&cloud),
-            ServerInfo { version: "v0.3.12".into(), cloud: true, conditional_writes: true }
+            ServerInfo { version: "v0.3.12".into(), cloud: true, conditional_writes: true, executor_search: true }
         );
     }
 

@@ -22,6 +22,30 @@ use crate::scheduler::Scheduler;
 use crate::store::{NewTask, Store};
 
 /// The channel's flags (and the claim TTL every channel's claims use).
+/// Why this GMS cannot serve the GMS channel, if it says what it is and that is too old; `None` when it can, or
+/// when it cannot be asked (the channel's own polls will then say what fails).
+pub fn unsupported(server: &gms::ServerInfo) -> Option<String> {
+    (!server.executor_search).then(|| {
+        format!(
+            "the GMS channel (--gms-channel) needs a DataHub whose search indexes executorId (open-source {} or \
+             later, or DataHub Cloud); this GMS is {}. Upgrade DataHub, or take requests from an SQS queue (--queue)",
+            gms::EXECUTOR_SEARCH_SINCE,
+            if server.version.is_empty() { "of an unknown version" } else { server.version.as_str() }
+        )
+    })
+}
+
+/// At start: refuses a GMS that says it cannot serve the channel (see [`unsupported`]).
+pub async fn check_server(client: &gms::Client) -> Result<(), String> {
+    match client.server_info().await {
+        Ok(server) => unsupported(&server).map_or(Ok(()), Err),
+        Err(e) => {
+            warn!(error = %e, "cannot read GMS's /config to check that it can serve the GMS channel; going on");
+            Ok(())
+        }
+    }
+}
+
 #[derive(Clone, Debug, clap::Args)]
 #[group(id = "gms_channel")]
 #[command(next_help_heading = "GMS channel (open-source DataHub) and claims")]

@@ -195,6 +195,27 @@ async fn cloud_client(region: &str, credentials: cloud::GmsCredentials, endpoint
 
 pub use crate::aws::loader;
 
+/// Whether `url` can be read with `sqs`'s credentials (GetQueueAttributes, which reads nothing from the queue):
+/// the SDK's error with its service code when not.
+pub async fn probe(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), String> {
+    let attribute = aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages;
+    let asked = sqs.get_queue_attributes().queue_url(url).attribute_names(attribute).send().await;
+    asked.map(|_| ()).map_err(|e| {
+        use aws_sdk_sqs::error::ProvideErrorMetadata;
+        let status = e.raw_response().map(|r| format!("HTTP {}: ", r.status().as_u16())).unwrap_or_default();
+        let code = e.code().map(|c| format!("{c}: ")).unwrap_or_default();
+        format!("{status}{code}{}", outpost_common::errors::chain(&e))
+    })
+}
+
+/// A DataHub Cloud pool's queue, read with the credentials GMS hands out for it: its URL, or why not.
+pub async fn probe_cloud(gms: &crate::gms::Client, pool: &PoolId, config: &Config) -> Result<String, String> {
+    let credentials = cloud::GmsCredentials::new(gms.clone(), pool.clone(), config.credentials_refresh_ahead);
+    let queue = credentials.queue().await?;
+    let client = cloud_client(&queue.region, credentials, config.endpoint.as_deref()).await;
+    probe(&client, &queue.url).await.map(|()| queue.url.clone()).map_err(|e| format!("{}: {e}", queue.url))
+}
+
 /// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
 /// override, over rustls with ring (the workspace's only crypto provider).
 pub async fn client(endpoint: Option<&str>) -> aws_sdk_sqs::Client {
