@@ -12,6 +12,7 @@ pub mod pb {
 
 pub mod backoff;
 pub mod clock;
+pub mod doctor;
 pub mod duration;
 pub mod errors;
 pub mod http;

@@ -7,32 +7,13 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use outpost_common::doctor::{Check, Verdict, check};
 use outpost_common::identity::pem_validity;
 use outpost_common::ids::PoolId;
 
 use crate::config::RunConfig;
 use crate::gms;
 use crate::sources;
-
-/// How a check came out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Ok,
-    Warn,
-    Fail,
-}
-
-/// One line of the report.
-#[derive(Clone, Debug)]
-pub struct Check {
-    pub verdict: Verdict,
-    pub what: String,
-    pub detail: String,
-}
-
-fn check(verdict: Verdict, what: impl Into<String>, detail: impl Into<String>) -> Check {
-    Check { verdict, what: what.into(), detail: detail.into() }
-}
 
 /// A certificate's remaining life, said in days; expiring within a week is a warning, expired a failure.
 fn expiry(what: &str, path: &Path, now: SystemTime) -> Check {
@@ -199,23 +180,6 @@ pub async fn run(config: &RunConfig) -> Vec<Check> {
     checks
 }
 
-/// The report as text: one line per check, `ok`, `warn` or `FAIL`, then a summary line.
-pub fn report(checks: &[Check]) -> String {
-    let mut out = String::new();
-    for c in checks {
-        let verdict = match c.verdict {
-            Verdict::Ok => "ok  ",
-            Verdict::Warn => "warn",
-            Verdict::Fail => "FAIL",
-        };
-        out.push_str(&format!("{verdict}  {}: {}\n", c.what, c.detail));
-    }
-    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
-    let warned = checks.iter().filter(|c| c.verdict == Verdict::Warn).count();
-    out.push_str(&format!("{} checks: {failed} failed, {warned} warnings\n", checks.len()));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,18 +189,5 @@ mod tests {
         let now = SystemTime::now();
         assert_eq!(offset_seconds(now + Duration::from_secs(5), now), 5);
         assert_eq!(offset_seconds(now - Duration::from_secs(7), now), -7);
-    }
-
-    #[test]
-    fn the_report_counts_failures_and_warnings() {
-        let checks = [
-            check(Verdict::Ok, "a", "fine"),
-            check(Verdict::Warn, "b", "hmm"),
-            check(Verdict::Fail, "c", "broken: fix it"),
-        ];
-        assert_eq!(
-            report(&checks),
-            "ok    a: fine\nwarn  b: hmm\nFAIL  c: broken: fix it\n3 checks: 1 failed, 1 warnings\n"
-        );
     }
 }

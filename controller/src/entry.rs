@@ -41,8 +41,8 @@ pub fn main() -> anyhow::Result<()> {
             outpost_common::tls::install_crypto_provider();
             let runtime = tokio::runtime::Runtime::new()?;
             let checks = runtime.block_on(crate::doctor::run(&config));
-            print!("{}", crate::doctor::report(&checks));
-            match checks.iter().any(|c| c.verdict == crate::doctor::Verdict::Fail) {
+            print!("{}", outpost_common::doctor::report(&checks));
+            match checks.iter().any(|c| c.verdict == outpost_common::doctor::Verdict::Fail) {
                 true => anyhow::bail!("a check failed"),
                 false => Ok(()),
             }

@@ -1,6 +1,7 @@
 //! `outpostctl`: the admin API from a terminal. Tables by default, `--json` for scripts. Exit codes: 0 ok,
 //! 1 the call failed, 2 usage error. A client only: it must never reach into the controller's internals.
 
+mod doctor;
 mod output;
 
 use std::path::PathBuf;
@@ -123,6 +124,9 @@ enum Command {
     Retry { id: String },
     /// Backlog, capacity and failures per pool.
     Stats,
+    /// Check the running fleet: every pool with waiting work has agents, agents run this release, no agent
+    /// certificate is about to expire. Exits 1 when a check fails.
+    Doctor,
     /// Why a task is where it is (for a queued task: what keeps it from running).
     Explain { id: String },
     /// Cancel a task (a running one is stopped on its agent).
@@ -409,6 +413,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let task =
                 client.retry_task(pb::RetryTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
             output::task(&task, cli.json);
+        }
+        Command::Doctor => {
+            let stats = client.get_stats(pb::GetStatsRequest {}).await.map_err(status_error)?.into_inner();
+            let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
+            let now_ms = outpost_common::clock::unix_ms();
+            let checks = doctor::checks(&stats, &workers.workers, now_ms, env!("CARGO_PKG_VERSION"));
+            print!("{}", outpost_common::doctor::report(&checks));
+            if checks.iter().any(|c| c.verdict == outpost_common::doctor::Verdict::Fail) {
+                anyhow::bail!("a check failed");
+            }
         }
         Command::Stats => {
             let stats = client.get_stats(pb::GetStatsRequest {}).await.map_err(status_error)?.into_inner();
