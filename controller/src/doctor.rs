@@ -41,10 +41,7 @@ fn trust(config: &RunConfig, now: SystemTime) -> Vec<Check> {
             }
         }
         _ => {
-            let dir = config.trust.trust_dir.clone().unwrap_or_else(|| {
-                let parent = config.db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                parent.join("trust")
-            });
+            let dir = config.trust.dir(&config.db);
             let server = dir.join("controller.pem");
             match server.exists() {
                 true => vec![expiry("own TLS certificate", &server, now)],
@@ -59,7 +56,7 @@ fn trust(config: &RunConfig, now: SystemTime) -> Vec<Check> {
 }
 
 fn database(config: &RunConfig) -> Check {
-    let dir = config.db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = crate::trust::db_dir(&config.db);
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() && !meta.permissions().readonly() => {
             check(Verdict::Ok, "database", format!("{} (directory {} exists)", config.db.display(), dir.display()))

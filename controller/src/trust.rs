@@ -17,6 +17,11 @@ use crate::certs;
 /// The local admin identity's name: `spiffe://<trust-domain>/admin/local`.
 pub const LOCAL_ADMIN: &str = "local";
 
+/// The directory holding the database file `db` (`.` for a bare file name).
+pub fn db_dir(db: &Path) -> &Path {
+    db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// The trust flags.
 #[derive(Clone, Debug, clap::Args)]
 #[group(id = "trust")]
@@ -73,6 +78,11 @@ impl Config {
             }
             _ => None,
         }
+    }
+
+    /// Where the controller's own trust is kept: --trust-dir, or `trust/` in the directory of `db`.
+    pub fn dir(&self, db: &Path) -> PathBuf {
+        self.trust_dir.clone().unwrap_or_else(|| db_dir(db).join("trust"))
     }
 
     /// The trust to serve with: the files given, or the controller's own (made or renewed now as needed) in
