@@ -1,6 +1,7 @@
 //! Join tokens and the trust an agent builds from one (shared by the controller, which makes and checks them,
 //! and the agent, which uses them). A token is `<id>.<secret>` (6 and 16 characters of `[a-z0-9]`, as kubeadm's
-//! bootstrap tokens); the controller keeps two digests of the secret, never the secret: one to check joins, one
+//! bootstrap tokens), or the same 22 characters without the dot (what a secrets store's generator makes, e.g. the
+//! ECS stack's bootstrap secret); the controller keeps two digests of the secret, never the secret: one to check joins, one
 //! to sign the CA bundle for agents that have nothing but the token. Pure functions; `Debug` never shows a secret.
 
 use std::fmt;
@@ -24,7 +25,7 @@ impl fmt::Debug for JoinToken {
 
 /// Why a token cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("a join token is <id>.<secret> (6 and 16 characters of a-z and 0-9)")]
+#[error("a join token is <id>.<secret> (6 and 16 characters of a-z and 0-9), or those 22 characters without the dot")]
 pub struct BadToken;
 
 /// `len` random characters of `[a-z0-9]` from the system's secure random source.
@@ -57,7 +58,12 @@ impl JoinToken {
     }
 
     pub fn parse(text: &str) -> Result<JoinToken, BadToken> {
-        let (id, secret) = text.trim().split_once('.').ok_or(BadToken)?;
+        let text = text.trim();
+        let (id, secret) = match text.split_once('.') {
+            Some(parts) => parts,
+            None if text.len() == 22 && text.is_ascii() => text.split_at(6),
+            None => return Err(BadToken),
+        };
         if !well_formed(id, 6) || !well_formed(secret, 16) {
             return Err(BadToken);
         }
@@ -122,9 +128,19 @@ mod tests {
         let text = token.reveal();
         assert_eq!(JoinToken::parse(&text).unwrap(), token);
         assert!(!format!("{token:?}").contains(&text[7..]), "{token:?}");
-        for bad in
-            ["", "abc", "abcdef.short", "ABCDEF.0123456789abcdef", "abcdef0123456789abcdef", "abcdef.0123456789abcde!"]
-        {
+        // The 22 characters without the dot are the same token.
+        assert_eq!(JoinToken::parse(&text.replace('.', "")).unwrap(), token);
+        for bad in [
+            "",
+            "abc",
+            "abcdef.short",
+            "ABCDEF.0123456789abcdef",
+            "abcdef.0123456789abcde!",
+            "abcdef0123456789abcde",
+            "abcdef0123456789abcdeF",
+            "abcdef0123456789abcdefg",
+            "abcdé0123456789abcdef",
+        ] {
             assert_eq!(JoinToken::parse(bad), Err(BadToken), "{bad}");
         }
         assert_ne!(token.secret_hash(), token.bundle_key(), "two different digests");

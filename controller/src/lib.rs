@@ -188,10 +188,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         config.grpc.trust_domain.clone(),
         config.enroll.agent_cert_ttl,
     );
-    if let Some(file) = &config.enroll.bootstrap_token_file {
-        let pool = outpost_common::ids::PoolId::parse(&config.enroll.bootstrap_pool)?;
-        enrollment.bootstrap(file, &pool).await?;
-    }
+    enrollment.bootstrap(&config.enroll).await?;
     if let Some(addr) = config.enroll.join_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "joining served (TLS, no client certificate)");

@@ -321,7 +321,17 @@ impl Cluster {
     /// A controller given no certificate files: it makes and keeps its own trust (in `trust/` of the temp dir,
     /// beside its database). Returns once it listens.
     pub async fn controller_with_own_trust(&self, db_name: &str, extra: &[&str]) -> Controller {
-        let proc = self.spawn_controller(db_name, extra, &[], false);
+        self.controller_with_own_trust_and_env(db_name, extra, &[]).await
+    }
+
+    /// The same with extra environment variables.
+    pub async fn controller_with_own_trust_and_env(
+        &self,
+        db_name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
+        let proc = self.spawn_controller(db_name, extra, env, false);
         self.listening(db_name, proc).await
     }
 

@@ -244,6 +244,35 @@ async fn a_refused_token_keeps_results_until_it_is_fixed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_is_read_again_when_it_is_replaced() {
+    let cluster = Cluster::new(bins!());
+    let gms = cluster.gms(&[]).await;
+    gms.accept_token(Some("file-token-one")).await;
+    let file = cluster.path("gms-token");
+    std::fs::write(&file, "file-token-one\n").unwrap();
+    let path = file.to_string_lossy().into_owned();
+    // The file wins over DATAHUB_GMS_TOKEN (test-token, which GMS would refuse).
+    let controller = controller(&cluster, &gms, &["--gms-token-file", &path]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    submit(&mut admin, "first-token", file_recipe()).await;
+    wait_reported(&admin, "first-token").await;
+
+    // Rotated as a Secret volume does it: a new file renamed over the old one.
+    gms.accept_token(Some("file-token-two")).await;
+    let next = cluster.path("gms-token.new");
+    std::fs::write(&next, "file-token-two\n").unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    submit(&mut admin, "second-token", file_recipe()).await;
+    wait_reported(&admin, "second-token").await;
+    for id in ["first-token", "second-token"] {
+        let writes = gms.result_writes(&format!("urn:li:dataHubExecutionRequest:{id}")).await;
+        assert!(writes.iter().all(|(code, _)| *code == 200), "{id}: {:?}", statuses(&writes));
+    }
+    assert!(!controller.proc.log().contains("file-token-"), "a token reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execution_request_inputs_are_read_from_gms() {
     let cluster = Cluster::new(bins!());
     let gms = cluster.gms(&[]).await;
@@ -256,7 +285,8 @@ async fn execution_request_inputs_are_read_from_gms() {
     });
     gms.input("urn:li:dataHubExecutionRequest:from-gms", input.clone()).await;
     let client =
-        outpost_controller::gms::Client::new(&format!("{}/gms", gms.base), None, Duration::from_secs(5)).unwrap();
+        outpost_controller::gms::Client::new(&format!("{}/gms", gms.base), Default::default(), Duration::from_secs(5))
+            .unwrap();
     let urns =
         vec!["urn:li:dataHubExecutionRequest:from-gms".to_owned(), "urn:li:dataHubExecutionRequest:absent".to_owned()];
     let found = client.batch_get(&urns, &["dataHubExecutionRequestInput"]).await.unwrap();

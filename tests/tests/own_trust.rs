@@ -121,6 +121,40 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     assert_eq!(revoked, [("boot01", true), ("boot02", false)], "{listed}");
     let log = controller.proc.log();
     assert!(!log.contains("0123456789abcdef") && !log.contains("fedcba9876543210"), "a token secret reached the log");
+
+    // From the environment instead (ECS hands secrets over so), as the 22 characters a secrets store generates:
+    // it replaces the file's token, and an agent given the same 22 characters joins with it.
+    drop(controller);
+    let generated = "boot03abcdefabcdef0123";
+    let without_file: Vec<&str> =
+        flags.iter().copied().filter(|f| *f != "--bootstrap-token-file" && *f != token_path).collect();
+    let env = [("OUTPOST_BOOTSTRAP_TOKEN", generated)];
+    let controller = cluster.controller_with_own_trust_and_env("outpost.db", &without_file, &env).await;
+    let listed = tokens(&cluster, &controller);
+    let active: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["revokedUnixMs"].as_i64().unwrap_or(0) == 0)
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(active, ["boot03"], "{listed}");
+    let admin = admin_client(&controller, &local_admin(&cluster)).await;
+    let generated_state = cluster.path("state-generated");
+    let generated_flags = ["--worker-id", "w-generated", "--join-url", join_url.as_str()];
+    let _third = cluster.joining_agent(
+        &controller,
+        "w-generated",
+        "default",
+        Some(generated),
+        &generated_state,
+        &generated_flags,
+    );
+    wait_workers(&admin, 2).await; // w-1-again reconnected, w-generated joined
+    let listed = tokens(&cluster, &controller);
+    let boot03 = listed.as_array().unwrap().iter().find(|t| t["id"] == "boot03").unwrap();
+    assert_eq!(boot03["used"][0]["workerId"], "w-generated", "{listed}");
+    assert!(!controller.proc.log().contains("abcdefabcdef0123"), "the generated token's secret reached the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

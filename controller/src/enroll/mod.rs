@@ -39,8 +39,12 @@ pub struct Config {
     /// A file holding a join token (`<id>.<secret>`, as `outpostctl tokens create` prints) that is registered at
     /// every start as a reusable token for --bootstrap-pool, so every agent of a release can join with it and nobody
     /// has to mint one first. A changed file replaces the token of the previous one (revoked).
-    #[arg(long, env = "OUTPOST_BOOTSTRAP_TOKEN_FILE")]
+    #[arg(long, env = "OUTPOST_BOOTSTRAP_TOKEN_FILE", conflicts_with = "bootstrap_token")]
     pub bootstrap_token_file: Option<std::path::PathBuf>,
+    /// The bootstrap token itself, for platforms that hand secrets over as environment (ECS): as
+    /// --bootstrap-token-file, in `<id>.<secret>` form or as those 22 characters without the dot.
+    #[arg(long, env = "OUTPOST_BOOTSTRAP_TOKEN", hide_env_values = true, value_parser = JoinToken::parse)]
+    pub bootstrap_token: Option<JoinToken>,
     /// The pool the bootstrap token joins agents to.
     #[arg(long, env = "OUTPOST_BOOTSTRAP_POOL", default_value = "default")]
     pub bootstrap_pool: String,
@@ -173,13 +177,23 @@ impl Enrollment {
         Ok((token, stored))
     }
 
-    /// Registers the token in `file` as the reusable join token of `pool` (see `--bootstrap-token-file`).
-    pub async fn bootstrap(&self, file: &Path, pool: &PoolId) -> Result<(), Error> {
-        let text = tokio::fs::read_to_string(file)
-            .await
-            .map_err(|e| Error::BadRequest(format!("cannot read the bootstrap token file {}: {e}", file.display())))?;
-        let token = JoinToken::parse(text.trim())
-            .map_err(|e| Error::BadRequest(format!("the bootstrap token file {}: {e}", file.display())))?;
+    /// Registers the bootstrap token (`--bootstrap-token-file` or `--bootstrap-token`), if one is given, as the
+    /// reusable join token of `--bootstrap-pool`.
+    pub async fn bootstrap(&self, config: &Config) -> Result<(), Error> {
+        let pool =
+            PoolId::parse(&config.bootstrap_pool).map_err(|e| Error::BadRequest(format!("--bootstrap-pool: {e}")))?;
+        let (token, origin) = match (&config.bootstrap_token, &config.bootstrap_token_file) {
+            (Some(token), _) => (token.clone(), "OUTPOST_BOOTSTRAP_TOKEN".to_owned()),
+            (None, Some(file)) => {
+                let text = tokio::fs::read_to_string(file).await.map_err(|e| {
+                    Error::BadRequest(format!("cannot read the bootstrap token file {}: {e}", file.display()))
+                })?;
+                let token = JoinToken::parse(&text)
+                    .map_err(|e| Error::BadRequest(format!("the bootstrap token file {}: {e}", file.display())))?;
+                (token, format!("from {}", file.display()))
+            }
+            (None, None) => return Ok(()),
+        };
         let new = NewToken {
             id: token.id.clone(),
             secret_hash: token.secret_hash(),
@@ -187,7 +201,7 @@ impl Enrollment {
             pool: pool.to_string(),
             expires_at_ms: BOOTSTRAP_EXPIRY_MS,
             uses_left: None,
-            description: format!("from {}", file.display()),
+            description: origin,
             created_by: BOOTSTRAP_CREATOR.to_owned(),
         };
         let revoked = self.store.bootstrap_token(&new, unix_ms()).await?;

@@ -9,31 +9,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod credentials;
 pub mod requests;
+pub use credentials::{Credentials, Token};
 pub use requests::{EXECUTOR_SEARCH_SINCE, Listed, Listing, RequestState, ResultState, ServerInfo};
-
-/// A bearer token; `Debug` and `Display` never show it.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl Token {
-    pub fn new(token: String) -> Token {
-        Token(token)
-    }
-}
-
-impl std::str::FromStr for Token {
-    type Err = std::convert::Infallible;
-    fn from_str(token: &str) -> Result<Token, Self::Err> {
-        Ok(Token(token.to_owned()))
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
 
 /// A secret value from GMS (an AWS secret key, a session token); `Debug` never shows it.
 #[derive(Clone)]
@@ -95,6 +74,9 @@ pub enum Error {
     /// Any other answer (400, another 422, 409, 415, …): GMS refused this payload; sending it again cannot help.
     #[error("GMS refused the write (HTTP {status}): {body}")]
     Invalid { status: u16, body: String },
+    /// The token file named by --gms-token-file cannot be read (or is empty): an operator can fix it.
+    #[error("{0}")]
+    TokenFile(String),
     #[error("GMS answered with a body we cannot read: {0}")]
     BadResponse(String),
     /// GraphQL has no `listExecutorConfigs`: this GMS is not DataHub Cloud (open-source DataHub).
@@ -121,6 +103,7 @@ impl Error {
             | Error::Unauthorized { .. }
             | Error::NoSuchEndpoint { .. }
             | Error::BadResponse(_)
+            | Error::TokenFile(_)
             | Error::NotDataHubCloud(_) => Disposition::Retry,
             Error::PreconditionFailed { .. } | Error::TooLarge(_) | Error::Invalid { .. } => Disposition::GiveUp,
         }
@@ -157,6 +140,10 @@ pub struct Args {
     /// The access token for GMS (a DataHub Remote Executor token).
     #[arg(id = "gms_token", long = "gms-token", env = "DATAHUB_GMS_TOKEN", hide_env_values = true)]
     pub token: Option<Token>,
+    /// A file holding the access token instead (a mounted Secret, a CSI or Vault mount), read again whenever it
+    /// changes. Wins over DATAHUB_GMS_TOKEN.
+    #[arg(id = "gms_token_file", long = "gms-token-file", env = "DATAHUB_GMS_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Timeout of one GMS call.
     #[arg(id = "gms_timeout", long = "gms-timeout", env = "OUTPOST_GMS_TIMEOUT",
           value_parser = outpost_common::duration::parse, default_value = "10s")]
@@ -180,7 +167,12 @@ impl Args {
 
     /// The client, when a GMS URL is set.
     pub fn client(&self) -> Result<Option<Client>, Error> {
-        self.url.as_deref().map(|url| Client::new(url, self.token.clone(), self.timeout)).transpose()
+        let credentials = match (&self.token_file, &self.token) {
+            (Some(file), _) => Credentials::from_file(file),
+            (None, Some(token)) => Credentials::Given(token.clone()),
+            (None, None) => Credentials::None,
+        };
+        self.url.as_deref().map(|url| Client::new(url, credentials.clone(), self.timeout)).transpose()
     }
 }
 
@@ -189,7 +181,7 @@ impl Args {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<Token>,
+    credentials: Credentials,
 }
 
 fn short(body: &str) -> String {
@@ -201,7 +193,7 @@ fn short(body: &str) -> String {
 }
 
 impl Client {
-    pub fn new(base_url: &str, token: Option<Token>, timeout: Duration) -> Result<Client, Error> {
+    pub fn new(base_url: &str, credentials: Credentials, timeout: Duration) -> Result<Client, Error> {
         // reqwest builds its rustls config from the process-wide provider (ring, the only one in the workspace).
         outpost_common::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -210,16 +202,21 @@ impl Client {
             .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Unavailable(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Client { http, base: base_url.trim_end_matches('/').to_owned(), token })
+        Ok(Client { http, base: base_url.trim_end_matches('/').to_owned(), credentials })
     }
 
-    fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        let mut request =
-            self.http.post(format!("{}{path}", self.base)).header("X-RestLi-Protocol-Version", "2.0.0").json(body);
-        if let Some(Token(token)) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        request
+    /// A request with the current token.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, Error> {
+        Ok(match self.credentials.current().map_err(Error::TokenFile)? {
+            Some(token) => request.bearer_auth(token.expose()),
+            None => request,
+        })
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<reqwest::RequestBuilder, Error> {
+        self.authorized(
+            self.http.post(format!("{}{path}", self.base)).header("X-RestLi-Protocol-Version", "2.0.0").json(body),
+        )
     }
 
     /// A GET; `None` for 404 (DataHub's OpenAPI answers 404 for a missing entity or aspect).
@@ -229,10 +226,7 @@ impl Client {
 
     /// A GET, with the time the answer's `Date` header gives (when it has one).
     async fn get_dated(&self, path: &str) -> Result<(Option<String>, Option<std::time::SystemTime>), Error> {
-        let mut request = self.http.get(format!("{}{path}", self.base));
-        if let Some(Token(token)) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let request = self.authorized(self.http.get(format!("{}{path}", self.base)))?;
         let response = request.send().await.map_err(|e| Error::Unavailable(transport_error(&e)))?;
         let status = response.status().as_u16();
         let date = response
@@ -249,7 +243,7 @@ impl Client {
     }
 
     async fn send(&self, path: &str, body: &Value) -> Result<String, Error> {
-        let response = self.post(path, body).send().await.map_err(|e| Error::Unavailable(transport_error(&e)))?;
+        let response = self.post(path, body)?.send().await.map_err(|e| Error::Unavailable(transport_error(&e)))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         match status {
@@ -370,7 +364,8 @@ mod tests {
     #[test]
     fn the_token_never_shows() {
         let client =
-            Client::new("http://gms:8080/", Some(Token::new("s3cr3t".into())), Duration::from_secs(1)).unwrap();
+            Client::new("http://gms:8080/", Credentials::Given(Token::new("s3cr3t".into())), Duration::from_secs(1))
+                .unwrap();
         let shown = format!("{client:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("Token(<redacted>)"));

@@ -162,7 +162,7 @@ mod refresh_tests {
                 let _ = stream.write_all(body.as_bytes()).await;
             }
         });
-        let client = gms::Client::new(&format!("http://{addr}"), None, Duration::from_secs(5)).unwrap();
+        let client = gms::Client::new(&format!("http://{addr}"), Default::default(), Duration::from_secs(5)).unwrap();
         (client, calls)
     }
 

@@ -1,0 +1,131 @@
+//! The GMS access token: given on the command line or in the environment, or read from a file that may be
+//! replaced while the controller runs (a mounted Secret, a CSI or Vault mount; DataHub's chart's
+//! `global.datahub.auth.tokenFile`). Owns reading it; never shows it in logs, errors or `Debug` output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// A bearer token; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(token: String) -> Token {
+        Token(token)
+    }
+
+    /// The token itself: only for the `Authorization` header.
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = std::convert::Infallible;
+    fn from_str(token: &str) -> Result<Token, Self::Err> {
+        Ok(Token(token.to_owned()))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Where each GMS call's token comes from.
+#[derive(Clone, Debug, Default)]
+pub enum Credentials {
+    /// No token (a GMS without authentication).
+    #[default]
+    None,
+    Given(Token),
+    /// Read again whenever the file changes, so a rotated Secret is used without a restart.
+    File(Arc<TokenFile>),
+}
+
+impl Credentials {
+    pub fn from_file(path: &Path) -> Credentials {
+        Credentials::File(Arc::new(TokenFile { path: path.to_owned(), cached: Mutex::new(None) }))
+    }
+
+    /// The token for the next call.
+    pub fn current(&self) -> Result<Option<Token>, String> {
+        match self {
+            Credentials::None => Ok(None),
+            Credentials::Given(token) => Ok(Some(token.clone())),
+            Credentials::File(file) => file.current().map(Some),
+        }
+    }
+}
+
+/// A token file and the token last read from it (with the file's modification time then).
+pub struct TokenFile {
+    path: PathBuf,
+    cached: Mutex<Option<(SystemTime, Token)>>,
+}
+
+impl fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl TokenFile {
+    fn current(&self) -> Result<Token, String> {
+        let unreadable = |e: std::io::Error| format!("cannot read the GMS token file {}: {e}", self.path.display());
+        // metadata() follows symbolic links: a Kubernetes Secret volume swaps its `..data` link on an update.
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).map_err(unreadable)?;
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, token)) = cached.as_ref()
+            && *at == modified
+        {
+            return Ok(token.clone());
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(unreadable)?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(format!("the GMS token file {} is empty", self.path.display()));
+        }
+        let token = Token(text.to_owned());
+        *cached = Some((modified, token.clone()));
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_file_is_read_again_and_a_missing_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let credentials = Credentials::from_file(&path);
+        let missing = credentials.current().unwrap_err();
+        assert!(missing.starts_with(&format!("cannot read the GMS token file {}", path.display())), "{missing}");
+
+        std::fs::write(&path, "first-token\n").unwrap();
+        assert_eq!(credentials.current().unwrap(), Some(Token::new("first-token".into())));
+        // A new file in its place (as a Secret volume's update does), with a later modification time.
+        let next = dir.path().join("token.new");
+        std::fs::write(&next, "second-token").unwrap();
+        let later = std::fs::metadata(&path).unwrap().modified().unwrap() + std::time::Duration::from_secs(2);
+        std::fs::File::options().write(true).open(&next).unwrap().set_modified(later).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(credentials.current().unwrap(), Some(Token::new("second-token".into())));
+
+        std::fs::write(&path, " \n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later + std::time::Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(credentials.current().unwrap_err(), format!("the GMS token file {} is empty", path.display()));
+        let shown = format!("{credentials:?}");
+        assert!(!shown.contains("second-token") && !shown.contains("first-token"), "{shown}");
+    }
+}
