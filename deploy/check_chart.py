@@ -81,24 +81,97 @@ def check_datahub_values(path):
                 "signal_poll_interval 5 (seconds) is not --signal-poll-interval=5s")
     fail_unless("--queue-from-gms=remote" in controller["spec"]["template"]["spec"]["containers"][0]["args"],
                 "with nothing else said, the intake is DataHub Cloud's queue for the pool")
-    made = {d["metadata"]["name"] for d in by_kind.get("Secret", [])}
+    fail_unless(secrets_to_make(documents) == {"datahub-access-token"},
+                f"Secrets to make by hand: {sorted(secrets_to_make(documents))} (only DataHub's token should be)")
+    text = notes(values)
+    fail_unless("NOT USED by Outpost" in text and "global.datahub.executor.monitors" in text, text)
+    print(f"{os.path.relpath(path, HERE)}: every DataHub setting reached its object; the only Secret to make is "
+          "DataHub's token; the unused names are in the notes")
+
+
+def secrets_to_make(documents):
+    """The Secrets the rendered objects reference and do not make."""
+    made = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
     referenced = set()
     for doc in documents:
         spec = doc.get("spec", {}).get("template", {}).get("spec", {})
         for volume in spec.get("volumes", []):
             if "secret" in volume:
                 referenced.add(volume["secret"]["secretName"])
-        for c in spec.get("containers", []):
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     referenced.add(ref["name"])
-    fail_unless(referenced - made == {"datahub-access-token"},
-                f"Secrets to make by hand: {sorted(referenced - made)} (only DataHub's token should be)")
-    text = notes(values)
-    fail_unless("NOT USED by Outpost" in text and "global.datahub.executor.monitors" in text, text)
-    print(f"{os.path.relpath(path, HERE)}: every DataHub setting reached its object; the only Secret to make is "
-          "DataHub's token; the unused names are in the notes")
+    return referenced - made
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def check_standalone(path):
+    """DataHub's values file with `mode: standalone` (and its token as a file): one pod, the controller a sidecar
+    and one agent on loopback with DataHub's settings; the controller's volume as in mode fleet, so a helm upgrade
+    between the modes is allowed and keeps SQLite."""
+    with open(path) as f:
+        values = merge(yaml.safe_load(f), {"mode": "standalone", "global": {"datahub": {"auth": {"tokenFileEnabled": True}}}})
+    label = f"{os.path.relpath(path, HERE)} with mode: standalone and tokenFileEnabled"
+    documents = validate(render(values), label)
+    what = lambda text: sys.exit(f"{label}: {text}")  # noqa: E731
+    workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
+    if [d["metadata"]["name"] for d in workloads] != ["demo-outpost-controller"]:
+        what(f"one workload expected, got {[d['metadata']['name'] for d in workloads]}")
+    if any(d["kind"] == "PodDisruptionBudget" for d in documents):
+        what("a PodDisruptionBudget for agents that do not exist")
+    pod = workloads[0]["spec"]["template"]["spec"]
+    controller = next(c for c in pod["initContainers"] if c["name"] == "controller")
+    if controller.get("restartPolicy") != "Always":
+        what("the controller is not a sidecar (restartPolicy: Always), so it would stop before the agent drains")
+    if [c["name"] for c in pod["containers"]] != ["agent"]:
+        what(f"containers {[c['name'] for c in pod['containers']]}")
+    agent = pod["containers"][0]
+    for arg in ("--controller=https://127.0.0.1:7443", "--join-url=https://127.0.0.1:7444", "--slots=7"):
+        if arg not in agent["args"]:
+            what(f"the agent lacks {arg}: {agent['args']}")
+    if any(m["name"] == "data" for m in agent["volumeMounts"]):
+        what("the agent mounts the controller's volume (which holds the CA key)")
+    if agent["resources"] != values["resources"] or pod["nodeSelector"] != values["nodeSelector"] \
+            or pod["tolerations"] != values["tolerations"] or pod["serviceAccountName"] != "datahub-executor":
+        what("DataHub's resources, scheduling or service account did not reach the pod")
+    if not any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "datahub-executor" for d in documents):
+        what("the service account DataHub's values ask the chart to make (serviceAccount.create) is not made")
+    if pod["terminationGracePeriodSeconds"] != 180:
+        what(f"grace period {pod['terminationGracePeriodSeconds']} s, not the agent's drain (150 s) + 30 s")
+    env = env_of(controller)
+    if env.get("DATAHUB_GMS_TOKEN_FILE") != "/etc/datahub/auth/token" or "DATAHUB_GMS_TOKEN" in env:
+        what(f"the token is not read from DataHub's token file: {env}")
+    mount = next((m for m in controller["volumeMounts"] if m["mountPath"] == "/etc/datahub/auth"), None)
+    volume = next((v for v in pod["volumes"] if mount and v["name"] == mount["name"]), {})
+    if volume.get("secret", {}).get("secretName") != "datahub-access-token":
+        what(f"DataHub's token Secret is not mounted at /etc/datahub/auth: {pod['volumes']}")
+    if secrets_to_make(documents) != {"datahub-access-token"}:
+        what(f"Secrets to make by hand: {sorted(secrets_to_make(documents))}")
+    fleet = next(d for d in validate(render(merge(values, {"mode": "fleet"})), f"{label} (mode fleet)")
+                 if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "demo-outpost-controller")
+    for key in ("selector", "serviceName", "volumeClaimTemplates"):
+        if fleet["spec"][key] != workloads[0]["spec"][key]:
+            what(f"spec.{key} differs between the modes (a StatefulSet cannot change it): helm upgrade would fail")
+    if "Mode standalone" not in notes(values):
+        what("the notes do not say the mode")
+    # A token file at another path (a CSI or Vault mount, DataHub's extraVolumes): mounted in the controller too.
+    vault = merge(values, {"mode": "fleet", "global": {"datahub": {"auth": {"tokenFile": "/mnt/vault/token"}}},
+                           "extraVolumes": [{"name": "vault", "csi": {"driver": "secrets-store.csi.k8s.io"}}],
+                           "extraVolumeMounts": [{"name": "vault", "mountPath": "/mnt/vault", "readOnly": True}]})
+    controller = next(d for d in validate(render(vault), f"{label}, token file in a CSI mount")
+                      if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "demo-outpost-controller")
+    spec = controller["spec"]["template"]["spec"]
+    if env_of(spec["containers"][0]).get("DATAHUB_GMS_TOKEN_FILE") != "/mnt/vault/token" \
+            or not any(v["name"] == "vault" for v in spec["volumes"]) \
+            or not any(m["mountPath"] == "/mnt/vault" for m in spec["containers"][0]["volumeMounts"]):
+        what("a token file in DataHub's extraVolumes does not reach the controller")
+    print(f"{label}: one pod (the controller a sidecar, one agent on loopback) with DataHub's settings; the token "
+          "read from its file; the controller's volume unchanged between the modes")
 
 
 # Objects of add-ons' CRDs (Prometheus Operator, KEDA) have no schema in kubernetes-validate: checked by hand.
@@ -150,6 +223,7 @@ def main():
     if any(a.startswith("--ui-listen") for a in controller["spec"]["template"]["spec"]["containers"][0]["args"]):
         sys.exit("the status page must be off by default")
     check_datahub_values(os.path.join(HERE, "helm", "examples", "from-datahub-executor.yaml"))
+    check_standalone(os.path.join(HERE, "helm", "examples", "from-datahub-executor.yaml"))
     for path in sorted(glob.glob(os.path.join(HERE, "helm", "examples", "*.yaml"))):
         with open(path) as f:
             values = yaml.safe_load(f)
@@ -168,6 +242,7 @@ def main():
             print(f"{os.path.relpath(path, HERE)}: the status page is served over HTTPS on port 7480")
     for broken, expected in [({"ingestions": {"max_workers": 4}}, "moved to DataHub's path"),
                              ({"workloadKind": "DaemonSet"}, "workloadKind must be Deployment or StatefulSet"),
+                             ({"mode": "single"}, "mode must be fleet or standalone"),
                              ({"controller": {"tlsSecretName": "t"}}, "needs controller.caSecretName"),
                              (merge(REQUIRED, {"replicaCount": 2,
                                              "agents": {"enrollment": "certificates", "certificatesSecretName": "c"}}),

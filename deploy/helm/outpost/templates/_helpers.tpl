@@ -41,19 +41,36 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The GMS flags' environment, shared by both workloads that talk to GMS. */}}
+{{/* The controller's GMS environment: the URL, and the token from DataHub's Secret or (global.datahub.auth.tokenFileEnabled)
+as a file, read again whenever it changes. */}}
 {{- define "outpost.gmsEnv" -}}
+{{- $auth := .Values.global.datahub.auth | default dict }}
 {{- with .Values.global.datahub.gms.url }}
 - name: DATAHUB_GMS_URL
   value: {{ . | quote }}
 {{- end }}
-{{- if .Values.global.datahub.gms.secretRef }}
+{{- if $auth.tokenFileEnabled }}
+- name: DATAHUB_GMS_TOKEN_FILE
+  value: {{ $auth.tokenFile | default "/etc/datahub/auth/token" | quote }}
+{{- else if .Values.global.datahub.gms.secretRef }}
 - name: DATAHUB_GMS_TOKEN
   valueFrom:
     secretKeyRef:
       name: {{ .Values.global.datahub.gms.secretRef }}
       key: {{ .Values.global.datahub.gms.secretKey }}
 {{- end }}
+{{- end -}}
+
+{{/*
+How the token file reaches the controller: "secret" (DataHub's Secret mounted at DataHub's default path,
+/etc/datahub/auth), "extra" (another path, e.g. a CSI or Vault mount: DataHub's extraVolumes/extraVolumeMounts are
+mounted in the controller too) or "" (no token file).
+*/}}
+{{- define "outpost.tokenFileMount" -}}
+{{- $auth := .Values.global.datahub.auth | default dict -}}
+{{- if $auth.tokenFileEnabled -}}
+{{- if and $auth.tokenFile (ne $auth.tokenFile "/etc/datahub/auth/token") -}}extra{{- else if .Values.global.datahub.gms.secretRef -}}secret{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The Secret holding the release's bootstrap join token (made once by the chart, kept across upgrades). */}}
@@ -96,7 +113,7 @@ per component (controller.serviceAccount / agents.serviceAccount), carrying serv
 {{- $name := "" -}}
 {{- $annotations := dict -}}
 {{- if $shared.name -}}
-{{- if and $shared.create (eq .component "agent") -}}
+{{- if and $shared.create (eq .component "controller") -}}
 {{- $name = $shared.name -}}
 {{- $annotations = $shared.annotations | default dict -}}
 {{- end -}}
