@@ -39,6 +39,31 @@ pub struct Args {
     /// Trust the controller's CA only if its public key hashes to this (`sha256:<hex>`, as kubeadm's discovery hash).
     #[arg(long, env = "OUTPOST_CA_PIN")]
     pub ca_pin: Option<String>,
+    /// How long to keep trying while the join listener cannot be reached (a controller that is still starting,
+    /// e.g. beside the agent in one pod or task); a refusal ends the wait at once.
+    #[arg(long, env = "OUTPOST_JOIN_WAIT", value_parser = outpost_common::duration::parse, default_value = "5m")]
+    pub join_wait: Duration,
+    /// The first pause between join attempts (doubling, with jitter, up to 10 s).
+    #[arg(long, env = "OUTPOST_JOIN_RETRY_MIN", value_parser = outpost_common::duration::parse, default_value = "500ms")]
+    pub join_retry_min: Duration,
+}
+
+/// Why a join attempt failed: worth another try, or final.
+enum JoinFailure {
+    /// The join listener could not be reached, or answered UNAVAILABLE.
+    Unreachable(anyhow::Error),
+    Refused(anyhow::Error),
+}
+
+impl JoinFailure {
+    /// A failed gRPC call: UNAVAILABLE (and transport errors, which tonic reports so) may pass.
+    fn of_status(status: tonic::Status, what: &str) -> JoinFailure {
+        let error = anyhow::anyhow!("{what}: {}", status.message());
+        match status.code() {
+            tonic::Code::Unavailable => JoinFailure::Unreachable(error),
+            _ => JoinFailure::Refused(error),
+        }
+    }
 }
 
 /// The identity the agent connects with.
@@ -147,28 +172,7 @@ pub async fn credentials(
         Some(url) => url.clone(),
         None => default_join_url(controller)?,
     };
-    let ca_pem = trusted_ca(args, &token, &join_url).await?;
-    let key = KeyPair::generate()?;
-    let csr = CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
-    let server_name =
-        outpost_common::tls::server_name_of(&join_url).context("--join-url must look like https://HOST:PORT")?;
-    let channel = tonic::transport::Endpoint::from_shared(join_url.clone())?
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
-                .domain_name(server_name),
-        )?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the join listener {join_url}"))?;
-    let request =
-        pb::JoinRequest { token: token.reveal(), worker_id: worker.unwrap_or_default().to_owned(), csr_pem: csr };
-    let joined = pb::join_service_client::JoinServiceClient::new(channel)
-        .join(request)
-        .await
-        .map_err(|status| anyhow::anyhow!("the controller refused to join this agent: {}", status.message()))?
-        .into_inner();
+    let (joined, key) = join_with_retries(args, &token, &join_url, worker).await?;
     if !pools.iter().any(|p| p.trim() == joined.pool) || pools.len() != 1 {
         bail!("the join token is for pool {}, but the agent was started for {}", joined.pool, pools.join(","));
     }
@@ -183,6 +187,80 @@ pub async fn credentials(
     })
 }
 
+/// Joins, trying again with backoff while the join listener cannot be reached, for up to `--join-wait`.
+async fn join_with_retries(
+    args: &Args,
+    token: &JoinToken,
+    join_url: &str,
+    worker: Option<&str>,
+) -> anyhow::Result<(pb::JoinResponse, KeyPair)> {
+    let deadline = Instant::now() + args.join_wait;
+    let mut attempt = 0;
+    loop {
+        match join_once(args, token, join_url, worker).await {
+            Ok(joined) => return Ok(joined),
+            Err(JoinFailure::Refused(error)) => return Err(error),
+            Err(JoinFailure::Unreachable(error)) => {
+                let pause =
+                    outpost_common::backoff::equal_jitter(args.join_retry_min, Duration::from_secs(10), attempt);
+                if Instant::now() + pause > deadline {
+                    return Err(error.context(format!(
+                        "the join listener {join_url} could not be reached for --join-wait {}",
+                        humantime::format_duration(args.join_wait)
+                    )));
+                }
+                warn!(join_url, error = %format!("{error:#}"), retry_in = ?pause, "the join listener cannot be reached yet");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// One join: the CA to trust, then a certificate for a new key.
+async fn join_once(
+    args: &Args,
+    token: &JoinToken,
+    join_url: &str,
+    worker: Option<&str>,
+) -> Result<(pb::JoinResponse, KeyPair), JoinFailure> {
+    let ca_pem = trusted_ca(args, token, join_url).await?;
+    let refused = JoinFailure::Refused;
+    let key = KeyPair::generate().map_err(|e| refused(e.into()))?;
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(&key))
+        .and_then(|request| request.pem())
+        .map_err(|e| refused(e.into()))?;
+    let server_name = outpost_common::tls::server_name_of(join_url)
+        .context("--join-url must look like https://HOST:PORT")
+        .map_err(refused)?;
+    let channel = tonic::transport::Endpoint::from_shared(join_url.to_owned())
+        .and_then(|endpoint| {
+            endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+                    .domain_name(server_name),
+            )
+        })
+        .map_err(|e| refused(e.into()))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| {
+            JoinFailure::Unreachable(
+                anyhow::Error::new(e).context(format!("connecting to the join listener {join_url}")),
+            )
+        })?;
+    let request =
+        pb::JoinRequest { token: token.reveal(), worker_id: worker.unwrap_or_default().to_owned(), csr_pem: csr };
+    let joined = pb::join_service_client::JoinServiceClient::new(channel)
+        .join(request)
+        .await
+        .map_err(|status| JoinFailure::of_status(status, "the controller refused to join this agent"))?
+        .into_inner();
+    Ok((joined, key))
+}
+
 /// `https://HOST:PORT` of the controller with the port + 1.
 fn default_join_url(controller: &str) -> anyhow::Result<String> {
     let (base, port) = controller.trim_end_matches('/').rsplit_once(':').context("--controller has no port")?;
@@ -192,8 +270,13 @@ fn default_join_url(controller: &str) -> anyhow::Result<String> {
 
 /// The CA bundle to trust: `--tls-ca`'s file, or the join listener's bundle checked against `--ca-pin` or the
 /// token's signature.
-async fn trusted_ca(args: &Args, token: &JoinToken, join_url: &str) -> anyhow::Result<String> {
+async fn trusted_ca(args: &Args, token: &JoinToken, join_url: &str) -> Result<String, JoinFailure> {
     let bundle = fetch_bundle(join_url, &token.id).await?;
+    check_bundle(args, token, bundle).map_err(JoinFailure::Refused)
+}
+
+/// The bundle's CA, if `--ca-pin` or the token's signature vouches for it.
+fn check_bundle(args: &Args, token: &JoinToken, bundle: pb::CaBundle) -> anyhow::Result<String> {
     if let Some(pin) = &args.ca_pin {
         let der = rustls::pki_types::CertificateDer::pem_slice_iter(bundle.ca_pem.as_bytes())
             .next()
@@ -216,10 +299,12 @@ async fn trusted_ca(args: &Args, token: &JoinToken, join_url: &str) -> anyhow::R
 
 /// Asks the join listener for its CA bundle over TLS that does not check the server (nothing is trusted yet): the
 /// bundle's signature or pin is what is checked.
-async fn fetch_bundle(join_url: &str, token_id: &str) -> anyhow::Result<pb::CaBundle> {
+async fn fetch_bundle(join_url: &str, token_id: &str) -> Result<pb::CaBundle, JoinFailure> {
+    let refused = JoinFailure::Refused;
     let authority = join_url.split_once("://").map_or(join_url, |(_, r)| r).trim_end_matches('/').to_owned();
-    let server_name =
-        outpost_common::tls::server_name_of(join_url).context("--join-url must look like https://HOST:PORT")?;
+    let server_name = outpost_common::tls::server_name_of(join_url)
+        .context("--join-url must look like https://HOST:PORT")
+        .map_err(refused)?;
     let mut config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer))
@@ -238,15 +323,20 @@ async fn fetch_bundle(join_url: &str, token_id: &str) -> anyhow::Result<pb::CaBu
     });
     // The scheme is http because the connector above does the TLS.
     let plain = format!("http://{}", join_url.split_once("://").map_or(join_url, |(_, r)| r));
-    let channel = tonic::transport::Endpoint::from_shared(plain)?
+    let channel = tonic::transport::Endpoint::from_shared(plain)
+        .map_err(|e| refused(e.into()))?
         .connect_timeout(Duration::from_secs(10))
         .connect_with_connector(connector)
         .await
-        .with_context(|| format!("connecting to the join listener {join_url}"))?;
+        .map_err(|e| {
+            JoinFailure::Unreachable(
+                anyhow::Error::new(e).context(format!("connecting to the join listener {join_url}")),
+            )
+        })?;
     let bundle = pb::join_service_client::JoinServiceClient::new(channel)
         .get_ca_bundle(pb::GetCaBundleRequest { token_id: token_id.to_owned() })
         .await
-        .map_err(|status| anyhow::anyhow!("the join listener has no CA bundle for this token: {}", status.message()))?;
+        .map_err(|status| JoinFailure::of_status(status, "the join listener has no CA bundle for this token"))?;
     Ok(bundle.into_inner())
 }
 

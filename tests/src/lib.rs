@@ -436,8 +436,21 @@ impl Cluster {
         state_dir: &Path,
         extra: &[&str],
     ) -> Proc {
+        self.joining_agent_at(&controller.url(), name, pool, token, state_dir, extra)
+    }
+
+    /// The same for a controller at `url` (which may not be running yet).
+    pub fn joining_agent_at(
+        &self,
+        url: &str,
+        name: &str,
+        pool: &str,
+        token: Option<&str>,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Proc {
         let env: Vec<(&str, &str)> = token.map(|t| ("OUTPOST_JOIN_TOKEN", t)).into_iter().collect();
-        let mut command = self.agent_command(&controller.url(), name, pool, 1, &env);
+        let mut command = self.agent_command(url, name, pool, 1, &env);
         command.arg("--state-dir").arg(state_dir).args(extra);
         Proc::spawn(&format!("agent {name}"), command, self.path(&format!("agent-{name}-{}.log", unique())))
     }

@@ -158,6 +158,34 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_before_its_controller_keeps_trying_and_joins_once_it_is_up() {
+    let cluster = Cluster::new(bins!());
+    let token_file = cluster.path("bootstrap-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let (grpc, join) = (free_port(), free_port());
+    let (listen, join_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{join}"));
+    let join_url = format!("https://127.0.0.1:{join}");
+    // Something on the join port that is not a controller yet: it takes the agent's first attempt and hangs up.
+    let not_yet = tokio::net::TcpListener::bind(&join_listen).await.unwrap();
+    let state = cluster.path("state-early");
+    let flags = ["--worker-id", "early", "--join-url", join_url.as_str(), "--join-retry-min", "100ms"];
+    let mut agent =
+        cluster.joining_agent_at(&format!("https://{listen}"), "early", "default", Some(TOKEN), &state, &flags);
+    let (attempt, _) = tokio::time::timeout(RUN_TIMEOUT, not_yet.accept()).await.expect("the agent tried").unwrap();
+    drop((attempt, not_yet));
+
+    let token_path = token_file.to_string_lossy().into_owned();
+    let controller_flags =
+        ["--listen", &listen, "--join-listen", &join_listen, "--bootstrap-token-file", token_path.as_str()];
+    let controller = cluster.controller_with_own_trust("outpost.db", &controller_flags).await;
+    let admin = admin_client(&controller, &local_admin(&cluster)).await;
+    wait_workers(&admin, 1).await;
+    assert!(!agent.exited(), "the agent is still running");
+    let listed = tokens(&cluster, &controller);
+    assert_eq!(listed[0]["used"][0]["workerId"], "early", "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_set_of_certificate_files_is_refused_at_start() {
     let cluster = Cluster::new(bins!());
     let cert = cluster.certs.join("controller.pem").to_string_lossy().into_owned();
