@@ -8,10 +8,12 @@ pub mod certs;
 pub mod config;
 pub mod ctl;
 pub mod doctor;
+pub mod edge;
 pub mod enroll;
 pub mod entry;
 pub mod gms;
 pub mod grpc;
+pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 #[cfg(test)]

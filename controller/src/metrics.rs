@@ -12,52 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::scheduler::lifecycle::Loss;
+use crate::lifecycle::{Loss, RetryReason};
 use crate::store::Store;
-
-/// Why a task went back to the queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RetryReason {
-    LeaseExpired,
-    NoAck,
-    AgentRestarted,
-    NotRunning,
-    Interrupted,
-    TaskFailed,
-}
-
-impl RetryReason {
-    const ALL: [RetryReason; 6] = [
-        RetryReason::LeaseExpired,
-        RetryReason::NoAck,
-        RetryReason::AgentRestarted,
-        RetryReason::NotRunning,
-        RetryReason::Interrupted,
-        RetryReason::TaskFailed,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            RetryReason::LeaseExpired => "lease_expired",
-            RetryReason::NoAck => "no_ack",
-            RetryReason::AgentRestarted => "agent_restarted",
-            RetryReason::NotRunning => "not_running",
-            RetryReason::Interrupted => "interrupted",
-            RetryReason::TaskFailed => "task_failed",
-        }
-    }
-}
-
-impl From<Loss> for RetryReason {
-    fn from(loss: Loss) -> RetryReason {
-        match loss {
-            Loss::LeaseExpired => RetryReason::LeaseExpired,
-            Loss::NoAck => RetryReason::NoAck,
-            Loss::AgentRestarted => RetryReason::AgentRestarted,
-            Loss::NotRunning => RetryReason::NotRunning,
-        }
-    }
-}
 
 /// The outcome of one GMS write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +92,6 @@ struct Inner {
     ready: AtomicBool,
 }
 
-const LEASE_LOSSES: [&str; 4] = ["lease_expired", "no_ack", "agent_restarted", "not_running"];
-
 impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::default();
@@ -193,8 +147,8 @@ impl Default for Metrics {
         for venv in ["warm", "cold"] {
             let _ = inner.venv_grants.get_or_create(&labels(&[("venv", venv)]));
         }
-        for reason in LEASE_LOSSES {
-            let _ = inner.lease_losses.get_or_create(&labels(&[("reason", reason)]));
+        for loss in Loss::ALL {
+            let _ = inner.lease_losses.get_or_create(&labels(&[("reason", loss.label())]));
         }
         for reason in RetryReason::ALL {
             let _ = inner.retries.get_or_create(&labels(&[("reason", reason.label())]));
@@ -228,13 +182,7 @@ impl Metrics {
     }
 
     pub fn lease_lost(&self, loss: Loss) {
-        let reason = match loss {
-            Loss::LeaseExpired => LEASE_LOSSES[0],
-            Loss::NoAck => LEASE_LOSSES[1],
-            Loss::AgentRestarted => LEASE_LOSSES[2],
-            Loss::NotRunning => LEASE_LOSSES[3],
-        };
-        self.inner.lease_losses.get_or_create(&labels(&[("reason", reason)])).inc();
+        self.inner.lease_losses.get_or_create(&labels(&[("reason", loss.label())])).inc();
     }
 
     pub fn retried(&self, reason: RetryReason) {
@@ -280,7 +228,8 @@ impl Metrics {
 
     /// Lease losses by reason label.
     pub fn lease_losses(&self) -> Vec<(&'static str, u64)> {
-        Self::counts(&self.inner.lease_losses, "reason", &LEASE_LOSSES)
+        let reasons: Vec<&'static str> = Loss::ALL.iter().map(|l| l.label()).collect();
+        Self::counts(&self.inner.lease_losses, "reason", &reasons)
     }
 
     /// Retries by reason label.

@@ -8,8 +8,8 @@ use outpost_common::pb;
 use outpost_common::venv::VenvSpec;
 use tonic::{Request, Response, Status};
 
+use crate::edge::{identity, status};
 use crate::enroll::{Enrollment, TokenRequest};
-use crate::grpc::{identity, status};
 use crate::logs::LogTails;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::{convert, identity, status};
+use super::convert;
+use crate::edge::{identity, status};
 use crate::logs::LogTails;
 use crate::scheduler::{Error as SchedulerError, Scheduler, SessionId};
 

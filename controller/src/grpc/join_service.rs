@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-use super::status;
+use crate::edge::status;
 use crate::enroll::Enrollment;
 
 pub struct JoinService {

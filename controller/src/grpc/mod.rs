@@ -4,9 +4,7 @@
 
 mod agent_service;
 mod convert;
-pub mod identity;
 pub mod join_service;
-pub mod status;
 pub mod tls;
 
 pub use convert::MAX_SLOTS;

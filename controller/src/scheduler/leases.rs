@@ -8,7 +8,7 @@ use outpost_common::task::TaskState;
 use outpost_common::venv::VenvKey;
 use tokio::time::Instant;
 
-use super::lifecycle::TaskFacts;
+use crate::lifecycle::TaskFacts;
 
 /// One task held by an agent.
 #[derive(Clone, Debug)]

@@ -6,7 +6,6 @@
 
 mod engine;
 mod leases;
-pub mod lifecycle;
 pub mod policy;
 mod queue;
 #[cfg(test)]
@@ -24,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::lifecycle::RetryPolicy;
 use crate::store::{self, AttemptRecord, NewTask, ResultRecord, Store, TaskFilter, TaskRecord};
-pub use lifecycle::RetryPolicy;
 use outpost_common::task::{Refusal, Refused, ResultStatus};
 
 /// The engine's flags: timings it hands to agents and enforces, and the retry rules.

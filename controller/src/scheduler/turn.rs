@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use tokio::sync::oneshot;
 
-use super::lifecycle::TaskFacts;
 use super::{AgentCommand, Error, SessionId};
+use crate::lifecycle::TaskFacts;
 use crate::store::{Change, NewTask, TaskRecord};
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send + Sync>;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Engine, Session};
-use crate::scheduler::lifecycle::Loss;
+use crate::lifecycle::Loss;
 use crate::scheduler::{AgentCommand, AgentHello, Error, SessionId, Welcome};
 use crate::store::{Change, WorkerSeen};
 

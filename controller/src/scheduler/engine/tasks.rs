@@ -13,9 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::Engine;
 use super::sessions::is_silent;
-use crate::metrics::RetryReason;
+use crate::lifecycle::RetryReason;
+use crate::lifecycle::{self, Decision, Event as LifeEvent, Loss, Refusal, TaskFacts};
 use crate::scheduler::leases::Lease;
-use crate::scheduler::lifecycle::{self, Decision, Event as LifeEvent, Loss, Refusal, TaskFacts};
 use crate::scheduler::{AgentCommand, AttemptResult, Error, SessionId};
 use crate::store::{AttemptEnd, Change, NewTask, ResultRecord, TaskChange, TaskRecord};
 

@@ -1,6 +1,7 @@
 //! The task life cycle as pure functions: given where a task is and what happened, what must change. No I/O,
 //! no clocks (time comes in as arguments); the engine applies the decision through the store, which fences it
-//! again by epoch. Every transition and every refusal is in the table test below.
+//! again by epoch. Every transition and every refusal is in the table test below. Owns the names of why work
+//! is lost or retried (their metric labels too), so the metrics and the engine both read them from here.
 
 use std::time::Duration;
 
@@ -51,6 +52,18 @@ pub enum Loss {
 }
 
 impl Loss {
+    pub const ALL: [Loss; 4] = [Loss::LeaseExpired, Loss::NoAck, Loss::AgentRestarted, Loss::NotRunning];
+
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Loss::LeaseExpired => "lease_expired",
+            Loss::NoAck => "no_ack",
+            Loss::AgentRestarted => "agent_restarted",
+            Loss::NotRunning => "not_running",
+        }
+    }
+
     pub fn attempt_state(self) -> AttemptState {
         match self {
             Loss::LeaseExpired | Loss::AgentRestarted | Loss::NotRunning => AttemptState::Lost,
@@ -64,6 +77,51 @@ impl Loss {
             Loss::NoAck => "the agent did not acknowledge the assignment in time",
             Loss::AgentRestarted => "the agent reconnected without it (it restarted)",
             Loss::NotRunning => "the agent's heartbeats stopped listing it (it was not running there)",
+        }
+    }
+}
+
+/// Why a task went back to the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryReason {
+    LeaseExpired,
+    NoAck,
+    AgentRestarted,
+    NotRunning,
+    Interrupted,
+    TaskFailed,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::LeaseExpired,
+        RetryReason::NoAck,
+        RetryReason::AgentRestarted,
+        RetryReason::NotRunning,
+        RetryReason::Interrupted,
+        RetryReason::TaskFailed,
+    ];
+
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::LeaseExpired => "lease_expired",
+            RetryReason::NoAck => "no_ack",
+            RetryReason::AgentRestarted => "agent_restarted",
+            RetryReason::NotRunning => "not_running",
+            RetryReason::Interrupted => "interrupted",
+            RetryReason::TaskFailed => "task_failed",
+        }
+    }
+}
+
+impl From<Loss> for RetryReason {
+    fn from(loss: Loss) -> RetryReason {
+        match loss {
+            Loss::LeaseExpired => RetryReason::LeaseExpired,
+            Loss::NoAck => RetryReason::NoAck,
+            Loss::AgentRestarted => RetryReason::AgentRestarted,
+            Loss::NotRunning => RetryReason::NotRunning,
         }
     }
 }
