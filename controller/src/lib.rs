@@ -6,7 +6,6 @@ pub mod admin;
 pub mod aws;
 pub mod certs;
 pub mod config;
-pub mod ctl;
 pub mod doctor;
 pub mod edge;
 pub mod enroll;

@@ -28,7 +28,7 @@ if ! podman image exists localhost/outpost-base:bookworm; then
 fi
 
 case "$profile" in
-    release) cargo build --release --quiet -p outpost-controller -p outpost-agent; bin="$root/target/release" ;;
+    release) cargo build --release --quiet -p outpost-controller -p outpost-ctl -p outpost-agent; bin="$root/target/release" ;;
     debug) bin="$root/target/debug" ;;
     *) echo "--profile must be release or debug" >&2; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
 //! outpostctl, built inside the test crate so the harness always runs the current code.
 fn main() -> std::process::ExitCode {
-    outpost_controller::ctl::main()
+    outpost_ctl::main()
 }

@@ -1,5 +1,0 @@
-//! `outpostctl`: see [`outpost_controller::ctl`].
-
-fn main() -> std::process::ExitCode {
-    outpost_controller::ctl::main()
-}
