@@ -1,6 +1,8 @@
 //! The controller's layering, checked: every `crate::…` import in its production code goes to a module of a lower
 //! layer of the table in docs/ARCHITECTURE.md (between `<!-- layers -->` and `<!-- /layers -->`), the one place the
-//! order lives. Test code (`#[cfg(test)]` items and `tests.rs` files) is not checked.
+//! order lives; inside `store/`, every `super::…` import of one domain file from another likewise (the table between
+//! `<!-- layers store -->` and `<!-- /layers -->`). Test code (`#[cfg(test)]` items and `tests.rs` files) is not
+//! checked.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,10 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-/// Module name → layer, from the document's table.
-fn layers(doc: &str) -> BTreeMap<String, u32> {
-    let start = doc.find("<!-- layers -->").expect("docs/ARCHITECTURE.md has a <!-- layers --> table");
-    let end = doc.find("<!-- /layers -->").expect("the layer table ends with <!-- /layers -->");
+/// Module name → layer, from the document's table marked `marker` (`<!-- layers -->`).
+fn layers(doc: &str, marker: &str) -> BTreeMap<String, u32> {
+    let start = doc.find(marker).unwrap_or_else(|| panic!("docs/ARCHITECTURE.md has no {marker} table"));
+    let end = start + doc[start..].find("<!-- /layers -->").expect("a layer table ends with <!-- /layers -->");
     let mut table = BTreeMap::new();
     for line in doc[start..end].lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -66,12 +68,16 @@ fn identifier(text: &str) -> &str {
     &text[..end]
 }
 
-/// The first path segment of every `crate::…` reference (`crate::{a, b::c}` gives a and b).
-fn imports(code: &str) -> Vec<String> {
+/// The first path segment of every `prefix…` reference (`crate::{a, b::c}` gives a and b).
+fn imports(code: &str, prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
+    while let Some(at) = rest.find(prefix) {
+        if rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+            rest = &rest[at + prefix.len()..];
+            continue; // `self::super::`, `a_crate::`: not this prefix
+        }
+        rest = &rest[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             let (mut depth, mut item_start) = (1, 0);
             for (i, c) in group.char_indices() {
@@ -96,8 +102,10 @@ fn imports(code: &str) -> Vec<String> {
     found
 }
 
-/// Every import against the table, as "file: a (layer N) imports b (layer M)".
-fn violations(root: &Path, table: &BTreeMap<String, u32>) -> Vec<String> {
+/// Every import against the table, as "file: a (layer N) imports b (layer M)": the modules are the entries of
+/// `root`, their imports the references that start with one of `prefixes`; a name that is no module is the root's
+/// own (`root` is "lib", or exempt with `root_own = None`).
+fn violations(root: &Path, table: &BTreeMap<String, u32>, prefixes: &[&str], root_own: Option<&str>) -> Vec<String> {
     let mut problems = Vec::new();
     let mut files = Vec::new();
     let mut dirs = vec![root.to_owned()];
@@ -118,6 +126,9 @@ fn violations(root: &Path, table: &BTreeMap<String, u32>) -> Vec<String> {
         .collect();
     for file in files {
         let relative = file.strip_prefix(root).unwrap();
+        if root_own.is_none() && (relative.components().count() > 1 || relative == Path::new("mod.rs")) {
+            continue; // inside a module directory: its files and their own submodules only
+        }
         let first = relative.components().next().unwrap().as_os_str().to_string_lossy();
         let module = first.trim_end_matches(".rs").to_owned();
         let Some(&layer) = table.get(&module) else {
@@ -125,9 +136,16 @@ fn violations(root: &Path, table: &BTreeMap<String, u32>) -> Vec<String> {
             continue;
         };
         let code = production_code(&std::fs::read_to_string(&file).unwrap());
-        for target in imports(&code) {
-            // A name at the crate root that is not a module (a function, a macro) is the root's own unless listed.
-            let target = if modules.contains(&target) || table.contains_key(&target) { target } else { "lib".into() };
+        for target in prefixes.iter().flat_map(|prefix| imports(&code, prefix)) {
+            // A name at the root that is not a module (a function, a macro, a type) is the root's own unless listed.
+            let target = if modules.contains(&target) || table.contains_key(&target) {
+                target
+            } else {
+                match root_own {
+                    Some(own) => own.to_owned(),
+                    None => continue,
+                }
+            };
             if target == module {
                 continue;
             }
@@ -149,8 +167,17 @@ fn violations(root: &Path, table: &BTreeMap<String, u32>) -> Vec<String> {
 #[test]
 fn the_controller_imports_only_from_lower_layers() {
     let doc = std::fs::read_to_string(workspace().join("docs/ARCHITECTURE.md")).unwrap();
-    let problems = violations(&workspace().join("controller/src"), &layers(&doc));
+    let problems =
+        violations(&workspace().join("controller/src"), &layers(&doc, "<!-- layers -->"), &["crate::"], Some("lib"));
     assert!(problems.is_empty(), "imports against docs/ARCHITECTURE.md's layer table:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_stores_domain_files_import_only_from_lower_layers() {
+    let doc = std::fs::read_to_string(workspace().join("docs/ARCHITECTURE.md")).unwrap();
+    let table = layers(&doc, "<!-- layers store -->");
+    let problems = violations(&workspace().join("controller/src/store"), &table, &["super::", "crate::store::"], None);
+    assert!(problems.is_empty(), "imports against the store's layer table:\n{}", problems.join("\n"));
 }
 
 #[test]
@@ -168,7 +195,7 @@ fn the_check_finds_an_upward_import_a_sibling_import_and_an_unlisted_module() {
     write("metrics.rs", "use crate::store::Store;\n");
     write("stray.rs", "");
     let doc = "<!-- layers -->\n| layer | modules |\n|---|---|\n| 0 | store |\n| 1 | scheduler, metrics |\n| 2 | lib, run |\n<!-- /layers -->";
-    let problems = violations(root.path(), &layers(doc));
+    let problems = violations(root.path(), &layers(doc, "<!-- layers -->"), &["crate::"], Some("lib"));
     assert_eq!(
         problems,
         [

@@ -10,7 +10,7 @@ use rusqlite::{Transaction, params};
 
 use super::outbox;
 use super::tasks::{TaskRecord, load, task_records};
-use super::turn::{Change, Effects, Turn};
+use super::transaction::Effects;
 use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
@@ -182,23 +182,6 @@ pub(super) fn heartbeats(tx: &Transaction<'_>, beats: &[(AttemptRef, i64)]) -> R
 }
 
 impl Store {
-    /// Grants a QUEUED task to a worker (a turn of one).
-    pub async fn grant(&self, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Grant, Error> {
-        let turn = Turn { grants: vec![(id.clone(), worker.clone())], ..Turn::default() };
-        match self.write_turn(turn, now_ms).await?.granted.pop() {
-            Some(grant) => Ok(grant),
-            None => {
-                let task = self.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?.0;
-                Err(Error::refused(&task, None, Refusal::NotQueued { state: task.state }))
-            }
-        }
-    }
-
-    /// Applies one change on its own (a turn of one).
-    pub async fn write(&self, change: Change, now_ms: i64) -> Result<(), Error> {
-        self.write_turn(Turn::of(change), now_ms).await.map(|_| ())
-    }
-
     /// Every task an agent holds (ASSIGNED or RUNNING), to rebuild the lease table after a restart.
     pub async fn held_tasks(&self) -> Result<Vec<HeldTask>, Error> {
         let rows = sqlx::query("SELECT * FROM tasks WHERE state IN ('ASSIGNED', 'RUNNING') ORDER BY created_at_ms, id")

@@ -6,7 +6,7 @@ use outpost_common::ids::{AspectVersion, TaskId};
 use rusqlite::Transaction;
 use rusqlite::types::Value;
 
-use super::turn::Effects;
+use super::transaction::Effects;
 use super::writer::execute;
 
 use super::{Error, Store};

@@ -1,9 +1,8 @@
-//! The store's error type: database failures, and the refusals the fencing rules produce.
+//! The store's error type: database failures, and the refusals the fencing rules produce (built from a task's
+//! row in `tasks.rs`, which knows the row).
 
-use outpost_common::ids::{Epoch, TaskId};
-use outpost_common::task::{Refusal, Refused};
-
-use super::tasks::TaskRecord;
+use outpost_common::ids::TaskId;
+use outpost_common::task::Refused;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,21 +19,4 @@ pub enum Error {
     Corrupt(String),
     #[error("database error (writer): {0}")]
     Writer(String),
-}
-
-impl Error {
-    pub(super) fn refused(task: &TaskRecord, presented: Option<Epoch>, refusal: Refusal) -> Error {
-        Error::Refused(Refused { task: task.request.id.clone(), presented, refusal })
-    }
-
-    /// Explains why a change fenced by `presented` (and by state) matched no row: a newer epoch, a finished task,
-    /// else `otherwise`.
-    pub(super) fn fence(task: &TaskRecord, presented: Option<Epoch>, otherwise: Refusal) -> Error {
-        let refusal = match presented {
-            Some(epoch) if epoch != task.epoch => Refusal::StaleEpoch { current: task.epoch },
-            _ if task.state.is_terminal() => Refusal::Terminal { state: task.state },
-            _ => otherwise,
-        };
-        Error::refused(task, presented, refusal)
-    }
 }

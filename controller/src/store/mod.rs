@@ -27,6 +27,7 @@ mod sqs;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod transaction;
 mod turn;
 mod ui;
 mod workers;

@@ -5,7 +5,7 @@ use outpost_common::ids::{AspectVersion, Epoch, TaskId};
 use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
-use super::turn::Effects;
+use super::transaction::Effects;
 use super::writer::execute;
 use super::{Error, Store};
 

@@ -11,7 +11,7 @@ use rusqlite::{Transaction, params};
 use sqlx::{FromRow, Sqlite};
 
 use super::row::Columns;
-use super::turn::{Change, Effects, Turn};
+use super::transaction::Effects;
 use super::writer::{execute, writer_error};
 use super::{Error, Store, outbox, parse};
 
@@ -259,13 +259,6 @@ pub(super) fn cancel_queued(
 }
 
 impl Store {
-    /// Records a new QUEUED task; a task with the same id already stored is returned unchanged
-    /// (`created = false`): a second submit of the same execution request is the same task.
-    pub async fn insert_task(&self, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
-        let written = self.write_turn(Turn::of(Change::Submit(task.clone())), now_ms).await?;
-        written.submitted.into_iter().next().ok_or_else(|| Error::NotFound(task.id.clone()))
-    }
-
     /// Every QUEUED task, oldest first (to rebuild the in-memory queues at start-up).
     pub async fn queued_tasks(&self) -> Result<Vec<TaskRecord>, Error> {
         let rows = sqlx::query("SELECT * FROM tasks WHERE state = 'QUEUED' ORDER BY created_at_ms, id")
@@ -369,5 +362,23 @@ impl Store {
         query.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ").push_bind(limit as i64);
         let rows = query.build().fetch_all(&self.reads).await?;
         task_records(&rows)
+    }
+}
+
+/// Refusals, from the task's row.
+impl Error {
+    pub(super) fn refused(task: &TaskRecord, presented: Option<Epoch>, refusal: Refusal) -> Error {
+        Error::Refused(outpost_common::task::Refused { task: task.request.id.clone(), presented, refusal })
+    }
+
+    /// Explains why a change fenced by `presented` (and by state) matched no row: a newer epoch, a finished task,
+    /// else `otherwise`.
+    pub(super) fn fence(task: &TaskRecord, presented: Option<Epoch>, otherwise: Refusal) -> Error {
+        let refusal = match presented {
+            Some(epoch) if epoch != task.epoch => Refusal::StaleEpoch { current: task.epoch },
+            _ if task.state.is_terminal() => Refusal::Terminal { state: task.state },
+            _ => otherwise,
+        };
+        Error::refused(task, presented, refusal)
     }
 }

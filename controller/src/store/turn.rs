@@ -5,12 +5,13 @@
 //! nothing of that turn may stand).
 
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
-use rusqlite::{Transaction, TransactionBehavior};
+use outpost_common::task::Refusal;
+use rusqlite::Transaction;
 
 use super::attempts::{self, AttemptEnd, Grant};
 use super::tasks::{self, NewTask, TaskRecord};
+use super::transaction::Effects;
 use super::workers::{self, WorkerSeen};
-use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
 /// One durable change the engine decided.
@@ -59,16 +60,6 @@ pub struct TurnWritten {
     pub granted: Vec<Grant>,
 }
 
-/// What a transaction did beyond its rows, to announce once it is durable; and whether results are reported.
-#[derive(Debug, Default)]
-pub(super) struct Effects {
-    /// GMS reporting is on: state changes write outbox rows.
-    pub reporting: bool,
-    pub outbox_added: bool,
-    /// A terminal result was delivered (or recorded, with reporting off): SQS messages may go.
-    pub reported: bool,
-}
-
 impl Store {
     /// Applies a turn in one transaction and commits it; nothing of it happens if any change is refused (the
     /// error is the first refusal) or the database fails.
@@ -97,48 +88,31 @@ impl Store {
             Ok(written)
         }
     }
-
-    /// Runs `job` in one write transaction on the writer (all or nothing), then announces what it did.
-    pub(super) async fn transaction<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&Transaction<'_>, &mut Effects) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        self.start_transaction(job).await
-    }
-
-    /// Hands a transaction to the writer now; the future resolves once it committed (and what it did was
-    /// announced, from the writer thread) or failed.
-    fn start_transaction<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&Transaction<'_>, &mut Effects) -> Result<T, Error> + Send + 'static,
-    ) -> impl Future<Output = Result<T, Error>> + Send + Sync + 'static {
-        let reporting = self.reporting;
-        let (outbox_added, reported) = (self.outbox_added.clone(), self.reported.clone());
-        let committed = self.writer.submit(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
-            let mut effects = Effects { reporting, ..Effects::default() };
-            let value = job(&tx, &mut effects)?;
-            tx.commit().map_err(writer_error)?;
-            if effects.outbox_added {
-                outbox_added.notify_one();
-            }
-            if effects.reported {
-                reported.send_modify(|n| *n = n.wrapping_add(1));
-            }
-            Ok::<_, Error>(value)
-        });
-        async move { committed.await? }
-    }
 }
 
 impl Store {
-    /// One statement in a transaction of its own (bookkeeping outside the engine's turns).
-    pub(super) async fn execute_alone(
-        &self,
-        sql: &'static str,
-        values: Vec<rusqlite::types::Value>,
-    ) -> Result<(), Error> {
-        self.transaction(move |tx, _| execute(tx, sql, rusqlite::params_from_iter(values)).map(|_| ())).await
+    /// Grants a QUEUED task to a worker (a turn of one).
+    pub async fn grant(&self, id: &TaskId, worker: &WorkerId, now_ms: i64) -> Result<Grant, Error> {
+        let turn = Turn { grants: vec![(id.clone(), worker.clone())], ..Turn::default() };
+        match self.write_turn(turn, now_ms).await?.granted.pop() {
+            Some(grant) => Ok(grant),
+            None => {
+                let task = self.task(id).await?.ok_or_else(|| Error::NotFound(id.clone()))?.0;
+                Err(Error::refused(&task, None, Refusal::NotQueued { state: task.state }))
+            }
+        }
+    }
+
+    /// Applies one change on its own (a turn of one).
+    pub async fn write(&self, change: Change, now_ms: i64) -> Result<(), Error> {
+        self.write_turn(Turn::of(change), now_ms).await.map(|_| ())
+    }
+
+    /// Records a new QUEUED task; a task with the same id already stored is returned unchanged
+    /// (`created = false`): a second submit of the same execution request is the same task.
+    pub async fn insert_task(&self, task: &NewTask, now_ms: i64) -> Result<(TaskRecord, bool), Error> {
+        let written = self.write_turn(Turn::of(Change::Submit(task.clone())), now_ms).await?;
+        written.submitted.into_iter().next().ok_or_else(|| Error::NotFound(task.id.clone()))
     }
 }
 
