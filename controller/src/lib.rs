@@ -2,28 +2,28 @@
 //! attempts and results in SQLite. [`run`] wires the subsystems under one cancellation token and shuts them down
 //! in order.
 
-pub mod admin;
-pub mod aws;
+pub(crate) mod admin;
+pub(crate) mod aws;
 pub mod certs;
-pub mod config;
-pub mod doctor;
-pub mod edge;
-pub mod enroll;
+pub(crate) mod config;
+pub(crate) mod doctor;
+pub(crate) mod edge;
+pub(crate) mod enroll;
 pub mod entry;
 pub mod gms;
-pub mod grpc;
-pub mod lifecycle;
-pub mod logs;
-pub mod metrics;
+pub(crate) mod grpc;
+pub(crate) mod lifecycle;
+pub(crate) mod logs;
+pub(crate) mod metrics;
 #[cfg(test)]
 mod parsers_properties;
-pub mod reporter;
-pub mod scheduler;
+pub(crate) mod reporter;
+pub(crate) mod scheduler;
 pub mod sources;
-pub mod store;
-pub mod supervisor;
-pub mod trust;
-pub mod ui;
+pub(crate) mod store;
+pub(crate) mod supervisor;
+pub(crate) mod trust;
+pub(crate) mod ui;
 
 use std::sync::{Arc, OnceLock};
 

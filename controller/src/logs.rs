@@ -46,6 +46,7 @@ impl LogTails {
     }
 
     /// Bytes held by every tail together.
+    #[cfg(test)]
     pub fn total_bytes(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
     }

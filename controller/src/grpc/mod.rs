@@ -7,9 +7,8 @@ mod convert;
 pub mod join_service;
 pub mod tls;
 
-pub use convert::MAX_SLOTS;
 #[cfg(test)]
-pub(crate) use convert::{hello as convert_hello, outcome as convert_outcome};
+pub(crate) use convert::{MAX_SLOTS, hello as convert_hello, outcome as convert_outcome};
 
 use std::time::Duration;
 

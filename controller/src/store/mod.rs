@@ -42,16 +42,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, SqlitePool};
 use tokio::sync::{Notify, watch};
 
-pub use attempts::{AttemptEnd, Grant, HeldTask, ResultRecord, TaskChange};
+pub use attempts::{AttemptEnd, Grant, ResultRecord, TaskChange};
 pub use claims::WaitingClaim;
-pub use enrollment::{JoinRefused, JoinToken, NewToken, TokenUse};
+pub use enrollment::{JoinRefused, JoinToken, NewToken};
 pub use error::Error;
 pub use outbox::{Delivery, OutboxEntry, OutboxKind, ProgressCandidate};
 pub use sqs::{HeldMessage, Quarantined};
-pub use tasks::{AttemptRecord, NewTask, PoolBacklog, TaskFilter, TaskRecord, TaskResult};
+pub use tasks::{AttemptRecord, NewTask, PoolBacklog, TaskFilter, TaskRecord};
 pub use turn::{Change, Turn, TurnWritten};
-pub use ui::{NewUiToken, UiTokenCheck};
-pub use workers::{WorkerRecord, WorkerSeen};
+pub use ui::NewUiToken;
+pub use workers::WorkerSeen;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
