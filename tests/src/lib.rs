@@ -19,6 +19,7 @@ mod held;
 pub mod history;
 mod moto;
 mod ops;
+mod processes;
 mod proxy;
 
 pub use api::*;
@@ -27,6 +28,7 @@ pub use gms::*;
 pub use held::*;
 pub use moto::*;
 pub use ops::*;
+pub use processes::*;
 pub use proxy::Proxy;
 
 /// The programs under test.
@@ -103,6 +105,8 @@ pub struct Proc {
     pub(crate) child: Child,
     log: PathBuf,
     exited: Option<ExitStatus>,
+    /// An agent's --work-dir: the CLIs it started are killed with it.
+    work_dir: Option<PathBuf>,
 }
 
 impl Proc {
@@ -110,7 +114,7 @@ impl Proc {
         let file = std::fs::File::create(&log).expect("create log file");
         command.stdout(file.try_clone().expect("clone log handle")).stderr(file).stdin(Stdio::null());
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_owned(), child, log, exited: None }
+        Proc { name: name.to_owned(), child, log, exited: None, work_dir: None }
     }
 
     /// Whether the process has exited (without waiting).
@@ -157,7 +161,9 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
-        kill_cli_groups(&self.log());
+        if let Some(dir) = &self.work_dir {
+            kill_processes_under(dir);
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -422,7 +428,7 @@ impl Cluster {
             .arg("--tls-ca")
             .arg(self.certs.join("ca.pem"))
             .args(extra);
-        Proc::spawn(&format!("agent {worker}"), command, self.path(&format!("agent-{worker}-{}.log", unique())))
+        self.spawn_agent_proc(worker, command)
     }
 
     /// Starts an agent with no certificate: it joins with `token` (through the environment, as
@@ -452,7 +458,15 @@ impl Cluster {
         let env: Vec<(&str, &str)> = token.map(|t| ("OUTPOST_JOIN_TOKEN", t)).into_iter().collect();
         let mut command = self.agent_command(url, name, pool, 1, &env);
         command.arg("--state-dir").arg(state_dir).args(extra);
-        Proc::spawn(&format!("agent {name}"), command, self.path(&format!("agent-{name}-{}.log", unique())))
+        self.spawn_agent_proc(name, command)
+    }
+
+    /// Starts agent `name` (its --work-dir is `work-<name>`, see `agent_command`).
+    fn spawn_agent_proc(&self, name: &str, command: Command) -> Proc {
+        let mut proc =
+            Proc::spawn(&format!("agent {name}"), command, self.path(&format!("agent-{name}-{}.log", unique())));
+        proc.work_dir = Some(self.path(&format!("work-{name}")));
+        proc
     }
 
     /// What every agent process gets: the controller, its pool and slots, the project's `datahub`, fast
@@ -568,41 +582,5 @@ pub async fn tls_verdict(addr: SocketAddr, ca: &Path, client: Option<(&Path, &Pa
         Ok(0) => "closed without an alert".to_owned(),
         Ok(_) => "accepted".to_owned(),
         Err(e) => e.to_string(),
-    }
-}
-
-/// Process-group ids of the `datahub` CLIs an agent started, read from its log.
-pub fn cli_process_groups(agent_log: &str) -> Vec<i32> {
-    agent_log
-        .lines()
-        .filter(|line| line.contains("datahub CLI started"))
-        .filter_map(|line| line.split("pid=Some(").nth(1)?.split(')').next()?.parse().ok())
-        .collect()
-}
-
-/// Live processes (not zombies) whose process group is `pgid`, from /proc.
-pub fn processes_in_group(pgid: i32) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // After the command name in parentheses: state, ppid, pgrp, ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Kills whatever is left of the CLIs an agent started (an agent killed with SIGKILL leaves them running).
-pub fn kill_cli_groups(agent_log: &str) {
-    for pgid in cli_process_groups(agent_log) {
-        // SAFETY: killpg(2) has no memory-safety preconditions.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
-        }
     }
 }

@@ -168,13 +168,13 @@ async fn a_kill_signal_in_gms_cancels_the_run_and_its_process_group() {
     let gms = cluster.gms(&[]).await;
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
     // Never released: only the KILL ends it.
     let run = cluster.held_run("killed");
     submit(&mut admin, "killed", run.recipe()).await;
     run.wait_started(1).await;
     let pgid = wait_until("the CLI to start", Duration::from_secs(30), || {
-        let groups = cli_process_groups(&agent.log());
+        let groups = cluster.cli_process_groups("w-1");
         async move { groups.first().copied() }
     })
     .await;

@@ -148,7 +148,7 @@ async fn a_killed_controllers_claim_is_taken_over_after_the_ttl_and_its_late_wri
     .await;
     let first_holder = gms.claimed_writes(&urn("orphan")).await[0].holder.clone().unwrap();
     first.proc.kill();
-    kill_cli_groups(&first_agent.log());
+    cluster.kill_cli_processes("w-1");
     first_agent.kill();
     run.release();
 

@@ -38,7 +38,7 @@ async fn a_killed_agent_loses_its_task_to_the_other_agent_within_the_lease_ttl()
 
     first.signal(libc::SIGKILL);
     first.wait_exit(Duration::from_secs(10)).await;
-    kill_cli_groups(&first.log());
+    cluster.kill_cli_processes("w-1");
     run.release();
     let task = wait_terminal(&admin, "survivor").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
@@ -232,7 +232,7 @@ async fn cancelling_a_running_ingest_kills_its_process_group() {
     submit(&mut admin, "to-cancel", run.recipe()).await;
     run.wait_started(1).await;
     let pgid = wait_until("the CLI to start", Duration::from_secs(30), || {
-        let groups = cli_process_groups(&agent.log());
+        let groups = cluster.cli_process_groups("w-1");
         async move { groups.first().copied() }
     })
     .await;

@@ -148,7 +148,7 @@ async fn nemesis(seed: u64) {
             2 => gms.delay_matching(Duration::from_millis(1500), 2, "").await,
             3 => {
                 let n = rng.usize(..agents.len());
-                kill_cli_groups(&agents[n].log());
+                cluster.kill_cli_processes(WORKERS[n].0);
                 agents[n].kill();
                 agents[n] = agent(n);
             }
@@ -252,10 +252,8 @@ async fn nemesis(seed: u64) {
     }
     let violations = history::check(&history);
     assert!(violations.is_empty(), "seed {seed} (replay: NEMESIS_SEED={seed}), faults {faults:?}: {violations:#?}");
-    for agent in &agents {
-        for pgid in cli_process_groups(&agent.log()) {
-            assert_eq!(processes_in_group(pgid), Vec::<i32>::new(), "seed {seed}: a CLI process was left behind");
-        }
+    for (worker, _) in WORKERS {
+        assert_eq!(cluster.cli_processes(worker), [], "seed {seed}: a CLI process of {worker} was left behind");
     }
     for entry in std::fs::read_dir(cluster.path("")).unwrap().flatten() {
         let text = std::fs::read(entry.path()).unwrap_or_default();

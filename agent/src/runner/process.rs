@@ -276,7 +276,8 @@ impl Run<'_> {
         }
         let mut child = command.spawn().map_err(|e| format!("Failed to start '{}': {e}", cli.display()))?;
         let pgid = child.id().map(|id| id as i32);
-        info!(exec_id = %spec.exec_id, pid = ?pgid, "datahub CLI started");
+        // The CLI leads its own process group: its pid is the group's id.
+        info!(exec_id = %spec.exec_id, pid = pgid.unwrap_or_default(), "datahub CLI started");
         self.report.info(format!("Executing: {} {}", cli.display(), prepared.argv.join(" ")));
 
         let mut stdin = child.stdin.take().ok_or("the CLI's stdin is not piped")?;
