@@ -42,6 +42,14 @@ pub fn metric(samples: &[serde_json::Value], name: &str, labels: &[(&str, &str)]
         .and_then(|s| s["value"].as_f64())
 }
 
+/// Venv builds an agent made, whatever their outcome (its `outpost_agent_venv_builds_total` at `metrics_addr`).
+pub async fn agent_venv_builds(metrics_addr: &str) -> usize {
+    let (_, text) = http_get(&format!("http://{metrics_addr}/metrics")).await;
+    let samples = parse_metrics(&text);
+    let built = |outcome| metric(&samples, "outpost_agent_venv_builds_total", &[("outcome", outcome)]).unwrap_or(0.0);
+    (built("ok") + built("failed")) as usize
+}
+
 impl Cluster {
     /// Runs grpcurl (from the project venv) with the admin certificate against the controller.
     pub fn grpcurl(&self, controller: &Controller, args: &[&str]) -> Output {

@@ -215,8 +215,9 @@ async fn a_pinned_version_builds_its_venv_once_for_two_concurrent_tasks() {
     // uv with the tests' cache, which scripts/setup-python.sh --warm-venv-cache filled: no download in the test.
     let env = uv_installer_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let agent =
-        cluster.agent_with_env(&controller, "w-1", 2, &["--venv-root", &venv_root, "--venv-python", &python], &env);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = ["--venv-root", &venv_root, "--venv-python", &python, "--metrics-listen", &metrics];
+    let _agent = cluster.agent_with_env(&controller, "w-1", 2, &flags, &env);
     for id in ["pinned-1", "pinned-2"] {
         submit_args(&mut admin, id, "RUN_INGEST", &[("recipe", file_recipe()), ("version", "1.7.0.17".into())]).await;
     }
@@ -226,7 +227,7 @@ async fn a_pinned_version_builds_its_venv_once_for_two_concurrent_tasks() {
         assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{report}");
         assert!(report.contains(&venv_root), "ran from the venv: {report}");
     }
-    assert_eq!(agent.log().matches("building virtualenv").count(), 1, "one build for both tasks");
+    assert_eq!(agent_venv_builds(&metrics).await, 1, "one build for both tasks");
     let built: Vec<_> = std::fs::read_dir(&venvs).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(built.len(), 1, "{built:?}");
     assert!(built[0].to_string_lossy().starts_with("file-"));
