@@ -228,9 +228,9 @@ async fn a_refused_token_keeps_results_until_it_is_fixed() {
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
     submit(&mut admin, "unauthorized", file_recipe()).await;
     wait_terminal(&admin, "unauthorized").await;
-    wait_until("a 401 to be logged", Duration::from_secs(30), || {
-        let log = controller.proc.log();
-        async move { log.contains("GMS refused our credentials (HTTP 401)").then_some(()) }
+    wait_until("GMS to answer a result write with 401", Duration::from_secs(30), || async {
+        let writes = gms.result_writes("urn:li:dataHubExecutionRequest:unauthorized").await;
+        writes.iter().any(|(code, _)| *code == 401).then_some(())
     })
     .await;
     assert_eq!(get(&mut admin, "unauthorized").await.reported_unix_ms, 0, "kept, not dropped");
