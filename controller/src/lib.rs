@@ -134,6 +134,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             claims.clone(),
             scheduler.clone(),
             store.clone(),
+            metrics.clone(),
             sources_token.clone(),
         );
         services.spawn("GMS channel", true, channel);
@@ -221,6 +222,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             datahub_url: config.ui.datahub_url.clone(),
             refresh: config.ui.ui_refresh_interval,
             secure: tls.is_some(),
+            metrics: metrics.clone(),
         };
         let serve = ui::serve(listener, page, config.ui.ui_read_timeout, tls, ui_token.clone());
         services.spawn("status page", false, serve);

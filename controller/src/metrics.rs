@@ -2,8 +2,9 @@
 //! happen, plus gauges read from the store at scrape time; exposed as OpenMetrics text on `--metrics-listen` with
 //! `/healthz` and `/readyz`. Must never block a hot path: recording is an atomic add.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use outpost_common::metrics::{LATENCY_BUCKETS, Labels, labels};
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +69,36 @@ pub const SQS_CALLS: [&str; 4] = ["receive", "change_visibility", "delete", "sen
 /// GMS write kinds.
 pub const GMS_KINDS: [&str; 3] = ["running", "progress", "terminal"];
 
+/// A way requests come in for a pool (a "channel" in metrics and the API), whose calls can fail quietly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Intake {
+    /// Receiving from the pool's SQS queue.
+    Sqs,
+    /// Getting the pool's queue and credentials from DataHub Cloud's GMS.
+    DataHubCloud,
+    /// Searching open-source GMS for the pool's execution requests.
+    GmsChannel,
+}
+
+impl Intake {
+    pub fn label(self) -> &'static str {
+        match self {
+            Intake::Sqs => "sqs",
+            Intake::DataHubCloud => "datahub_cloud",
+            Intake::GmsChannel => "gms_channel",
+        }
+    }
+}
+
+/// How a pool's channel is doing: its last success, its last error (in words) and the failures since a success.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelHealth {
+    pub last_success_ms: i64,
+    pub last_error: String,
+    pub last_error_ms: i64,
+    pub consecutive_failures: u32,
+}
+
 /// Shared by every subsystem; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -89,6 +120,10 @@ struct Inner {
     sqs_calls: Family<Labels, Counter>,
     gms_writes: Family<Labels, Counter>,
     foreign_work: Family<Labels, Counter>,
+    channel_last_success: Family<Labels, Gauge>,
+    channel_failures: Family<Labels, Gauge>,
+    channel_errors: Family<Labels, Counter>,
+    channels: Mutex<BTreeMap<(String, Intake), ChannelHealth>>,
     ready: AtomicBool,
 }
 
@@ -108,6 +143,10 @@ impl Default for Metrics {
             sqs_calls: Family::default(),
             gms_writes: Family::default(),
             foreign_work: Family::default(),
+            channel_last_success: Family::default(),
+            channel_failures: Family::default(),
+            channel_errors: Family::default(),
+            channels: Mutex::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -132,6 +171,17 @@ impl Default for Metrics {
         registry.register("outpost_aborted", "Tasks ABORTED after exhausting their attempts", inner.aborted.clone());
         registry.register("outpost_connected_agents", "Agents with an open session", inner.connected_agents.clone());
         registry.register("outpost_sqs_calls", "SQS API calls, by call", inner.sqs_calls.clone());
+        registry.register(
+            "outpost_channel_last_success_timestamp_seconds",
+            "When a pool's channel (sqs, datahub_cloud, gms_channel) last had a call succeed (Unix seconds)",
+            inner.channel_last_success.clone(),
+        );
+        registry.register(
+            "outpost_channel_consecutive_failures",
+            "Calls of a pool's channel that failed since its last success",
+            inner.channel_failures.clone(),
+        );
+        registry.register("outpost_channel_errors", "Failed calls of a pool's channel", inner.channel_errors.clone());
         registry.register("outpost_gms_writes", "Writes to DataHub GMS, by kind and outcome", inner.gms_writes.clone());
         registry.register(
             "outpost_sqs_foreign_work",
@@ -242,6 +292,35 @@ impl Metrics {
     pub fn gms_write(&self, kind: &str, outcome: GmsOutcome) {
         let Some(kind) = GMS_KINDS.iter().find(|k| **k == kind) else { return };
         self.inner.gms_writes.get_or_create(&labels(&[("kind", kind), ("outcome", outcome.label())])).inc();
+    }
+
+    /// A call of `pool`'s `channel` succeeded at `now_ms`.
+    pub fn channel_ok(&self, pool: &str, channel: Intake, now_ms: i64) {
+        let key = labels(&[("pool", pool), ("channel", channel.label())]);
+        self.inner.channel_last_success.get_or_create(&key).set(now_ms / 1000);
+        self.inner.channel_failures.get_or_create(&key).set(0);
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let health = channels.entry((pool.to_owned(), channel)).or_default();
+        health.last_success_ms = now_ms;
+        health.consecutive_failures = 0;
+    }
+
+    /// A call of `pool`'s `channel` failed at `now_ms` with `error` (words an operator can act on; never a secret).
+    pub fn channel_failed(&self, pool: &str, channel: Intake, error: &str, now_ms: i64) {
+        let key = labels(&[("pool", pool), ("channel", channel.label())]);
+        self.inner.channel_errors.get_or_create(&key).inc();
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let health = channels.entry((pool.to_owned(), channel)).or_default();
+        health.last_error = error.to_owned();
+        health.last_error_ms = now_ms;
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        self.inner.channel_failures.get_or_create(&key).set(i64::from(health.consecutive_failures));
+    }
+
+    /// Every pool's channels, by pool then channel.
+    pub fn channels(&self) -> Vec<(String, Intake, ChannelHealth)> {
+        let channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.iter().map(|((pool, channel), health)| (pool.clone(), *channel, health.clone())).collect()
     }
 
     /// The controller is serving (store open, gRPC bound).

@@ -123,3 +123,20 @@ pub fn write_mcps(path: &Path, records: usize) {
 pub fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read(path).map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
 }
+
+/// Waits until `pool`'s `channel` health, as `GetStats` shows it, passes `ready`; returns it.
+pub async fn wait_channel(
+    admin: &AdminServiceClient<Channel>,
+    pool: &str,
+    channel: &str,
+    what: &str,
+    ready: impl Fn(&pb::ChannelHealth) -> bool,
+) -> pb::ChannelHealth {
+    wait_until(&format!("{pool}'s {channel} channel: {what}"), Duration::from_secs(60), || async {
+        let stats = admin.clone().get_stats(pb::GetStatsRequest {}).await.ok()?.into_inner();
+        let health =
+            stats.pools.into_iter().find(|p| p.pool == pool)?.channels.into_iter().find(|c| c.channel == channel)?;
+        ready(&health).then_some(health)
+    })
+    .await
+}

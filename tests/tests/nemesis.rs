@@ -101,7 +101,7 @@ async fn nemesis(seed: u64) {
         let spec = AgentSpec { cert_worker: worker, worker, pool, slots: 2, extra: &[], env: &[] };
         cluster.spawn_agent_at(&proxy.url(), &spec)
     };
-    let mut agents = vec![agent(0), agent(1), agent(2)];
+    let mut agents = [agent(0), agent(1), agent(2)];
 
     let sqs_ids: Vec<String> = (0..8).map(|i| format!("nem-{seed}-{i}")).collect();
     let killed = &sqs_ids[rng.usize(..sqs_ids.len())];

@@ -360,19 +360,21 @@ async fn the_bridge_backs_off_through_an_sqs_outage_and_recovers() {
     let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
     wait_workers(&admin, 1).await;
 
+    let healthy = wait_channel(&admin, "default", "sqs", "a receive succeeded", |c| c.last_success_unix_ms > 0).await;
+    assert_eq!(healthy.consecutive_failures, 0);
     moto.proc.kill();
-    wait_until("receive failures to be logged", Duration::from_secs(30), || {
-        let failures = controller.proc.log().matches("sqs receive failed").count();
-        async move { (failures >= 2).then_some(()) }
-    })
-    .await;
-    assert!(controller.proc.log().contains("retry_in_ms="), "failures back off");
+    let failing = wait_channel(&admin, "default", "sqs", "two receives failed", |c| c.consecutive_failures >= 2).await;
+    assert!(failing.last_error.starts_with(&format!("receive from {queue} failed: ")), "{failing:?}");
+    assert_eq!(failing.last_success_unix_ms, healthy.last_success_unix_ms, "no success while moto is down");
     let moto = cluster.moto_on(port).await;
     assert_eq!(moto.queue("flaky").await, queue, "the same queue URL again");
     moto.send(&queue, &messages::plain("after-outage", &messages::input(&file_recipe(), "default"))).await;
     let task = wait_task(&admin, "after-outage", "recorded", |t| t.reported_unix_ms > 0).await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     moto.wait_empty(&queue).await;
+    let recovered = wait_channel(&admin, "default", "sqs", "healthy again", |c| c.consecutive_failures == 0).await;
+    assert!(recovered.last_success_unix_ms > failing.last_error_unix_ms, "{recovered:?}");
+    assert_eq!(recovered.last_error, failing.last_error, "the last error stays on record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,17 +438,32 @@ async fn an_open_source_gms_has_no_pool_queues_and_the_controller_says_so() {
     let cluster = Cluster::new(bins!());
     let gms = cluster.gms(&[]).await;
     let gms_url = format!("{}/gms", gms.base);
-    let flags = ["--gms-url", &gms_url, "--queue-from-gms", "default", "--sqs-retry-backoff", "100ms"];
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        "--gms-url",
+        &gms_url,
+        "--queue-from-gms",
+        "default",
+        "--sqs-retry-backoff",
+        "100ms",
+        "--metrics-listen",
+        &metrics,
+    ];
     let controller = cluster.controller("outpost.db", &flags).await;
-    let line = wait_until("the controller to say why it has no queue", Duration::from_secs(30), || {
-        let log = controller.proc.log();
-        async move { log.lines().find(|l| l.contains("cannot get the pool's queue from DataHub GMS")).map(String::from) }
-    })
-    .await;
-    assert!(line.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{line}");
-    // It keeps serving (other pools, the admin API) and keeps asking.
+    // It keeps serving (other pools, the admin API) and says why this pool has no queue, where operators look.
     let mut admin = cluster.admin(&controller).await;
+    let failing = wait_channel(&admin, "default", "datahub_cloud", "failing", |c| c.consecutive_failures >= 1).await;
+    assert!(failing.last_error.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{failing:?}");
+    assert!(failing.last_error.contains("name the pool's queue with --queue instead"), "{failing:?}");
+    assert_eq!(failing.last_success_unix_ms, 0);
+    let out = cluster.ctl(&controller, &["stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("datahub_cloud") && text.contains("FAILING"), "{text}");
     assert!(admin.list_workers(pb::ListWorkersRequest::default()).await.is_ok());
+    let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
+    let channel = [("pool", "default"), ("channel", "datahub_cloud")];
+    assert!(metric(&samples, "outpost_channel_consecutive_failures", &channel).unwrap() >= 1.0);
+    assert!(metric(&samples, "outpost_channel_errors_total", &channel).unwrap() >= 1.0);
     wait_until("a second try", Duration::from_secs(30), || async { (gms.graphql_calls().await >= 2).then_some(()) })
         .await;
 }

@@ -289,9 +289,18 @@ pub fn stats(stats: &pb::Stats, as_json: bool) {
             .pools
             .iter()
             .map(|p| {
+                let channels: Vec<Value> = p
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        json!({"channel": c.channel, "lastSuccessUnixMs": c.last_success_unix_ms,
+                               "lastError": c.last_error, "lastErrorUnixMs": c.last_error_unix_ms,
+                               "consecutiveFailures": c.consecutive_failures})
+                    })
+                    .collect();
                 json!({"pool": p.pool, "queued": p.queued, "running": p.running,
                        "oldestQueuedAgeMs": p.oldest_queued_age_ms, "agents": p.agents, "freeSlots": p.free_slots,
-                       "sqsInHand": p.sqs_in_hand})
+                       "sqsInHand": p.sqs_in_hand, "channels": channels})
             })
             .collect();
         return print_json(&json!({"pools": pools, "leaseLosses": stats.lease_losses, "retries": stats.retries,
@@ -313,6 +322,23 @@ pub fn stats(stats: &pb::Stats, as_json: bool) {
         })
         .collect();
     table(&["POOL", "QUEUED", "RUNNING", "OLDEST QUEUED", "AGENTS", "FREE SLOTS", "SQS IN HAND"], &rows);
+    let channels: Vec<Vec<String>> = stats
+        .pools
+        .iter()
+        .flat_map(|p| p.channels.iter().map(move |c| (p, c)))
+        .map(|(p, c)| {
+            let health = match c.consecutive_failures {
+                0 => "ok".to_owned(),
+                n => format!("FAILING ({n} in a row)"),
+            };
+            let since = |ms: i64| if ms > 0 { time(ms) } else { "-".to_owned() };
+            vec![p.pool.clone(), c.channel.clone(), health, since(c.last_success_unix_ms), c.last_error.clone()]
+        })
+        .collect();
+    if !channels.is_empty() {
+        println!();
+        table(&["POOL", "CHANNEL", "HEALTH", "LAST SUCCESS", "LAST ERROR"], &channels);
+    }
     let mut losses: Vec<String> = stats.lease_losses.iter().map(|(k, v)| format!("{k}={v}")).collect();
     losses.sort();
     let mut retries: Vec<String> = stats.retries.iter().map(|(k, v)| format!("{k}={v}")).collect();

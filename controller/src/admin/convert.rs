@@ -95,6 +95,16 @@ pub fn stats(
         entry.agents = c.agents;
         entry.free_slots = c.free_slots;
     }
+    for (pool, channel, health) in metrics.channels() {
+        let entry = pools.entry(pool.clone()).or_insert_with(|| pb::PoolStats { pool, ..Default::default() });
+        entry.channels.push(pb::ChannelHealth {
+            channel: channel.label().to_owned(),
+            last_success_unix_ms: health.last_success_ms,
+            last_error: health.last_error,
+            last_error_unix_ms: health.last_error_ms,
+            consecutive_failures: health.consecutive_failures,
+        });
+    }
     pb::Stats {
         pools: pools.into_values().collect(),
         lease_losses: metrics.lease_losses().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::{Intake, Metrics};
 use outpost_common::duration;
 use outpost_common::ids::{PoolId, TaskId};
 use tokio::task::JoinSet;
@@ -99,6 +100,7 @@ struct Channel {
     claims: Arc<Claims>,
     scheduler: Scheduler,
     store: Store,
+    metrics: Metrics,
 }
 
 /// Runs one poller per pool until `token` is cancelled.
@@ -108,6 +110,7 @@ pub async fn run(
     claims: Arc<Claims>,
     scheduler: Scheduler,
     store: Store,
+    metrics: Metrics,
     token: CancellationToken,
 ) {
     let mut pollers = JoinSet::new();
@@ -120,6 +123,7 @@ pub async fn run(
             claims: claims.clone(),
             scheduler: scheduler.clone(),
             store: store.clone(),
+            metrics: metrics.clone(),
         };
         pollers.spawn(channel.poll_loop(token.clone()));
     }
@@ -153,8 +157,14 @@ impl Channel {
                 _ = token.cancelled() => break,
                 polled = self.poll(listing, want) => polled,
             };
-            if let Err(e) = polled {
-                warn!(pool = %self.pool, error = %e, "GMS channel: cannot search GMS for execution requests");
+            let now = outpost_common::clock::unix_ms();
+            match polled {
+                Ok(()) => self.metrics.channel_ok(self.pool.as_str(), Intake::GmsChannel, now),
+                Err(e) => {
+                    warn!(pool = %self.pool, error = %e, "GMS channel: cannot search GMS for execution requests");
+                    let error = format!("cannot search GMS for execution requests: {e}");
+                    self.metrics.channel_failed(self.pool.as_str(), Intake::GmsChannel, &error, now);
+                }
             }
         }
     }

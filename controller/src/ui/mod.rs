@@ -86,6 +86,8 @@ pub struct Ui {
     pub refresh: Duration,
     /// Served over TLS: cookies are `Secure`.
     pub secure: bool,
+    /// Where the pools' channel health is kept.
+    pub metrics: crate::metrics::Metrics,
 }
 
 const COOKIE: &str = "outpost_session";

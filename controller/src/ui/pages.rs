@@ -115,6 +115,9 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
         (row.waiting, row.running, row.oldest_ms, row.sqs_held) =
             (b.queued, b.running, b.oldest_queued_ms, b.sqs_in_hand);
     }
+    for (pool, channel, health) in ui.metrics.channels() {
+        pools.entry(pool).or_default().channels.push(channel_health(channel, &health));
+    }
     let pool_rows: Vec<Vec<String>> = pools
         .into_iter()
         .map(|(pool, r)| {
@@ -128,12 +131,23 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
                 r.running.to_string(),
                 oldest,
                 r.sqs_held.to_string(),
+                if r.channels.is_empty() { "-".to_owned() } else { r.channels.join("<br>") },
             ]
         })
         .collect();
     live.push_str(&table(
         "Pools",
-        &["Pool", "Agents", "Draining", "Free slots", "Waiting", "Running", "Oldest waiting", "SQS messages held"],
+        &[
+            "Pool",
+            "Agents",
+            "Draining",
+            "Free slots",
+            "Waiting",
+            "Running",
+            "Oldest waiting",
+            "SQS messages held",
+            "Channels",
+        ],
         &pool_rows,
         "No pool has agents or work yet.",
     ));
@@ -164,6 +178,23 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
     respond(&ui, "Fleet", "/", Some("/?fragment=1"), query.fragment.is_some(), live)
 }
 
+/// A pool's channel in words: "sqs: ok", or failing since when and why (never by color alone).
+fn channel_health(channel: crate::metrics::Intake, health: &crate::metrics::ChannelHealth) -> String {
+    let name = esc(channel.label());
+    if health.consecutive_failures == 0 {
+        return format!("{name}: <span class=\"badge s-ready\">OK</span> {}", ago(health.last_success_ms));
+    }
+    let since = match health.last_success_ms {
+        0 => "no call has succeeded yet".to_owned(),
+        at => format!("no success for {}", ago(at).replace(" ago", "")),
+    };
+    format!(
+        "{name}: <span class=\"badge s-failed\">FAILING</span> {since} ({} failures in a row): {}",
+        health.consecutive_failures,
+        esc(&health.last_error)
+    )
+}
+
 #[derive(Default)]
 struct PoolRow {
     agents: u32,
@@ -173,6 +204,7 @@ struct PoolRow {
     running: u32,
     oldest_ms: i64,
     sqs_held: u32,
+    channels: Vec<String>,
 }
 
 fn worker_row(w: &WorkerView, running: &[TaskId], cert_expires_ms: i64, revoked_at: Option<i64>) -> Vec<String> {

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::Config;
 use super::message::{self, ExecutionInput, Request};
 use crate::gms;
-use crate::metrics::{ForeignOutcome, Metrics};
+use crate::metrics::{ForeignOutcome, Intake, Metrics};
 use crate::scheduler::{self, Scheduler};
 use crate::sources::claims::{Claim, Claims};
 use crate::store::{NewTask, Store};
@@ -103,9 +103,11 @@ impl Queue {
                 _ = token.cancelled() => break,
                 received = receive => received,
             };
+            let now = outpost_common::clock::unix_ms();
             match received {
                 Ok(output) => {
                     failures = 0;
+                    self.metrics.channel_ok(self.pool.as_str(), Intake::Sqs, now);
                     if output.messages.as_ref().is_some_and(|m| !m.is_empty()) {
                         crate::crash_point!("crash::after_sqs_receive");
                     }
@@ -116,7 +118,14 @@ impl Queue {
                 Err(e) => {
                     let delay = backoff(&self.config, failures);
                     failures += 1;
-                    warn!(queue = %self.url, error = %self.sdk_error(&e), retry_in_ms = delay.as_millis() as u64, "sqs receive failed");
+                    let error = self.sdk_error(&e);
+                    warn!(queue = %self.url, error = %error, retry_in_ms = delay.as_millis() as u64, "sqs receive failed");
+                    self.metrics.channel_failed(
+                        self.pool.as_str(),
+                        Intake::Sqs,
+                        &format!("receive from {} failed: {error}", self.url),
+                        now,
+                    );
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::metrics::{Intake, Metrics};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
 use outpost_common::ids::PoolId;
@@ -22,6 +23,8 @@ pub struct GmsCredentials {
     /// Fetch again this long before the expiration GMS gave.
     refresh_ahead: Duration,
     cached: Arc<Mutex<Option<(Credentials, SystemTime)>>>,
+    /// Where each call's outcome is counted (the pool's `datahub_cloud` channel health); none in a probe.
+    health: Option<Metrics>,
 }
 
 /// What a pool's queue is, as GMS says.
@@ -32,18 +35,36 @@ pub struct PoolQueue {
 
 impl GmsCredentials {
     pub fn new(gms: gms::Client, pool: PoolId, refresh_ahead: Duration) -> GmsCredentials {
-        GmsCredentials { gms, pool, refresh_ahead, cached: Arc::new(Mutex::new(None)) }
+        GmsCredentials { gms, pool, refresh_ahead, cached: Arc::new(Mutex::new(None)), health: None }
+    }
+
+    /// The same, counting each call's outcome as the pool's `datahub_cloud` channel health.
+    pub fn reporting_to(self, metrics: Metrics) -> GmsCredentials {
+        GmsCredentials { health: Some(metrics), ..self }
     }
 
     /// The pool's entry of `listExecutorConfigs`.
     async fn config(&self) -> Result<ExecutorConfig, String> {
-        let configs = self.gms.executor_configs().await.map_err(|e| match e {
+        let found = self.gms.executor_configs().await.map_err(|e| match e {
             gms::Error::NotDataHubCloud(_) => format!("{e}; name the pool's queue with --queue instead"),
             e => e.to_string(),
-        })?;
-        configs.into_iter().find(|c| c.executor_id == self.pool.as_str()).ok_or_else(|| {
-            format!("GMS lists no executor config for pool {} (is it a DataHub Cloud pool in state READY?)", self.pool)
-        })
+        });
+        let found = found.and_then(|configs| {
+            configs.into_iter().find(|c| c.executor_id == self.pool.as_str()).ok_or_else(|| {
+                format!(
+                    "GMS lists no executor config for pool {} (is it a DataHub Cloud pool in state READY?)",
+                    self.pool
+                )
+            })
+        });
+        if let Some(metrics) = &self.health {
+            let now = outpost_common::clock::unix_ms();
+            match &found {
+                Ok(_) => metrics.channel_ok(self.pool.as_str(), Intake::DataHubCloud, now),
+                Err(e) => metrics.channel_failed(self.pool.as_str(), Intake::DataHubCloud, e, now),
+            }
+        }
+        found
     }
 
     /// Asks GMS for the pool's queue (and caches the credentials that came with it).

@@ -237,7 +237,8 @@ pub async fn run(
         config.all_queues().into_iter().map(|(pool, url)| (pool, url, sqs.clone(), None)).collect();
     for pool in config.gms_pools(gms.is_some()) {
         let gms = gms.clone().ok_or_else(|| format!("--queue-from-gms {pool} needs --gms-url"))?;
-        let credentials = cloud::GmsCredentials::new(gms, pool.clone(), config.credentials_refresh_ahead);
+        let credentials = cloud::GmsCredentials::new(gms, pool.clone(), config.credentials_refresh_ahead)
+            .reporting_to(metrics.clone());
         let Some(queue) = pool_queue(&config, &credentials, &pool, &token).await else { return Ok(()) };
         let client = cloud_client(&queue.region, credentials.clone(), config.endpoint.as_deref()).await;
         info!(pool = %pool, queue = %queue.url, region = %queue.region, "queue and credentials from DataHub GMS");
