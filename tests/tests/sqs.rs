@@ -285,13 +285,14 @@ async fn sqs_api_calls_per_task() {
     for i in 0..tasks {
         moto.send(&queue, &messages::plain(&format!("c{i}"), &messages::input(&file_recipe(), "default"))).await;
     }
-    let mut controller = controller(
-        &cluster,
-        &moto,
-        &queue,
-        &[("--sqs-wait", "20s"), ("--sqs-visibility-timeout", "60s"), ("--sqs-keep-interval", "20s")],
-    )
-    .await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        ("--sqs-wait", "20s"),
+        ("--sqs-visibility-timeout", "60s"),
+        ("--sqs-keep-interval", "20s"),
+        ("--metrics-listen", metrics.as_str()),
+    ];
+    let controller = controller(&cluster, &moto, &queue, &flags).await;
     let admin = cluster.admin(&controller).await;
     let _a1 = cluster.agent(&controller, "w-1", "default", 4, &[]);
     let _a2 = cluster.agent(&controller, "w-2", "default", 4, &[]);
@@ -299,21 +300,14 @@ async fn sqs_api_calls_per_task() {
         wait_task(&admin, &format!("c{i}"), "recorded", |t| t.reported_unix_ms > 0).await;
     }
     moto.wait_empty(&queue).await;
-    controller.proc.signal(libc::SIGTERM);
-    controller.proc.wait_exit(Duration::from_secs(30)).await;
-    let log = controller.proc.log();
-    let line = log.lines().find(|l| l.contains("sqs api calls")).expect("the call summary");
-    let count = |name: &str| -> u64 {
-        line.split(&format!("{name}="))
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    let total = count("receive") + count("change_visibility") + count("delete") + count("send");
-    let per_task = total as f64 / tasks as f64;
-    eprintln!("sqs api calls for {tasks} tasks: {line} -> {per_task:.2} per task");
-    assert!(per_task <= 3.0, "{per_task:.2} calls per task: {line}");
+    let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
+    let calls: Vec<(&str, f64)> = ["receive", "change_visibility", "delete", "send"]
+        .into_iter()
+        .map(|call| (call, metric(&samples, "outpost_sqs_calls_total", &[("call", call)]).unwrap()))
+        .collect();
+    let per_task = calls.iter().map(|(_, n)| n).sum::<f64>() / tasks as f64;
+    eprintln!("sqs api calls for {tasks} tasks: {calls:?} -> {per_task:.2} per task");
+    assert!(per_task <= 3.0, "{per_task:.2} calls per task: {calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
