@@ -29,6 +29,13 @@ step "images"
 mapfile -t images < <(deploy/images/build.sh --profile debug)
 controller_image="${images[0]}" agent_image="${images[1]}"
 echo "built $controller_image and $agent_image"
+# outpostctl's man pages and completions are in the controller image, and they are its own.
+podman run --rm --read-only --entrypoint /bin/sh "$controller_image" -c \
+    'test -s /usr/share/man/man1/outpostctl.1 && test -s /usr/share/man/man1/outpostctl-tasks.1 &&
+     grep -q "_outpostctl()" /usr/share/bash-completion/completions/outpostctl &&
+     test -s /usr/share/zsh/vendor-completions/_outpostctl && test -s /usr/share/fish/vendor_completions.d/outpostctl.fish' \
+    || { echo "the controller image lacks outpostctl's man pages or completions" >&2; exit 1; }
+echo "the controller image carries outpostctl's man pages and bash, zsh and fish completions"
 
 step "the images run with nothing made by hand: a controller on an empty volume, two agents given only its bootstrap token"
 work="$(mktemp -d)"

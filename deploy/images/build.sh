@@ -39,6 +39,12 @@ for b in outpost-controller outpostctl outpost-agent; do
     [[ -x "$bin/$b" ]] || { echo "$bin/$b is missing: build it first" >&2; exit 1; }
     cp "$bin/$b" "$context/bin/"
 done
+# outpostctl's man pages and shell completions, generated from its own flags, for the controller image.
+"$bin/outpostctl" man --out "$context/share/man/man1" >/dev/null
+mkdir -p "$context/share/completions"
+"$bin/outpostctl" completion bash > "$context/share/completions/outpostctl.bash"
+"$bin/outpostctl" completion zsh > "$context/share/completions/_outpostctl"
+"$bin/outpostctl" completion fish > "$context/share/completions/outpostctl.fish"
 build() {
     local name="$1"; shift
     podman build --quiet --pull=never --layers -f "deploy/images/$name.Containerfile" \

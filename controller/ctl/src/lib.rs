@@ -1,6 +1,7 @@
 //! `outpostctl`: the admin API from a terminal. Tables by default, `--json` for scripts. Exit codes: 0 ok,
 //! 1 the call failed, 2 usage error. A client only: it must never reach into the controller's internals.
 
+mod docs;
 mod doctor;
 mod output;
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use outpost_common::pb::{self, admin_service_client::AdminServiceClient};
 use outpost_common::tls::TlsFiles;
 use tonic::transport::{Channel, Endpoint};
@@ -72,6 +73,15 @@ impl Identity {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script (bash, zsh or fish): e.g. `outpostctl completion bash >
+    /// /etc/bash_completion.d/outpostctl`. Needs no controller.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages (outpostctl.1 and one per command) into a directory. Needs no controller.
+    Man {
+        /// Where to write them (e.g. /usr/share/man/man1).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List workers (`workers revoke WORKER` revokes one).
     Workers {
         #[command(subcommand)]
@@ -251,6 +261,34 @@ enum QuarantineAction {
 /// The whole `outpostctl` program.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // What the command line alone answers, before any connection.
+    match &cli.command {
+        Command::Completion { shell } => {
+            // Rendered whole first: a reader that stops early (`| head`) is not an error.
+            let mut script = Vec::new();
+            docs::completion(*shell, &mut Cli::command(), &mut script);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            };
+        }
+        Command::Man { out } => {
+            return match docs::man_pages(Cli::command(), out) {
+                Ok(written) => {
+                    println!("wrote {written} man pages to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     outpost_common::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -306,6 +344,7 @@ fn read_recipe(path: &PathBuf) -> anyhow::Result<String> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli).await?;
     match &cli.command {
+        Command::Completion { .. } | Command::Man { .. } => unreachable!("answered in main"),
         Command::Venvs { action: None } => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
             output::venvs(&workers.workers, cli.json);
