@@ -28,6 +28,7 @@ struct Inner {
     venv_builds: Family<Labels, Counter>,
     venv_build_seconds: Counter<f64, AtomicU64>,
     venv_bytes: Gauge,
+    venv_budget: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +43,7 @@ impl Default for Metrics {
             venv_builds: Family::default(),
             venv_build_seconds: Counter::default(),
             venv_bytes: Gauge::default(),
+            venv_budget: Gauge::default(),
         };
         registry.register("outpost_agent_slots", "Task slots of this agent, used and total", inner.slots.clone());
         registry.register("outpost_agent_runs", "Runs finished, by outcome", inner.runs.clone());
@@ -65,6 +67,11 @@ impl Default for Metrics {
             "outpost_agent_venv_bytes",
             "Bytes held by the ready venvs under --venv-root",
             inner.venv_bytes.clone(),
+        );
+        registry.register(
+            "outpost_agent_venv_budget_bytes",
+            "The venvs' disk budget (--venv-max-bytes; 0 = none)",
+            inner.venv_budget.clone(),
         );
         for state in ["used", "total"] {
             let _ = inner.slots.get_or_create(&labels(&[("state", state)]));
@@ -110,6 +117,10 @@ impl Metrics {
     pub fn venv_built(&self, seconds: f64, ok: bool) {
         self.inner.venv_builds.get_or_create(&labels(&[("outcome", if ok { "ok" } else { "failed" })])).inc();
         self.inner.venv_build_seconds.inc_by(seconds);
+    }
+
+    pub fn set_venv_budget(&self, bytes: u64) {
+        self.inner.venv_budget.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn set_venv_bytes(&self, bytes: u64) {

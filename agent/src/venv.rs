@@ -103,6 +103,7 @@ const READY_MARKER: &str = ".outpost-ready";
 
 impl Venvs {
     pub fn new(args: Args, metrics: Metrics) -> Venvs {
+        metrics.set_venv_budget(args.venv_max_bytes);
         Venvs {
             native_cli: args.datahub_cli,
             root: args.venv_root,

@@ -66,6 +66,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let trust = config.trust.resolve(&config.db, &config.grpc.trust_domain)?;
     let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?);
+    metrics.watch_controller_certificate(trust.files.cert.clone());
     let gms_client = config.gms.client()?;
     if let Some(client) = &gms_client
         && !config.gms_channel.pools.is_empty()

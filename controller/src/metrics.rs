@@ -124,6 +124,15 @@ struct Inner {
     channel_failures: Family<Labels, Gauge>,
     channel_errors: Family<Labels, Counter>,
     channels: Mutex<BTreeMap<(String, Intake), ChannelHealth>>,
+    pool_agents: Family<Labels, Gauge>,
+    /// Every pool that had an agent (its gauge goes to 0, not away, when the last one leaves).
+    agent_pools: Mutex<std::collections::BTreeSet<String>>,
+    oldest_waiting: Family<Labels, Gauge>,
+    agent_cert_expiry: Family<Labels, Gauge>,
+    controller_cert_expiry: Gauge,
+    /// The controller's certificate file, read at each scrape for its expiry.
+    controller_cert: Mutex<Option<std::path::PathBuf>>,
+    ready_gauge: Gauge,
     ready: AtomicBool,
 }
 
@@ -147,6 +156,13 @@ impl Default for Metrics {
             channel_failures: Family::default(),
             channel_errors: Family::default(),
             channels: Mutex::default(),
+            pool_agents: Family::default(),
+            agent_pools: Mutex::default(),
+            oldest_waiting: Family::default(),
+            agent_cert_expiry: Family::default(),
+            controller_cert_expiry: Gauge::default(),
+            controller_cert: Mutex::default(),
+            ready_gauge: Gauge::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -182,6 +198,27 @@ impl Default for Metrics {
             inner.channel_failures.clone(),
         );
         registry.register("outpost_channel_errors", "Failed calls of a pool's channel", inner.channel_errors.clone());
+        registry.register(
+            "outpost_pool_agents",
+            "Connected agents serving a pool that take new work (draining ones left out)",
+            inner.pool_agents.clone(),
+        );
+        registry.register(
+            "outpost_oldest_waiting_seconds",
+            "How long a pool's oldest queued task has waited (0 = none waiting)",
+            inner.oldest_waiting.clone(),
+        );
+        registry.register(
+            "outpost_agent_cert_expiry_timestamp_seconds",
+            "When the certificate the controller last issued to a connected agent expires (Unix seconds)",
+            inner.agent_cert_expiry.clone(),
+        );
+        registry.register(
+            "outpost_controller_cert_expiry_timestamp_seconds",
+            "When the controller's serving certificate expires (Unix seconds)",
+            inner.controller_cert_expiry.clone(),
+        );
+        registry.register("outpost_ready", "1 while the controller is serving (as /readyz)", inner.ready_gauge.clone());
         registry.register("outpost_gms_writes", "Writes to DataHub GMS, by kind and outcome", inner.gms_writes.clone());
         registry.register(
             "outpost_sqs_foreign_work",
@@ -323,8 +360,24 @@ impl Metrics {
         channels.iter().map(|((pool, channel), health)| (pool.clone(), *channel, health.clone())).collect()
     }
 
+    /// Connected, non-draining agents per pool; a pool seen before and now without agents shows 0.
+    pub fn set_pool_agents(&self, pools: &[(String, u32)]) {
+        let mut known = self.inner.agent_pools.lock().unwrap_or_else(|e| e.into_inner());
+        known.extend(pools.iter().map(|(pool, _)| pool.clone()));
+        for pool in known.iter() {
+            let agents = pools.iter().find(|(p, _)| p == pool).map_or(0, |(_, n)| *n);
+            self.inner.pool_agents.get_or_create(&labels(&[("pool", pool)])).set(i64::from(agents));
+        }
+    }
+
+    /// The certificate file whose expiry `outpost_controller_cert_expiry_timestamp_seconds` shows (read at scrapes).
+    pub fn watch_controller_certificate(&self, path: std::path::PathBuf) {
+        *self.inner.controller_cert.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
     /// The controller is serving (store open, gRPC bound).
     pub fn set_ready(&self, ready: bool) {
+        self.inner.ready_gauge.set(i64::from(ready));
         self.inner.ready.store(ready, Ordering::Relaxed);
     }
 
@@ -337,13 +390,45 @@ impl Metrics {
     pub async fn render(&self, store: &Store) -> String {
         let inner = &self.inner;
         inner.tasks.clear();
+        inner.oldest_waiting.clear();
         if let Ok(counts) = store.task_counts().await {
             for (state, pool, n) in counts {
                 inner.tasks.get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())])).set(n as i64);
+                // Every pool with tasks shows how long its oldest waits (0 below when none waits).
+                inner.oldest_waiting.get_or_create(&labels(&[("pool", pool.as_str())])).set(0);
             }
         }
         if let Ok(depth) = store.outbox_depth().await {
             inner.outbox_depth.set(depth as i64);
+        }
+        let now_ms = outpost_common::clock::unix_ms();
+        if let Ok(backlogs) = store.pool_backlogs().await {
+            for b in backlogs {
+                let waited = if b.oldest_queued_ms > 0 { (now_ms - b.oldest_queued_ms).max(0) / 1000 } else { 0 };
+                inner.oldest_waiting.get_or_create(&labels(&[("pool", b.pool.as_str())])).set(waited);
+            }
+        }
+        // Certificates of connected agents only: a worker long gone is not an expiring certificate.
+        inner.agent_cert_expiry.clear();
+        if let (Ok(workers), Ok(expiries)) = (store.workers().await, store.certificate_expiries().await) {
+            for (worker, expires_ms, _) in expiries {
+                let connected =
+                    workers.iter().any(|w| w.seen.worker_id.as_str() == worker && w.connected_since_ms.is_some());
+                if connected {
+                    inner
+                        .agent_cert_expiry
+                        .get_or_create(&labels(&[("worker", worker.as_str())]))
+                        .set(expires_ms / 1000);
+                }
+            }
+        }
+        let cert = inner.controller_cert.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((_, not_after)) = cert
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|pem| outpost_common::identity::pem_validity(&pem))
+        {
+            let seconds = not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            inner.controller_cert_expiry.set(i64::try_from(seconds).unwrap_or(i64::MAX));
         }
         outpost_common::metrics::encode(&inner.registry)
     }

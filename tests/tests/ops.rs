@@ -2,6 +2,7 @@
 //! by the reference parser.
 
 use std::process::Command;
+use std::time::Duration;
 
 use outpost_integration_tests::*;
 
@@ -130,6 +131,14 @@ async fn metrics_and_health_parse_with_the_reference_parser() {
         Some(0.0)
     );
     assert_eq!(metric(&samples, "outpost_gms_outbox_depth", &[]), Some(0.0));
+    // What the alert rules read (deploy/monitoring/outpost-rules.yaml).
+    assert_eq!(metric(&samples, "outpost_ready", &[]), Some(1.0));
+    assert_eq!(metric(&samples, "outpost_pool_agents", &[("pool", "default")]), Some(1.0));
+    assert_eq!(metric(&samples, "outpost_oldest_waiting_seconds", &[("pool", "default")]), Some(0.0), "none waiting");
+    let certificate = std::fs::read_to_string(cluster.certs.join("controller.pem")).unwrap();
+    let (_, not_after) = outpost_common::identity::pem_validity(&certificate).unwrap();
+    let not_after = not_after.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    assert_eq!(metric(&samples, "outpost_controller_cert_expiry_timestamp_seconds", &[]), Some(not_after));
 
     let agent_base = format!("http://{agent_listen}");
     assert_eq!(http_get(&format!("{agent_base}/readyz")).await, (200, "ready\n".to_owned()));
@@ -139,4 +148,14 @@ async fn metrics_and_health_parse_with_the_reference_parser() {
     assert_eq!(metric(&agent_samples, "outpost_agent_slots", &[("state", "total")]), Some(2.0));
     assert_eq!(metric(&agent_samples, "outpost_agent_slots", &[("state", "used")]), Some(0.0));
     assert_eq!(metric(&agent_samples, "outpost_agent_connected", &[]), Some(1.0));
+    assert_eq!(metric(&agent_samples, "outpost_agent_venv_budget_bytes", &[]), Some(0.0), "no budget set");
+
+    // Drained, the pool has no agent taking work: 0, not a vanished series (the alert on waiting work needs it).
+    let out = cluster.ctl(&controller, &["drain", "w-1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the pool's agents to read 0", Duration::from_secs(30), || async {
+        let samples = parse_metrics(&http_get(&format!("{base}/metrics")).await.1);
+        (metric(&samples, "outpost_pool_agents", &[("pool", "default")]) == Some(0.0)).then_some(())
+    })
+    .await;
 }

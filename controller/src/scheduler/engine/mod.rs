@@ -358,7 +358,7 @@ impl Engine {
                     }
                     failed.settle(Vec::new(), Some(&failure));
                 }
-                self.metrics.set_connected_agents(self.sessions.len());
+                self.publish_fleet();
                 self.resync().await;
             }
         }

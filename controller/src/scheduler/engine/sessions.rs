@@ -73,7 +73,7 @@ impl Engine {
             worker,
             Session { id, hello, commands, kick, credits: 0, draining: false, connected_since_ms: now_ms },
         );
-        self.metrics.set_connected_agents(self.sessions.len());
+        self.publish_fleet();
         Ok(Welcome { session: id, cancel })
     }
 
@@ -125,12 +125,14 @@ impl Engine {
             info!(worker = %worker, "agent draining: no new work");
             s.draining = true;
             self.heard_from(worker);
+            self.publish_fleet();
         }
     }
 
     pub(super) fn drain(&mut self, worker: &WorkerId) -> Result<(), Error> {
         let session = self.sessions.get_mut(worker).ok_or_else(|| Error::NoSuchWorker(worker.clone()))?;
         session.draining = true;
+        self.publish_fleet();
         info!(worker = %worker, "drain requested: no new work for this agent");
         self.send(worker, AgentCommand::Drain { reason: "drain requested by an operator".into() });
         Ok(())
@@ -141,7 +143,7 @@ impl Engine {
     pub(super) async fn revoke(&mut self, worker: &WorkerId) {
         if let Some(session) = self.sessions.remove(worker) {
             session.kick.cancel();
-            self.metrics.set_connected_agents(self.sessions.len());
+            self.publish_fleet();
             self.plan.change(Change::WorkerDisconnected(worker.clone()));
         }
         let held = self.leases.of_worker(worker);
@@ -156,7 +158,7 @@ impl Engine {
             return;
         }
         self.sessions.remove(worker);
-        self.metrics.set_connected_agents(self.sessions.len());
+        self.publish_fleet();
         info!(
             worker = %worker, session = %session, held = self.leases.count_of_worker(worker),
             "agent disconnected; its leases wait one lease TTL for it to come back"
@@ -172,7 +174,7 @@ impl Engine {
             self.sessions.keys().filter(|w| is_silent(&self.liveness, w, ttl, now)).cloned().collect();
         for worker in quiet {
             if let Some(session) = self.sessions.remove(&worker) {
-                self.metrics.set_connected_agents(self.sessions.len());
+                self.publish_fleet();
                 warn!(worker = %worker, ttl = ?ttl, "agent silent for a lease TTL: closing its session");
                 session.kick.cancel();
                 self.plan.change(Change::WorkerDisconnected(worker));

@@ -99,6 +99,13 @@ impl Engine {
     }
 
     /// Connected agents and free slots per pool.
+    /// The connected agents, in all and per pool (non-draining), as metrics.
+    pub(super) fn publish_fleet(&self) {
+        self.metrics.set_connected_agents(self.sessions.len());
+        let pools: Vec<(String, u32)> = self.capacity().into_iter().map(|c| (c.pool.to_string(), c.agents)).collect();
+        self.metrics.set_pool_agents(&pools);
+    }
+
     pub(super) fn capacity(&self) -> Vec<PoolCapacity> {
         let mut pools: BTreeMap<PoolId, PoolCapacity> = BTreeMap::new();
         for session in self.sessions.values() {
