@@ -174,8 +174,40 @@ def check_standalone(path):
           "read from its file; the controller's volume unchanged between the modes")
 
 
+def check_rules():
+    """serviceMonitor.rules.enabled renders deploy/monitoring/outpost-rules.yaml as a PrometheusRule, with the runbook
+    links pointing where the team publishes docs/RUNBOOK.md, and every runbook link names a section that exists."""
+    with open(os.path.join(HERE, "monitoring", "outpost-rules.yaml")) as f:
+        groups = yaml.safe_load(f)["groups"]
+    url = "https://wiki.acme.internal/outpost/RUNBOOK.md"
+    values = {"serviceMonitor": {"enabled": True, "rules": {"enabled": True, "runbookUrl": url}}}
+    rendered = documents_of(render(values))
+    rule = next((d for d in rendered if d.get("kind") == "PrometheusRule"), None)
+    if rule is None:
+        sys.exit("serviceMonitor.rules.enabled rendered no PrometheusRule")
+    expected = yaml.safe_load(yaml.safe_dump(groups).replace("docs/RUNBOOK.md", url))
+    if rule["spec"]["groups"] != expected:
+        sys.exit("the PrometheusRule's groups differ from deploy/monitoring/outpost-rules.yaml")
+    if any(d.get("kind") == "PrometheusRule" for d in documents_of(render({"serviceMonitor": {"enabled": True}}))):
+        sys.exit("a PrometheusRule rendered without serviceMonitor.rules.enabled")
+    with open(os.path.join(HERE, "..", "docs", "RUNBOOK.md")) as f:
+        anchors = {line[3:].strip().lower() for line in f if line.startswith("## ")}
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        anchor = alert["annotations"]["runbook_url"].split("#", 1)[1]
+        if anchor not in anchors or anchor != alert["alert"].lower():
+            sys.exit(f"{alert['alert']}: its runbook_url names #{anchor}, which docs/RUNBOOK.md has no section for")
+    print(f"PrometheusRule: {len(alerts)} alerts as in deploy/monitoring/outpost-rules.yaml, runbook links at {url}, "
+          "each with its section in docs/RUNBOOK.md")
+
+
+def documents_of(rendered):
+    return [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+
+
 # Objects of add-ons' CRDs (Prometheus Operator, KEDA) have no schema in kubernetes-validate: checked by hand.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["selector", "endpoints"],
+        ("monitoring.coreos.com/v1", "PrometheusRule"): ["groups"],
         ("keda.sh/v1alpha1", "ScaledObject"): ["scaleTargetRef", "triggers"]}
 
 
@@ -223,6 +255,7 @@ def main():
     if any(a.startswith("--ui-listen") for a in controller["spec"]["template"]["spec"]["containers"][0]["args"]):
         sys.exit("the status page must be off by default")
     check_datahub_values(os.path.join(HERE, "helm", "examples", "from-datahub-executor.yaml"))
+    check_rules()
     check_standalone(os.path.join(HERE, "helm", "examples", "from-datahub-executor.yaml"))
     for path in sorted(glob.glob(os.path.join(HERE, "helm", "examples", "*.yaml"))):
         with open(path) as f:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the deployment checks need, idempotently: Debian's podman, buildah, skopeo, mmdebstrap and runc (apt;
-# needs root), and the pinned Python tools of deploy/requirements.txt (cfn-lint, Helm's library, Kubernetes schemas,
+# Installs what the deployment checks need, idempotently: Debian's podman, buildah, skopeo, mmdebstrap, runc and
+# prometheus (for promtool, which checks and unit-tests the alert rules) (apt; needs root), and the pinned Python tools of deploy/requirements.txt (cfn-lint, Helm's library, Kubernetes schemas,
 # hadolint) into deploy/.venv.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -11,6 +11,7 @@ done
 if ((${#missing[@]})); then
     "$here/../scripts/apt-install.sh" "${missing[@]}"
 fi
+"$here/../scripts/setup-prometheus.sh"
 venv="$here/.venv"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"

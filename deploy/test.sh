@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check of the deployment artifacts; each step fails the run:
-#   hadolint on the Containerfiles, cfn-lint on the ECS stack (errors and warnings fail), the Helm chart rendered
+#   hadolint on the Containerfiles, cfn-lint on the ECS stack (errors and warnings fail), promtool on the alert rules
+#   (checked, and unit tests that fire and clear every alert), the Helm chart rendered
 #   offline with Helm's own library and validated strictly against Kubernetes 1.28 and 1.37 (deploy/check_chart.py),
 #   then the images really run with nothing made by hand: a controller container on an empty volume with a bootstrap
 #   token file makes its own trust, two agent containers given only that token join (read-only root file systems),
@@ -21,6 +22,9 @@ step "hadolint"
 deploy/.venv/bin/hadolint deploy/images/*.Containerfile
 step "cfn-lint"
 deploy/.venv/bin/cfn-lint deploy/cloudformation/outpost-ecs.yaml
+step "alert rules (promtool check rules, promtool test rules)"
+promtool check rules deploy/monitoring/outpost-rules.yaml
+(cd deploy/monitoring && promtool test rules outpost-rules.test.yaml)
 step "Helm chart"
 deploy/.venv/bin/python deploy/check_chart.py 2>&1 | grep -v 'INFO funcMap fail'
 

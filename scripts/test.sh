@@ -16,6 +16,7 @@ export DATAHUB_TELEMETRY_ENABLED=false
 
 scripts/setup-python.sh --warm-venv-cache
 scripts/setup-browser.sh
+scripts/setup-prometheus.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 

@@ -150,6 +150,21 @@ async fn metrics_and_health_parse_with_the_reference_parser() {
     assert_eq!(metric(&agent_samples, "outpost_agent_connected", &[]), Some(1.0));
     assert_eq!(metric(&agent_samples, "outpost_agent_venv_budget_bytes", &[]), Some(0.0), "no budget set");
 
+    // Every metric the alert rules read is one the binaries export (the agents' certificate expiry shows for joined
+    // agents: own_trust checks it; channel health shows once a channel is called: sqs checks it).
+    let rules = std::fs::read_to_string(repo_root().join("deploy/monitoring/outpost-rules.yaml")).unwrap();
+    let exported: Vec<&str> = samples.iter().chain(&agent_samples).filter_map(|s| s["name"].as_str()).collect();
+    let mut read: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("outpost_"))
+        .collect();
+    read.sort();
+    read.dedup();
+    let elsewhere = ["outpost_agent_cert_expiry_timestamp_seconds", "outpost_channel_consecutive_failures"];
+    for name in read.iter().filter(|n| !elsewhere.contains(n)) {
+        assert!(exported.contains(name), "the rules read {name}, which nothing exports: {exported:?}");
+    }
+
     // Drained, the pool has no agent taking work: 0, not a vanished series (the alert on waiting work needs it).
     let out = cluster.ctl(&controller, &["drain", "w-1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -31,6 +31,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     let join_listen = format!("127.0.0.1:{join}");
     let join_url = format!("https://127.0.0.1:{join}");
     let token_path = token_file.to_string_lossy().into_owned();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let flags = [
         "--listen",
         listen.as_str(),
@@ -40,6 +41,8 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
         token_path.as_str(),
         "--tls-san",
         "outpost-controller.outpost.svc",
+        "--metrics-listen",
+        metrics.as_str(),
     ];
     let mut controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
     let trust = cluster.path("trust");
@@ -62,6 +65,13 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     let first = cluster.joining_agent(&controller, "w-1", "default", Some(TOKEN), &state, &agent_flags);
     let mut admin = admin_client(&controller, &local_admin(&cluster)).await;
     submit(&mut admin, "own-trust-1", file_recipe()).await;
+    // A joined agent's certificate expiry, as the worker list shows it, is exported for the expiry alert.
+    wait_workers(&admin, 1).await;
+    let listed = admin.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let expires = listed[0].cert_expires_unix_ms / 1000;
+    let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
+    let exported = metric(&samples, "outpost_agent_cert_expiry_timestamp_seconds", &[("worker", "w-1")]);
+    assert_eq!(exported, Some(expires as f64));
     assert_eq!(wait_terminal(&admin, "own-trust-1").await.state, pb::TaskState::Succeeded as i32);
 
     // Beside the controller, outpostctl needs nothing but its trust directory (as in the controller's container).
