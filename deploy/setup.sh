@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the deployment checks need, idempotently: Debian's podman, buildah, skopeo, mmdebstrap, runc and
-# prometheus (for promtool, which checks and unit-tests the alert rules) (apt; needs root), and the pinned Python tools of deploy/requirements.txt (cfn-lint, Helm's library, Kubernetes schemas,
-# hadolint) into deploy/.venv.
+# Installs what the deployment checks need, idempotently: Debian's podman, buildah, skopeo, mmdebstrap and runc, and
+# prometheus for promtool (apt; needs root), and the pinned Python tools of deploy/requirements.txt (cfn-lint, Helm's
+# library, Kubernetes schemas, hadolint) into deploy/.venv.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 missing=()
