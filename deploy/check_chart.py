@@ -6,6 +6,7 @@ as DataHub's terraform module writes it (examples/from-datahub-executor.yaml, no
 configures, and that the chart refuses values it cannot serve. Exits non-zero on the first problem, saying which."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -197,6 +198,13 @@ def check_rules():
         anchor = alert["annotations"]["runbook_url"].split("#", 1)[1]
         if anchor not in anchors or anchor != alert["alert"].lower():
             sys.exit(f"{alert['alert']}: its runbook_url names #{anchor}, which docs/RUNBOOK.md has no section for")
+    dashboard_values = {"serviceMonitor": {"dashboard": {"enabled": True}}}
+    maps = [d for d in validate(render(dashboard_values), "dashboard enabled") if d["kind"] == "ConfigMap"]
+    with open(os.path.join(HERE, "monitoring", "outpost-dashboard.json")) as f:
+        dashboard = json.load(f)
+    if len(maps) != 1 or maps[0]["metadata"]["labels"].get("grafana_dashboard") != "1" \
+            or json.loads(maps[0]["data"]["outpost-dashboard.json"]) != dashboard:
+        sys.exit("serviceMonitor.dashboard.enabled does not render the dashboard ConfigMap as deploy/monitoring has it")
     print(f"PrometheusRule: {len(alerts)} alerts as in deploy/monitoring/outpost-rules.yaml, runbook links at {url}, "
           "each with its section in docs/RUNBOOK.md")
 

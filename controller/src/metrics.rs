@@ -392,6 +392,12 @@ impl Metrics {
         inner.tasks.clear();
         inner.oldest_waiting.clear();
         if let Ok(counts) = store.task_counts().await {
+            // Every state of every pool with tasks, 0 where none is in it: a graph shows 0, not a gap.
+            for (_, pool, _) in &counts {
+                for state in outpost_common::task::TaskState::ALL {
+                    inner.tasks.get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())])).set(0);
+                }
+            }
             for (state, pool, n) in counts {
                 inner.tasks.get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())])).set(n as i64);
                 // Every pool with tasks shows how long its oldest waits (0 below when none waits).

@@ -20,6 +20,7 @@ pub mod history;
 mod moto;
 mod ops;
 mod processes;
+mod prometheus;
 mod proxy;
 
 pub use api::*;
@@ -29,6 +30,7 @@ pub use held::*;
 pub use moto::*;
 pub use ops::*;
 pub use processes::*;
+pub use prometheus::Prometheus;
 pub use proxy::Proxy;
 
 /// The programs under test.
