@@ -12,13 +12,13 @@ use outpost_integration_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browser() {
     let cluster = Cluster::new(bins!());
+    // An open-source GMS asked for a DataHub Cloud queue: the pool's datahub_cloud channel fails, as the page shows.
+    let gms = cluster.gms(&[]).await;
+    let gms_url = format!("{}/gms", gms.base);
     let listen = format!("127.0.0.1:{}", free_port());
-    let controller = cluster
-        .controller(
-            "outpost.db",
-            &["--ui-listen", &listen, "--ui-refresh-interval", "1s", "--heartbeat-interval", "1s"],
-        )
-        .await;
+    let flags = ["--ui-listen", &listen, "--ui-refresh-interval", "1s", "--heartbeat-interval", "1s"];
+    let channel = ["--gms-url", &gms_url, "--queue-from-gms", "default", "--sqs-retry-backoff", "200ms"];
+    let controller = cluster.controller("outpost.db", &[&flags[..], &channel[..]].concat()).await;
     let mut admin = cluster.admin(&controller).await;
     let _agents =
         [cluster.agent(&controller, "w-1", "default", 2, &[]), cluster.agent(&controller, "w-2", "default", 1, &[])];
@@ -76,6 +76,11 @@ async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browse
     let pools = seen["pools"].as_array().unwrap();
     let waiting_pool = pools.iter().find(|p| p[0] == "nobody-serves-this").expect("the waiting task's pool");
     assert_eq!((waiting_pool[1].as_str(), waiting_pool[4].as_str()), (Some("0"), Some("1")), "{waiting_pool:?}");
+    // A pool whose channel fails is shown so, with the error in words.
+    let default_pool = pools.iter().find(|p| p[0] == "default").expect("the default pool");
+    let channels = default_pool[8].as_str().unwrap();
+    assert!(channels.starts_with("datahub_cloud: FAILING no call has succeeded yet"), "{channels}");
+    assert!(channels.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{channels}");
     assert!(seen["failures"].as_str().unwrap().contains("page-failed"));
     assert!(!seen["failures"].as_str().unwrap().contains("page-ok"));
     // Keyboard and labels.
