@@ -26,7 +26,7 @@ mkdir -p "$state"
 if [[ ! -f "$certs/ca.pem" ]]; then
     say "Making development certificates in $certs"
     "$bin/outpost-controller" certs init --out "$certs"
-    "$bin/outpost-controller" certs admin --out "$certs" --name quickstart
+    "$bin/outpost-controller" certs admin --out "$certs" --name quickstart --role admin
 fi
 
 pids=()

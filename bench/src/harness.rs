@@ -50,7 +50,7 @@ impl ControllerProcess {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         outpost_controller::certs::init(&certs, &[])?;
-        outpost_controller::certs::admin(&certs, "bench", "outpost")?;
+        outpost_controller::certs::admin(&certs, "bench", Some(outpost_common::roles::Role::Admin), "outpost")?;
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let extra = extra(&certs);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();

@@ -1,11 +1,13 @@
 //! Who is on the other end of a connection: the SPIFFE URI in a client certificate's SAN
-//! (`spiffe://<trust-domain>/agent/<worker-id>` or `spiffe://<trust-domain>/admin/<name>`). Pure parsing, no I/O.
+//! (`spiffe://<trust-domain>/agent/<worker-id>`, or `spiffe://<trust-domain>/admin/<role>/<name>` for an operator;
+//! `…/admin/<name>`, issued before roles, carries none). Pure parsing, no I/O.
 
 use std::fmt;
 
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::ids::WorkerId;
+use crate::roles::Role;
 
 /// The trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "outpost";
@@ -14,14 +16,19 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "outpost";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
     Agent(WorkerId),
-    Admin(String),
+    /// An operator's certificate: its name, and its role (`None`: a certificate from before roles).
+    Admin {
+        name: String,
+        role: Option<Role>,
+    },
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Agent(worker) => write!(f, "agent {worker}"),
-            Identity::Admin(name) => write!(f, "admin {name}"),
+            Identity::Admin { name, role: Some(role) } => write!(f, "{role} {name}"),
+            Identity::Admin { name, role: None } => write!(f, "admin certificate {name} (no role)"),
         }
     }
 }
@@ -44,9 +51,9 @@ pub fn agent_uri(trust_domain: &str, worker: &WorkerId) -> String {
     format!("spiffe://{trust_domain}/agent/{worker}")
 }
 
-/// The SAN URI for an admin certificate.
-pub fn admin_uri(trust_domain: &str, name: &str) -> String {
-    format!("spiffe://{trust_domain}/admin/{name}")
+/// The SAN URI for an operator's certificate with a role.
+pub fn admin_uri(trust_domain: &str, role: Role, name: &str) -> String {
+    format!("spiffe://{trust_domain}/admin/{role}/{name}")
 }
 
 /// A certificate serial as Outpost writes it: lowercase hex without leading zeros.
@@ -86,11 +93,15 @@ pub fn parse_uri(trust_domain: &str, uri: &str) -> Result<Option<Identity>, Erro
         Some(("agent", worker)) => {
             WorkerId::parse(worker).map(|w| Some(Identity::Agent(w))).map_err(|e| bad(e.to_string()))
         }
-        Some(("admin", name)) => {
+        Some(("admin", rest)) => {
+            let (role, name) = match rest.split_once('/') {
+                Some((role, name)) => (Some(role.parse::<Role>().map_err(|e| bad(e.to_string()))?), name),
+                None => (None, rest),
+            };
             WorkerId::parse(name).map_err(|e| bad(e.to_string()))?;
-            Ok(Some(Identity::Admin(name.to_owned())))
+            Ok(Some(Identity::Admin { name: name.to_owned(), role }))
         }
-        _ => Err(bad("the path must be /agent/<worker-id> or /admin/<name>".into())),
+        _ => Err(bad("the path must be /agent/<worker-id> or /admin/<role>/<name>".into())),
     }
 }
 
@@ -123,7 +134,16 @@ mod tests {
             parse_uri("outpost", "spiffe://outpost/agent/w-1").unwrap(),
             Some(Identity::Agent(WorkerId::parse("w-1").unwrap()))
         );
-        assert_eq!(parse_uri("outpost", "spiffe://outpost/admin/ops").unwrap(), Some(Identity::Admin("ops".into())));
+        assert_eq!(
+            parse_uri("outpost", "spiffe://outpost/admin/operator/ops").unwrap(),
+            Some(Identity::Admin { name: "ops".into(), role: Some(Role::Operator) })
+        );
+        assert_eq!(
+            parse_uri("outpost", "spiffe://outpost/admin/ops").unwrap(),
+            Some(Identity::Admin { name: "ops".into(), role: None }),
+            "a certificate from before roles"
+        );
+        assert!(matches!(parse_uri("outpost", "spiffe://outpost/admin/root/ops"), Err(Error::BadUri { .. })));
         assert_eq!(parse_uri("outpost", "spiffe://other/agent/w-1").unwrap(), None);
         assert_eq!(parse_uri("outpost", "https://outpost/agent/w-1").unwrap(), None);
         assert!(matches!(parse_uri("outpost", "spiffe://outpost/robot/x"), Err(Error::BadUri { .. })));

@@ -1,6 +1,6 @@
 //! Shared by every Outpost binary: the `outpost.v1` wire types, typed IDs and states, identity parsing and TLS
-//! helpers. Must never spawn long-lived tasks or touch SQL; its only network I/O is the metrics/health endpoint
-//! (`metrics::serve`) the binaries hand a listener to.
+//! helpers, operators' roles. Must never spawn long-lived tasks or touch SQL; its only network I/O is serving HTTP
+//! (`http.rs`: metrics, health, the status page) on a listener the binaries hand in.
 
 pub mod pb {
     //! Generated `outpost.v1` protobuf types and services. Only the gRPC edges use these.
@@ -20,6 +20,7 @@ pub mod identity;
 pub mod ids;
 pub mod join;
 pub mod metrics;
+pub mod roles;
 pub mod signal;
 pub mod task;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use outpost_common::identity::{admin_uri, agent_uri};
 use outpost_common::ids::WorkerId;
+use outpost_common::roles::Role;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -145,20 +146,27 @@ pub fn agent(dir: &Path, worker_id: &str, trust_domain: &str) -> Result<Vec<Path
     client(dir, &format!("agent-{worker}"), &format!("agent {worker}"), agent_uri(trust_domain, &worker), None)
 }
 
-/// Writes admin-N.pem / admin-N.key, signed by the CA in `dir`.
-pub fn admin(dir: &Path, name: &str, trust_domain: &str) -> Result<Vec<PathBuf>, Error> {
-    admin_for(dir, name, trust_domain, None)
+/// Writes admin-N.pem / admin-N.key for an operator with `role`, signed by the CA in `dir`. `None` writes the form
+/// from before roles (`spiffe://<td>/admin/N`), which the controller refuses unless `--admin-role` maps it: only for
+/// testing a migration; `outpost-controller certs admin` always names a role.
+pub fn admin(dir: &Path, name: &str, role: Option<Role>, trust_domain: &str) -> Result<Vec<PathBuf>, Error> {
+    admin_for(dir, name, role, trust_domain, None)
 }
 
 /// The same, valid for `lifetime` (rcgen's default when `None`).
 pub(crate) fn admin_for(
     dir: &Path,
     name: &str,
+    role: Option<Role>,
     trust_domain: &str,
     lifetime: Option<std::time::Duration>,
 ) -> Result<Vec<PathBuf>, Error> {
     WorkerId::parse(name)?;
-    client(dir, &format!("admin-{name}"), &format!("admin {name}"), admin_uri(trust_domain, name), lifetime)
+    let uri = match role {
+        Some(role) => admin_uri(trust_domain, role, name),
+        None => format!("spiffe://{trust_domain}/admin/{name}"),
+    };
+    client(dir, &format!("admin-{name}"), &format!("admin {name}"), uri, lifetime)
 }
 
 #[cfg(test)]
@@ -195,11 +203,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), &[]).unwrap();
         agent(dir.path(), "w-1", "outpost").unwrap();
-        admin(dir.path(), "ops", "outpost").unwrap();
+        admin(dir.path(), "ops", Some(Role::Operator), "outpost").unwrap();
         let agent_id = identity::from_certificate("outpost", &leaf_der(&dir.path().join("agent-w-1.pem"))).unwrap();
         assert_eq!(agent_id, Identity::Agent(WorkerId::parse("w-1").unwrap()));
         let admin_id = identity::from_certificate("outpost", &leaf_der(&dir.path().join("admin-ops.pem"))).unwrap();
-        assert_eq!(admin_id, Identity::Admin("ops".into()));
+        assert_eq!(admin_id, Identity::Admin { name: "ops".into(), role: Some(Role::Operator) });
         assert_eq!(
             identity::from_certificate("outpost", &leaf_der(&dir.path().join("controller.pem"))),
             Err(identity::Error::NoIdentity { trust_domain: "outpost".into() })

@@ -55,12 +55,17 @@ pub enum CertsCommand {
         #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
     },
-    /// An admin certificate admin-N.pem / admin-N.key (SAN URI spiffe://<trust-domain>/admin/N), signed by the CA in --out.
+    /// An operator's certificate admin-N.pem / admin-N.key (SAN URI spiffe://<trust-domain>/admin/<role>/N), signed by
+    /// the CA in --out.
     Admin {
         #[arg(long, env = "OUTPOST_CERTS_DIR")]
         out: PathBuf,
         #[arg(long)]
         name: String,
+        /// What it may do: viewer (read), operator (also submit, cancel, retry, drain, replay, warm venvs) or admin
+        /// (also join and login tokens, revocation).
+        #[arg(long)]
+        role: outpost_common::roles::Role,
         #[arg(long, env = "OUTPOST_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
     },

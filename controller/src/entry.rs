@@ -29,7 +29,9 @@ pub fn main() -> anyhow::Result<()> {
             let written = match command {
                 CertsCommand::Init { out, san } => certs::init(&out, &san)?,
                 CertsCommand::Agent { out, worker_id, trust_domain } => certs::agent(&out, &worker_id, &trust_domain)?,
-                CertsCommand::Admin { out, name, trust_domain } => certs::admin(&out, &name, &trust_domain)?,
+                CertsCommand::Admin { out, name, role, trust_domain } => {
+                    certs::admin(&out, &name, Some(role), &trust_domain)?
+                }
             };
             for path in written {
                 println!("wrote {}", path.display());

@@ -173,7 +173,8 @@ impl Own {
             done.push(format!("made the controller's certificate (names: {})", names.join(", ")));
         }
         if Self::due(&self.admin_files().cert, now) {
-            certs::admin_for(&self.dir, LOCAL_ADMIN, &self.trust_domain, Some(self.lifetime))?;
+            let role = Some(outpost_common::roles::Role::Admin);
+            certs::admin_for(&self.dir, LOCAL_ADMIN, role, &self.trust_domain, Some(self.lifetime))?;
             done.push(format!("made the local admin identity (admin-{LOCAL_ADMIN}.pem)"));
         }
         Ok(done)

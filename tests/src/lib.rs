@@ -241,7 +241,7 @@ impl Cluster {
         let certs = dir.path().join("certs");
         let cluster = Cluster { bins, dir, certs };
         cluster.certs_command(&["init"]);
-        cluster.certs_command(&["admin", "--name", "ops"]);
+        cluster.certs_command(&["admin", "--name", "ops", "--role", "admin"]);
         cluster
     }
 

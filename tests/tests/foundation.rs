@@ -85,7 +85,7 @@ async fn connections_without_the_right_certificate_are_refused() {
     AdminServiceClient::new(bare).list_workers(pb::ListWorkersRequest {}).await.unwrap_err();
 
     // A certificate from another CA (with the same CA name, so only the signature gives it away).
-    let other = cluster.other_ca(&[&["admin", "--name", "ops"]]);
+    let other = cluster.other_ca(&[&["admin", "--name", "ops", "--role", "admin"]]);
     let foreign = (other.path().join("admin-ops.pem"), other.path().join("admin-ops.key"));
     assert_eq!(
         tls_verdict(controller.addr, &ca, Some((&foreign.0, &foreign.1))).await,
@@ -252,7 +252,7 @@ async fn the_controller_picks_up_rotated_certificate_files_without_a_restart() {
     let controller = cluster.controller("outpost.db", &["--tls-reload-interval", "200ms"]).await;
     let old_admin = cluster.admin_tls();
     // Rotation to a new CA: the controller's key, certificate and CA files are replaced in place.
-    let other = cluster.other_ca(&[&["admin", "--name", "ops"]]);
+    let other = cluster.other_ca(&[&["admin", "--name", "ops", "--role", "admin"]]);
     for name in ["controller.key", "controller.pem", "ca.pem"] {
         std::fs::copy(other.path().join(name), cluster.certs.join(name)).unwrap();
     }

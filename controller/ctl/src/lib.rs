@@ -222,6 +222,9 @@ enum UiTokensAction {
         ttl: Duration,
         #[arg(long, default_value = "")]
         description: String,
+        /// What its sessions may do: viewer (read), operator (also act on tasks and workers) or admin.
+        #[arg(long, default_value = "viewer")]
+        role: outpost_common::roles::Role,
     },
     /// Revoke a login token: its sessions end at their next request.
     Revoke { id: String },
@@ -392,9 +395,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let created = client.create_join_token(request).await.map_err(status_error)?.into_inner();
             output::token_created(&created, cli.json);
         }
-        Command::UiTokens { action: UiTokensAction::Create { ttl, description } } => {
-            let request =
-                pb::CreateUiTokenRequest { ttl_seconds: ttl.as_secs().max(1), description: description.clone() };
+        Command::UiTokens { action: UiTokensAction::Create { ttl, description, role } } => {
+            let request = pb::CreateUiTokenRequest {
+                ttl_seconds: ttl.as_secs().max(1),
+                description: description.clone(),
+                role: role.to_string(),
+            };
             let created = client.create_ui_token(request).await.map_err(status_error)?.into_inner();
             output::ui_token_created(&created, cli.json);
         }

@@ -128,14 +128,14 @@ pub fn token_revoked(what: &str, id: &str, as_json: bool) {
 
 pub fn ui_token_created(created: &pb::CreateUiTokenResponse, as_json: bool) {
     if as_json {
-        return print_json(
-            &json!({"token": created.token, "id": created.id, "expiresUnixMs": created.expires_unix_ms}),
-        );
+        return print_json(&json!({"token": created.token, "id": created.id, "expiresUnixMs": created.expires_unix_ms,
+                    "role": created.role}));
     }
     println!("{}", created.token);
     println!(
-        "status page login token {}, expires {}; it is shown only now. Type it at the page's login form.",
+        "status page login token {} ({}), expires {}; it is shown only now. Type it at the page's login form.",
         created.id,
+        created.role,
         time(created.expires_unix_ms)
     );
 }

@@ -1,10 +1,11 @@
-//! `outpost.v1.AdminService`: the operator API. Thin handlers: check the caller is an admin, convert, call one
-//! core method, map the error. Never writes SQL.
+//! `outpost.v1.AdminService`: the operator API. Thin handlers: check the caller's role for the RPC (the one table
+//! in `outpost_common::roles`), convert, call one core method, map the error. Never writes SQL.
 
 mod convert;
 
 use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use outpost_common::pb;
+use outpost_common::roles::AdminRpc;
 use outpost_common::venv::VenvSpec;
 use tonic::{Request, Response, Status};
 
@@ -24,6 +25,8 @@ pub struct AdminService {
     pub logins: crate::ui::Logins,
     pub metrics: Metrics,
     pub trust_domain: String,
+    /// `--admin-role` mappings for certificates issued before roles.
+    pub legacy_admins: Vec<outpost_common::roles::LegacyAdmin>,
 }
 
 /// `<created_at_ms>:<id>` of the last task of a page.
@@ -56,6 +59,11 @@ fn local_error(error: local::Error) -> Status {
 }
 
 impl AdminService {
+    /// The caller, if its role may call `rpc` (the one role table: `outpost_common::roles`).
+    fn authorize<T>(&self, request: &Request<T>, rpc: AdminRpc) -> Result<identity::Caller, Status> {
+        identity::authorize(request, &self.trust_domain, &self.legacy_admins, rpc)
+    }
+
     /// Every worker with its certificate expiry and revocation (one view for ListWorkers and GetWorker).
     async fn workers(&self) -> Result<Vec<pb::Worker>, Status> {
         let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
@@ -82,7 +90,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::SubmitTask)?;
         let r = request.into_inner();
         let submission = Submission {
             task_name: r.task,
@@ -99,7 +107,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::ListTasks)?;
         let r = request.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) };
         let filter = TaskFilter {
@@ -128,7 +136,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::GetTask)?;
         let id = task_id(&request.get_ref().id)?;
         let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
         let tail = self.logs.tail(&task.request.id, task.epoch).unwrap_or_default();
@@ -141,12 +149,12 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::ListWorkers)?;
         Ok(Response::new(pb::ListWorkersResponse { workers: self.workers().await? }))
     }
 
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let admin = self.authorize(&request, AdminRpc::CancelTask)?;
         let r = request.into_inner();
         let id = TaskId::parse_id_or_urn(&r.id).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
         let reason = if r.reason.is_empty() { format!("cancelled by {admin}") } else { r.reason };
@@ -159,7 +167,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListQuarantinedRequest>,
     ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::ListQuarantined)?;
         let limit = match request.get_ref().limit {
             0 => 100,
             n => n,
@@ -174,7 +182,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ReplayQuarantinedRequest>,
     ) -> Result<Response<pb::ReplayQuarantinedResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::ReplayQuarantined)?;
         let task = crate::sources::sqs::replay_quarantined(&self.scheduler, request.get_ref().id)
             .await
             .map_err(Status::failed_precondition)?;
@@ -185,7 +193,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::DrainWorker)?;
         let worker = WorkerId::parse(&request.get_ref().worker_id)
             .map_err(|e| Status::invalid_argument(format!("worker_id: {e}")))?;
         self.scheduler.drain(&worker).await.map_err(status::from_scheduler)?;
@@ -193,7 +201,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::GetWorker)?;
         let worker = worker_id(&request.get_ref().worker_id)?;
         let found = self.workers().await?.into_iter().find(|w| w.worker_id == worker.as_str());
         found.map(Response::new).ok_or_else(|| Status::not_found(format!("no worker {worker}")))
@@ -203,7 +211,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let admin = self.authorize(&request, AdminRpc::CreateJoinToken)?;
         let r = request.into_inner();
         let token = TokenRequest {
             pool: PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?,
@@ -211,7 +219,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             uses: (!r.reusable).then_some(r.uses.max(1)),
             description: r.description,
         };
-        let (secret, info) = self.enrollment.create_token(token, &admin).await.map_err(status::from_enrollment)?;
+        let (secret, info) = self.enrollment.create_token(token, &admin.name).await.map_err(status::from_enrollment)?;
         Ok(Response::new(pb::CreateJoinTokenResponse { token: secret.reveal(), info: Some(convert::join_token(info)) }))
     }
 
@@ -219,7 +227,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListJoinTokensRequest>,
     ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::ListJoinTokens)?;
         let tokens = self.enrollment.tokens().await.map_err(status::from_enrollment)?;
         Ok(Response::new(pb::ListJoinTokensResponse { tokens: tokens.into_iter().map(convert::join_token).collect() }))
     }
@@ -228,7 +236,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeJoinTokenRequest>,
     ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::RevokeJoinToken)?;
         self.enrollment.revoke_token(&request.get_ref().id).await.map_err(status::from_enrollment)?;
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
@@ -237,7 +245,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeWorkerRequest>,
     ) -> Result<Response<pb::RevokeWorkerResponse>, Status> {
-        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let admin = self.authorize(&request, AdminRpc::RevokeWorker)?;
         let r = request.into_inner();
         if !r.serial.is_empty() {
             let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
@@ -254,15 +262,23 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateUiTokenRequest>,
     ) -> Result<Response<pb::CreateUiTokenResponse>, Status> {
-        let admin = identity::require_admin(&request, &self.trust_domain)?;
+        let admin = self.authorize(&request, AdminRpc::CreateUiToken)?;
         let r = request.into_inner();
         let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 { 12 * 3600 } else { r.ttl_seconds });
-        let created =
-            self.logins.create(ttl, &r.description, &format!("admin/{admin}")).await.map_err(status::from_ui_login)?;
+        let role = match r.role.as_str() {
+            "" => outpost_common::roles::Role::Viewer,
+            role => role.parse().map_err(|e| Status::invalid_argument(format!("role: {e}")))?,
+        };
+        let created = self
+            .logins
+            .create(ttl, &r.description, role, &format!("admin/{admin}"))
+            .await
+            .map_err(status::from_ui_login)?;
         Ok(Response::new(pb::CreateUiTokenResponse {
             token: created.token,
             id: created.id,
             expires_unix_ms: created.expires_at_ms,
+            role: created.role.to_string(),
         }))
     }
 
@@ -270,7 +286,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeUiTokenRequest>,
     ) -> Result<Response<pb::RevokeUiTokenResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::RevokeUiToken)?;
         self.logins.revoke(&request.get_ref().id).await.map_err(status::from_ui_login)?;
         Ok(Response::new(pb::RevokeUiTokenResponse {}))
     }
@@ -279,7 +295,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::WarmVenvsRequest>,
     ) -> Result<Response<pb::WarmVenvsResponse>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::WarmVenvs)?;
         let r = request.into_inner();
         let pool = PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?;
         let spec = VenvSpec::pinned(&r.version, &r.plugin).map_err(Status::invalid_argument)?;
@@ -289,7 +305,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::RetryTask)?;
         let id = task_id(&request.get_ref().id)?;
         self.scheduler.retry(&id).await.map_err(status::from_scheduler)?;
         let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
@@ -297,7 +313,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::GetStats)?;
         let backlogs = self.scheduler.backlogs().await.map_err(status::from_scheduler)?;
         let capacity = self.scheduler.capacity().await.map_err(status::from_scheduler)?;
         let outbox_backlog = self.scheduler.outbox_depth().await.map_err(status::from_scheduler)?;
@@ -309,7 +325,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ExplainTaskRequest>,
     ) -> Result<Response<pb::Explanation>, Status> {
-        identity::require_admin(&request, &self.trust_domain)?;
+        self.authorize(&request, AdminRpc::ExplainTask)?;
         let id = task_id(&request.get_ref().id)?;
         let explanation = self.scheduler.explain(&id).await.map_err(status::from_scheduler)?;
         Ok(Response::new(convert::explanation(&id, explanation)))

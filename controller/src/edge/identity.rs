@@ -1,6 +1,7 @@
 //! The caller's identity, taken from the verified client certificate of its TLS connection.
 
 use outpost_common::identity::{self, Identity};
+use outpost_common::roles::{AdminRpc, LegacyAdmin, Role};
 use tonic::{Request, Status};
 
 /// The identity in the request's peer certificate; UNAUTHENTICATED when there is none.
@@ -17,10 +18,48 @@ pub fn peer_serial<T>(request: &Request<T>) -> Option<String> {
     identity::serial_of(certs.first()?.as_ref())
 }
 
-/// The admin name, or PERMISSION_DENIED for any other identity.
-pub fn require_admin<T>(request: &Request<T>, trust_domain: &str) -> Result<String, Status> {
-    match peer(request, trust_domain)? {
-        Identity::Admin(name) => Ok(name),
-        other => Err(Status::permission_denied(format!("{other} may not call the admin service"))),
+/// Who called an admin RPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl std::fmt::Display for Caller {
+    /// Its name, as the reasons recorded on tasks and tokens say who acted ("cancelled by ops").
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
     }
+}
+
+/// The caller of `rpc` if its certificate's role is the one the role table asks for (or higher); else
+/// PERMISSION_DENIED naming the role needed and the caller's (UNAUTHENTICATED without a certificate).
+pub fn authorize<T>(
+    request: &Request<T>,
+    trust_domain: &str,
+    legacy: &[LegacyAdmin],
+    rpc: AdminRpc,
+) -> Result<Caller, Status> {
+    let (name, role) = match peer(request, trust_domain)? {
+        Identity::Admin { name, role: Some(role) } => (name, role),
+        Identity::Admin { name, role: None } => match legacy.iter().find(|l| l.name == name) {
+            Some(mapped) => (name, mapped.role),
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "admin certificate {name} carries no role (it was issued before roles): reissue it with \
+                     `outpost-controller certs admin --role viewer|operator|admin --name {name}`, or map it for now \
+                     with --admin-role {name}=ROLE"
+                )));
+            }
+        },
+        other => return Err(Status::permission_denied(format!("{other} may not call the admin service"))),
+    };
+    let needed = rpc.needs();
+    if role < needed {
+        return Err(Status::permission_denied(format!(
+            "{} needs the {needed} role; {name} has the {role} role",
+            rpc.name()
+        )));
+    }
+    Ok(Caller { name, role })
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// An agent stream that sends no Hello within this time is closed.
     #[arg(long, env = "OUTPOST_HELLO_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub hello_timeout: Duration,
+    /// The role of an admin certificate issued before roles (`spiffe://<td>/admin/<name>`), as NAME=ROLE
+    /// (repeatable), for a migration period; such a certificate not named here is refused with how to reissue it.
+    #[arg(long = "admin-role", env = "OUTPOST_ADMIN_ROLES", value_delimiter = ',')]
+    pub admin_roles: Vec<outpost_common::roles::LegacyAdmin>,
     /// The largest message an agent or admin client may send (a larger one ends its call with RESOURCE_EXHAUSTED).
     #[arg(long, env = "OUTPOST_GRPC_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub grpc_max_message_bytes: usize,
@@ -96,6 +100,7 @@ pub async fn serve(
         metrics,
         scheduler,
         trust_domain: config.trust_domain,
+        legacy_admins: config.admin_roles,
     })
     .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();

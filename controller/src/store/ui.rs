@@ -13,6 +13,8 @@ pub struct NewUiToken {
     pub description: String,
     pub created_by: String,
     pub expires_at_ms: i64,
+    /// viewer, operator or admin.
+    pub role: String,
 }
 
 /// What checking a login needs.
@@ -21,6 +23,7 @@ pub struct UiTokenCheck {
     pub secret_hash: String,
     pub expires_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    pub role: String,
 }
 
 impl Store {
@@ -29,9 +32,17 @@ impl Store {
         self.transaction(move |tx, _| {
             execute(
                 tx,
-                "INSERT INTO ui_tokens (id, secret_hash, description, created_by, created_at_ms, expires_at_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                params![token.id, token.secret_hash, token.description, token.created_by, now_ms, token.expires_at_ms],
+                "INSERT INTO ui_tokens (id, secret_hash, description, created_by, created_at_ms, expires_at_ms, role) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    token.id,
+                    token.secret_hash,
+                    token.description,
+                    token.created_by,
+                    now_ms,
+                    token.expires_at_ms,
+                    token.role
+                ],
             )
             .map(|_| ())
         })
@@ -53,7 +64,7 @@ impl Store {
     }
 
     pub async fn ui_token(&self, id: &str) -> Result<Option<UiTokenCheck>, Error> {
-        Ok(sqlx::query_as("SELECT secret_hash, expires_at_ms, revoked_at_ms FROM ui_tokens WHERE id = ?")
+        Ok(sqlx::query_as("SELECT secret_hash, expires_at_ms, revoked_at_ms, role FROM ui_tokens WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.reads)
             .await?)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use outpost_common::clock::unix_ms;
 use outpost_common::join::{JoinToken, random_text, sha256_hex};
+use outpost_common::roles::Role;
 
 use crate::store::{self, NewUiToken, Store};
 
@@ -37,12 +38,15 @@ pub struct Created {
     pub id: String,
     pub token: String,
     pub expires_at_ms: i64,
+    pub role: Role,
 }
 
 #[derive(Debug)]
 struct Session {
     token_id: String,
     expires_at_ms: i64,
+    /// The role of the token it was opened with.
+    role: Role,
 }
 
 /// Login tokens and sessions. Cheap to clone.
@@ -77,7 +81,13 @@ impl Logins {
     }
 
     /// Makes a login token valid for `ttl`.
-    pub async fn create(&self, ttl: Duration, description: &str, created_by: &str) -> Result<Created, Error> {
+    pub async fn create(
+        &self,
+        ttl: Duration,
+        description: &str,
+        role: Role,
+        created_by: &str,
+    ) -> Result<Created, Error> {
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(Error::BadTtl);
         }
@@ -90,9 +100,10 @@ impl Logins {
             description: description.to_owned(),
             created_by: created_by.to_owned(),
             expires_at_ms,
+            role: role.as_str().to_owned(),
         };
         self.store.create_ui_token(&record, now).await?;
-        Ok(Created { id: token.id.clone(), token: token.reveal(), expires_at_ms })
+        Ok(Created { id: token.id.clone(), token: token.reveal(), expires_at_ms, role })
     }
 
     /// Revokes a login token; its sessions end at their next request.
@@ -106,12 +117,13 @@ impl Logins {
     /// Checks a token typed at the login form; on success, opens a session and returns its id (for the cookie).
     pub async fn login(&self, typed: &str) -> Result<Result<String, Refused>, Error> {
         let Ok(token) = JoinToken::parse(typed) else { return Ok(Err(Refused::Malformed)) };
-        if let Err(refused) = self.token_valid(&token.id, Some(&token.ui_secret_hash())).await? {
-            return Ok(Err(refused));
-        }
+        let role = match self.token_valid(&token.id, Some(&token.ui_secret_hash())).await? {
+            Ok(role) => role,
+            Err(refused) => return Ok(Err(refused)),
+        };
         let id = random_text(40);
-        let session =
-            Session { token_id: token.id.clone(), expires_at_ms: unix_ms() + self.session_ttl.as_millis() as i64 };
+        let expires_at_ms = unix_ms() + self.session_ttl.as_millis() as i64;
+        let session = Session { token_id: token.id.clone(), expires_at_ms, role };
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let now = unix_ms();
         sessions.retain(|_, s| s.expires_at_ms > now);
@@ -119,7 +131,8 @@ impl Logins {
         Ok(Ok(id))
     }
 
-    async fn token_valid(&self, id: &str, secret_hash: Option<&str>) -> Result<Result<(), Refused>, Error> {
+    /// The token's role if it may log in (or keep a session): known, the secret right, not revoked, not expired.
+    async fn token_valid(&self, id: &str, secret_hash: Option<&str>) -> Result<Result<Role, Refused>, Error> {
         let Some(stored) = self.store.ui_token(id).await? else { return Ok(Err(Refused::Unknown)) };
         // Digests are compared, not secrets: timing tells nothing about the secret.
         if let Some(hash) = secret_hash
@@ -133,24 +146,30 @@ impl Logins {
         if stored.expires_at_ms <= unix_ms() {
             return Ok(Err(Refused::Expired));
         }
-        Ok(Ok(()))
+        // A role this build does not know (a newer controller wrote it) acts as the least one.
+        Ok(Ok(stored.role.parse().unwrap_or(Role::Viewer)))
     }
 
     /// Whether a session id from a cookie is a live session whose token is still valid.
     pub async fn check(&self, session_id: &str) -> Result<bool, Error> {
+        Ok(self.session_role(session_id).await?.is_some())
+    }
+
+    /// The role of a live session whose token is still valid; `None` otherwise.
+    pub async fn session_role(&self, session_id: &str) -> Result<Option<Role>, Error> {
         let hash = session_hash(session_id);
-        let token_id = {
+        let (token_id, role) = {
             let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             match sessions.get(&hash) {
-                Some(s) if s.expires_at_ms > unix_ms() => s.token_id.clone(),
-                _ => return Ok(false),
+                Some(s) if s.expires_at_ms > unix_ms() => (s.token_id.clone(), s.role),
+                _ => return Ok(None),
             }
         };
         if self.token_valid(&token_id, None).await?.is_err() {
             self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&hash);
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(true)
+        Ok(Some(role))
     }
 
     pub fn logout(&self, session_id: &str) {
@@ -167,7 +186,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db"), false).await.unwrap();
         let logins = Logins::new(store, Duration::from_secs(3600));
-        let created = logins.create(Duration::from_secs(60), "for tests", "admin/ops").await.unwrap();
+        let created = logins.create(Duration::from_secs(60), "for tests", Role::Operator, "admin/ops").await.unwrap();
         assert!(created.token.starts_with(&format!("{}.", created.id)));
         assert_eq!(logins.login("not a token").await.unwrap(), Err(Refused::Malformed));
         let wrong = format!("{}.{}", created.id, "a".repeat(16));
@@ -175,11 +194,13 @@ mod tests {
         assert_eq!(logins.login("zzzzzz.aaaaaaaaaaaaaaaa").await.unwrap(), Err(Refused::Unknown));
         let session = logins.login(&created.token).await.unwrap().unwrap();
         assert!(logins.check(&session).await.unwrap());
+        assert_eq!(logins.session_role(&session).await.unwrap(), Some(Role::Operator), "the token's role");
+        assert_eq!(created.role, Role::Operator);
         assert!(!logins.check("forged-session").await.unwrap());
         logins.revoke(&created.id).await.unwrap();
         assert!(!logins.check(&session).await.unwrap(), "revoking the token ends its sessions");
         assert_eq!(logins.login(&created.token).await.unwrap(), Err(Refused::Revoked));
         assert!(matches!(logins.revoke("nosuch").await, Err(Error::NotFound(_))));
-        assert!(matches!(logins.create(Duration::ZERO, "", "a").await, Err(Error::BadTtl)));
+        assert!(matches!(logins.create(Duration::ZERO, "", Role::Viewer, "a").await, Err(Error::BadTtl)));
     }
 }
