@@ -25,14 +25,15 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(_) => continue,
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers may ask who is on the other end (`ConnectInfo<SocketAddr>`).
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
         let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(read_timeout);

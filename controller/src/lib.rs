@@ -224,6 +224,11 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             refresh: config.ui.ui_refresh_interval,
             secure: tls.is_some(),
             metrics: metrics.clone(),
+            login_limit: ui::LoginLimiter::new(
+                config.ui.ui_login_attempts_per_address,
+                config.ui.ui_login_attempts_total,
+                config.ui.ui_login_window,
+            ),
         };
         let serve = ui::serve(listener, page, config.ui.ui_read_timeout, tls, ui_token.clone());
         services.spawn("status page", false, serve);

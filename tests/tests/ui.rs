@@ -133,3 +133,21 @@ async fn a_pool_whose_channel_fails_is_shown_failing_with_the_error_in_words() {
     assert!(row.contains("FAILING") && row.contains("no call has succeeded yet"), "{row}");
     assert!(row.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_past_the_limit_from_one_address_are_answered_429_with_retry_after() {
+    let cluster = Cluster::new(bins!());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let flags = ["--ui-listen", &listen, "--ui-login-attempts-per-address", "5", "--ui-login-window", "1m"];
+    let controller = cluster.controller("outpost.db", &flags).await;
+    let (http, base) = (client(), format!("http://{listen}"));
+    for _ in 0..5 {
+        assert_eq!(login(&http, &base, "abcdef.0123456789abcdef").await.status(), 401, "a wrong token");
+    }
+    // The sixth attempt within the minute is held back, even with the right token.
+    let held = login(&http, &base, &ui_token(&cluster, &controller)).await;
+    assert_eq!(held.status(), 429);
+    let retry_after: u64 = held.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(held.text().await.unwrap().contains("Too many login attempts; try again in"));
+}

@@ -6,12 +6,14 @@
 
 pub mod auth;
 mod html;
+mod limit;
 mod pages;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -26,6 +28,7 @@ use crate::enroll::Enrollment;
 use crate::logs::LogTails;
 use crate::scheduler::Scheduler;
 pub use auth::Logins;
+pub use limit::LoginLimiter;
 
 /// The status page's flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -51,6 +54,15 @@ pub struct Args {
     /// A request whose head has not arrived within this time is dropped.
     #[arg(long, env = "OUTPOST_UI_READ_TIMEOUT", value_parser = duration::parse, default_value = "10s")]
     pub ui_read_timeout: Duration,
+    /// Login attempts allowed per source address within --ui-login-window (past that: 429 with Retry-After).
+    #[arg(long, env = "OUTPOST_UI_LOGIN_ATTEMPTS_PER_ADDRESS", default_value_t = 10)]
+    pub ui_login_attempts_per_address: usize,
+    /// Login attempts allowed in all within --ui-login-window.
+    #[arg(long, env = "OUTPOST_UI_LOGIN_ATTEMPTS_TOTAL", default_value_t = 100)]
+    pub ui_login_attempts_total: usize,
+    /// The window the login attempts are counted in.
+    #[arg(long, env = "OUTPOST_UI_LOGIN_WINDOW", value_parser = duration::parse, default_value = "1m")]
+    pub ui_login_window: Duration,
     /// DataHub's web UI (e.g. https://tenant.acryl.io): task pages link to it.
     #[arg(long, env = "DATAHUB_FRONTEND_URL")]
     pub datahub_url: Option<String>,
@@ -61,6 +73,12 @@ impl Args {
         duration::positive("--ui-session-ttl", self.ui_session_ttl)?;
         duration::positive("--ui-refresh-interval", self.ui_refresh_interval)?;
         duration::positive("--ui-read-timeout", self.ui_read_timeout)?;
+        duration::positive("--ui-login-window", self.ui_login_window)?;
+        if self.ui_login_attempts_per_address == 0 || self.ui_login_attempts_total == 0 {
+            return Err(duration::Invalid(
+                "--ui-login-attempts-per-address and --ui-login-attempts-total must be at least 1".into(),
+            ));
+        }
         if let Some(addr) = self.ui_listen
             && !addr.ip().is_loopback()
             && !self.ui_tls
@@ -88,6 +106,8 @@ pub struct Ui {
     pub secure: bool,
     /// Where the pools' channel health is kept.
     pub metrics: crate::metrics::Metrics,
+    /// How often the login form may be tried.
+    pub login_limit: LoginLimiter,
 }
 
 const COOKIE: &str = "outpost_session";
@@ -205,9 +225,22 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin.split_once("://").is_some_and(|(_, authority)| authority == host)
 }
 
-async fn login(State(ui): State<Ui>, headers: HeaderMap, axum::Form(form): axum::Form<LoginForm>) -> Response {
+async fn login(
+    State(ui): State<Ui>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
     if !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "cross-site login refused\n").into_response();
+    }
+    if let Err(wait) = ui.login_limit.attempt(peer.ip(), std::time::Instant::now()) {
+        warn!(address = %peer.ip(), "status page login refused: too many attempts");
+        let seconds = wait.as_secs().max(1);
+        let text = format!("Too many login attempts; try again in {seconds} s.");
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, Html(login_form(Some(&text)))).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
     }
     match ui.logins.login(&form.token).await {
         Ok(Ok(session)) => {
