@@ -374,7 +374,9 @@ async fn the_bridge_backs_off_through_an_sqs_outage_and_recovers() {
     moto.wait_empty(&queue).await;
     let recovered = wait_channel(&admin, "default", "sqs", "healthy again", |c| c.consecutive_failures == 0).await;
     assert!(recovered.last_success_unix_ms > failing.last_error_unix_ms, "{recovered:?}");
-    assert_eq!(recovered.last_error, failing.last_error, "the last error stays on record");
+    // The last error stays on record (moto may have answered QueueDoesNotExist between its restart and the queue's).
+    assert!(recovered.last_error.starts_with(&format!("receive from {queue} failed: ")), "{recovered:?}");
+    assert!(recovered.last_error_unix_ms >= failing.last_error_unix_ms, "{recovered:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
