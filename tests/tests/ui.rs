@@ -151,3 +151,35 @@ async fn logins_past_the_limit_from_one_address_are_answered_429_with_retry_afte
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert!(held.text().await.unwrap().contains("Too many login attempts; try again in"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_survives_a_controller_restart_and_ends_with_its_token() {
+    let cluster = Cluster::new(bins!());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let (http, base) = (client(), format!("http://{listen}"));
+    let out = cluster.ctl(&controller, &["--json", "ui-tokens", "create", "--ttl", "1h"]);
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cookie = cookie_of(&login(&http, &base, created["token"].as_str().unwrap()).await);
+    assert_eq!(http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap().status(), 200);
+
+    controller.proc.kill();
+    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let page = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200, "still logged in after the restart");
+    // Only the session id's hash is stored.
+    let session = cookie.split_once('=').unwrap().1;
+    let database = std::fs::read(cluster.path("outpost.db")).unwrap_or_default();
+    let wal = std::fs::read(cluster.path("outpost.db-wal")).unwrap_or_default();
+    let contains = |bytes: &[u8]| bytes.windows(session.len()).any(|w| w == session.as_bytes());
+    assert!(!contains(&database) && !contains(&wal), "a session id reached the database");
+
+    let out = cluster.ctl(&controller, &["ui-tokens", "revoke", created["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(
+        (page.status().as_u16(), page.headers()["location"].to_str().unwrap()),
+        (303, "/login"),
+        "revoked: logged out"
+    );
+}

@@ -1,4 +1,4 @@
-//! Login tokens of the status page: only hashes of their secrets (the sessions they open live in memory).
+//! Login tokens of the status page and the sessions they open: only hashes of their secrets and of session ids.
 
 use rusqlite::params;
 
@@ -61,6 +61,42 @@ impl Store {
             .map(|n| n > 0)
         })
         .await
+    }
+
+    /// Records a session (by the hash of its id) and forgets the expired ones.
+    pub async fn open_ui_session(
+        &self,
+        hash: &str,
+        token_id: &str,
+        role: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), Error> {
+        let (hash, token_id, role) = (hash.to_owned(), token_id.to_owned(), role.to_owned());
+        self.transaction(move |tx, _| {
+            execute(tx, "DELETE FROM ui_sessions WHERE expires_at_ms <= ?", params![now_ms])?;
+            execute(
+                tx,
+                "INSERT INTO ui_sessions (hash, token_id, role, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?)",
+                params![hash, token_id, role, now_ms, expires_at_ms],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// (token id, role, expiry) of the session with this hash.
+    pub async fn ui_session(&self, hash: &str) -> Result<Option<(String, String, i64)>, Error> {
+        Ok(sqlx::query_as("SELECT token_id, role, expires_at_ms FROM ui_sessions WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.reads)
+            .await?)
+    }
+
+    pub async fn close_ui_session(&self, hash: &str) -> Result<(), Error> {
+        let hash = hash.to_owned();
+        self.transaction(move |tx, _| execute(tx, "DELETE FROM ui_sessions WHERE hash = ?", params![hash]).map(|_| ()))
+            .await
     }
 
     pub async fn ui_token(&self, id: &str) -> Result<Option<UiTokenCheck>, Error> {

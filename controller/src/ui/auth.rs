@@ -1,9 +1,8 @@
 //! Who may see the status page: login tokens an admin makes (`outpostctl ui-tokens create`, stored as hashes
-//! only), and the sessions a login opens (in memory; a cookie carries a random id, the map holds its hash). Must
-//! never log, store or show a token's secret or a session id.
+//! only, each with the role its sessions act with), and the sessions a login opens (in SQLite, so a restart logs
+//! nobody out; a cookie carries a random id, the database only its hash). Must never log, store or show a token's
+//! secret or a session id.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_common::clock::unix_ms;
@@ -41,21 +40,11 @@ pub struct Created {
     pub role: Role,
 }
 
-#[derive(Debug)]
-struct Session {
-    token_id: String,
-    expires_at_ms: i64,
-    /// The role of the token it was opened with.
-    role: Role,
-}
-
 /// Login tokens and sessions. Cheap to clone.
 #[derive(Clone)]
 pub struct Logins {
     store: Store,
     session_ttl: Duration,
-    /// By the hash of the session id.
-    sessions: Arc<Mutex<HashMap<String, Session>>>,
 }
 
 impl std::fmt::Debug for Logins {
@@ -73,7 +62,7 @@ const MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl Logins {
     pub fn new(store: Store, session_ttl: Duration) -> Logins {
-        Logins { store, session_ttl, sessions: Arc::default() }
+        Logins { store, session_ttl }
     }
 
     pub fn session_ttl(&self) -> Duration {
@@ -122,12 +111,9 @@ impl Logins {
             Err(refused) => return Ok(Err(refused)),
         };
         let id = random_text(40);
-        let expires_at_ms = unix_ms() + self.session_ttl.as_millis() as i64;
-        let session = Session { token_id: token.id.clone(), expires_at_ms, role };
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let now = unix_ms();
-        sessions.retain(|_, s| s.expires_at_ms > now);
-        sessions.insert(session_hash(&id), session);
+        let expires_at_ms = now + self.session_ttl.as_millis() as i64;
+        self.store.open_ui_session(&session_hash(&id), &token.id, role.as_str(), now, expires_at_ms).await?;
         Ok(Ok(id))
     }
 
@@ -158,22 +144,16 @@ impl Logins {
     /// The role of a live session whose token is still valid; `None` otherwise.
     pub async fn session_role(&self, session_id: &str) -> Result<Option<Role>, Error> {
         let hash = session_hash(session_id);
-        let (token_id, role) = {
-            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            match sessions.get(&hash) {
-                Some(s) if s.expires_at_ms > unix_ms() => (s.token_id.clone(), s.role),
-                _ => return Ok(None),
-            }
-        };
-        if self.token_valid(&token_id, None).await?.is_err() {
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&hash);
+        let Some((token_id, role, expires_at_ms)) = self.store.ui_session(&hash).await? else { return Ok(None) };
+        if expires_at_ms <= unix_ms() || self.token_valid(&token_id, None).await?.is_err() {
+            self.store.close_ui_session(&hash).await?;
             return Ok(None);
         }
-        Ok(Some(role))
+        Ok(Some(role.parse().unwrap_or(Role::Viewer)))
     }
 
-    pub fn logout(&self, session_id: &str) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_hash(session_id));
+    pub async fn logout(&self, session_id: &str) -> Result<(), Error> {
+        Ok(self.store.close_ui_session(&session_hash(session_id)).await?)
     }
 }
 

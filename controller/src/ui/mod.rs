@@ -269,8 +269,10 @@ async fn logout(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "cross-site logout refused\n").into_response();
     }
-    if let Some(session) = session_cookie(&headers) {
-        ui.logins.logout(&session);
+    if let Some(session) = session_cookie(&headers)
+        && let Err(e) = ui.logins.logout(&session).await
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("cannot end the session: {e}\n")).into_response();
     }
     let mut response = Redirect::to("/login").into_response();
     let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
