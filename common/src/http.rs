@@ -13,6 +13,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long an accept loop waits after a failed accept (out of file descriptors and the like) before it tries again:
+/// shared by every listener of both binaries.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
 /// Serves `router` until `token` is cancelled, then lets every open connection finish its request in flight and
 /// waits for them (at most `read_timeout` more).
 pub async fn serve(
@@ -29,7 +33,11 @@ pub async fn serve(
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                // Out of file descriptors and the like: the listener is fine; try again shortly, never spin.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
             },
         };
         // Handlers may ask who is on the other end (`ConnectInfo<SocketAddr>`).

@@ -106,7 +106,7 @@ pub fn incoming(
                     // Out of file descriptors and the like: the listener itself is fine; try again shortly.
                     Err(e) => {
                         warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(outpost_common::http::ACCEPT_ERROR_PAUSE).await;
                     }
                 },
             }
