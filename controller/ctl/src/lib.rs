@@ -1,6 +1,7 @@
 //! `outpostctl`: the admin API from a terminal. Tables by default, `--json` for scripts. Exit codes: 0 ok,
 //! 1 the call failed, 2 usage error. A client only: it must never reach into the controller's internals.
 
+mod commands;
 mod docs;
 mod doctor;
 mod output;
@@ -336,7 +337,7 @@ fn parse_state(state: &str) -> anyhow::Result<pb::TaskState> {
 }
 
 /// Reads a recipe file (YAML or JSON) into the JSON text DataHub's `recipe` arg carries.
-fn read_recipe(path: &PathBuf) -> anyhow::Result<String> {
+fn read_recipe(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value =
         serde_norway::from_str(&text).with_context(|| format!("{} is not a YAML or JSON recipe", path.display()))?;
@@ -433,42 +434,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::task(&task, cli.json);
         }
         Command::Task { id, follow: true, poll_interval } => {
-            // Prints each new line of the running attempt's tail, then the finished task.
-            let mut printed: Vec<String> = Vec::new();
-            loop {
-                let task =
-                    client.get_task(pb::GetTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
-                let lines: Vec<String> = task.log_tail.lines().map(String::from).collect();
-                let overlap = (0..=printed.len().min(lines.len()))
-                    .rev()
-                    .find(|n| printed[printed.len() - n..] == lines[..*n])
-                    .unwrap_or(0);
-                for line in &lines[overlap..] {
-                    println!("{line}");
-                }
-                printed = lines;
-                if output::is_terminal(task.state) {
-                    output::task(&task, cli.json);
-                    break;
-                }
-                tokio::time::sleep(*poll_interval).await;
-            }
+            commands::follow(&mut client, id, *poll_interval, cli.json).await?
         }
         Command::Retry { id } => {
             let task =
                 client.retry_task(pb::RetryTaskRequest { id: id.clone() }).await.map_err(status_error)?.into_inner();
             output::task(&task, cli.json);
         }
-        Command::Doctor => {
-            let stats = client.get_stats(pb::GetStatsRequest {}).await.map_err(status_error)?.into_inner();
-            let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner();
-            let now_ms = outpost_common::clock::unix_ms();
-            let checks = doctor::checks(&stats, &workers.workers, now_ms, env!("CARGO_PKG_VERSION"));
-            print!("{}", outpost_common::doctor::report(&checks));
-            if checks.iter().any(|c| c.verdict == outpost_common::doctor::Verdict::Fail) {
-                anyhow::bail!("a check failed");
-            }
-        }
+        Command::Doctor => commands::doctor(&mut client).await?,
         Command::Stats => {
             let stats = client.get_stats(pb::GetStatsRequest {}).await.map_err(status_error)?.into_inner();
             output::stats(&stats, cli.json);
@@ -506,42 +479,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Submit { pool, recipe, task, id, args, wait, poll_interval } => {
-            let mut arg_map = std::collections::HashMap::new();
-            for arg in args {
-                let (key, value) = arg.split_once('=').with_context(|| format!("--arg {arg:?} is not KEY=VALUE"))?;
-                arg_map.insert(key.to_owned(), value.to_owned());
-            }
-            if let Some(recipe) = recipe {
-                arg_map.insert("recipe".to_owned(), read_recipe(recipe)?);
-            }
-            let request = pb::SubmitTaskRequest {
-                task: task.clone(),
-                args: arg_map,
-                pool: pool.clone(),
-                execution_request_id: id.clone().unwrap_or_default(),
-                source_type: String::new(),
-            };
-            let response = client.submit_task(request).await.map_err(status_error)?.into_inner();
-            let submitted = response.task.context("the controller returned no task")?;
-            if !*wait {
-                output::submitted(&submitted, response.created, cli.json);
-                return Ok(());
-            }
-            if !cli.json {
-                output::submitted(&submitted, response.created, false);
-            }
-            loop {
-                let task = client
-                    .get_task(pb::GetTaskRequest { id: submitted.id.clone() })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                if output::is_terminal(task.state) {
-                    output::task(&task, cli.json);
-                    break;
-                }
-                tokio::time::sleep(*poll_interval).await;
-            }
+            let submission = commands::Submission { pool, recipe: recipe.as_deref(), task, id: id.as_deref(), args };
+            commands::submit(&mut client, submission, wait.then_some(*poll_interval), cli.json).await?
         }
     }
     Ok(())
