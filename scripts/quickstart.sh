@@ -26,8 +26,9 @@ mkdir -p "$state"
 if [[ ! -f "$certs/ca.pem" ]]; then
     say "Making development certificates in $certs"
     "$bin/outpost-controller" certs init --out "$certs"
-    "$bin/outpost-controller" certs admin --out "$certs" --name quickstart --role admin
 fi
+# Issued at every start (a certificate kept from before roles would be refused).
+"$bin/outpost-controller" certs admin --out "$certs" --name quickstart --role admin >/dev/null
 
 pids=()
 cleanup() {
