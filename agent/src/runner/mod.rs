@@ -5,6 +5,7 @@ pub mod output;
 pub mod prepare;
 pub mod process;
 pub mod report;
+pub mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

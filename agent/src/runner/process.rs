@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::output::OutputTail;
 use super::prepare::{MEMORY_LIMIT_VAR, prepare};
 use super::report::{ExecutionReport, Verdict};
+use super::verdict;
 use crate::secrets::mask::Masker;
 use crate::secrets::{self, Resolver};
 use crate::venv::Venvs;
@@ -345,44 +346,20 @@ impl Run<'_> {
             use std::os::unix::process::ExitStatusExt;
             status.signal().map(|s| -s)
         });
-        let what = if prepared.test_connection { "datahub test connection" } else { "datahub ingest" };
-        let report = &mut self.report;
-        Ok(match stopped {
-            Some(StopReason::Cancelled) => {
-                report.info("Ingestion task was cancelled");
-                (ResultStatus::Cancelled, exit_code)
-            }
-            Some(StopReason::TimedOut) => {
-                report.error("The ingestion task ran past its deadline and was stopped");
-                (ResultStatus::TimedOut, exit_code)
-            }
-            Some(StopReason::Interrupted) => {
-                report.error("The agent shut down before the ingestion finished; the task will run again");
-                (ResultStatus::Interrupted, exit_code)
-            }
-            None => {
-                match exit_code {
-                    Some(0) => report.info(format!("Successfully executed '{what}'")),
-                    Some(code) if code < 0 => report.error(format!(
-                        "The ingestion process was killed by signal {} likely because it ran out of memory. \
-                         You can resolve this issue by allocating more memory to the agent.",
-                        signal_name(-code)
-                    )),
-                    Some(137) => report.error(
-                        "The ingestion process was terminated with exit code 137, likely because it ran out of memory. \
-                         You can resolve this issue by allocating more memory to the agent.",
-                    ),
-                    Some(code) if memory_error && prepared.memory_limit.is_some() => report.error(format!(
-                        "The ingestion process ran out of memory (exit code {code}): it hit its {MEMORY_LIMIT_VAR} of {} \
-                         bytes. You can resolve this issue by raising {MEMORY_LIMIT_VAR}.",
-                        prepared.memory_limit.unwrap_or_default()
-                    )),
-                    Some(code) => report.info(format!("Failed to execute '{what}', exit code {code}")),
-                    None => report.error("The ingestion process ended without an exit status"),
-                }
-                (if exit_code == Some(0) { ResultStatus::Succeeded } else { ResultStatus::Failed }, exit_code)
-            }
-        })
+        let ending = verdict::Ending {
+            stopped,
+            exit_code,
+            memory_error,
+            memory_limit: prepared.memory_limit,
+            memory_limit_var: MEMORY_LIMIT_VAR,
+            what: if prepared.test_connection { "datahub test connection" } else { "datahub ingest" },
+        };
+        let (status, line) = verdict::verdict(ending, signal_name);
+        match line {
+            verdict::Line::Info(text) => self.report.info(text),
+            verdict::Line::Error(text) => self.report.error(text),
+        }
+        Ok((status, exit_code))
     }
 }
 
