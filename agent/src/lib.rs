@@ -96,14 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// The host name (the pod name on Kubernetes): the worker id an agent asks for when joining without --worker-id.
 fn hostname() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
-    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
-    let name = if ok {
-        String::from_utf8_lossy(&buffer[..buffer.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned()
-    } else {
-        String::new()
-    };
+    let name = outpost_common::host::name().unwrap_or_default();
     let cleaned: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' { c } else { '-' })

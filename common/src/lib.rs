@@ -15,6 +15,7 @@ pub mod clock;
 pub mod doctor;
 pub mod duration;
 pub mod errors;
+pub mod host;
 pub mod http;
 pub mod identity;
 pub mod ids;

@@ -37,12 +37,7 @@ impl Instance {
 
 /// This machine's host name (the pod name on Kubernetes).
 pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+    outpost_common::host::name().unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// How often, and how to retry asking GMS which pools are Cloud pools (the reporter's GMS backoff).
