@@ -220,8 +220,7 @@ CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["selector", "endpoints"
 
 
 def validate(rendered, label):
-    manifests = [text for path, text in rendered.items() if path.endswith(".yaml")]
-    everything = [doc for text in manifests for doc in yaml.safe_load_all(text) if doc]
+    everything = documents_of(rendered)
     documents = []
     for doc in everything:
         required = CRDS.get((doc.get("apiVersion"), doc.get("kind")))

@@ -417,10 +417,10 @@ impl Metrics {
         // Certificates of connected agents only: a worker long gone is not an expiring certificate.
         inner.agent_cert_expiry.clear();
         if let (Ok(workers), Ok(expiries)) = (store.workers().await, store.certificate_expiries().await) {
+            let connected: std::collections::HashSet<&str> =
+                workers.iter().filter(|w| w.connected_since_ms.is_some()).map(|w| w.seen.worker_id.as_str()).collect();
             for (worker, expires_ms, _) in expiries {
-                let connected =
-                    workers.iter().any(|w| w.seen.worker_id.as_str() == worker && w.connected_since_ms.is_some());
-                if connected {
+                if connected.contains(worker.as_str()) {
                     inner
                         .agent_cert_expiry
                         .get_or_create(&labels(&[("worker", worker.as_str())]))

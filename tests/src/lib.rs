@@ -294,6 +294,12 @@ impl Cluster {
         }
     }
 
+    /// The local admin identity a controller started with `controller_with_own_trust` keeps in `trust/`.
+    pub fn local_admin_tls(&self) -> TlsFiles {
+        let trust = self.path("trust");
+        TlsFiles { cert: trust.join("admin-local.pem"), key: trust.join("admin-local.key"), ca: trust.join("ca.pem") }
+    }
+
     /// Starts a controller on 127.0.0.1 (port 0 unless `--listen` is in `extra`) over `db_name` in the temp dir.
     pub async fn controller(&self, db_name: &str, extra: &[&str]) -> Controller {
         self.controller_with_env(db_name, extra, &[]).await

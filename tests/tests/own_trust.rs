@@ -6,18 +6,12 @@
 use std::time::Duration;
 
 use outpost_common::pb;
-use outpost_common::tls::TlsFiles;
 use outpost_integration_tests::*;
 
 const TOKEN: &str = "boot01.0123456789abcdef";
 
-fn local_admin(cluster: &Cluster) -> TlsFiles {
-    let trust = cluster.path("trust");
-    TlsFiles { cert: trust.join("admin-local.pem"), key: trust.join("admin-local.key"), ca: trust.join("ca.pem") }
-}
-
 fn tokens(cluster: &Cluster, controller: &Controller) -> serde_json::Value {
-    let out = cluster.ctl_as(controller, &local_admin(cluster), &["--json", "tokens", "list"]);
+    let out = cluster.ctl_as(controller, &cluster.local_admin_tls(), &["--json", "tokens", "list"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -63,7 +57,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     let state = cluster.path("state-w-1");
     let agent_flags = ["--worker-id", "w-1", "--join-url", join_url.as_str()];
     let first = cluster.joining_agent(&controller, "w-1", "default", Some(TOKEN), &state, &agent_flags);
-    let mut admin = admin_client(&controller, &local_admin(&cluster)).await;
+    let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     submit(&mut admin, "own-trust-1", file_recipe()).await;
     // A joined agent's certificate expiry, as the worker list shows it, is exported for the expiry alert.
     wait_workers(&admin, 1).await;
@@ -95,7 +89,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     let controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
     assert_eq!(std::fs::read(trust.join("ca.pem")).unwrap(), ca);
     assert_eq!(std::fs::read(trust.join("controller.pem")).unwrap(), server);
-    let mut admin = admin_client(&controller, &local_admin(&cluster)).await;
+    let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     wait_workers(&admin, 1).await;
     submit(&mut admin, "own-trust-2", file_recipe()).await;
     assert_eq!(wait_terminal(&admin, "own-trust-2").await.state, pb::TaskState::Succeeded as i32);
@@ -149,7 +143,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
         .map(|t| t["id"].as_str().unwrap())
         .collect();
     assert_eq!(active, ["boot03"], "{listed}");
-    let admin = admin_client(&controller, &local_admin(&cluster)).await;
+    let admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     let generated_state = cluster.path("state-generated");
     let generated_flags = ["--worker-id", "w-generated", "--join-url", join_url.as_str()];
     let _third = cluster.joining_agent(
@@ -188,7 +182,7 @@ async fn an_agent_started_before_its_controller_keeps_trying_and_joins_once_it_i
     let controller_flags =
         ["--listen", &listen, "--join-listen", &join_listen, "--bootstrap-token-file", token_path.as_str()];
     let controller = cluster.controller_with_own_trust("outpost.db", &controller_flags).await;
-    let admin = admin_client(&controller, &local_admin(&cluster)).await;
+    let admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     wait_workers(&admin, 1).await;
     assert!(!agent.exited(), "the agent is still running");
     let listed = tokens(&cluster, &controller);

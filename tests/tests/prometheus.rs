@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use outpost_common::pb;
-use outpost_common::tls::TlsFiles;
 use outpost_integration_tests::*;
 
 const TOKEN: &str = "promet.0123456789abcdef";
@@ -58,10 +57,7 @@ async fn the_alerts_fire_and_clear_and_every_dashboard_query_answers_in_a_real_p
     ];
     let controller =
         cluster.controller_with_own_trust_and_env("outpost.db", &flags, &[("DATAHUB_GMS_TOKEN", "right-token")]).await;
-    let trust = cluster.path("trust");
-    let local =
-        TlsFiles { cert: trust.join("admin-local.pem"), key: trust.join("admin-local.key"), ca: trust.join("ca.pem") };
-    let mut admin = admin_client(&controller, &local).await;
+    let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     let join_url = format!("https://{join_listen}");
     let agent = |name: &str, metrics: &str| {
         let state = cluster.path(&format!("state-{name}"));
