@@ -67,7 +67,7 @@ podman run -d --name "$run_id-controller" --network host --read-only --tmpfs /tm
     -v "$run_id-data:/var/lib/outpost" -v "$work/token:/etc/outpost/bootstrap/token:ro" -v "$root/examples:/examples:ro" \
     -e OUTPOST_TRUST_DIR=/var/lib/outpost/trust "$controller_image" run \
     --listen "127.0.0.1:$grpc" --join-listen "127.0.0.1:$join" --metrics-listen "127.0.0.1:$metrics" \
-    --bootstrap-token-file /etc/outpost/bootstrap/token --bootstrap-pool default >/dev/null
+    --bootstrap-token-file /etc/outpost/bootstrap/token --bootstrap-token-pool default >/dev/null
 ready() {
     for _ in $(seq 300); do
         python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$metrics/readyz').status == 200 else 1)" 2>/dev/null && return 0
@@ -146,7 +146,7 @@ podman run -d --pod "$run_id-pod" --name "$run_id-solo-controller" --read-only -
     -v "$run_id-solo-data:/var/lib/outpost" -v "$work/token:/etc/outpost/bootstrap/token:ro" \
     -v "$root/examples:/examples:ro" -e OUTPOST_TRUST_DIR=/var/lib/outpost/trust "$controller_image" run \
     --listen 127.0.0.1:7443 --join-listen 127.0.0.1:7444 --metrics-listen 127.0.0.1:9464 \
-    --bootstrap-token-file /etc/outpost/bootstrap/token --bootstrap-pool default >/dev/null
+    --bootstrap-token-file /etc/outpost/bootstrap/token --bootstrap-token-pool default >/dev/null
 # Started at once, as a pod's containers are: the agent waits for the controller's join listener.
 podman run -d --pod "$run_id-pod" --name "$run_id-solo-agent" --read-only --tmpfs /tmp \
     -e OUTPOST_JOIN_TOKEN="$token" -e OUTPOST_EXAMPLES=/examples -v "$root/examples:/examples:ro" \

@@ -191,7 +191,12 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         config.grpc.trust_domain.clone(),
         config.enroll.agent_cert_ttl,
     );
-    enrollment.bootstrap(&config.enroll).await?;
+    // The pools served from outside: the bootstrap token's pool when none is named.
+    let served: Vec<outpost_common::ids::PoolId> = (config.sqs.all_queues().into_iter().map(|(pool, _)| pool))
+        .chain(config.sqs.gms_pools(gms_client.is_some()))
+        .chain(config.gms_channel.pools.iter().cloned())
+        .collect();
+    enrollment.bootstrap(&config.enroll, &served).await?;
     if let Some(addr) = config.enroll.join_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "joining served (TLS, no client certificate)");

@@ -84,8 +84,8 @@ impl Intake {
     pub fn label(self) -> &'static str {
         match self {
             Intake::Sqs => "sqs",
-            Intake::DataHubCloud => "datahub_cloud",
-            Intake::GmsChannel => "gms_channel",
+            Intake::DataHubCloud => "cloud_credentials",
+            Intake::GmsChannel => "gms",
         }
     }
 }
@@ -189,7 +189,7 @@ impl Default for Metrics {
         registry.register("outpost_sqs_calls", "SQS API calls, by call", inner.sqs_calls.clone());
         registry.register(
             "outpost_channel_last_success_timestamp_seconds",
-            "When a pool's channel (sqs, datahub_cloud, gms_channel) last had a call succeed (Unix seconds)",
+            "When a pool's channel (sqs, cloud_credentials, gms) last had a call succeed (Unix seconds)",
             inner.channel_last_success.clone(),
         );
         registry.register(

@@ -12,7 +12,7 @@ use outpost_integration_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browser() {
     let cluster = Cluster::new(bins!());
-    // An open-source GMS asked for a DataHub Cloud queue: the pool's datahub_cloud channel fails, as the page shows.
+    // An open-source GMS asked for a DataHub Cloud queue: the pool's cloud_credentials channel fails, as the page shows.
     let gms = cluster.gms(&[]).await;
     let gms_url = format!("{}/gms", gms.base);
     let listen = format!("127.0.0.1:{}", free_port());
@@ -79,7 +79,7 @@ async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browse
     // A pool whose channel fails is shown so, with the error in words.
     let default_pool = pools.iter().find(|p| p[0] == "default").expect("the default pool");
     let channels = default_pool[8].as_str().unwrap();
-    assert!(channels.starts_with("datahub_cloud: FAILING no call has succeeded yet"), "{channels}");
+    assert!(channels.starts_with("cloud_credentials: FAILING no call has succeeded yet"), "{channels}");
     assert!(channels.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{channels}");
     assert!(seen["failures"].as_str().unwrap().contains("page-failed"));
     assert!(!seen["failures"].as_str().unwrap().contains("page-ok"));

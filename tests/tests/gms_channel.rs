@@ -74,7 +74,7 @@ async fn requests_of_the_pool_are_found_in_gms_claimed_and_run_once_and_others_l
     let admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "oss-pool", 2, &[]);
     let searched = |c: &pb::ChannelHealth| c.last_success_unix_ms > 0 && c.consecutive_failures == 0;
-    wait_channel(&admin, "oss-pool", "gms_channel", "a search succeeded", searched).await;
+    wait_channel(&admin, "oss-pool", "gms", "a search succeeded", searched).await;
     let ids: Vec<String> = (0..4).map(|i| format!("oss-{i}")).collect();
     for id in &ids {
         gms.create_request(&urn(id), messages::input(&file_recipe(), "oss-pool")).await;

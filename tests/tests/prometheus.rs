@@ -42,7 +42,7 @@ async fn the_alerts_fire_and_clear_and_every_dashboard_query_answers_in_a_real_p
         &metrics_listen,
         "--bootstrap-token-file",
         &token_path,
-        "--bootstrap-pool",
+        "--bootstrap-token-pool",
         POOL,
         "--gms-url",
         &gms.base,
@@ -116,5 +116,5 @@ async fn the_alerts_fire_and_clear_and_every_dashboard_query_answers_in_a_real_p
 
     // GMS refuses the controller's token: its search for the pool's requests fails, and the channel alert fires.
     gms.accept_token(Some("another-token")).await;
-    prometheus.wait_alert("OutpostChannelFailing", &[("pool", POOL), ("channel", "gms_channel")], true).await;
+    prometheus.wait_alert("OutpostChannelFailing", &[("pool", POOL), ("channel", "gms")], true).await;
 }

@@ -456,16 +456,17 @@ async fn an_open_source_gms_has_no_pool_queues_and_the_controller_says_so() {
     let controller = cluster.controller("outpost.db", &flags).await;
     // It keeps serving (other pools, the admin API) and says why this pool has no queue, where operators look.
     let mut admin = cluster.admin(&controller).await;
-    let failing = wait_channel(&admin, "default", "datahub_cloud", "failing", |c| c.consecutive_failures >= 1).await;
+    let failing =
+        wait_channel(&admin, "default", "cloud_credentials", "failing", |c| c.consecutive_failures >= 1).await;
     assert!(failing.last_error.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{failing:?}");
     assert!(failing.last_error.contains("name the pool's queue with --queue instead"), "{failing:?}");
     assert_eq!(failing.last_success_unix_ms, 0);
     let out = cluster.ctl(&controller, &["stats"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("datahub_cloud") && text.contains("FAILING"), "{text}");
+    assert!(text.contains("cloud_credentials") && text.contains("FAILING"), "{text}");
     assert!(admin.list_workers(pb::ListWorkersRequest::default()).await.is_ok());
     let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
-    let channel = [("pool", "default"), ("channel", "datahub_cloud")];
+    let channel = [("pool", "default"), ("channel", "cloud_credentials")];
     assert!(metric(&samples, "outpost_channel_consecutive_failures", &channel).unwrap() >= 1.0);
     assert!(metric(&samples, "outpost_channel_errors_total", &channel).unwrap() >= 1.0);
     wait_until("a second try", Duration::from_secs(30), || async { (gms.graphql_calls().await >= 2).then_some(()) })

@@ -116,19 +116,19 @@ async fn the_page_is_served_over_tls_with_secure_cookies_and_never_plain_on_an_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_channel_fails_is_shown_failing_with_the_error_in_words() {
     let cluster = Cluster::new(bins!());
-    // Open-source DataHub: it cannot hand out a DataHub Cloud queue, so the pool's datahub_cloud channel fails.
+    // Open-source DataHub: it cannot hand out a DataHub Cloud queue, so the pool's cloud_credentials channel fails.
     let gms = cluster.gms(&[]).await;
     let (gms_url, listen) = (format!("{}/gms", gms.base), format!("127.0.0.1:{}", free_port()));
     let flags =
         ["--gms-url", &gms_url, "--queue-from-gms", "default", "--sqs-retry-backoff", "100ms", "--ui-listen", &listen];
     let controller = cluster.controller("outpost.db", &flags).await;
     let admin = cluster.admin(&controller).await;
-    wait_channel(&admin, "default", "datahub_cloud", "failing", |c| c.consecutive_failures >= 1).await;
+    wait_channel(&admin, "default", "cloud_credentials", "failing", |c| c.consecutive_failures >= 1).await;
     let (http, base) = (client(), format!("http://{listen}"));
     let cookie = cookie_of(&login(&http, &base, &ui_token(&cluster, &controller)).await);
     let html = http.get(format!("{base}/?fragment=1")).header("cookie", &cookie).send().await.unwrap();
     let html = html.text().await.unwrap();
-    let row = html.split("<tr>").find(|row| row.contains("datahub_cloud")).unwrap_or_else(|| panic!("{html}"));
+    let row = html.split("<tr>").find(|row| row.contains("cloud_credentials")).unwrap_or_else(|| panic!("{html}"));
     assert!(row.contains(">default</a>"), "{row}");
     assert!(row.contains("FAILING") && row.contains("no call has succeeded yet"), "{row}");
     assert!(row.contains("this GMS has no listExecutorConfigs (open-source DataHub?)"), "{row}");

@@ -37,7 +37,7 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_CA_KEY")]
     pub ca_key: Option<String>,
     /// A file holding a join token (`<id>.<secret>`, as `outpostctl tokens create` prints) that is registered at
-    /// every start as a reusable token for --bootstrap-pool, so every agent of a release can join with it and nobody
+    /// every start as a reusable token for --bootstrap-token-pool, so every agent of a release can join with it and nobody
     /// has to mint one first. A changed file replaces the token of the previous one (revoked).
     #[arg(long, env = "OUTPOST_BOOTSTRAP_TOKEN_FILE", conflicts_with = "bootstrap_token")]
     pub bootstrap_token_file: Option<std::path::PathBuf>,
@@ -46,8 +46,10 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_BOOTSTRAP_TOKEN", hide_env_values = true, value_parser = JoinToken::parse)]
     pub bootstrap_token: Option<JoinToken>,
     /// The pool the bootstrap token joins agents to.
-    #[arg(long, env = "OUTPOST_BOOTSTRAP_POOL", default_value = "default")]
-    pub bootstrap_pool: String,
+    /// The pool the bootstrap token joins agents to. Unset: the only pool the controller serves (its --queue,
+    /// --queue-from-gms or --gms-channel pool), or `default` when it serves none from outside.
+    #[arg(long = "bootstrap-token-pool", alias = "bootstrap-pool", env = "OUTPOST_BOOTSTRAP_TOKEN_POOL")]
+    pub bootstrap_token_pool: Option<String>,
     /// How long a certificate issued to an agent lives; agents renew at about half of it.
     #[arg(long, env = "OUTPOST_AGENT_CERT_TTL", value_parser = duration::parse, default_value = "24h")]
     pub agent_cert_ttl: Duration,
@@ -55,7 +57,9 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), duration::Invalid> {
-        PoolId::parse(&self.bootstrap_pool).map_err(|e| duration::Invalid(format!("--bootstrap-pool: {e}")))?;
+        if let Some(pool) = &self.bootstrap_token_pool {
+            PoolId::parse(pool).map_err(|e| duration::Invalid(format!("--bootstrap-token-pool: {e}")))?;
+        }
         duration::positive("--agent-cert-ttl", self.agent_cert_ttl)
     }
 }
@@ -78,6 +82,24 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::Error),
+}
+
+/// The bootstrap token's pool: the one named, else the only pool served from outside, else `default` (the pool of
+/// local submissions). Several served and none named is refused: the token would join agents to a guess.
+fn bootstrap_pool(named: Option<&str>, served: &[PoolId]) -> Result<PoolId, Error> {
+    let bad = |e: outpost_common::ids::Error| Error::BadRequest(format!("--bootstrap-token-pool: {e}"));
+    let mut distinct: Vec<&PoolId> = served.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    match (named, distinct.as_slice()) {
+        (Some(pool), _) => PoolId::parse(pool).map_err(bad),
+        (None, []) => PoolId::parse("default").map_err(bad),
+        (None, [only]) => Ok((*only).clone()),
+        (None, several) => Err(Error::BadRequest(format!(
+            "--bootstrap-token-pool is needed: the controller serves the pools {}",
+            several.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 /// Who made a bootstrap token (its `created_by`).
@@ -178,10 +200,8 @@ impl Enrollment {
     }
 
     /// Registers the bootstrap token (`--bootstrap-token-file` or `--bootstrap-token`), if one is given, as the
-    /// reusable join token of `--bootstrap-pool`.
-    pub async fn bootstrap(&self, config: &Config) -> Result<(), Error> {
-        let pool =
-            PoolId::parse(&config.bootstrap_pool).map_err(|e| Error::BadRequest(format!("--bootstrap-pool: {e}")))?;
+    /// reusable join token of `--bootstrap-token-pool`, or of the only pool in `served` when it is not given.
+    pub async fn bootstrap(&self, config: &Config, served: &[PoolId]) -> Result<(), Error> {
         let (token, origin) = match (&config.bootstrap_token, &config.bootstrap_token_file) {
             (Some(token), _) => (token.clone(), "OUTPOST_BOOTSTRAP_TOKEN".to_owned()),
             (None, Some(file)) => {
@@ -194,6 +214,7 @@ impl Enrollment {
             }
             (None, None) => return Ok(()),
         };
+        let pool = bootstrap_pool(config.bootstrap_token_pool.as_deref(), served)?;
         let new = NewToken {
             id: token.id.clone(),
             secret_hash: token.secret_hash(),
@@ -322,5 +343,24 @@ impl Enrollment {
     /// Per worker: its latest issued certificate (expiry, serial) and its revocation time.
     pub async fn worker_facts(&self) -> Result<(Vec<(String, i64, String)>, Vec<(String, i64)>), Error> {
         Ok((self.store.certificate_expiries().await?, self.store.revoked_workers().await?))
+    }
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::*;
+
+    #[test]
+    fn the_bootstrap_pool_is_the_one_named_else_the_only_one_served_else_default() {
+        let pool = |p: &str| PoolId::parse(p).unwrap();
+        assert_eq!(bootstrap_pool(Some("named"), &[pool("a"), pool("b")]).unwrap(), pool("named"));
+        assert_eq!(bootstrap_pool(None, &[pool("remote"), pool("remote")]).unwrap(), pool("remote"));
+        assert_eq!(bootstrap_pool(None, &[]).unwrap(), pool("default"));
+        let refused = bootstrap_pool(None, &[pool("b"), pool("a")]).unwrap_err().to_string();
+        assert!(
+            refused.contains("--bootstrap-token-pool is needed: the controller serves the pools a, b"),
+            "{refused}"
+        );
+        assert!(bootstrap_pool(Some("no spaces"), &[]).is_err());
     }
 }

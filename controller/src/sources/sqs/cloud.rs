@@ -23,7 +23,7 @@ pub struct GmsCredentials {
     /// Fetch again this long before the expiration GMS gave.
     refresh_ahead: Duration,
     cached: Arc<Mutex<Option<(Credentials, SystemTime)>>>,
-    /// Where each call's outcome is counted (the pool's `datahub_cloud` channel health); none in a probe.
+    /// Where each call's outcome is counted (the pool's `cloud_credentials` channel health); none in a probe.
     health: Option<Metrics>,
 }
 
@@ -38,7 +38,7 @@ impl GmsCredentials {
         GmsCredentials { gms, pool, refresh_ahead, cached: Arc::new(Mutex::new(None)), health: None }
     }
 
-    /// The same, counting each call's outcome as the pool's `datahub_cloud` channel health.
+    /// The same, counting each call's outcome as the pool's `cloud_credentials` channel health.
     pub fn reporting_to(self, metrics: Metrics) -> GmsCredentials {
         GmsCredentials { health: Some(metrics), ..self }
     }
