@@ -86,9 +86,28 @@ admin_rpcs! {
     RevokeWorker => Admin,
     CreateUiToken => Admin,
     RevokeUiToken => Admin,
+    ListAuditEvents => Viewer,
 }
 
 impl AdminRpc {
+    /// Whether it changes anything (then it is audited, a refusal included); reads are not audited. A new RPC
+    /// counts as a change until it is listed here.
+    pub fn changes(self) -> bool {
+        use AdminRpc::*;
+        !matches!(
+            self,
+            ListTasks
+                | GetTask
+                | ListWorkers
+                | GetWorker
+                | GetStats
+                | ExplainTask
+                | ListQuarantined
+                | ListJoinTokens
+                | ListAuditEvents
+        )
+    }
+
     pub fn from_name(name: &str) -> Option<AdminRpc> {
         AdminRpc::ALL.iter().copied().find(|rpc| rpc.name() == name)
     }

@@ -111,6 +111,8 @@ pub struct RunConfig {
     pub enroll: crate::enroll::Config,
     #[command(flatten)]
     pub ui: crate::ui::Args,
+    #[command(flatten)]
+    pub audit: crate::admin::AuditConfig,
 }
 
 impl RunConfig {
@@ -132,6 +134,7 @@ impl RunConfig {
             ));
         }
         self.ui.validate()?;
+        self.audit.validate()?;
         if !self.sqs.from_gms.is_empty() && self.gms.url.is_none() {
             return Err(duration::Invalid("--queue-from-gms needs --gms-url (the queue comes from GMS)".into()));
         }

@@ -204,6 +204,11 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         let join = grpc::join_service::serve(listener, identity, enrollment.clone(), grpc_token.clone());
         services.spawn("join listener", true, join);
     }
+    let retain = admin::retain(store.clone(), config.audit.clone(), grpc_token.clone());
+    services.spawn("audit retention", false, async move {
+        retain.await;
+        Ok::<(), String>(())
+    });
     let sweep = grpc::sweep_tails(
         scheduler.clone(),
         logs.clone(),
@@ -229,6 +234,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             refresh: config.ui.ui_refresh_interval,
             secure: tls.is_some(),
             metrics: metrics.clone(),
+            store: store.clone(),
             login_limit: ui::LoginLimiter::new(
                 config.ui.ui_login_attempts_per_address,
                 config.ui.ui_login_attempts_total,
@@ -245,11 +251,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         tls,
         listener,
         serving,
-        scheduler,
-        enrollment,
-        logs,
-        logins,
-        metrics.clone(),
+        grpc::Cores { scheduler, enrollment, logs, logins, metrics: metrics.clone(), store: store.clone() },
         grpc_token.clone(),
     );
     services.spawn("gRPC server", true, serve);

@@ -112,3 +112,100 @@ async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browse
     assert_eq!(task.state, pb::TaskState::Queued as i32);
     long.release();
 }
+
+/// Makes a status page login token with `role`: (its id, the token).
+fn login_token(cluster: &Cluster, controller: &Controller, role: &str) -> (String, String) {
+    let out = cluster.ctl(controller, &["--json", "ui-tokens", "create", "--ttl", "1h", "--role", role]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_login_cancels_a_long_run_from_its_page_and_a_viewer_login_cannot() {
+    let cluster = Cluster::new(bins!());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let controller =
+        cluster.controller("outpost.db", &["--ui-listen", &listen, "--ui-refresh-interval", "500ms"]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    wait_workers(&admin, 1).await;
+    // Never released: only the cancel ends it.
+    let long = cluster.held_run("stuck");
+    submit(&mut admin, "stuck", long.recipe()).await;
+    long.wait_started(1).await;
+    let pgid = wait_until("the CLI to start", Duration::from_secs(30), || {
+        let groups = cluster.cli_process_groups("w-1");
+        async move { groups.first().copied() }
+    })
+    .await;
+    let (operator_id, operator) = login_token(&cluster, &controller, "operator");
+    let (viewer_id, viewer) = login_token(&cluster, &controller, "viewer");
+
+    let driver = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(repo_root().join("tests/browser/operator_actions.mjs"))
+            .env("BASE_URL", format!("http://{listen}"))
+            .env("OPERATOR", operator)
+            .env("VIEWER", viewer)
+            .env("TASK", "stuck")
+            .output()
+            .expect("node runs (scripts/setup-browser.sh installs what it needs)")
+    });
+    let output = tokio::time::timeout(Duration::from_secs(240), driver).await.expect("the browser run ends").unwrap();
+    assert!(output.status.success(), "the browser run failed: {}", String::from_utf8_lossy(&output.stderr));
+    let seen: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or("{}")).unwrap();
+    eprintln!("seen: {seen:#}");
+
+    // The viewer sees no button and no audit page; its forged post is refused.
+    assert_eq!(seen["viewerDrainButtons"], 0);
+    assert_eq!(seen["viewerCancelButtons"], 0);
+    assert_eq!(seen["viewerNavAudit"], 0);
+    assert_eq!(seen["viewerForgedStatus"], 403);
+    assert!(seen["viewerForgedText"].as_str().unwrap().contains("the form is stale or forged"), "{seen}");
+    assert_eq!(seen["viewerAuditStatus"], 403);
+    // The operator's post without the page's form token is refused; its click on Cancel ends the run.
+    assert_eq!(seen["operatorNoTokenStatus"], 403);
+    assert_eq!(seen["operatorDrainButtons"], 1, "one button per ready worker");
+    assert_eq!(seen["stateBefore"], "RUNNING");
+    assert_eq!(seen["stateAfter"], "CANCELLED");
+    assert_eq!(seen["retryButtons"], 1, "a finished task offers a retry");
+    assert_eq!(seen["operatorNavAudit"], 0, "the audit page is for admins");
+
+    let task = admin.get_task(pb::GetTaskRequest { id: "stuck".into() }).await.unwrap().into_inner();
+    assert_eq!(task.state, pb::TaskState::Cancelled as i32);
+    let report = task.result.unwrap().report;
+    assert!(report.contains("Execution was cancelled by request."), "{report}");
+    assert_eq!(task.attempts, 1);
+    wait_until("the CLI's process group to be gone", Duration::from_secs(30), || {
+        let left = processes_in_group(pgid);
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+
+    // Each post is in the audit trail: the cancel with its reason, the refusals with why.
+    let events = admin
+        .list_audit_events(pb::ListAuditEventsRequest { action: "CancelTask".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let rows: Vec<(String, String, String, String)> =
+        events.iter().map(|e| (e.actor.clone(), e.role.clone(), e.outcome.clone(), e.via.clone())).collect();
+    let operator_actor = format!("ui-token/{operator_id}");
+    let viewer_actor = format!("ui-token/{viewer_id}");
+    assert_eq!(
+        rows,
+        [
+            (operator_actor.clone(), "operator".into(), "done".into(), "page".into()),
+            (operator_actor, "operator".into(), "denied".into(), "page".into()),
+            (viewer_actor, "viewer".into(), "denied".into(), "page".into()),
+        ],
+        "newest first: {events:#?}"
+    );
+    assert_eq!((events[0].target.as_str(), events[0].reason.as_str()), ("stuck", "stuck run"));
+    assert!(events[0].peer.starts_with("127.0.0.1:"), "{:?}", events[0].peer);
+    assert!(events[2].detail.contains("the form is stale or forged"), "{:?}", events[2].detail);
+    long.release();
+}

@@ -55,6 +55,7 @@ async fn call(client: &mut Admin, rpc: AdminRpc) -> Result<(), tonic::Status> {
             client.create_ui_token(pb::CreateUiTokenRequest { ttl_seconds: 60, ..Default::default() }).await.map(drop)
         }
         RevokeUiToken => client.revoke_ui_token(pb::RevokeUiTokenRequest { id: "abcdef".into() }).await.map(drop),
+        ListAuditEvents => client.list_audit_events(pb::ListAuditEventsRequest::default()).await.map(drop),
     }
 }
 
@@ -111,6 +112,42 @@ async fn every_admin_rpc_is_allowed_exactly_where_the_role_table_says() {
         }
     }
     assert_eq!(checked, 5 * AdminRpc::ALL.len());
+
+    // Every call that changes (or would change) something left one audit row: who, with which role, from where,
+    // and how it ended; reads left none.
+    let mut admin = cluster.admin(&controller).await;
+    let request = pb::ListAuditEventsRequest { limit: 1000, ..Default::default() };
+    let events = admin.list_audit_events(request).await.unwrap().into_inner().events;
+    let changes = AdminRpc::ALL.iter().filter(|rpc| rpc.changes()).count();
+    assert_eq!(events.len(), 5 * changes, "{events:#?}");
+    for (stem, role) in callers {
+        let actor = if stem.starts_with("agent-") { "agent w-1".to_owned() } else { stem.replace("admin-", "") };
+        for &rpc in AdminRpc::ALL {
+            let rows: Vec<&pb::AuditEvent> =
+                events.iter().filter(|e| e.actor == actor && e.action == rpc.name()).collect();
+            if !rpc.changes() {
+                assert!(rows.is_empty(), "a read is not audited: {rows:?}");
+                continue;
+            }
+            assert_eq!(rows.len(), 1, "{actor} {}: {rows:?}", rpc.name());
+            let row = rows[0];
+            let allowed = role.is_some_and(|r| r >= rpc.needs());
+            let expected = if allowed { ["done", "failed"].as_slice() } else { ["denied"].as_slice() };
+            assert!(expected.contains(&row.outcome.as_str()), "{actor} {}: {row:?}", rpc.name());
+            assert_eq!(row.role, role.map(|r| r.to_string()).unwrap_or_default());
+            assert_eq!(row.via, "api");
+            assert!(row.peer.starts_with("127.0.0.1:"), "{row:?}");
+            if !allowed {
+                assert!(row.detail.contains("may not call the admin service") || row.detail.contains("needs the"));
+            }
+        }
+    }
+    // What the test could do was done, and said so: a token minted, a task submitted.
+    let done = |action: &str| events.iter().any(|e| e.action == action && e.actor == "ops" && e.outcome == "done");
+    assert!(done("CreateJoinToken") && done("SubmitTask") && done("CreateUiToken"));
+    let failed = events.iter().find(|e| e.action == "CancelTask" && e.actor == "ops").unwrap();
+    assert_eq!((failed.outcome.as_str(), failed.target.as_str()), ("failed", "no-such-task"));
+    assert!(failed.detail.contains("no-such-task"), "{failed:?}");
 
     // A certificate from before roles, not mapped: refused, with how to reissue it.
     let mut old = admin_client(&controller, &files(&cluster, "admin-old")).await;

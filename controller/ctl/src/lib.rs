@@ -149,6 +149,22 @@ enum Command {
     },
     /// Stop giving work to a worker; what it runs finishes.
     Drain { worker: String },
+    /// The audit trail: every change made through the admin API or the status page, and every refused one, newest
+    /// first. Reads are not recorded.
+    Audit {
+        /// Only events of the last D (e.g. 24h, 7d).
+        #[arg(long, value_parser = outpost_common::duration::parse)]
+        since: Option<Duration>,
+        /// Only this actor: an admin certificate's name, or ui-token/ID for a status page login.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action (an admin RPC's name, e.g. CancelTask, RevokeWorker).
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// List the SQS messages that could not be used, or replay one (`quarantine replay ID`).
     Quarantine {
         #[command(subcommand)]
@@ -463,6 +479,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("draining {worker}: it gets no new work; what it runs finishes");
             }
+        }
+        Command::Audit { since, actor, action, limit } => {
+            let since_unix_ms = since.map_or(0, |d| outpost_common::clock::unix_ms() - d.as_millis() as i64);
+            let request = pb::ListAuditEventsRequest {
+                since_unix_ms,
+                actor: actor.clone().unwrap_or_default(),
+                action: action.clone().unwrap_or_default(),
+                limit: *limit,
+            };
+            let events = client.list_audit_events(request).await.map_err(status_error)?.into_inner();
+            output::audit(&events.events, cli.json);
         }
         Command::Quarantine { action: None } => {
             let list =

@@ -421,3 +421,34 @@ pub fn task(task: &pb::Task, as_json: bool) {
         println!("\n{}", r.report.trim_end());
     }
 }
+
+pub fn audit(events: &[pb::AuditEvent], as_json: bool) {
+    if as_json {
+        let events = events.iter().map(|e| {
+            json!({
+                "id": e.id, "atUnixMs": e.at_unix_ms, "actor": e.actor, "role": e.role, "via": e.via,
+                "peer": e.peer, "action": e.action, "target": e.target, "outcome": e.outcome, "reason": e.reason,
+                "detail": e.detail,
+            })
+        });
+        return print_json(&Value::Array(events.collect()));
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            let why = [e.reason.as_str(), e.detail.as_str()].into_iter().filter(|s| !s.is_empty());
+            vec![
+                time(e.at_unix_ms),
+                e.actor.clone(),
+                or_dash(&e.role).to_owned(),
+                e.via.clone(),
+                or_dash(&e.peer).to_owned(),
+                e.action.clone(),
+                or_dash(&e.target).to_owned(),
+                e.outcome.clone(),
+                or_dash(&why.collect::<Vec<_>>().join("; ")).to_owned(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "ACTOR", "ROLE", "VIA", "PEER", "ACTION", "TARGET", "OUTCOME", "REASON / DETAIL"], &rows);
+}

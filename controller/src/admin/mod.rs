@@ -1,7 +1,10 @@
 //! `outpost.v1.AdminService`: the operator API. Thin handlers: check the caller's role for the RPC (the one table
 //! in `outpost_common::roles`), convert, call one core method, map the error. Never writes SQL.
 
+mod audit;
 mod convert;
+
+pub use audit::{AuditConfig, retain};
 
 use outpost_common::ids::{PoolId, TaskId, WorkerId};
 use outpost_common::pb;
@@ -9,7 +12,7 @@ use outpost_common::roles::AdminRpc;
 use outpost_common::venv::VenvSpec;
 use tonic::{Request, Response, Status};
 
-use crate::edge::{identity, status};
+use crate::edge::status;
 use crate::enroll::{Enrollment, TokenRequest};
 use crate::logs::LogTails;
 use crate::metrics::Metrics;
@@ -27,6 +30,8 @@ pub struct AdminService {
     pub trust_domain: String,
     /// `--admin-role` mappings for certificates issued before roles.
     pub legacy_admins: Vec<outpost_common::roles::LegacyAdmin>,
+    /// The audit trail's reads, and its refusals and failures (recorded alone).
+    pub store: crate::store::Store,
 }
 
 /// `<created_at_ms>:<id>` of the last task of a page.
@@ -59,11 +64,6 @@ fn local_error(error: local::Error) -> Status {
 }
 
 impl AdminService {
-    /// The caller, if its role may call `rpc` (the one role table: `outpost_common::roles`).
-    fn authorize<T>(&self, request: &Request<T>, rpc: AdminRpc) -> Result<identity::Caller, Status> {
-        identity::authorize(request, &self.trust_domain, &self.legacy_admins, rpc)
-    }
-
     /// Every worker with its certificate expiry and revocation (one view for ListWorkers and GetWorker).
     async fn workers(&self) -> Result<Vec<pb::Worker>, Status> {
         let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
@@ -90,7 +90,8 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        self.authorize(&request, AdminRpc::SubmitTask)?;
+        let target = format!("{} {}", request.get_ref().pool, request.get_ref().execution_request_id);
+        let audit = self.change(&request, AdminRpc::SubmitTask, target.trim(), "").await?;
         let r = request.into_inner();
         let submission = Submission {
             task_name: r.task,
@@ -99,7 +100,8 @@ impl pb::admin_service_server::AdminService for AdminService {
             execution_request_id: r.execution_request_id,
             source_type: r.source_type,
         };
-        let (task, created) = self.local_queue.submit(submission).await.map_err(local_error)?;
+        let submitted = self.local_queue.submit(submission, Some(audit.clone())).await.map_err(local_error);
+        let (task, created) = self.settled(audit, submitted).await?;
         Ok(Response::new(pb::SubmitTaskResponse { task: Some(convert::task(task, Vec::new())), created }))
     }
 
@@ -154,11 +156,16 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let admin = self.authorize(&request, AdminRpc::CancelTask)?;
-        let r = request.into_inner();
-        let id = TaskId::parse_id_or_urn(&r.id).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
-        let reason = if r.reason.is_empty() { format!("cancelled by {admin}") } else { r.reason };
-        self.scheduler.cancel(&id, &reason).await.map_err(status::from_scheduler)?;
+        let r = request.get_ref();
+        let audit = self.change(&request, AdminRpc::CancelTask, &r.id, &r.reason).await?;
+        let cancelled = async {
+            let id = task_id(&r.id)?;
+            let reason = if r.reason.is_empty() { format!("cancelled by {}", audit.actor) } else { r.reason.clone() };
+            self.scheduler.cancel(&id, &reason, Some(audit.clone())).await.map_err(status::from_scheduler)?;
+            Ok(id)
+        }
+        .await;
+        let id = self.settled(audit, cancelled).await?;
         let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
         Ok(Response::new(convert::task(task, attempts)))
     }
@@ -182,10 +189,12 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ReplayQuarantinedRequest>,
     ) -> Result<Response<pb::ReplayQuarantinedResponse>, Status> {
-        self.authorize(&request, AdminRpc::ReplayQuarantined)?;
-        let task = crate::sources::sqs::replay_quarantined(&self.scheduler, request.get_ref().id)
+        let id = request.get_ref().id;
+        let audit = self.change(&request, AdminRpc::ReplayQuarantined, &id.to_string(), "").await?;
+        let replayed = crate::sources::sqs::replay_quarantined(&self.scheduler, id, Some(audit.clone()))
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(Status::failed_precondition);
+        let task = self.settled(audit, replayed).await?;
         Ok(Response::new(pb::ReplayQuarantinedResponse { task_id: task.to_string() }))
     }
 
@@ -193,10 +202,13 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
-        self.authorize(&request, AdminRpc::DrainWorker)?;
-        let worker = WorkerId::parse(&request.get_ref().worker_id)
-            .map_err(|e| Status::invalid_argument(format!("worker_id: {e}")))?;
-        self.scheduler.drain(&worker).await.map_err(status::from_scheduler)?;
+        let audit = self.change(&request, AdminRpc::DrainWorker, &request.get_ref().worker_id, "").await?;
+        let drained = async {
+            let worker = worker_id(&request.get_ref().worker_id)?;
+            self.scheduler.drain(&worker, Some(audit.clone())).await.map_err(status::from_scheduler)
+        }
+        .await;
+        self.settled(audit, drained).await?;
         Ok(Response::new(pb::DrainWorkerResponse {}))
     }
 
@@ -211,15 +223,22 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        let admin = self.authorize(&request, AdminRpc::CreateJoinToken)?;
-        let r = request.into_inner();
-        let token = TokenRequest {
-            pool: PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?,
-            ttl: std::time::Duration::from_secs(if r.ttl_seconds == 0 { 24 * 3600 } else { r.ttl_seconds }),
-            uses: (!r.reusable).then_some(r.uses.max(1)),
-            description: r.description,
-        };
-        let (secret, info) = self.enrollment.create_token(token, &admin.name).await.map_err(status::from_enrollment)?;
+        let r = request.get_ref();
+        let audit = self.change(&request, AdminRpc::CreateJoinToken, &r.pool, &r.description).await?;
+        let created = async {
+            let token = TokenRequest {
+                pool: PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?,
+                ttl: std::time::Duration::from_secs(if r.ttl_seconds == 0 { 24 * 3600 } else { r.ttl_seconds }),
+                uses: (!r.reusable).then_some(r.uses.max(1)),
+                description: r.description.clone(),
+            };
+            self.enrollment
+                .create_token(token, &audit.actor, Some(audit.clone()))
+                .await
+                .map_err(status::from_enrollment)
+        }
+        .await;
+        let (secret, info) = self.settled(audit, created).await?;
         Ok(Response::new(pb::CreateJoinTokenResponse { token: secret.reveal(), info: Some(convert::join_token(info)) }))
     }
 
@@ -236,8 +255,10 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeJoinTokenRequest>,
     ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
-        self.authorize(&request, AdminRpc::RevokeJoinToken)?;
-        self.enrollment.revoke_token(&request.get_ref().id).await.map_err(status::from_enrollment)?;
+        let id = &request.get_ref().id;
+        let audit = self.change(&request, AdminRpc::RevokeJoinToken, id, "").await?;
+        let revoked = self.enrollment.revoke_token(id, Some(audit.clone())).await.map_err(status::from_enrollment);
+        self.settled(audit, revoked).await?;
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
 
@@ -245,16 +266,20 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeWorkerRequest>,
     ) -> Result<Response<pb::RevokeWorkerResponse>, Status> {
-        let admin = self.authorize(&request, AdminRpc::RevokeWorker)?;
-        let r = request.into_inner();
-        if !r.serial.is_empty() {
-            let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
-            self.enrollment.revoke_certificate(&r.serial, &reason).await.map_err(status::from_enrollment)?;
-            return Ok(Response::new(pb::RevokeWorkerResponse {}));
+        let r = request.get_ref();
+        let target = if r.serial.is_empty() { r.worker_id.clone() } else { format!("serial {}", r.serial) };
+        let audit = self.change(&request, AdminRpc::RevokeWorker, &target, &r.reason).await?;
+        let reason = if r.reason.is_empty() { format!("revoked by {}", audit.actor) } else { r.reason.clone() };
+        let revoked = async {
+            let enrollment = &self.enrollment;
+            if !r.serial.is_empty() {
+                return enrollment.revoke_certificate(&r.serial, &reason, Some(audit.clone())).await;
+            }
+            let worker = worker_id(&r.worker_id).map_err(|s| crate::enroll::Error::BadRequest(s.message().into()))?;
+            enrollment.revoke_worker(&worker, &reason, Some(audit.clone())).await
         }
-        let worker = worker_id(&r.worker_id)?;
-        let reason = if r.reason.is_empty() { format!("revoked by {admin}") } else { r.reason };
-        self.enrollment.revoke_worker(&worker, &reason).await.map_err(status::from_enrollment)?;
+        .await;
+        self.settled(audit, revoked.map_err(status::from_enrollment)).await?;
         Ok(Response::new(pb::RevokeWorkerResponse {}))
     }
 
@@ -262,18 +287,20 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateUiTokenRequest>,
     ) -> Result<Response<pb::CreateUiTokenResponse>, Status> {
-        let admin = self.authorize(&request, AdminRpc::CreateUiToken)?;
-        let r = request.into_inner();
-        let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 { 12 * 3600 } else { r.ttl_seconds });
-        let role = match r.role.as_str() {
-            "" => outpost_common::roles::Role::Viewer,
-            role => role.parse().map_err(|e| Status::invalid_argument(format!("role: {e}")))?,
-        };
-        let created = self
-            .logins
-            .create(ttl, &r.description, role, &format!("admin/{admin}"))
-            .await
-            .map_err(status::from_ui_login)?;
+        let r = request.get_ref();
+        let audit = self.change(&request, AdminRpc::CreateUiToken, &r.role, &r.description).await?;
+        let created = async {
+            let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 { 12 * 3600 } else { r.ttl_seconds });
+            let role = match r.role.as_str() {
+                "" => outpost_common::roles::Role::Viewer,
+                role => role.parse().map_err(|e| Status::invalid_argument(format!("role: {e}")))?,
+            };
+            let by = format!("admin/{}", audit.actor);
+            let audit = Some(audit.clone());
+            self.logins.create(ttl, &r.description, role, &by, audit).await.map_err(status::from_ui_login)
+        }
+        .await;
+        let created = self.settled(audit, created).await?;
         Ok(Response::new(pb::CreateUiTokenResponse {
             token: created.token,
             id: created.id,
@@ -286,8 +313,10 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeUiTokenRequest>,
     ) -> Result<Response<pb::RevokeUiTokenResponse>, Status> {
-        self.authorize(&request, AdminRpc::RevokeUiToken)?;
-        self.logins.revoke(&request.get_ref().id).await.map_err(status::from_ui_login)?;
+        let id = &request.get_ref().id;
+        let audit = self.change(&request, AdminRpc::RevokeUiToken, id, "").await?;
+        let revoked = self.logins.revoke(id, Some(audit.clone())).await.map_err(status::from_ui_login);
+        self.settled(audit, revoked).await?;
         Ok(Response::new(pb::RevokeUiTokenResponse {}))
     }
 
@@ -295,19 +324,30 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::WarmVenvsRequest>,
     ) -> Result<Response<pb::WarmVenvsResponse>, Status> {
-        self.authorize(&request, AdminRpc::WarmVenvs)?;
-        let r = request.into_inner();
-        let pool = PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?;
-        let spec = VenvSpec::pinned(&r.version, &r.plugin).map_err(Status::invalid_argument)?;
-        let key = spec.key().to_string();
-        let asked = self.scheduler.warm(&pool, spec, r.agents).await.map_err(status::from_scheduler)?;
+        let r = request.get_ref();
+        let target = format!("{} {}=={}", r.pool, r.plugin, r.version);
+        let audit = self.change(&request, AdminRpc::WarmVenvs, &target, "").await?;
+        let warmed = async {
+            let pool = PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?;
+            let spec = VenvSpec::pinned(&r.version, &r.plugin).map_err(Status::invalid_argument)?;
+            let key = spec.key().to_string();
+            let asked = self.scheduler.warm(&pool, spec, r.agents, Some(audit.clone())).await;
+            asked.map(|asked| (key, asked)).map_err(status::from_scheduler)
+        }
+        .await;
+        let (key, asked) = self.settled(audit, warmed).await?;
         Ok(Response::new(pb::WarmVenvsResponse { key, worker_ids: asked.iter().map(ToString::to_string).collect() }))
     }
 
     async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        self.authorize(&request, AdminRpc::RetryTask)?;
-        let id = task_id(&request.get_ref().id)?;
-        self.scheduler.retry(&id).await.map_err(status::from_scheduler)?;
+        let audit = self.change(&request, AdminRpc::RetryTask, &request.get_ref().id, "").await?;
+        let retried = async {
+            let id = task_id(&request.get_ref().id)?;
+            self.scheduler.retry(&id, Some(audit.clone())).await.map_err(status::from_scheduler)?;
+            Ok(id)
+        }
+        .await;
+        let id = self.settled(audit, retried).await?;
         let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
         Ok(Response::new(convert::task(task, attempts)))
     }
@@ -329,5 +369,13 @@ impl pb::admin_service_server::AdminService for AdminService {
         let id = task_id(&request.get_ref().id)?;
         let explanation = self.scheduler.explain(&id).await.map_err(status::from_scheduler)?;
         Ok(Response::new(convert::explanation(&id, explanation)))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        self.authorize(&request, AdminRpc::ListAuditEvents)?;
+        Ok(Response::new(pb::ListAuditEventsResponse { events: self.audit_events(request.get_ref()).await? }))
     }
 }

@@ -32,6 +32,14 @@ impl std::fmt::Display for Caller {
     }
 }
 
+/// A caller refused: who it was (as far as its certificate says) and the status to answer with.
+#[derive(Debug)]
+pub struct Denied {
+    pub name: String,
+    pub role: Option<Role>,
+    pub status: Status,
+}
+
 /// The caller of `rpc` if its certificate's role is the one the role table asks for (or higher); else
 /// PERMISSION_DENIED naming the role needed and the caller's (UNAUTHENTICATED without a certificate).
 pub fn authorize<T>(
@@ -39,27 +47,31 @@ pub fn authorize<T>(
     trust_domain: &str,
     legacy: &[LegacyAdmin],
     rpc: AdminRpc,
-) -> Result<Caller, Status> {
-    let (name, role) = match peer(request, trust_domain)? {
+) -> Result<Caller, Denied> {
+    let denied = |name: String, role: Option<Role>, status: Status| Denied { name, role, status };
+    let (name, role) = match peer(request, trust_domain).map_err(|status| denied(String::new(), None, status))? {
         Identity::Admin { name, role: Some(role) } => (name, role),
         Identity::Admin { name, role: None } => match legacy.iter().find(|l| l.name == name) {
             Some(mapped) => (name, mapped.role),
             None => {
-                return Err(Status::permission_denied(format!(
+                let status = Status::permission_denied(format!(
                     "admin certificate {name} carries no role (it was issued before roles): reissue it with \
                      `outpost-controller certs admin --role viewer|operator|admin --name {name}`, or map it for now \
                      with --admin-role {name}=ROLE"
-                )));
+                ));
+                return Err(denied(name, None, status));
             }
         },
-        other => return Err(Status::permission_denied(format!("{other} may not call the admin service"))),
+        other => {
+            let status = Status::permission_denied(format!("{other} may not call the admin service"));
+            return Err(denied(other.to_string(), None, status));
+        }
     };
     let needed = rpc.needs();
     if role < needed {
-        return Err(Status::permission_denied(format!(
-            "{} needs the {needed} role; {name} has the {role} role",
-            rpc.name()
-        )));
+        let status =
+            Status::permission_denied(format!("{} needs the {needed} role; {name} has the {role} role", rpc.name()));
+        return Err(denied(name, Some(role), status));
     }
     Ok(Caller { name, role })
 }

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 pub use authority::{Authority, Issued};
 
 use crate::scheduler::Scheduler;
-use crate::store::{self, JoinRefused, NewToken, Store};
+use crate::store::{self, Audit, JoinRefused, NewToken, Store};
 
 /// The enrollment flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -169,6 +169,7 @@ impl Enrollment {
         &self,
         request: TokenRequest,
         created_by: &str,
+        audit: Option<Audit>,
     ) -> Result<(JoinToken, store::JoinToken), Error> {
         let token = JoinToken::generate();
         let new = NewToken {
@@ -182,7 +183,7 @@ impl Enrollment {
             created_by: created_by.to_owned(),
         };
         let now_ms = unix_ms();
-        self.store.create_token(&new, now_ms).await?;
+        self.store.create_token(&new, now_ms, audit).await?;
         info!(token = %token.id, pool = %request.pool, by = created_by, "join token created");
         // What was just stored: no uses yet, not revoked.
         let stored = store::JoinToken {
@@ -234,8 +235,8 @@ impl Enrollment {
         Ok(self.store.tokens().await?)
     }
 
-    pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
-        match self.store.revoke_token(id, unix_ms()).await? {
+    pub async fn revoke_token(&self, id: &str, audit: Option<Audit>) -> Result<(), Error> {
+        match self.store.revoke_token(id, unix_ms(), audit).await? {
             true => {
                 info!(token = id, "join token revoked");
                 Ok(())
@@ -304,8 +305,8 @@ impl Enrollment {
 
     /// Revokes a worker for good: recorded first (so it is refused from now on, restarts included), then its
     /// session is closed and its work lost.
-    pub async fn revoke_worker(&self, worker: &WorkerId, reason: &str) -> Result<(), Error> {
-        self.store.revoke_worker(worker, reason, unix_ms()).await?;
+    pub async fn revoke_worker(&self, worker: &WorkerId, reason: &str, audit: Option<Audit>) -> Result<(), Error> {
+        self.store.revoke_worker(worker, reason, unix_ms(), audit).await?;
         self.scheduler.revoke(worker).await?;
         warn!(worker = %worker, reason, "worker revoked");
         Ok(())
@@ -313,13 +314,13 @@ impl Enrollment {
 
     /// Revokes one certificate by serial: refused from now on; the stream of the worker it was issued to (if this
     /// controller issued it) is closed and its work lost, as for a revoked worker.
-    pub async fn revoke_certificate(&self, serial: &str, reason: &str) -> Result<(), Error> {
+    pub async fn revoke_certificate(&self, serial: &str, reason: &str, audit: Option<Audit>) -> Result<(), Error> {
         let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
         let serial = serial.trim_start_matches('0');
         if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::BadRequest("a certificate serial is hex digits".into()));
         }
-        let worker = self.store.revoke_certificate(serial, reason, unix_ms()).await?;
+        let worker = self.store.revoke_certificate(serial, reason, unix_ms(), audit).await?;
         if let Some(worker) = worker.as_deref().and_then(|w| WorkerId::parse(w).ok()) {
             self.scheduler.revoke(&worker).await?;
         }

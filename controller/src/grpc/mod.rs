@@ -66,21 +66,28 @@ impl Args {
     }
 }
 
+/// The cores the services call.
+pub struct Cores {
+    pub scheduler: Scheduler,
+    pub enrollment: crate::enroll::Enrollment,
+    pub logs: LogTails,
+    pub logins: crate::ui::Logins,
+    pub metrics: crate::metrics::Metrics,
+    /// The audit trail's reads and lone rows.
+    pub store: crate::store::Store,
+}
+
 /// Serves until `token` is cancelled, then ends every agent session and returns once the server has stopped.
 /// `serving` is called once the server accepts connections.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     config: Args,
     tls: std::sync::Arc<tls::Reloading>,
     listener: TcpListener,
     serving: impl FnOnce() + Send,
-    scheduler: Scheduler,
-    enrollment: crate::enroll::Enrollment,
-    logs: LogTails,
-    logins: crate::ui::Logins,
-    metrics: crate::metrics::Metrics,
+    cores: Cores,
     token: CancellationToken,
 ) -> Result<(), Error> {
+    let Cores { scheduler, enrollment, logs, logins, metrics, store } = cores;
     let logs_for_admin = logs.clone();
     let max_message = config.grpc_max_message_bytes;
     let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
@@ -101,6 +108,7 @@ pub async fn serve(
         scheduler,
         trust_domain: config.trust_domain,
         legacy_admins: config.admin_roles,
+        store,
     })
     .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();

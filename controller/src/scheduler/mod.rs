@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::lifecycle::RetryPolicy;
-use crate::store::{self, AttemptRecord, NewTask, ResultRecord, Store, TaskFilter, TaskRecord};
+use crate::store::{self, AttemptRecord, Audit, NewTask, ResultRecord, Store, TaskFilter, TaskRecord};
 use outpost_common::task::{Refusal, Refused, ResultStatus};
 
 /// The engine's flags: timings it hands to agents and enforces, and the retry rules.
@@ -297,6 +297,7 @@ enum Event {
     Submit {
         task: NewTask,
         venv: Option<VenvKey>,
+        audit: Option<Audit>,
         reply: oneshot::Sender<Result<(TaskRecord, bool), Error>>,
     },
     Connect {
@@ -349,6 +350,7 @@ enum Event {
         pool: PoolId,
         spec: VenvSpec,
         agents: u32,
+        audit: Option<Audit>,
         reply: oneshot::Sender<Result<Vec<WorkerId>, Error>>,
     },
     ListWorkers {
@@ -357,10 +359,12 @@ enum Event {
     Cancel {
         task: TaskId,
         reason: String,
+        audit: Option<Audit>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Drain {
         worker: WorkerId,
+        audit: Option<Audit>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Revoke {
@@ -373,6 +377,7 @@ enum Event {
     },
     Retry {
         task: TaskId,
+        audit: Option<Audit>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Explain {
@@ -450,9 +455,14 @@ impl Scheduler {
 
     /// Takes a task in (idempotent on its id) and dispatches it when an agent can take it.
     pub async fn submit(&self, task: NewTask) -> Result<(TaskRecord, bool), Error> {
+        self.submit_audited(task, None).await
+    }
+
+    /// The same for an operator: `audit` is recorded in the turn that records the task.
+    pub async fn submit_audited(&self, task: NewTask, audit: Option<Audit>) -> Result<(TaskRecord, bool), Error> {
         // The venv the task needs is read from its recipe here, in the caller's task, not in the engine's turn.
         let venv = VenvSpec::key_of_task(&task.args);
-        self.call(|reply| Event::Submit { task, venv, reply }).await
+        self.call(|reply| Event::Submit { task, venv, audit, reply }).await
     }
 
     /// Opens a session for an identity-checked agent. `commands` receives its work; `kick` is cancelled when the
@@ -512,18 +522,25 @@ impl Scheduler {
 
     /// Asks up to `agents` (0: every) connected, non-draining agents of `pool` that do not hold the venv yet to
     /// build it in idle time; returns the workers asked.
-    pub async fn warm(&self, pool: &PoolId, spec: VenvSpec, agents: u32) -> Result<Vec<WorkerId>, Error> {
-        self.call(|reply| Event::Warm { pool: pool.clone(), spec, agents, reply }).await
+    pub async fn warm(
+        &self,
+        pool: &PoolId,
+        spec: VenvSpec,
+        agents: u32,
+        audit: Option<Audit>,
+    ) -> Result<Vec<WorkerId>, Error> {
+        self.call(|reply| Event::Warm { pool: pool.clone(), spec, agents, audit, reply }).await
     }
 
     /// Cancels a task: a queued one at once; a running one is fenced out (epoch bump) and its agent told to stop.
-    pub async fn cancel(&self, task: &TaskId, reason: &str) -> Result<(), Error> {
-        self.call(|reply| Event::Cancel { task: task.clone(), reason: reason.to_owned(), reply }).await
+    /// An operator's cancel is recorded with `audit` in the same turn.
+    pub async fn cancel(&self, task: &TaskId, reason: &str, audit: Option<Audit>) -> Result<(), Error> {
+        self.call(|reply| Event::Cancel { task: task.clone(), reason: reason.to_owned(), audit, reply }).await
     }
 
     /// Stops granting work to a connected worker and tells it to drain; its running work finishes.
-    pub async fn drain(&self, worker: &WorkerId) -> Result<(), Error> {
-        self.call(|reply| Event::Drain { worker: worker.clone(), reply }).await
+    pub async fn drain(&self, worker: &WorkerId, audit: Option<Audit>) -> Result<(), Error> {
+        self.call(|reply| Event::Drain { worker: worker.clone(), audit, reply }).await
     }
 
     /// A revoked worker: its session (if any) is closed at once and everything it holds is lost now, as with an
@@ -538,8 +555,8 @@ impl Scheduler {
     }
 
     /// Runs a finished task again.
-    pub async fn retry(&self, task: &TaskId) -> Result<(), Error> {
-        self.call(|reply| Event::Retry { task: task.clone(), reply }).await
+    pub async fn retry(&self, task: &TaskId, audit: Option<Audit>) -> Result<(), Error> {
+        self.call(|reply| Event::Retry { task: task.clone(), audit, reply }).await
     }
 
     /// Why a task is where it is.
@@ -582,8 +599,8 @@ impl Scheduler {
     }
 
     /// Notes that a quarantined message was replayed.
-    pub async fn mark_replayed(&self, id: i64) -> Result<(), Error> {
-        Ok(self.store.mark_replayed(id, outpost_common::clock::unix_ms()).await?)
+    pub async fn mark_replayed(&self, id: i64, audit: Option<Audit>) -> Result<(), Error> {
+        Ok(self.store.mark_replayed(id, outpost_common::clock::unix_ms(), audit).await?)
     }
 
     /// Ids of tasks not yet finished.

@@ -308,7 +308,7 @@ async fn a_cancel_the_agent_never_confirms_ends_cancelled_after_the_timeout() {
     scheduler.submit(task("a")).await.unwrap();
     let first = assigned(&mut commands).await;
     scheduler.ack(&w1, session, first.attempt.clone()).await.get().await.unwrap();
-    scheduler.cancel(&id("a"), "stop it").await.unwrap();
+    scheduler.cancel(&id("a"), "stop it", None).await.unwrap();
     match commands.recv().await {
         Some(AgentCommand::Cancel { attempt, .. }) => assert_eq!(attempt, first.attempt),
         other => panic!("expected a Cancel, got {other:?}"),
@@ -327,8 +327,11 @@ async fn a_cancel_and_a_retry_in_one_turn_apply_in_the_order_they_were_asked() {
     scheduler.submit(task("a")).await.unwrap();
     // No agent: a stays queued. Cancel it, retry it and cancel it again, all handed in before any answer.
     let a = id("a");
-    let (first, again, last) =
-        tokio::join!(scheduler.cancel(&a, "first"), scheduler.retry(&a), scheduler.cancel(&a, "second"));
+    let (first, again, last) = tokio::join!(
+        scheduler.cancel(&a, "first", None),
+        scheduler.retry(&a, None),
+        scheduler.cancel(&a, "second", None)
+    );
     first.unwrap();
     again.unwrap();
     last.unwrap();
@@ -336,8 +339,8 @@ async fn a_cancel_and_a_retry_in_one_turn_apply_in_the_order_they_were_asked() {
     assert_eq!(record.state, TaskState::Cancelled);
     assert!(record.result.unwrap().report.contains("second"));
     // A retry of a queued task is refused with the life cycle's own reason.
-    scheduler.retry(&id("a")).await.unwrap();
-    let refused = scheduler.retry(&id("a")).await.unwrap_err();
+    scheduler.retry(&id("a"), None).await.unwrap();
+    let refused = scheduler.retry(&id("a"), None).await.unwrap_err();
     assert_eq!(refused.to_string(), "task a is QUEUED: only a finished task can be retried");
     token.cancel();
 }
@@ -394,7 +397,7 @@ async fn a_task_goes_to_the_free_agent_holding_its_venv_and_otherwise_to_the_one
     scheduler.submit(pinned_task("warm-2", &spec)).await.unwrap();
     assert_eq!(assigned(&mut roomy).await.attempt.task_id.as_str(), "warm-2", "never waits by default");
     // Warm-up asks agents of the pool that do not hold it yet, the least busy first.
-    let asked = scheduler.warm(&PoolId::parse("p").unwrap(), spec.clone(), 0).await.unwrap();
+    let asked = scheduler.warm(&PoolId::parse("p").unwrap(), spec.clone(), 0, None).await.unwrap();
     assert_eq!(asked, [WorkerId::parse("a-roomy").unwrap()]);
     match roomy.recv().await {
         Some(AgentCommand::Warm(asked_for)) => assert_eq!(asked_for, spec),

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{AgentCommand, Error, SessionId};
 use crate::lifecycle::TaskFacts;
-use crate::store::{Change, NewTask, TaskRecord};
+use crate::store::{Audit, Change, NewTask, TaskRecord};
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send + Sync>;
 type SubmitReply = oneshot::Sender<Result<(TaskRecord, bool), Error>>;
@@ -35,6 +35,13 @@ impl Plan {
     /// A change to write with the turn, after the ones before it.
     pub fn change(&mut self, change: Change) {
         self.changes.push(change);
+    }
+
+    /// An operator's change that `result` says was made: its audit row goes into this turn, after the change.
+    pub fn audit<T>(&mut self, audit: Option<Audit>, result: &Result<T, Error>) {
+        if let (Some(audit), Ok(_)) = (audit, result) {
+            self.changes.push(Change::Audit(audit));
+        }
     }
 
     /// A task to record (its answer comes from the insert).

@@ -30,7 +30,7 @@ async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
     match scheduler.lost_claims().await {
         Ok(lost) => {
             for task in lost {
-                match scheduler.cancel(&task, "another controller took over this request at GMS").await {
+                match scheduler.cancel(&task, "another controller took over this request at GMS", None).await {
                     Ok(()) => info!(task = %task, "claim lost at GMS: stopping the run here"),
                     Err(e) if e.is_finished() => {}
                     Err(e) => warn!(task = %task, error = %e, "claim lost: cancel failed"),
@@ -61,7 +61,7 @@ async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
                 continue;
             }
             let Ok(task) = TaskId::parse_id_or_urn(&urn) else { continue };
-            match scheduler.cancel(&task, "KILL signal from DataHub").await {
+            match scheduler.cancel(&task, "KILL signal from DataHub", None).await {
                 Ok(()) => info!(task = %task, "KILL signal: cancelling"),
                 Err(e) if e.is_finished() => {}
                 Err(e) => warn!(task = %task, error = %e, "KILL signal: cancel failed"),

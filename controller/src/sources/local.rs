@@ -8,7 +8,7 @@ use outpost_common::ids::{self, PoolId, TaskId};
 use outpost_common::task::{RUN_INGEST, TEST_CONNECTION};
 
 use crate::scheduler::{self, Scheduler};
-use crate::store::{NewTask, TaskRecord};
+use crate::store::{Audit, NewTask, TaskRecord};
 
 /// The pool a submission without one goes to (DataHub's default executor ID).
 pub const DEFAULT_POOL: &str = "default";
@@ -86,8 +86,9 @@ impl LocalQueue {
     }
 
     /// Enqueues a submission; returns the task and whether it was new.
-    pub async fn submit(&self, submission: Submission) -> Result<(TaskRecord, bool), Error> {
-        Ok(self.scheduler.submit(validate(submission)?).await?)
+    /// `audit`: an operator's submission, recorded with the task.
+    pub async fn submit(&self, submission: Submission, audit: Option<Audit>) -> Result<(TaskRecord, bool), Error> {
+        Ok(self.scheduler.submit_audited(validate(submission)?, audit).await?)
     }
 }
 

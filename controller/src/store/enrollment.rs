@@ -6,6 +6,7 @@ use outpost_common::ids::WorkerId;
 use rusqlite::{OptionalExtension, Transaction, params};
 use sqlx::FromRow;
 
+use super::audit::{self, Audit};
 use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
@@ -166,9 +167,13 @@ fn insert_token(tx: &Transaction<'_>, token: &NewToken, now_ms: i64, on_conflict
 }
 
 impl Store {
-    pub async fn create_token(&self, token: &NewToken, now_ms: i64) -> Result<(), Error> {
+    pub async fn create_token(&self, token: &NewToken, now_ms: i64, audit: Option<Audit>) -> Result<(), Error> {
         let token = token.clone();
-        self.transaction(move |tx, _| insert_token(tx, &token, now_ms, "")).await
+        self.transaction(move |tx, _| {
+            insert_token(tx, &token, now_ms, "")?;
+            audit::insert_done(tx, audit.as_ref(), now_ms)
+        })
+        .await
     }
 
     /// Registers the token of a bootstrap file: `token` (reusable, with no end) replaces any other token made by
@@ -210,15 +215,19 @@ impl Store {
         self.transaction(move |tx, _| join(tx, &id, &hash, &worker, &address, now_ms)).await
     }
 
-    pub async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
+    /// Revokes a join token; false for an unknown id (nothing is changed or audited then).
+    pub async fn revoke_token(&self, id: &str, now_ms: i64, audit: Option<Audit>) -> Result<bool, Error> {
         let id = id.to_owned();
         self.transaction(move |tx, _| {
-            execute(
+            let found = execute(
                 tx,
                 "UPDATE join_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE id = ?",
                 params![now_ms, id],
-            )
-            .map(|n| n > 0)
+            )? > 0;
+            if found {
+                audit::insert_done(tx, audit.as_ref(), now_ms)?;
+            }
+            Ok(found)
         })
         .await
     }
@@ -303,7 +312,13 @@ impl Store {
     }
 
     /// Revokes one certificate; returns the worker it was issued to, when this controller issued it.
-    pub async fn revoke_certificate(&self, serial: &str, reason: &str, now_ms: i64) -> Result<Option<String>, Error> {
+    pub async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: &str,
+        now_ms: i64,
+        audit: Option<Audit>,
+    ) -> Result<Option<String>, Error> {
         let (serial, reason) = (serial.to_owned(), reason.to_owned());
         self.transaction(move |tx, _| {
             let worker: Option<String> = tx
@@ -316,6 +331,7 @@ impl Store {
                  ON CONFLICT (serial) DO NOTHING",
                 params![serial, worker, now_ms, reason],
             )?;
+            audit::insert_done(tx, audit.as_ref(), now_ms)?;
             Ok(worker)
         })
         .await
@@ -329,7 +345,13 @@ impl Store {
         Ok(found.is_some())
     }
 
-    pub async fn revoke_worker(&self, worker: &WorkerId, reason: &str, now_ms: i64) -> Result<(), Error> {
+    pub async fn revoke_worker(
+        &self,
+        worker: &WorkerId,
+        reason: &str,
+        now_ms: i64,
+        audit: Option<Audit>,
+    ) -> Result<(), Error> {
         let (worker, reason) = (worker.as_str().to_owned(), reason.to_owned());
         self.transaction(move |tx, _| {
             execute(
@@ -337,8 +359,8 @@ impl Store {
                 "INSERT INTO revoked_workers (worker_id, revoked_at_ms, reason) VALUES (?, ?, ?) \
                  ON CONFLICT (worker_id) DO NOTHING",
                 params![worker, now_ms, reason],
-            )
-            .map(|_| ())
+            )?;
+            audit::insert_done(tx, audit.as_ref(), now_ms)
         })
         .await
     }

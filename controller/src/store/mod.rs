@@ -8,7 +8,8 @@
 //! - claims at GMS: the version of each claimed task's result aspect (columns of `tasks`) and this controller's
 //!   identity (`controller_identity`) (`claims.rs`);
 //! - `join_tokens` (hashes only), their uses, `worker_bindings`, `issued_certificates`, `revoked_workers`
-//!   (`enrollment.rs`).
+//!   (`enrollment.rs`);
+//! - `audit` — who changed what through the admin API or the status page, written with the change (`audit.rs`).
 //!
 //! Every change goes through ONE writer: a dedicated connection on its own thread (`writer.rs`) that runs a
 //! whole transaction per job — the engine's turns (`turn.rs`) and the few changes from elsewhere (outbox
@@ -18,6 +19,7 @@
 //! tonic, SQS or GMS.
 
 mod attempts;
+mod audit;
 mod claims;
 mod enrollment;
 mod error;
@@ -43,6 +45,7 @@ use sqlx::{Connection, SqlitePool};
 use tokio::sync::{Notify, watch};
 
 pub use attempts::{AttemptEnd, Grant, ResultRecord, TaskChange};
+pub use audit::{Audit, AuditEvent, AuditFilter, Outcome as AuditOutcome, Via};
 pub use claims::WaitingClaim;
 pub use enrollment::{JoinRefused, JoinToken, NewToken};
 pub use error::Error;

@@ -6,7 +6,8 @@ use rusqlite::params;
 use rusqlite::types::Value;
 use sqlx::FromRow;
 
-use super::writer::writer_error;
+use super::audit::{self, Audit};
+use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
 /// The message a task came in on.
@@ -167,8 +168,11 @@ impl Store {
     }
 
     /// Marks a quarantined message replayed.
-    pub async fn mark_replayed(&self, id: i64, now_ms: i64) -> Result<(), Error> {
-        self.execute_alone("UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?", vec![now_ms.into(), id.into()])
-            .await
+    pub async fn mark_replayed(&self, id: i64, now_ms: i64, audit: Option<Audit>) -> Result<(), Error> {
+        self.transaction(move |tx, _| {
+            execute(tx, "UPDATE quarantine SET replayed_at_ms = ? WHERE id = ?", params![now_ms, id])?;
+            audit::insert_done(tx, audit.as_ref(), now_ms)
+        })
+        .await
     }
 }

@@ -247,7 +247,7 @@ async fn quarantine_keeps_the_reason_and_a_capped_body() {
     assert_eq!(listed.iter().map(|q| q.id).collect::<Vec<_>>(), [second, first], "newest first");
     assert_eq!((listed[0].body.as_str(), listed[0].body_bytes), ("éé", 20), "cut on a character boundary");
     assert_eq!(listed[1].reason, "the body is neither JSON nor base64");
-    store.mark_replayed(first, 9).await.unwrap();
+    store.mark_replayed(first, 9, None).await.unwrap();
     assert_eq!(store.quarantined_message(first).await.unwrap().unwrap().replayed_at_ms, Some(9));
     assert_eq!(store.quarantined_message(999).await.unwrap(), None);
 }
@@ -465,4 +465,62 @@ async fn a_claim_moves_on_with_each_write_is_renewed_while_waiting_and_once_lost
     assert_eq!(task.request.claim, Some(AspectVersion::new("3")));
     assert!(task.delivery_failure.unwrap().starts_with("claim lost"));
     assert!(store.due_outbox(80, 10).await.unwrap().is_empty());
+}
+
+fn audit(action: &'static str, target: &str) -> Audit {
+    Audit {
+        actor: "ops".into(),
+        role: Some(outpost_common::roles::Role::Operator),
+        via: Via::Api,
+        peer: "127.0.0.1:5000".into(),
+        action,
+        target: target.into(),
+        reason: "because".into(),
+    }
+}
+
+#[tokio::test]
+async fn an_audit_row_stands_or_falls_with_the_change_it_records() {
+    let (_dir, store) = open().await;
+    let all = AuditFilter { limit: 100, ..AuditFilter::default() };
+    // Written in the turn of the change: both are there.
+    let turn = Turn {
+        changes: vec![Change::Submit(new_task("a")), Change::Audit(audit("SubmitTask", "a"))],
+        ..Turn::default()
+    };
+    store.write_turn(turn, 10).await.unwrap();
+    let events = store.audit_events(&all).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].action.as_str(), events[0].outcome, events[0].at_ms), ("SubmitTask", AuditOutcome::Done, 10));
+
+    // A turn the fence refuses (a retry of a task that is not finished) leaves neither its change nor its row.
+    let turn = Turn {
+        changes: vec![Change::Retry { task: id("a") }, Change::Audit(audit("RetryTask", "a"))],
+        ..Turn::default()
+    };
+    assert!(store.write_turn(turn, 11).await.is_err());
+    assert_eq!(store.audit_events(&all).await.unwrap().len(), 1, "the refused turn's row rolled back with it");
+
+    // A change that finds nothing to change records nothing; a failure is recorded alone.
+    assert!(!store.revoke_token("nosuch", 12, Some(audit("RevokeJoinToken", "nosuch"))).await.unwrap());
+    store
+        .audit(audit("RevokeJoinToken", "nosuch"), AuditOutcome::Failed, "no join token nosuch".into(), 12)
+        .await
+        .unwrap();
+    let events = store.audit_events(&all).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.action.as_str(), e.outcome)).collect::<Vec<_>>(),
+        [("RevokeJoinToken", AuditOutcome::Failed), ("SubmitTask", AuditOutcome::Done)]
+    );
+    assert_eq!(events[0].detail, "no join token nosuch");
+
+    // Filters, and retention.
+    let by_action = AuditFilter { action: Some("SubmitTask".into()), ..all.clone() };
+    assert_eq!(store.audit_events(&by_action).await.unwrap().len(), 1);
+    let since = AuditFilter { since_ms: Some(11), ..all.clone() };
+    assert_eq!(store.audit_events(&since).await.unwrap().len(), 1);
+    let other = AuditFilter { actor: Some("someone".into()), ..all.clone() };
+    assert!(store.audit_events(&other).await.unwrap().is_empty());
+    assert_eq!(store.prune_audit(11).await.unwrap(), 1);
+    assert_eq!(store.audit_events(&all).await.unwrap().len(), 1);
 }

@@ -9,6 +9,7 @@ use outpost_common::task::Refusal;
 use rusqlite::Transaction;
 
 use super::attempts::{self, AttemptEnd, Grant};
+use super::audit::{self, Audit, Outcome};
 use super::tasks::{self, NewTask, TaskRecord};
 use super::transaction::Effects;
 use super::workers::{self, WorkerSeen};
@@ -35,6 +36,8 @@ pub enum Change {
     WorkerConnected(WorkerSeen),
     /// A worker's session ended.
     WorkerDisconnected(WorkerId),
+    /// An operator's change, recorded with it: after the change it audits, in the same transaction.
+    Audit(Audit),
 }
 
 /// One turn: its changes in order, then grants of queued tasks to workers.
@@ -129,6 +132,7 @@ fn apply(tx: &Transaction<'_>, turn: &Turn, now_ms: i64, effects: &mut Effects) 
             Change::Heartbeats(beats) => attempts::heartbeats(tx, beats)?,
             Change::WorkerConnected(seen) => workers::connected(tx, seen, now_ms)?,
             Change::WorkerDisconnected(worker) => workers::disconnected(tx, worker, now_ms)?,
+            Change::Audit(entry) => audit::insert(tx, entry, Outcome::Done, "", now_ms)?,
         }
     }
     for (task, worker) in &turn.grants {

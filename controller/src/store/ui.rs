@@ -2,6 +2,7 @@
 
 use rusqlite::params;
 
+use super::audit::{self, Audit};
 use super::writer::execute;
 use super::{Error, Store};
 
@@ -27,7 +28,7 @@ pub struct UiTokenCheck {
 }
 
 impl Store {
-    pub async fn create_ui_token(&self, token: &NewUiToken, now_ms: i64) -> Result<(), Error> {
+    pub async fn create_ui_token(&self, token: &NewUiToken, now_ms: i64, audit: Option<Audit>) -> Result<(), Error> {
         let token = token.clone();
         self.transaction(move |tx, _| {
             execute(
@@ -43,22 +44,25 @@ impl Store {
                     token.expires_at_ms,
                     token.role
                 ],
-            )
-            .map(|_| ())
+            )?;
+            audit::insert_done(tx, audit.as_ref(), now_ms)
         })
         .await
     }
 
     /// Revokes a login token (its sessions end at their next request); false for an unknown id.
-    pub async fn revoke_ui_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
+    pub async fn revoke_ui_token(&self, id: &str, now_ms: i64, audit: Option<Audit>) -> Result<bool, Error> {
         let id = id.to_owned();
         self.transaction(move |tx, _| {
-            execute(
+            let found = execute(
                 tx,
                 "UPDATE ui_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE id = ?",
                 params![now_ms, id],
-            )
-            .map(|n| n > 0)
+            )? > 0;
+            if found {
+                audit::insert_done(tx, audit.as_ref(), now_ms)?;
+            }
+            Ok(found)
         })
         .await
     }

@@ -9,7 +9,7 @@ use outpost_common::clock::unix_ms;
 use outpost_common::join::{JoinToken, random_text, sha256_hex};
 use outpost_common::roles::Role;
 
-use crate::store::{self, NewUiToken, Store};
+use crate::store::{self, Audit, NewUiToken, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,6 +76,7 @@ impl Logins {
         description: &str,
         role: Role,
         created_by: &str,
+        audit: Option<Audit>,
     ) -> Result<Created, Error> {
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(Error::BadTtl);
@@ -91,13 +92,13 @@ impl Logins {
             expires_at_ms,
             role: role.as_str().to_owned(),
         };
-        self.store.create_ui_token(&record, now).await?;
+        self.store.create_ui_token(&record, now, audit).await?;
         Ok(Created { id: token.id.clone(), token: token.reveal(), expires_at_ms, role })
     }
 
     /// Revokes a login token; its sessions end at their next request.
-    pub async fn revoke(&self, id: &str) -> Result<(), Error> {
-        match self.store.revoke_ui_token(id, unix_ms()).await? {
+    pub async fn revoke(&self, id: &str, audit: Option<Audit>) -> Result<(), Error> {
+        match self.store.revoke_ui_token(id, unix_ms(), audit).await? {
             true => Ok(()),
             false => Err(Error::NotFound(id.to_owned())),
         }
@@ -136,24 +137,37 @@ impl Logins {
         Ok(Ok(stored.role.parse().unwrap_or(Role::Viewer)))
     }
 
-    /// Whether a session id from a cookie is a live session whose token is still valid.
-    pub async fn check(&self, session_id: &str) -> Result<bool, Error> {
-        Ok(self.session_role(session_id).await?.is_some())
-    }
-
-    /// The role of a live session whose token is still valid; `None` otherwise.
-    pub async fn session_role(&self, session_id: &str) -> Result<Option<Role>, Error> {
+    /// A live session whose token is still valid; `None` otherwise.
+    pub async fn session(&self, session_id: &str) -> Result<Option<Session>, Error> {
         let hash = session_hash(session_id);
         let Some((token_id, role, expires_at_ms)) = self.store.ui_session(&hash).await? else { return Ok(None) };
         if expires_at_ms <= unix_ms() || self.token_valid(&token_id, None).await?.is_err() {
             self.store.close_ui_session(&hash).await?;
             return Ok(None);
         }
-        Ok(Some(role.parse().unwrap_or(Role::Viewer)))
+        let csrf = sha256_hex(&[b"outpost-ui-csrf:", session_id.as_bytes()]);
+        Ok(Some(Session { token_id, role: role.parse().unwrap_or(Role::Viewer), csrf }))
     }
 
     pub async fn logout(&self, session_id: &str) -> Result<(), Error> {
         Ok(self.store.close_ui_session(&session_hash(session_id)).await?)
+    }
+}
+
+/// A logged-in browser: its login token, the token's role, and the form token its posts must carry.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub token_id: String,
+    pub role: Role,
+    /// Bound to the session (derived from its id, which only the browser's HttpOnly cookie holds): a page of
+    /// another site cannot know it.
+    pub csrf: String,
+}
+
+impl Session {
+    /// The audit trail's name for it.
+    pub fn actor(&self) -> String {
+        format!("ui-token/{}", self.token_id)
     }
 }
 
@@ -166,21 +180,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db"), false).await.unwrap();
         let logins = Logins::new(store, Duration::from_secs(3600));
-        let created = logins.create(Duration::from_secs(60), "for tests", Role::Operator, "admin/ops").await.unwrap();
+        let created =
+            logins.create(Duration::from_secs(60), "for tests", Role::Operator, "admin/ops", None).await.unwrap();
         assert!(created.token.starts_with(&format!("{}.", created.id)));
         assert_eq!(logins.login("not a token").await.unwrap(), Err(Refused::Malformed));
         let wrong = format!("{}.{}", created.id, "a".repeat(16));
         assert_eq!(logins.login(&wrong).await.unwrap(), Err(Refused::Wrong));
         assert_eq!(logins.login("zzzzzz.aaaaaaaaaaaaaaaa").await.unwrap(), Err(Refused::Unknown));
         let session = logins.login(&created.token).await.unwrap().unwrap();
-        assert!(logins.check(&session).await.unwrap());
-        assert_eq!(logins.session_role(&session).await.unwrap(), Some(Role::Operator), "the token's role");
+        assert!(logins.session(&session).await.unwrap().is_some());
+        assert_eq!(logins.session(&session).await.unwrap().map(|s| s.role), Some(Role::Operator), "the token's role");
         assert_eq!(created.role, Role::Operator);
-        assert!(!logins.check("forged-session").await.unwrap());
-        logins.revoke(&created.id).await.unwrap();
-        assert!(!logins.check(&session).await.unwrap(), "revoking the token ends its sessions");
+        assert!(logins.session("forged-session").await.unwrap().is_none());
+        logins.revoke(&created.id, None).await.unwrap();
+        assert!(logins.session(&session).await.unwrap().is_none(), "revoking the token ends its sessions");
         assert_eq!(logins.login(&created.token).await.unwrap(), Err(Refused::Revoked));
-        assert!(matches!(logins.revoke("nosuch").await, Err(Error::NotFound(_))));
-        assert!(matches!(logins.create(Duration::ZERO, "", Role::Viewer, "a").await, Err(Error::BadTtl)));
+        assert!(matches!(logins.revoke("nosuch", None).await, Err(Error::NotFound(_))));
+        assert!(matches!(logins.create(Duration::ZERO, "", Role::Viewer, "a", None).await, Err(Error::BadTtl)));
     }
 }

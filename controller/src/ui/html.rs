@@ -104,7 +104,17 @@ pub fn table(caption: &str, headers: &[&str], rows: &[Vec<String>], empty: &str)
 
 /// A whole page: header with navigation, the live region (refreshed from `refresh` every `refresh_ms`), a footer.
 pub fn page(title: &str, current: &str, live: &str, refresh: Option<(&str, u64)>) -> String {
-    let nav = [("/", "Fleet"), ("/tasks", "Tasks")]
+    page_with(title, current, live, refresh, false)
+}
+
+/// The same, with the audit page in the navigation (for admin logins) when `audit` is set.
+pub fn page_with(title: &str, current: &str, live: &str, refresh: Option<(&str, u64)>, audit: bool) -> String {
+    let links: &[(&str, &str)] = if audit {
+        &[("/", "Fleet"), ("/tasks", "Tasks"), ("/audit", "Audit")]
+    } else {
+        &[("/", "Fleet"), ("/tasks", "Tasks")]
+    };
+    let nav = links
         .iter()
         .map(|(href, label)| {
             let here = if *href == current { " aria-current=\"page\"" } else { "" };

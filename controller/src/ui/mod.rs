@@ -1,9 +1,11 @@
-//! The status page (`--ui-listen`): a read-only web page of the fleet, its pools and tasks, served with axum on
-//! its own listener. Every page needs a session opened with a login token (`auth.rs`); pages are server-rendered
-//! HTML (`pages.rs`, `html.rs`) whose live part a small script refreshes. It never changes the fleet: operator
-//! actions stay with `outpostctl`. It must never serve without authentication, nor in plain HTTP on a
-//! non-loopback address unless the operator says so.
+//! The status page (`--ui-listen`): a web page of the fleet, its pools and tasks, served with axum on its own
+//! listener. Every page needs a session opened with a login token (`auth.rs`); pages are server-rendered HTML
+//! (`pages.rs`, `html.rs`) whose live part a small script refreshes. Operator logins get cancel, retry and drain
+//! buttons (`actions.rs`: same-origin, a form token bound to the session, each one audited); admin logins also
+//! the audit page. It must never serve without authentication, nor in plain HTTP on a non-loopback address unless
+//! the operator says so.
 
+mod actions;
 pub mod auth;
 mod html;
 mod limit;
@@ -108,6 +110,8 @@ pub struct Ui {
     pub metrics: crate::metrics::Metrics,
     /// How often the login form may be tried.
     pub login_limit: LoginLimiter,
+    /// The audit trail (page actions and the audit page).
+    pub store: crate::store::Store,
 }
 
 const COOKIE: &str = "outpost_session";
@@ -132,6 +136,9 @@ pub fn router(ui: Ui) -> axum::Router {
         .route("/", get(pages::fleet))
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{id}", get(pages::task))
+        .route("/tasks/{id}/{action}", post(actions::task))
+        .route("/workers/{id}/drain", post(actions::drain))
+        .route("/audit", get(actions::audit))
         .route_layer(middleware::from_fn_with_state(ui.clone(), require_session));
     axum::Router::new()
         .route("/login", get(login_page).post(login))
@@ -175,16 +182,17 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Pages need a live session: a browser without one is sent to the login page, a script gets 401.
-async fn require_session(State(ui): State<Ui>, request: Request, next: Next) -> Response {
-    let session = session_cookie(request.headers());
-    let valid = match &session {
-        Some(id) => ui.logins.check(id).await.unwrap_or_else(|e| {
+/// The live session is handed to the pages (an [`auth::Session`] extension).
+async fn require_session(State(ui): State<Ui>, mut request: Request, next: Next) -> Response {
+    let session = match session_cookie(request.headers()) {
+        Some(id) => ui.logins.session(&id).await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot check a status page session");
-            false
+            None
         }),
-        None => false,
+        None => None,
     };
-    if valid {
+    if let Some(session) = session {
+        request.extensions_mut().insert(session);
         return next.run(request).await;
     }
     let fragment = request.uri().query().is_some_and(|q| q.contains("fragment=1"));
@@ -219,7 +227,7 @@ struct LoginForm {
 }
 
 /// A form posted from another site is refused (the Origin header, when sent, must be this host).
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
     origin.split_once("://").is_some_and(|(_, authority)| authority == host)

@@ -1,17 +1,22 @@
 //! The pages of the status page: the fleet (pools, workers, recent failures), the task list (filters, search,
 //! paging) and a task (attempts, result, report, live log tail, why it waits). Everything comes from the same core
-//! methods the admin API calls (scheduler reads, enrollment facts, log tails); nothing here changes anything.
+//! methods the admin API calls (scheduler reads, enrollment facts, log tails); nothing here changes anything (the
+//! buttons an operator login sees post to `actions.rs`).
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use outpost_common::ids::{PoolId, TaskId, WorkerId};
+use outpost_common::roles::{AdminRpc, Role};
 use outpost_common::task::TaskState;
 
 use super::Ui;
-use super::html::{ago, badge, esc, page, table, time, until, url_value};
+use super::actions::button;
+use super::auth::Session;
+use super::html::{ago, badge, esc, page, page_with, table, time, until, url_value};
 use crate::scheduler::{WorkerState, WorkerView};
 use crate::store::{AttemptRecord, TaskFilter, TaskRecord};
 
@@ -52,12 +57,21 @@ fn failed(what: &str, error: impl std::fmt::Display) -> Response {
 
 /// The whole page (its live part refreshed from `refresh_url`, if any), or only the live part when the page's
 /// script asks for it.
-fn respond(ui: &Ui, title: &str, current: &str, refresh_url: Option<&str>, fragment: bool, live: String) -> Response {
+fn respond(
+    ui: &Ui,
+    session: &Session,
+    title: &str,
+    current: &str,
+    refresh_url: Option<&str>,
+    fragment: bool,
+    live: String,
+) -> Response {
     if fragment {
         return Html(live).into_response();
     }
     let every = ui.refresh.as_millis() as u64;
-    Html(page(title, current, &live, refresh_url.map(|url| (url, every)))).into_response()
+    let audit = session.role >= Role::Admin;
+    Html(page_with(title, current, &live, refresh_url.map(|url| (url, every)), audit)).into_response()
 }
 
 fn task_link(id: &TaskId) -> String {
@@ -74,7 +88,11 @@ fn slots_meter(used: u32, total: u32) -> String {
     )
 }
 
-pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Response {
+pub async fn fleet(
+    State(ui): State<Ui>,
+    Extension(session): Extension<Session>,
+    Query(query): Query<Fragment>,
+) -> Response {
     let workers = match ui.scheduler.list_workers().await {
         Ok(workers) => workers,
         Err(e) => return failed("the workers", e),
@@ -151,21 +169,33 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
         &pool_rows,
         "No pool has agents or work yet.",
     ));
+    let may_drain = session.role >= AdminRpc::DrainWorker.needs();
     let worker_rows: Vec<Vec<String>> = workers
         .iter()
         .map(|w| {
             let id = w.worker_id.to_string();
             let cert = expiries.iter().find(|(worker, ..)| *worker == id).map_or(0, |(_, at, _)| *at);
             let revoked_at = revoked.iter().find(|(worker, _)| *worker == id).map(|(_, at)| *at);
-            worker_row(w, running.get(&id).map(Vec::as_slice).unwrap_or_default(), cert, revoked_at)
+            let mut row = worker_row(w, running.get(&id).map(Vec::as_slice).unwrap_or_default(), cert, revoked_at);
+            if may_drain {
+                let drain = match (w.state, revoked_at) {
+                    (WorkerState::Ready, None) => {
+                        let path = format!("/workers/{}/drain", url_value(&id));
+                        button(&session, AdminRpc::DrainWorker, &path, &format!("Drain {id}"), false)
+                    }
+                    _ => String::new(),
+                };
+                row.push(drain);
+            }
+            row
         })
         .collect();
-    live.push_str(&table(
-        "Workers",
-        &["Worker", "State", "Pools", "Slots", "Running", "Last heartbeat", "Version", "Certificate", "Venvs"],
-        &worker_rows,
-        "No agent has connected yet.",
-    ));
+    let mut worker_headers =
+        vec!["Worker", "State", "Pools", "Slots", "Running", "Last heartbeat", "Version", "Certificate", "Venvs"];
+    if may_drain {
+        worker_headers.push("Actions");
+    }
+    live.push_str(&table("Workers", &worker_headers, &worker_rows, "No agent has connected yet."));
     let mut failures: Vec<TaskRecord> = Vec::new();
     for state in [TaskState::Failed, TaskState::Aborted, TaskState::TimedOut] {
         let filter = TaskFilter { state: Some(state), limit: 10, ..TaskFilter::default() };
@@ -175,7 +205,7 @@ pub async fn fleet(State(ui): State<Ui>, Query(query): Query<Fragment>) -> Respo
     failures.truncate(10);
     let failure_rows: Vec<Vec<String>> = failures.iter().map(task_row).collect();
     live.push_str(&table("Recent failures", &TASK_HEADERS, &failure_rows, "No failures."));
-    respond(&ui, "Fleet", "/", Some("/?fragment=1"), query.fragment.is_some(), live)
+    respond(&ui, &session, "Fleet", "/", Some("/?fragment=1"), query.fragment.is_some(), live)
 }
 
 /// A pool's channel in words: "sqs: ok", or failing since when and why (never by color alone).
@@ -243,7 +273,11 @@ fn task_row(t: &TaskRecord) -> Vec<String> {
     ]
 }
 
-pub async fn tasks(State(ui): State<Ui>, Query(listing): Query<Listing>) -> Response {
+pub async fn tasks(
+    State(ui): State<Ui>,
+    Extension(session): Extension<Session>,
+    Query(listing): Query<Listing>,
+) -> Response {
     let fragment = listing.fragment.is_some();
     let mut error = None;
     let mut filter = TaskFilter { limit: PAGE, ..TaskFilter::default() };
@@ -325,10 +359,15 @@ pub async fn tasks(State(ui): State<Ui>, Query(listing): Query<Listing>) -> Resp
         live.push_str(&format!("<p><a href=\"{}\" rel=\"next\">Older tasks</a></p>", esc(&next)));
     }
     let refresh = format!("{}&q={}&fragment=1", query(&listing.after), url_value(&listing.q));
-    respond(&ui, "Tasks", "/tasks", Some(&refresh), fragment, live)
+    respond(&ui, &session, "Tasks", "/tasks", Some(&refresh), fragment, live)
 }
 
-pub async fn task(State(ui): State<Ui>, Path(id): Path<String>, Query(query): Query<Fragment>) -> Response {
+pub async fn task(
+    State(ui): State<Ui>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    Query(query): Query<Fragment>,
+) -> Response {
     let Ok(id) = TaskId::parse_id_or_urn(&id) else {
         return (StatusCode::NOT_FOUND, Html(page("Not found", "", "<h1>No such task</h1>", None))).into_response();
     };
@@ -369,6 +408,13 @@ pub async fn task(State(ui): State<Ui>, Path(id): Path<String>, Query(query): Qu
             esc(&explained.describe())
         ));
     }
+    let path = format!("/tasks/{}", url_value(id.as_str()));
+    let action = if task.state.is_terminal() {
+        button(&session, AdminRpc::RetryTask, &format!("{path}/retry"), "Retry", false)
+    } else {
+        button(&session, AdminRpc::CancelTask, &format!("{path}/cancel"), "Cancel", true)
+    };
+    live.push_str(&action);
     if let Some(failure) = &task.delivery_failure {
         live.push_str(&format!("<p role=\"alert\" class=\"error\">GMS refused for good: {}</p>", esc(failure)));
     }
@@ -396,9 +442,8 @@ pub async fn task(State(ui): State<Ui>, Path(id): Path<String>, Query(query): Qu
             esc(&result.report)
         ));
     }
-    let path = format!("/tasks/{}", url_value(id.as_str()));
     let refresh = if task.state.is_terminal() { None } else { Some(format!("{path}?fragment=1")) };
-    respond(&ui, &format!("Task {}", id.as_str()), "", refresh.as_deref(), query.fragment.is_some(), live)
+    respond(&ui, &session, &format!("Task {}", id.as_str()), "", refresh.as_deref(), query.fragment.is_some(), live)
 }
 
 fn attempt_row(a: &AttemptRecord) -> Vec<String> {

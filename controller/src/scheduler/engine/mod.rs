@@ -199,7 +199,10 @@ impl Engine {
 
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit { task, venv, reply } => self.submit(task, venv, reply),
+            Event::Submit { task, venv, audit, reply } => {
+                self.submit(task, venv, reply);
+                self.plan.audit(audit, &Ok::<_, Error>(()));
+            }
             Event::Connect { hello, commands, kick, reply } => {
                 let welcome = self.connect(hello, commands, kick).await;
                 self.plan.answer(reply, welcome);
@@ -226,25 +229,31 @@ impl Engine {
                     current.hello.venvs = venvs;
                 }
             }
-            Event::Warm { pool, spec, agents, reply } => {
-                let _ = reply.send(Ok(self.warm(&pool, spec, agents)));
+            Event::Warm { pool, spec, agents, audit, reply } => {
+                let asked = Ok(self.warm(&pool, spec, agents));
+                self.plan.audit(audit, &asked);
+                self.plan.answer(reply, asked);
             }
             Event::ListWorkers { reply } => {
                 let _ = reply.send(self.list_workers().await);
             }
-            Event::Cancel { task, reason, reply } => {
+            Event::Cancel { task, reason, audit, reply } => {
                 let cancelled = self.cancel(&task, &reason).await;
+                self.plan.audit(audit, &cancelled);
                 self.plan.answer(reply, cancelled);
             }
-            Event::Drain { worker, reply } => {
-                let _ = reply.send(self.drain(&worker));
+            Event::Drain { worker, audit, reply } => {
+                let drained = self.drain(&worker);
+                self.plan.audit(audit, &drained);
+                self.plan.answer(reply, drained);
             }
             Event::Revoke { worker, reply } => {
                 self.revoke(&worker).await;
                 let _ = reply.send(Ok(()));
             }
-            Event::Retry { task, reply } => {
+            Event::Retry { task, audit, reply } => {
                 let retried = self.retry(&task).await;
+                self.plan.audit(audit, &retried);
                 self.plan.answer(reply, retried);
             }
             Event::Explain { task, reply } => {

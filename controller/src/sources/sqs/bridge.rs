@@ -19,7 +19,7 @@ use crate::gms;
 use crate::metrics::{ForeignOutcome, Intake, Metrics};
 use crate::scheduler::{self, Scheduler};
 use crate::sources::claims::{Claim, Claims};
-use crate::store::{NewTask, Store};
+use crate::store::{Audit, NewTask, Store};
 
 /// SQS batch calls take at most 10 entries.
 const BATCH: usize = 10;
@@ -231,7 +231,7 @@ impl Queue {
                 ))
             }
             Request::Kill { id } => {
-                match self.scheduler.cancel(&id, "KILL signal from DataHub").await {
+                match self.scheduler.cancel(&id, "KILL signal from DataHub", None).await {
                     Ok(()) => info!(task = %id, "KILL signal (SQS): cancelling"),
                     Err(e) if e.is_finished() || matches!(e, scheduler::Error::NotFound(_)) => {
                         debug!(task = %id, "KILL signal for a task not running here")
@@ -464,7 +464,8 @@ impl Queue {
 
 /// Replays a quarantined message: parses its stored body again and takes the task in (no SQS message is held
 /// for it). Fails with the reason when the body is still unusable (or was cut when it was stored).
-pub async fn replay_quarantined(scheduler: &Scheduler, id: i64) -> Result<TaskId, String> {
+/// `audit` is recorded with the replay.
+pub async fn replay_quarantined(scheduler: &Scheduler, id: i64, audit: Option<Audit>) -> Result<TaskId, String> {
     let entry = scheduler
         .quarantined_message(id)
         .await
@@ -478,8 +479,8 @@ pub async fn replay_quarantined(scheduler: &Scheduler, id: i64) -> Result<TaskId
         Request::FetchAndRun { .. } => return Err("a Celery message: its input must be read from GMS".into()),
         Request::NotOurs { task } => return Err(format!("Celery task {task} is work of DataHub's own executor")),
         Request::Kill { id } => {
-            scheduler.cancel(&id, "KILL signal from DataHub (replayed)").await.map_err(|e| e.to_string())?;
-            scheduler.mark_replayed(entry.id).await.map_err(|e| e.to_string())?;
+            scheduler.cancel(&id, "KILL signal from DataHub (replayed)", None).await.map_err(|e| e.to_string())?;
+            scheduler.mark_replayed(entry.id, audit).await.map_err(|e| e.to_string())?;
             return Ok(id);
         }
     };
@@ -493,6 +494,6 @@ pub async fn replay_quarantined(scheduler: &Scheduler, id: i64) -> Result<TaskId
         claim: None,
     };
     scheduler.submit(task).await.map_err(|e| e.to_string())?;
-    scheduler.mark_replayed(id).await.map_err(|e| e.to_string())?;
+    scheduler.mark_replayed(id, audit).await.map_err(|e| e.to_string())?;
     Ok(task_id)
 }
