@@ -72,6 +72,15 @@ pub struct Credentials {
     pub worker: WorkerId,
     /// Set when the certificate was issued by the controller (so the agent renews it).
     pub renewal: Option<Renewal>,
+    /// The certificate is one kept from an earlier join (not given, not joined just now).
+    pub from_earlier_join: bool,
+}
+
+impl Args {
+    /// Whether the agent was given a join token.
+    pub fn has_token(&self) -> bool {
+        self.join_token.is_some() || self.join_token_file.is_some()
+    }
 }
 
 struct StateDir(PathBuf);
@@ -122,16 +131,20 @@ fn validity(pem: &str) -> anyhow::Result<(SystemTime, SystemTime)> {
 use rustls::pki_types::pem::PemObject;
 
 /// Works out the agent's identity: the files given, else the state directory, else a join.
+/// With `join_again`, a certificate from an earlier join is set aside and the token used (the controller's CA was
+/// rotated while the agent was away).
 pub async fn credentials(
     args: &Args,
     given: Option<TlsFiles>,
     worker: Option<&str>,
     pools: &[String],
     controller: &str,
+    join_again: bool,
 ) -> anyhow::Result<Credentials> {
     if let Some(files) = given {
         let worker = worker.context("--worker-id is needed with --tls-cert")?;
-        return Ok(Credentials { files, worker: WorkerId::parse(worker).context("--worker-id")?, renewal: None });
+        let worker = WorkerId::parse(worker).context("--worker-id")?;
+        return Ok(Credentials { files, worker, renewal: None, from_earlier_join: false });
     }
     let state = StateDir(args.state_dir.clone());
     let token = match (&args.join_token, &args.join_token_file) {
@@ -141,7 +154,10 @@ pub async fn credentials(
         }
         (None, None) => None,
     };
-    if let Ok(pem) = std::fs::read_to_string(state.identity()) {
+    if let Ok(pem) = std::fs::read_to_string(state.identity()).map_err(|_| ()).and_then(|pem| match join_again {
+        true => Err(()),
+        false => Ok(pem),
+    }) {
         let (_, not_after) = validity(&pem).with_context(|| format!("{}", state.identity().display()))?;
         let saved_worker = std::fs::read_to_string(state.worker()).context("the state directory has no worker-id")?;
         if not_after > SystemTime::now() {
@@ -150,6 +166,7 @@ pub async fn credentials(
                 files: state.files(),
                 worker: WorkerId::parse(saved_worker.trim())?,
                 renewal: Some(Renewal::new(state, &pem)),
+                from_earlier_join: true,
             });
         }
         if token.is_none() {
@@ -184,6 +201,7 @@ pub async fn credentials(
         files: state.files(),
         worker: WorkerId::parse(&joined.worker_id)?,
         renewal: Some(Renewal::new(state, &joined.cert_pem)),
+        from_earlier_join: false,
     })
 }
 
@@ -417,6 +435,21 @@ impl Renewal {
         self.pending = Some(key);
         self.due = Instant::now() + Duration::from_secs(30);
         Ok(pb::RenewCertificate { csr_pem: csr })
+    }
+
+    /// A CA bundle from the controller (a CA rotation): kept for the next connection when a CA trusted now signed
+    /// it; a certificate the new signing CA did not issue is renewed at once.
+    pub fn take_bundle(&mut self, offered: &pb::TrustBundle) -> anyhow::Result<crate::trust::Taken> {
+        let trusted = std::fs::read_to_string(self.state.ca()).context("reading the trusted CAs")?;
+        let cert = std::fs::read_to_string(self.state.identity()).context("reading the agent's certificate")?;
+        let taken = crate::trust::check(&trusted, &cert, offered)?;
+        if let crate::trust::Taken::Updated { renew, .. } = taken {
+            self.state.write(&self.state.ca(), &offered.ca_pem, false)?;
+            if renew && self.pending.is_none() {
+                self.due = Instant::now();
+            }
+        }
+        Ok(taken)
     }
 
     /// The controller's answer: the new certificate and the pending key replace the old pair.

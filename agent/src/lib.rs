@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod runner;
 pub mod secrets;
 pub mod session;
+mod trust;
 pub mod venv;
 
 use anyhow::Context;
@@ -25,9 +26,33 @@ use crate::venv::Venvs;
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let asked = config.worker_id.clone().or_else(|| config.given_tls().is_none().then(hostname));
-    let credentials =
-        enroll::credentials(&config.enroll, config.given_tls(), asked.as_deref(), &config.pools, &config.controller)
-            .await?;
+    let server_name = match &config.tls_server_name {
+        Some(name) => name.clone(),
+        None => outpost_common::tls::server_name_of(&config.controller)
+            .context("--controller must look like https://HOST:PORT")?,
+    };
+    let join = |again| {
+        enroll::credentials(
+            &config.enroll,
+            config.given_tls(),
+            asked.as_deref(),
+            &config.pools,
+            &config.controller,
+            again,
+        )
+    };
+    let mut credentials = join(false).await?;
+    // A certificate kept from an earlier join is useless if the controller's CA was rotated while the agent was away.
+    let timeout = config.session.connect_timeout;
+    if credentials.from_earlier_join
+        && trust::controller_untrusted(&credentials.files, &config.controller, &server_name, timeout).await?
+    {
+        if !config.enroll.has_token() {
+            return Err(session::Error::Untrusted("seen before connecting".into()).into());
+        }
+        tracing::warn!("the controller's CA was rotated while this agent was away: joining again with the join token");
+        credentials = join(true).await?;
+    }
     let worker_id: WorkerId = credentials.worker.clone();
     let pools =
         config.pools.iter().map(|p| PoolId::parse(p.trim())).collect::<Result<Vec<_>, _>>().context("--pool")?;
@@ -39,11 +64,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("--label must be KEY=VALUE")?;
     let tls_files = credentials.files.clone();
     let tls = tls_files.load()?;
-    let server_name = match &config.tls_server_name {
-        Some(name) => name.clone(),
-        None => outpost_common::tls::server_name_of(&config.controller)
-            .context("--controller must look like https://HOST:PORT")?,
-    };
     let work_dir =
         config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("outpost-agent-{worker_id}")));
     std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::runner::{Assignment, RunOutcome, Runner, RunnerEvent, StopReason};
@@ -84,12 +84,20 @@ pub enum Error {
     Stream(tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The controller's certificate comes from a CA this agent does not trust (or the other way round).
+    #[error(
+        "the controller's certificate is signed by a CA this agent does not trust, or the controller refuses this \
+         agent's certificate: the controller's CA was rotated while this agent was away. The agent needs a join \
+         token again (--join-token-file or OUTPOST_JOIN_TOKEN) ({0})"
+    )]
+    Untrusted(String),
 }
 
 impl Error {
     /// Refusals that no retry can fix (wrong identity, bad Hello).
     fn is_permanent(&self) -> bool {
-        matches!(self, Error::Refused(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated))
+        matches!(self, Error::Untrusted(_))
+            || matches!(self, Error::Refused(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated))
     }
 }
 
@@ -336,7 +344,10 @@ impl Agent {
         let endpoint = Endpoint::from_shared(self.config.controller.clone())?
             .tls_config(self.tls.client_config(&self.config.server_name))?
             .connect_timeout(self.config.timings.connect_timeout);
-        let channel = endpoint.connect().await?;
+        let channel = endpoint.connect().await.map_err(|e| match crate::trust::untrusted(&e) {
+            true => Error::Untrusted(outpost_common::errors::chain(&e)),
+            false => Error::Transport(e),
+        })?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
         let mut held = self.runner.held();
@@ -516,6 +527,17 @@ impl Agent {
                 }
                 Some(Err(e)) => warn!(error = %e, "certificate renewal failed; will try again"),
                 None => warn!("a certificate the agent did not ask for; ignored"),
+            },
+            In::TrustBundle(bundle) => match self.renewal.as_mut().map(|r| r.take_bundle(&bundle)) {
+                Some(Ok(crate::trust::Taken::Updated { cas, renew })) => {
+                    info!(
+                        cas,
+                        renew, "new CA bundle from the controller (a CA rotation): the next connection trusts it"
+                    )
+                }
+                Some(Ok(crate::trust::Taken::Unchanged)) => {}
+                Some(Err(e)) => warn!(error = %format!("{e:#}"), "a CA bundle from the controller was refused"),
+                None => debug!("a CA bundle from the controller ignored: this agent's CA comes from --tls-ca"),
             },
             In::Welcome(_) | In::Keepalive(_) => {}
         }

@@ -11,6 +11,7 @@ pub mod pb {
 }
 
 pub mod backoff;
+pub mod bundle;
 pub mod clock;
 pub mod doctor;
 pub mod duration;

@@ -1,6 +1,6 @@
 //! Operators' roles and the one table of what each admin RPC needs. `viewer` reads; `operator` also changes work
 //! (submit, cancel, retry, drain, quarantine replay, venv warm-up); `admin` also manages identity (join and login
-//! tokens, revocation). The controller checks every admin call against [`AdminRpc::needs`] at its edge; tests read
+//! tokens, revocation, CA rotation). The controller checks every admin call against [`AdminRpc::needs`] at its edge; tests read
 //! the same table. Pure data, no I/O.
 
 use std::fmt;
@@ -87,6 +87,10 @@ admin_rpcs! {
     CreateUiToken => Admin,
     RevokeUiToken => Admin,
     ListAuditEvents => Viewer,
+    RotateCa => Admin,
+    ActivateCa => Admin,
+    RetireCa => Admin,
+    GetCaStatus => Viewer,
 }
 
 impl AdminRpc {
@@ -105,6 +109,7 @@ impl AdminRpc {
                 | ListQuarantined
                 | ListJoinTokens
                 | ListAuditEvents
+                | GetCaStatus
         )
     }
 

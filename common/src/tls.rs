@@ -97,9 +97,15 @@ impl TlsMaterial {
         Ok(std::sync::Arc::new(config))
     }
 
-    /// Our certificate and key as tonic's identity (the join listener: server TLS only).
-    pub fn identity(&self) -> Identity {
-        Identity::from_pem(&self.cert, &self.key)
+    /// Server side without client certificates (the join listener): our identity, HTTP/2.
+    pub fn rustls_join_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, Error> {
+        let (certs, key) = self.certificate_and_key()?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| Error::Invalid(format!("certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(std::sync::Arc::new(config))
     }
 
     /// Client side: trust only the CA, present our certificate, expect `server_name` in the server's SANs.

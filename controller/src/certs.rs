@@ -57,12 +57,12 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
     std::fs::rename(&temporary, path).map_err(io("write", path))
 }
 
-fn ca_params() -> Result<CertificateParams, Error> {
+fn ca_params(common_name: &str) -> Result<CertificateParams, Error> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, "Outpost development CA");
+    name.push(DnType::CommonName, common_name);
     ca.distinguished_name = name;
     Ok(ca)
 }
@@ -82,16 +82,22 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<Vec<PathBuf>, Error> {
     if ca_path.exists() {
         return Err(Error::Exists { path: ca_path });
     }
-    let mut written = new_ca(dir)?;
+    let mut written = new_ca(dir, "ca", "Outpost development CA")?;
     written.extend(server(dir, extra_sans, None)?);
     Ok(written)
 }
 
-/// A new CA in `dir` (ca.pem, ca.key).
-pub(crate) fn new_ca(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+/// A new CA in `dir` (`<stem>.pem`, `<stem>.key`) named `common_name`.
+pub(crate) fn new_ca(dir: &Path, stem: &str, common_name: &str) -> Result<Vec<PathBuf>, Error> {
     let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params()?.self_signed(&ca_key)?;
-    write_pair(dir, "ca", &ca_cert.pem(), &ca_key)
+    let ca_cert = ca_params(common_name)?.self_signed(&ca_key)?;
+    write_pair(dir, stem, &ca_cert.pem(), &ca_key)
+}
+
+/// A name no other CA the controller made has: which CA issued a certificate is told by its issuer's name.
+pub(crate) fn unique_ca_name() -> String {
+    let suffix: String = (0..8).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+    format!("Outpost CA {suffix}")
 }
 
 /// A certificate valid from a minute ago (clock skew) for `lifetime`; rcgen's default (no end) when `None`.

@@ -191,6 +191,12 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         config.grpc.trust_domain.clone(),
         config.enroll.agent_cert_ttl,
     );
+    let ca = enroll::CaRotation::new(trust.own.clone(), enrollment.clone(), config.enroll.ca_overlap);
+    let overlap = ca.clone().run(config.enroll.ca_check_interval, grpc_token.clone());
+    services.spawn("CA overlap", false, async move {
+        overlap.await;
+        Ok::<(), String>(())
+    });
     // The pools served from outside: the bootstrap token's pool when none is named.
     let served: Vec<outpost_common::ids::PoolId> = (config.sqs.all_queues().into_iter().map(|(pool, _)| pool))
         .chain(config.sqs.gms_pools(gms_client.is_some()))
@@ -200,8 +206,12 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     if let Some(addr) = config.enroll.join_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "joining served (TLS, no client certificate)");
-        let identity = trust.files.load()?.identity();
-        let join = grpc::join_service::serve(listener, identity, enrollment.clone(), grpc_token.clone());
+        let tls = Arc::new(grpc::tls::Reloading::load_with(
+            trust.files.clone(),
+            outpost_common::tls::TlsMaterial::rustls_join_server_config,
+        )?);
+        let timing = (config.grpc.tls_handshake_timeout, config.grpc.tls_reload_interval);
+        let join = grpc::join_service::serve(listener, tls, timing, enrollment.clone(), grpc_token.clone());
         services.spawn("join listener", true, join);
     }
     let retain = admin::retain(store.clone(), config.audit.clone(), grpc_token.clone());
@@ -251,7 +261,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         tls,
         listener,
         serving,
-        grpc::Cores { scheduler, enrollment, logs, logins, metrics: metrics.clone(), store: store.clone() },
+        grpc::Cores { scheduler, enrollment, logs, logins, metrics: metrics.clone(), store: store.clone(), ca },
         grpc_token.clone(),
     );
     services.spawn("gRPC server", true, serve);

@@ -165,6 +165,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Rotate the CA of a controller that made its own, without agents joining again: `ca rotate` (a new CA is
+    /// trusted beside the current one), `ca activate` (it signs; automatic after --ca-overlap), `ca retire` (the
+    /// old one is dropped once every agent holds a certificate from the new one), `ca status`.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// List the SQS messages that could not be used, or replay one (`quarantine replay ID`).
     Quarantine {
         #[command(subcommand)]
@@ -270,6 +277,30 @@ enum TokensAction {
     List,
     /// Revoke a join token (agents that joined with it keep their certificates).
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaAction {
+    /// Prepare a new CA: every connected agent is sent it to trust beside the current one.
+    Rotate {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let the prepared CA sign from now on (the controller's certificate too); agents renew from it at once.
+    Activate {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Drop the previous CA (refused while a connected agent holds no certificate from the new one).
+    Retire {
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Retire anyway: agents still on the old CA must join again with a token.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The phase, the CAs, and which CA each connected agent's certificate comes from.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -490,6 +521,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let events = client.list_audit_events(request).await.map_err(status_error)?.into_inner();
             output::audit(&events.events, cli.json);
+        }
+        Command::Ca { action } => {
+            let status = match action {
+                CaAction::Rotate { reason } => client.rotate_ca(pb::RotateCaRequest { reason: reason.clone() }).await,
+                CaAction::Activate { reason } => {
+                    client.activate_ca(pb::ActivateCaRequest { reason: reason.clone() }).await
+                }
+                CaAction::Retire { reason, force } => {
+                    client.retire_ca(pb::RetireCaRequest { reason: reason.clone(), force: *force }).await
+                }
+                CaAction::Status => client.get_ca_status(pb::GetCaStatusRequest {}).await,
+            };
+            output::ca_status(&status.map_err(status_error)?.into_inner(), cli.json);
         }
         Command::Quarantine { action: None } => {
             let list =

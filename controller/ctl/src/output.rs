@@ -452,3 +452,45 @@ pub fn audit(events: &[pb::AuditEvent], as_json: bool) {
         .collect();
     table(&["TIME", "ACTOR", "ROLE", "VIA", "PEER", "ACTION", "TARGET", "OUTCOME", "REASON / DETAIL"], &rows);
 }
+
+pub fn ca_status(status: &pb::CaStatus, as_json: bool) {
+    let ca = |c: &Option<pb::CaInfo>| {
+        c.as_ref().map_or(
+            Value::Null,
+            |c| json!({ "fingerprint": c.fingerprint, "subject": c.subject, "expiresUnixMs": c.expires_unix_ms }),
+        )
+    };
+    if as_json {
+        return print_json(&json!({
+            "phase": status.phase, "phaseSinceUnixMs": status.phase_since_unix_ms,
+            "activatesAtUnixMs": status.activates_at_unix_ms, "signing": ca(&status.signing), "next": ca(&status.next),
+            "previous": ca(&status.previous),
+            "agents": status.agents.iter().map(|a| json!({
+                "workerId": a.worker_id, "caFingerprint": a.ca_fingerprint, "onSigningCa": a.on_signing_ca,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let since = if status.phase_since_unix_ms > 0 {
+        format!(" since {}", time(status.phase_since_unix_ms))
+    } else {
+        String::new()
+    };
+    println!("phase: {}{since}", status.phase);
+    if status.activates_at_unix_ms > 0 {
+        println!("activates: {} (--ca-overlap; or `outpostctl ca activate`)", time(status.activates_at_unix_ms));
+    }
+    for (what, c) in [("signing", &status.signing), ("next", &status.next), ("previous", &status.previous)] {
+        if let Some(c) = c {
+            println!("{what}: {} {} (expires {})", c.fingerprint, c.subject, time(c.expires_unix_ms));
+        }
+    }
+    let rows: Vec<Vec<String>> = status
+        .agents
+        .iter()
+        .map(|a| {
+            let on = if a.on_signing_ca { "signing CA" } else { "previous or other CA" };
+            vec![a.worker_id.clone(), or_dash(&a.ca_fingerprint).to_owned(), on.to_owned()]
+        })
+        .collect();
+    table(&["WORKER", "CERTIFICATE FROM CA", "WHICH"], &rows);
+}

@@ -208,3 +208,29 @@ pub fn join_token(token: crate::store::JoinToken) -> pb::JoinToken {
             .collect(),
     }
 }
+
+pub fn ca_status(status: crate::enroll::CaStatus) -> pb::CaStatus {
+    use crate::trust::Phase;
+    let ms = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    let info = |ca: Option<crate::enroll::CaInfo>| {
+        ca.map(|c| pb::CaInfo { fingerprint: c.fingerprint, subject: c.subject, expires_unix_ms: c.expires_at_ms })
+    };
+    pb::CaStatus {
+        phase: status.phase.name().to_owned(),
+        phase_since_unix_ms: match status.phase {
+            Phase::Steady => 0,
+            Phase::Prepared { since } | Phase::Activated { since } => ms(since),
+        },
+        activates_at_unix_ms: status.activates_at.map_or(0, ms),
+        signing: info(status.signing),
+        next: info(status.next),
+        previous: info(status.previous),
+        agents: status
+            .agents
+            .into_iter()
+            .map(|a| pb::CaAgent { worker_id: a.worker, ca_fingerprint: a.ca, on_signing_ca: a.on_signing_ca })
+            .collect(),
+    }
+}

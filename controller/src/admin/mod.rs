@@ -32,6 +32,7 @@ pub struct AdminService {
     pub legacy_admins: Vec<outpost_common::roles::LegacyAdmin>,
     /// The audit trail's reads, and its refusals and failures (recorded alone).
     pub store: crate::store::Store,
+    pub ca: crate::enroll::CaRotation,
 }
 
 /// `<created_at_ms>:<id>` of the last task of a page.
@@ -377,5 +378,31 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         self.authorize(&request, AdminRpc::ListAuditEvents)?;
         Ok(Response::new(pb::ListAuditEventsResponse { events: self.audit_events(request.get_ref()).await? }))
+    }
+
+    async fn rotate_ca(&self, request: Request<pb::RotateCaRequest>) -> Result<Response<pb::CaStatus>, Status> {
+        let audit = self.change(&request, AdminRpc::RotateCa, "ca", &request.get_ref().reason).await?;
+        let rotated = self.ca.rotate(audit.clone()).await.map_err(status::from_enrollment);
+        Ok(Response::new(convert::ca_status(self.settled(audit, rotated).await?)))
+    }
+
+    async fn activate_ca(&self, request: Request<pb::ActivateCaRequest>) -> Result<Response<pb::CaStatus>, Status> {
+        let audit = self.change(&request, AdminRpc::ActivateCa, "ca", &request.get_ref().reason).await?;
+        let activated = self.ca.activate(audit.clone()).await.map_err(status::from_enrollment);
+        Ok(Response::new(convert::ca_status(self.settled(audit, activated).await?)))
+    }
+
+    async fn retire_ca(&self, request: Request<pb::RetireCaRequest>) -> Result<Response<pb::CaStatus>, Status> {
+        let r = request.get_ref();
+        let target = if r.force { "ca (forced)" } else { "ca" };
+        let audit = self.change(&request, AdminRpc::RetireCa, target, &r.reason).await?;
+        let retired = self.ca.retire(audit.clone(), r.force).await.map_err(status::from_enrollment);
+        Ok(Response::new(convert::ca_status(self.settled(audit, retired).await?)))
+    }
+
+    async fn get_ca_status(&self, request: Request<pb::GetCaStatusRequest>) -> Result<Response<pb::CaStatus>, Status> {
+        self.authorize(&request, AdminRpc::GetCaStatus)?;
+        let status = self.ca.status().await.map_err(status::from_enrollment)?;
+        Ok(Response::new(convert::ca_status(status)))
     }
 }

@@ -13,7 +13,7 @@ pub fn from_scheduler(error: Error) -> Status {
 pub fn from_enrollment(error: crate::enroll::Error) -> Status {
     use crate::enroll::Error as E;
     let code = match &error {
-        E::NoAuthority => Code::FailedPrecondition,
+        E::NoAuthority | E::Precondition(_) => Code::FailedPrecondition,
         E::Authority(_) | E::Store(_) => Code::Internal,
         E::BadRequest(_) => Code::InvalidArgument,
         E::Refused(_) => Code::PermissionDenied,

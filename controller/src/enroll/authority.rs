@@ -28,6 +28,17 @@ pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     /// The whole CA bundle agents are to trust (the `--tls-ca` file).
     pub ca_pem: String,
+    /// The signing CA's certificate (the first of `ca_pem`) and its fingerprint.
+    pub signer_pem: String,
+    pub fingerprint: String,
+}
+
+/// The CAs agents are to trust, signed with the signing CA's key (see `outpost_common::bundle`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    pub ca_pem: String,
+    pub signer_pem: String,
+    pub signature: Vec<u8>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -36,25 +47,29 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-fn first_pem_block(text: &str) -> Option<String> {
-    let start = text.find("-----BEGIN CERTIFICATE-----")?;
-    let end_marker = "-----END CERTIFICATE-----";
-    let end = text[start..].find(end_marker)? + start + end_marker.len();
-    Some(text[start..end].to_owned())
-}
-
 impl Authority {
     /// The CA certificate from `ca_file` and its private key (`key_pem`, read by [`super::read_ca_key`]).
     pub fn load(ca_file: &Path, key_pem: &str, key_source: &str) -> Result<Authority, Error> {
         let ca_pem = std::fs::read_to_string(ca_file)
             .map_err(|e| Error::Authority(format!("cannot read {}: {e}", ca_file.display())))?;
-        let cert = first_pem_block(&ca_pem)
+        let cert = crate::trust::pem_blocks(&ca_pem)
+            .into_iter()
+            .next()
             .ok_or_else(|| Error::Authority(format!("{} holds no certificate", ca_file.display())))?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| Error::Authority(format!("{key_source} is not a private key: {e}")))?;
         let issuer = Issuer::from_ca_cert_pem(&cert, key)
             .map_err(|e| Error::Authority(format!("the CA certificate in {}: {e}", ca_file.display())))?;
-        Ok(Authority { issuer, ca_pem })
+        let fingerprint = outpost_common::bundle::first_fingerprint(&cert).unwrap_or_default();
+        Ok(Authority { issuer, ca_pem, signer_pem: cert, fingerprint })
+    }
+
+    /// The CA bundle, signed with the signing CA's key.
+    pub fn trust_bundle(&self) -> Result<TrustBundle, Error> {
+        use rcgen::SigningKey;
+        let signature =
+            self.issuer.key().sign(self.ca_pem.as_bytes()).map_err(|e| Error::Authority(format!("signing: {e}")))?;
+        Ok(TrustBundle { ca_pem: self.ca_pem.clone(), signer_pem: self.signer_pem.clone(), signature })
     }
 
     /// Signs `csr_pem` for `worker`, valid from a little before now (clock skew) until `ttl` from now.

@@ -5,6 +5,7 @@
 //! stream's renewals; never sees protobuf types, never stores a secret or a private key.
 
 pub mod authority;
+mod ca;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,7 +18,8 @@ use outpost_common::ids::{PoolId, WorkerId};
 use outpost_common::join::{self, JoinToken};
 use tracing::{info, warn};
 
-pub use authority::{Authority, Issued};
+pub use authority::{Authority, Issued, TrustBundle};
+pub use ca::{CaInfo, CaRotation, CaStatus};
 
 use crate::scheduler::Scheduler;
 use crate::store::{self, Audit, JoinRefused, NewToken, Store};
@@ -53,6 +55,14 @@ pub struct Config {
     /// How long a certificate issued to an agent lives; agents renew at about half of it.
     #[arg(long, env = "OUTPOST_AGENT_CERT_TTL", value_parser = duration::parse, default_value = "24h")]
     pub agent_cert_ttl: Duration,
+    /// CA rotation (a controller that made its own CA): how long a prepared CA (`outpostctl ca rotate`) is trusted
+    /// beside the signing one before it signs by itself (agents are sent the new bundle in that time; one that is
+    /// away for all of it needs a join token again).
+    #[arg(long, env = "OUTPOST_CA_OVERLAP", value_parser = duration::parse, default_value = "24h")]
+    pub ca_overlap: Duration,
+    /// How often the controller checks whether --ca-overlap is up.
+    #[arg(long, env = "OUTPOST_CA_CHECK_INTERVAL", value_parser = duration::parse, default_value = "1m")]
+    pub ca_check_interval: Duration,
 }
 
 impl Config {
@@ -60,6 +70,8 @@ impl Config {
         if let Some(pool) = &self.bootstrap_token_pool {
             PoolId::parse(pool).map_err(|e| duration::Invalid(format!("--bootstrap-token-pool: {e}")))?;
         }
+        duration::positive("--ca-overlap", self.ca_overlap)?;
+        duration::positive("--ca-check-interval", self.ca_check_interval)?;
         duration::positive("--agent-cert-ttl", self.agent_cert_ttl)
     }
 }
@@ -72,6 +84,9 @@ pub enum Error {
     Authority(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The step does not follow from where things stand (a CA rotation step out of order).
+    #[error("{0}")]
+    Precondition(String),
     #[error(transparent)]
     Refused(#[from] JoinRefused),
     #[error("no join token {0}")]
@@ -144,7 +159,10 @@ pub struct Joined {
 pub struct Enrollment {
     store: Store,
     scheduler: Scheduler,
-    authority: Option<Arc<Authority>>,
+    /// Replaced when the signing CA changes (a CA rotation).
+    authority: Arc<std::sync::RwLock<Option<Arc<Authority>>>>,
+    /// The CA bundle agents are sent (none without an authority).
+    bundles: Arc<tokio::sync::watch::Sender<Option<TrustBundle>>>,
     trust_domain: String,
     ttl: Duration,
 }
@@ -157,11 +175,38 @@ impl Enrollment {
         trust_domain: String,
         ttl: Duration,
     ) -> Enrollment {
-        Enrollment { store, scheduler, authority: authority.map(Arc::new), trust_domain, ttl }
+        let enrollment = Enrollment {
+            store,
+            scheduler,
+            authority: Arc::default(),
+            bundles: Arc::new(tokio::sync::watch::Sender::new(None)),
+            trust_domain,
+            ttl,
+        };
+        if let Some(authority) = authority
+            && let Err(e) = enrollment.replace_authority(authority)
+        {
+            warn!(error = %e, "cannot sign the CA bundle for agents; rotations will not reach them");
+        }
+        enrollment
     }
 
-    fn authority(&self) -> Result<&Authority, Error> {
-        self.authority.as_deref().ok_or(Error::NoAuthority)
+    fn authority(&self) -> Result<Arc<Authority>, Error> {
+        self.authority.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Error::NoAuthority)
+    }
+
+    /// A new signing CA or CA bundle (a CA rotation step): certificates are signed by it from now on, and connected
+    /// agents are sent the new bundle.
+    pub fn replace_authority(&self, authority: Authority) -> Result<(), Error> {
+        let bundle = authority.trust_bundle();
+        *self.authority.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(authority));
+        self.bundles.send_replace(Some(bundle?));
+        Ok(())
+    }
+
+    /// The CA bundle agents are to hold, now and whenever it changes.
+    pub fn trust_bundles(&self) -> tokio::sync::watch::Receiver<Option<TrustBundle>> {
+        self.bundles.subscribe()
     }
 
     /// Makes a token; the secret is only in the returned [`JoinToken`].
@@ -298,8 +343,10 @@ impl Enrollment {
     }
 
     async fn issue(&self, csr_pem: &str, worker: &WorkerId) -> Result<Issued, Error> {
-        let issued = self.authority()?.sign(csr_pem, &self.trust_domain, worker, self.ttl)?;
-        self.store.certificate_issued(&issued.serial, worker, issued.expires_at_ms, unix_ms()).await?;
+        let authority = self.authority()?;
+        let issued = authority.sign(csr_pem, &self.trust_domain, worker, self.ttl)?;
+        let ca = &authority.fingerprint;
+        self.store.certificate_issued(&issued.serial, worker, issued.expires_at_ms, ca, unix_ms()).await?;
         Ok(issued)
     }
 

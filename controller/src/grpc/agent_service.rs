@@ -113,6 +113,12 @@ impl pb::agent_service_server::AgentService for AgentService {
             cancel: welcome.cancel.iter().map(convert::attempt_to_pb).collect(),
         });
         let _ = outbound.send(Ok(pb::ControllerMessage { msg: Some(welcome_msg) })).await;
+        // The CAs to trust: the agent takes it if it is new to it (a CA rotation while it was connected elsewhere).
+        let mut bundles = self.enrollment.trust_bundles();
+        let current = bundles.borrow_and_update().clone();
+        if let Some(bundle) = current {
+            let _ = outbound.send(Ok(convert::trust_bundle(bundle))).await;
+        }
         let session = Session {
             scheduler: self.scheduler.clone(),
             enrollment: self.enrollment.clone(),
@@ -122,7 +128,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             outbound,
             keepalive: config.keepalive_interval,
         };
-        tokio::spawn(session.run(inbound, command_rx, kick));
+        tokio::spawn(session.run(inbound, command_rx, bundles, kick));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
     }
 }
@@ -143,6 +149,7 @@ impl Session {
         self,
         mut inbound: Streaming<pb::AgentMessage>,
         mut commands: mpsc::Receiver<crate::scheduler::AgentCommand>,
+        mut bundles: tokio::sync::watch::Receiver<Option<crate::enroll::TrustBundle>>,
         kick: CancellationToken,
     ) {
         let mut keepalive = tokio::time::interval(self.keepalive);
@@ -172,6 +179,14 @@ impl Session {
                         self.logs.open(&assignment.attempt, &self.worker);
                     }
                     if self.outbound.send(Ok(convert::command(command))).await.is_err() {
+                        break "agent stream gone".to_owned();
+                    }
+                }
+                Ok(()) = bundles.changed() => {
+                    let bundle = bundles.borrow_and_update().clone();
+                    if let Some(bundle) = bundle
+                        && self.outbound.send(Ok(convert::trust_bundle(bundle))).await.is_err()
+                    {
                         break "agent stream gone".to_owned();
                     }
                 }

@@ -127,3 +127,8 @@ pub fn command(command: AgentCommand) -> pb::ControllerMessage {
     };
     pb::ControllerMessage { msg: Some(msg) }
 }
+
+pub fn trust_bundle(bundle: crate::enroll::TrustBundle) -> pb::ControllerMessage {
+    let msg = pb::TrustBundle { ca_pem: bundle.ca_pem, signer_pem: bundle.signer_pem, signature: bundle.signature };
+    pb::ControllerMessage { msg: Some(pb::controller_message::Msg::TrustBundle(msg)) }
+}

@@ -5,7 +5,7 @@
 use outpost_common::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use crate::edge::status;
@@ -41,17 +41,18 @@ impl pb::join_service_server::JoinService for JoinService {
     }
 }
 
-/// Serves joining on `listener` until `token` is cancelled.
+/// Serves joining until `token` is cancelled, with the controller's certificate as its files are now (a certificate
+/// made again — renewed, or under a new CA — is served from the next check on).
 pub async fn serve(
     listener: TcpListener,
-    identity: tonic::transport::Identity,
+    tls: std::sync::Arc<super::tls::Reloading>,
+    timing: (std::time::Duration, std::time::Duration),
     enrollment: Enrollment,
     token: CancellationToken,
 ) -> Result<(), super::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (handshake_timeout, reload_interval) = timing;
+    let incoming = super::tls::incoming(listener, tls, handshake_timeout, reload_interval, token.clone());
     Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity))
-        .map_err(super::Error::Serve)?
         // A join carries a token and a CSR: a few kilobytes.
         .add_service(
             pb::join_service_server::JoinServiceServer::new(JoinService { enrollment })

@@ -75,6 +75,7 @@ pub struct Cores {
     pub metrics: crate::metrics::Metrics,
     /// The audit trail's reads and lone rows.
     pub store: crate::store::Store,
+    pub ca: crate::enroll::CaRotation,
 }
 
 /// Serves until `token` is cancelled, then ends every agent session and returns once the server has stopped.
@@ -87,7 +88,7 @@ pub async fn serve(
     cores: Cores,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let Cores { scheduler, enrollment, logs, logins, metrics, store } = cores;
+    let Cores { scheduler, enrollment, logs, logins, metrics, store, ca } = cores;
     let logs_for_admin = logs.clone();
     let max_message = config.grpc_max_message_bytes;
     let agent = pb::agent_service_server::AgentServiceServer::new(agent_service::AgentService {
@@ -109,6 +110,7 @@ pub async fn serve(
         trust_domain: config.trust_domain,
         legacy_admins: config.admin_roles,
         store,
+        ca,
     })
     .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use outpost_common::tls::TlsFiles;
+use outpost_common::tls::{TlsFiles, TlsMaterial};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -31,14 +31,23 @@ fn stamp(files: &TlsFiles) -> Stamp {
 pub struct Reloading {
     files: TlsFiles,
     current: RwLock<(Arc<ServerConfig>, Stamp)>,
+    make: Make,
 }
 
+/// How the files become a server configuration.
+type Make = fn(&TlsMaterial) -> Result<Arc<ServerConfig>, outpost_common::tls::Error>;
+
 impl Reloading {
-    /// Loads the files now; they must be usable at start-up.
+    /// Loads the files now (client certificates required); they must be usable at start-up.
     pub fn load(files: TlsFiles) -> Result<Reloading, outpost_common::tls::Error> {
+        Reloading::load_with(files, TlsMaterial::rustls_server_config)
+    }
+
+    /// The same, made into a configuration by `make` (the join listener asks for no client certificate).
+    pub fn load_with(files: TlsFiles, make: Make) -> Result<Reloading, outpost_common::tls::Error> {
         let seen = stamp(&files);
-        let config = files.load()?.rustls_server_config()?;
-        Ok(Reloading { files, current: RwLock::new((config, seen)) })
+        let config = make(&files.load()?)?;
+        Ok(Reloading { files, current: RwLock::new((config, seen)), make })
     }
 
     fn config(&self) -> Arc<ServerConfig> {
@@ -51,7 +60,7 @@ impl Reloading {
         if self.current.read().unwrap_or_else(|e| e.into_inner()).1 == now {
             return false;
         }
-        let loaded = self.files.load().and_then(|material| material.rustls_server_config());
+        let loaded = self.files.load().and_then(|material| (self.make)(&material));
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         // Either way this version of the files has been looked at; a fix will change them again.
         current.1 = now;

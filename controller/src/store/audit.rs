@@ -19,6 +19,8 @@ pub enum Via {
     Api,
     /// The status page: the actor is `ui-token/<id>` of the login.
     Page,
+    /// The controller itself (a CA activated when --ca-overlap was up).
+    Controller,
 }
 
 impl Via {
@@ -26,6 +28,7 @@ impl Via {
         match self {
             Via::Api => "api",
             Via::Page => "page",
+            Via::Controller => "controller",
         }
     }
 }
@@ -135,6 +138,7 @@ fn event(row: &impl Columns) -> Result<AuditEvent, Error> {
     let via = match row.text("via")?.as_str() {
         "api" => Via::Api,
         "page" => Via::Page,
+        "controller" => Via::Controller,
         other => return Err(corrupt("via", other)),
     };
     let outcome = match row.text("outcome")?.as_str() {

@@ -287,14 +287,16 @@ impl Store {
         serial: &str,
         worker: &WorkerId,
         expires_at_ms: i64,
+        ca: &str,
         now_ms: i64,
     ) -> Result<(), Error> {
-        let (serial, worker) = (serial.to_owned(), worker.as_str().to_owned());
+        let (serial, worker, ca) = (serial.to_owned(), worker.as_str().to_owned(), ca.to_owned());
         self.transaction(move |tx, _| {
             execute(
                 tx,
-                "INSERT INTO issued_certificates (serial, worker_id, issued_at_ms, expires_at_ms) VALUES (?, ?, ?, ?)",
-                params![serial, worker, now_ms, expires_at_ms],
+                "INSERT INTO issued_certificates (serial, worker_id, issued_at_ms, expires_at_ms, ca) \
+                 VALUES (?, ?, ?, ?, ?)",
+                params![serial, worker, now_ms, expires_at_ms, ca],
             )
             .map(|_| ())
         })
@@ -305,6 +307,16 @@ impl Store {
     pub async fn certificate_expiries(&self) -> Result<Vec<(String, i64, String)>, Error> {
         Ok(sqlx::query_as(
             "SELECT worker_id, expires_at_ms, serial FROM issued_certificates c WHERE expires_at_ms = \
+             (SELECT MAX(expires_at_ms) FROM issued_certificates d WHERE d.worker_id = c.worker_id)",
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// The CA (fingerprint) of the latest certificate issued to each worker: (worker, CA).
+    pub async fn certificate_cas(&self) -> Result<Vec<(String, String)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT worker_id, ca FROM issued_certificates c WHERE expires_at_ms = \
              (SELECT MAX(expires_at_ms) FROM issued_certificates d WHERE d.worker_id = c.worker_id)",
         )
         .fetch_all(&self.reads)

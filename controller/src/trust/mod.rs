@@ -1,8 +1,13 @@
 //! Where the controller's TLS trust comes from: the files an operator gives (`--tls-cert`, `--tls-key`,
 //! `--tls-ca`), or, when none is given, trust the controller makes itself on first start and keeps in
 //! `--trust-dir` (beside the SQLite file): a CA, its server certificate and a local admin identity, each key 0600,
-//! reused after a restart, the certificates renewed before they expire. Never replaces an existing CA (agents trust
-//! it) and never logs or returns a private key's contents.
+//! reused after a restart, the certificates renewed before they expire (and made again when the signing CA
+//! changed: `rotation.rs` rotates the CA in phases). Never replaces a CA agents trust outside a rotation, and never
+//! logs or returns a private key's contents.
+
+mod rotation;
+
+pub use rotation::{Error as RotationError, Phase, pem_blocks};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -87,7 +92,7 @@ impl Config {
 
     /// The trust to serve with: the files given, or the controller's own (made or renewed now as needed) in
     /// --trust-dir, or beside `db`.
-    pub fn resolve(&self, db: &Path, trust_domain: &str) -> Result<Trust, certs::Error> {
+    pub fn resolve(&self, db: &Path, trust_domain: &str) -> Result<Trust, RotationError> {
         if let Some(files) = self.given() {
             return Ok(Trust { files, own: None });
         }
@@ -155,26 +160,33 @@ impl Own {
         not_after.duration_since(now).map_or(true, |left| left < life / 3)
     }
 
-    /// Makes what is missing and renews what is due; says what it did.
-    pub fn ensure(&self, now: SystemTime) -> Result<Vec<String>, certs::Error> {
+    /// Makes what is missing and renews what is due (a certificate the signing CA did not issue is due); finishes
+    /// a CA rotation step cut short; says what it did.
+    pub fn ensure(&self, now: SystemTime) -> Result<Vec<String>, RotationError> {
         let mut done = Vec::new();
         if !self.dir.join("ca.pem").exists() {
-            certs::new_ca(&self.dir)?;
+            certs::new_ca(&self.dir, "ca", &certs::unique_ca_name())?;
             done.push("made a new CA for this controller (no --tls-* files given)".to_owned());
         }
+        done.extend(self.repair()?);
+        let signing = self.signing_fingerprint()?;
+        // Each marker says what its certificate was made for: the names and the CA.
         let sans_file = self.dir.join("controller.sans");
-        let sans = self.sans.join(",");
-        let sans_changed = std::fs::read_to_string(&sans_file).map_or(true, |old| old.trim() != sans);
-        if sans_changed || Self::due(&self.dir.join("controller.pem"), now) {
+        let made_for = format!("{}\nca={signing}", self.sans.join(","));
+        let remade =
+            |marker: &Path, made_for: &str| std::fs::read_to_string(marker).map_or(true, |old| old != made_for);
+        if remade(&sans_file, &made_for) || Self::due(&self.dir.join("controller.pem"), now) {
             certs::server(&self.dir, &self.sans, Some(self.lifetime))?;
-            certs::write_private(&sans_file, &sans)?;
+            certs::write_private(&sans_file, &made_for)?;
             let names: Vec<&str> =
                 ["localhost", "127.0.0.1"].into_iter().chain(self.sans.iter().map(String::as_str)).collect();
-            done.push(format!("made the controller's certificate (names: {})", names.join(", ")));
+            done.push(format!("made the controller's certificate (names: {}; CA {signing})", names.join(", ")));
         }
-        if Self::due(&self.admin_files().cert, now) {
+        let admin_marker = self.dir.join(format!("admin-{LOCAL_ADMIN}.ca"));
+        if remade(&admin_marker, &signing) || Self::due(&self.admin_files().cert, now) {
             let role = Some(outpost_common::roles::Role::Admin);
             certs::admin_for(&self.dir, LOCAL_ADMIN, role, &self.trust_domain, Some(self.lifetime))?;
+            certs::write_private(&admin_marker, &signing)?;
             done.push(format!("made the local admin identity (admin-{LOCAL_ADMIN}.pem)"));
         }
         Ok(done)
