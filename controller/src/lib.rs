@@ -191,7 +191,24 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         config.grpc.trust_domain.clone(),
         config.enroll.agent_cert_ttl,
     );
-    let ca = enroll::CaRotation::new(trust.own.clone(), enrollment.clone(), config.enroll.ca_overlap);
+    let join_tls = match config.enroll.join_listen {
+        Some(_) => Some(Arc::new(grpc::tls::Reloading::load_with(
+            trust.files.clone(),
+            outpost_common::tls::TlsMaterial::rustls_join_server_config,
+        )?)),
+        None => None,
+    };
+    // A CA rotation step changes the files: both listeners read them again at once.
+    let reload_tls: Arc<dyn Fn() + Send + Sync> = {
+        let (tls, join_tls) = (tls.clone(), join_tls.clone());
+        Arc::new(move || {
+            tls.reload_if_changed();
+            if let Some(join_tls) = &join_tls {
+                join_tls.reload_if_changed();
+            }
+        })
+    };
+    let ca = enroll::CaRotation::new(trust.own.clone(), enrollment.clone(), config.enroll.ca_overlap, reload_tls);
     let overlap = ca.clone().run(config.enroll.ca_check_interval, grpc_token.clone());
     services.spawn("CA overlap", false, async move {
         overlap.await;
@@ -203,13 +220,9 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         .chain(config.gms_channel.pools.iter().cloned())
         .collect();
     enrollment.bootstrap(&config.enroll, &served).await?;
-    if let Some(addr) = config.enroll.join_listen {
+    if let (Some(addr), Some(tls)) = (config.enroll.join_listen, join_tls) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "joining served (TLS, no client certificate)");
-        let tls = Arc::new(grpc::tls::Reloading::load_with(
-            trust.files.clone(),
-            outpost_common::tls::TlsMaterial::rustls_join_server_config,
-        )?);
         let timing = (config.grpc.tls_handshake_timeout, config.grpc.tls_reload_interval);
         let join = grpc::join_service::serve(listener, tls, timing, enrollment.clone(), grpc_token.clone());
         services.spawn("join listener", true, join);

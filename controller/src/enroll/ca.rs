@@ -60,6 +60,8 @@ pub struct CaRotation {
     overlap: Duration,
     /// One step at a time.
     step: Arc<tokio::sync::Mutex<()>>,
+    /// Called after each step: the TLS listeners read the changed files now, not at their next check.
+    reload: Arc<dyn Fn() + Send + Sync>,
 }
 
 fn rotation_error(e: RotationError) -> Error {
@@ -70,8 +72,13 @@ fn rotation_error(e: RotationError) -> Error {
 }
 
 impl CaRotation {
-    pub fn new(own: Option<Own>, enrollment: Enrollment, overlap: Duration) -> CaRotation {
-        CaRotation { own, enrollment, overlap, step: Arc::default() }
+    pub fn new(
+        own: Option<Own>,
+        enrollment: Enrollment,
+        overlap: Duration,
+        reload: Arc<dyn Fn() + Send + Sync>,
+    ) -> CaRotation {
+        CaRotation { own, enrollment, overlap, step: Arc::default(), reload }
     }
 
     fn own(&self) -> Result<&Own, Error> {
@@ -125,6 +132,8 @@ impl CaRotation {
         })
         .await
         .map_err(|e| Error::Authority(format!("the CA step failed: {e}")))??;
+        let reload = self.reload.clone();
+        let _ = tokio::task::spawn_blocking(move || reload()).await;
         self.enrollment.replace_authority(done)?;
         let status = self.status().await?;
         info!(action, phase = status.phase.name(), signing = ?status.signing.as_ref().map(|c| &c.fingerprint), "CA rotation step done");

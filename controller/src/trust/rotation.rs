@@ -278,7 +278,7 @@ mod tests {
         std::fs::write(dir.path().join(NEXT_KEY), "half").unwrap();
         assert_eq!(own.repair().unwrap().len(), 1);
         assert_eq!(own.phase(), Phase::Steady);
-        assert_eq!(trusted(&own), [old.clone()]);
+        assert_eq!(trusted(&own), std::slice::from_ref(&old));
 
         // An activation that noted the previous CA and died before anything else: finished.
         own.rotate().unwrap();
