@@ -16,6 +16,9 @@ Serves the calls an executor makes (datahub-protocol.md §2):
   GET  /openapi/v3/entity/dataHubExecutionRequest/{urn}[/dataHubExecutionRequestResult]?systemMetadata=true
                                                           -- the request's input and result with systemMetadata
                                                              (version, properties); 404 when absent
+  POST /openapi/v3/entity/dataHubExecutionRequest/batchGet?systemMetadata=true
+                                                          -- many requests' aspects at once, entities without any
+                                                             of the asked aspects left out
   POST /api/graphql listExecutionRequests                 -- a search over the requests created by the test, with
                                                              the index lagging writes by --index-lag-ms; filters
                                                              executorId, executionResultStatus (values, or EXISTS
@@ -283,6 +286,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.ingest_proposal(raw, record)
         if path.endswith("/openapi/v2/entity/batch/dataHubExecutionRequest"):
             return self.batch_get(raw, record)
+        if path.split("?", 1)[0].endswith("/openapi/v3/entity/dataHubExecutionRequest/batchGet"):
+            return self.batch_get_v3(raw, record, path.split("?", 1)[1] if "?" in path else "")
         if path.endswith("/api/graphql"):
             return self.graphql(raw, record)
         record["valid"] = False
@@ -418,6 +423,32 @@ class Handler(BaseHTTPRequestHandler):
                                  "result": {"status": result["status"]} if result else None})
         return 200, {"data": {"listExecutionRequests": {"start": start, "count": len(requests), "total": len(hits),
                                                         "executionRequests": requests}}}
+
+    def batch_get_v3(self, raw, record, query):
+        """OpenAPI v3 batchGet (datahub-gms-shapes.md §2): a list of {"urn", <aspect>: {}} in, the entities that have
+        any of the asked aspects out (others are omitted), shaped as the single GET."""
+        body = json.loads(raw)
+        aspects = {"dataHubExecutionRequestInput", "dataHubExecutionRequestResult"}
+        valid = isinstance(body, list) and all(
+            isinstance(item, dict) and isinstance(item.get("urn"), str)
+            and all(k == "urn" or (k in aspects and isinstance(v, dict)) for k, v in item.items())
+            for item in body)
+        record["valid"] = valid
+        if not valid:
+            record["error"] = "batchGet takes a list of {urn, <aspect name>: {}} objects"
+            return 400, {"error": record["error"]}
+        with_meta = "systemMetadata=true" in query
+        entities = []
+        with LOCK:
+            for item in body:
+                entity = self.entity_v3(item["urn"], with_meta)
+                if not entity:
+                    continue
+                asked = [k for k in item if k != "urn"] or list(aspects)
+                picked = {k: v for k, v in entity.items() if k in asked}
+                if picked:
+                    entities.append(dict(picked, urn=item["urn"]))
+        return 200, entities
 
     def batch_get(self, raw, record):
         body = json.loads(raw)

@@ -134,6 +134,17 @@ impl Gms {
             .collect()
     }
 
+    /// The same, each with when it arrived (Unix ms, the stand-in's clock).
+    pub async fn timed_claimed_writes(&self, urn: &str) -> Vec<(ClaimedWrite, i64)> {
+        let arrived: Vec<i64> = self
+            .result_proposals(urn)
+            .await
+            .into_iter()
+            .map(|(record, _, _)| record["time_ms"].as_i64().unwrap_or_default())
+            .collect();
+        self.claimed_writes(urn).await.into_iter().zip(arrived).collect()
+    }
+
     /// Every result proposal for `urn` in order: the stand-in's record, the proposal, and its aspect.
     async fn result_proposals(&self, urn: &str) -> Vec<(serde_json::Value, serde_json::Value, serde_json::Value)> {
         self.requests()

@@ -17,6 +17,11 @@ fn urn(id: &str) -> String {
 
 /// Fast timings, GMS reporting to `gms`, and `extra`.
 fn flags(gms: &Gms, extra: &[&str]) -> Vec<String> {
+    flags_with(gms, &[], extra)
+}
+
+/// The same with some of the fast timings overridden.
+fn flags_with(gms: &Gms, overrides: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
     let base = [
         ("--heartbeat-interval", "300ms"),
         ("--lease-ttl", "3s"),
@@ -29,7 +34,7 @@ fn flags(gms: &Gms, extra: &[&str]) -> Vec<String> {
         ("--gms-takeover-interval", "500ms"),
         ("--claim-ttl", "3s"),
     ];
-    let mut flags = merge_flags(&base, &[]);
+    let mut flags = merge_flags(&base, overrides);
     flags.push("--gms-url".into());
     flags.push(gms.base.clone());
     flags.extend(extra.iter().map(|s| s.to_string()));
@@ -149,15 +154,40 @@ async fn a_killed_controllers_claim_is_taken_over_after_the_ttl_and_its_late_wri
     })
     .await;
     let first_holder = gms.claimed_writes(&urn("orphan")).await[0].holder.clone().unwrap();
+    // A second controller serving the pool, with a free slot: it lists the held request at start and watches it
+    // (one batch read per watch interval). Its listing of held requests is slow on purpose (the default 30 s):
+    // the takeover must come from the watch.
+    let slow_listing = [("--gms-takeover-interval", "30s"), ("--claim-watch-interval", "500ms")];
+    let second_flags = flags_with(&gms, &slow_listing, &["--gms-channel", "oss-pool"]);
+    let second_flags: Vec<&str> = second_flags.iter().map(String::as_str).collect();
+    let second = cluster.controller("second.db", &second_flags).await;
+    let second_admin = cluster.admin(&second).await;
+    let _second_agent = cluster.agent(&second, "w-2", "oss-pool", 1, &[]);
+    wait_until("the second controller to watch the held request", Duration::from_secs(30), || async {
+        (gms.calls_to("/batchGet").await >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        gms.claimed_writes(&urn("orphan")).await.iter().all(|w| w.holder.as_deref() == Some(first_holder.as_str()))
+    );
+
     first.proc.kill();
+    let killed_ms = outpost_common::clock::unix_ms();
     cluster.kill_cli_processes("w-1");
     first_agent.kill();
     run.release();
-
-    let second = controller(&cluster, &gms, "second.db", &["--gms-channel", "oss-pool"]).await;
-    let second_admin = cluster.admin(&second).await;
-    let _second_agent = cluster.agent(&second, "w-2", "oss-pool", 1, &[]);
     let results = wait_final(&gms, &[urn("orphan")]).await;
+    // Taken over within the claim TTL (3 s) and a few seconds, not at the next listing (30 s).
+    let takeover_ms = gms
+        .timed_claimed_writes(&urn("orphan"))
+        .await
+        .into_iter()
+        .find(|(w, _)| w.holder.as_deref() != Some(first_holder.as_str()))
+        .map(|(_, at)| at)
+        .unwrap();
+    let took = takeover_ms - killed_ms;
+    eprintln!("SIGKILL -> takeover write at GMS: {took} ms (claim TTL 3000 ms)");
+    assert!(took <= 3_000 + 5_000, "taken over {took} ms after the kill");
     assert_eq!(results[&urn("orphan")]["status"], "SUCCESS");
     let writes = gms.claimed_writes(&urn("orphan")).await;
     let takeover = writes.iter().position(|w| w.holder.as_deref() != Some(first_holder.as_str())).unwrap();

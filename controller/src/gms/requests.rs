@@ -3,6 +3,8 @@
 //! pool (GraphQL `listExecutionRequests`), re-reads with `systemMetadata.version` (OpenAPI v3), and conditional
 //! writes of `dataHubExecutionRequestResult` that name their writer. Decides nothing about claiming.
 
+use std::collections::HashMap;
+
 use outpost_common::ids::AspectVersion;
 use serde_json::{Value, json};
 
@@ -149,6 +151,27 @@ impl Client {
         let Some(text) = self.get(&path).await? else { return Ok(None) };
         let aspect: Value = serde_json::from_str(&text).map_err(|e| Error::BadResponse(format!("{path}: {e}")))?;
         Ok(result_state(&aspect))
+    }
+
+    /// Re-reads the results of many requests at once (OpenAPI v3 `batchGet`, with their versions and writers); a
+    /// request with no result is left out.
+    pub async fn read_results(&self, urns: &[String]) -> Result<HashMap<String, ResultState>, Error> {
+        let path = "/openapi/v3/entity/dataHubExecutionRequest/batchGet?systemMetadata=true";
+        let body: Vec<Value> =
+            urns.iter().map(|urn| json!({"urn": urn, "dataHubExecutionRequestResult": {}})).collect();
+        let text = self.send(path, &Value::Array(body)).await?;
+        let entities: Value = serde_json::from_str(&text).map_err(|e| Error::BadResponse(format!("{path}: {e}")))?;
+        let mut found = HashMap::new();
+        for entity in entities.as_array().into_iter().flatten() {
+            let (Some(urn), Some(result)) = (entity["urn"].as_str(), entity.get("dataHubExecutionRequestResult"))
+            else {
+                continue;
+            };
+            if let Some(state) = result_state(result) {
+                found.insert(urn.to_owned(), state);
+            }
+        }
+        Ok(found)
     }
 
     /// UPSERTs a request's result only if GMS still holds `expected` (`If-Version-Match` in the proposal's

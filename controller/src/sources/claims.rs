@@ -33,6 +33,19 @@ pub enum Claim {
     Lost,
 }
 
+/// A request another holder had, as a watch sees it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watched {
+    /// Its holder renews it: keep watching.
+    Renewed,
+    /// Unrenewed for the claim TTL: try to take it over.
+    Unrenewed,
+    /// Finished: nothing to run, stop watching.
+    Finished,
+    /// No holder now, or it is ours: the search finds it (or already has); stop watching.
+    Free,
+}
+
 /// The claim maker of one controller.
 pub struct Claims {
     gms: gms::Client,
@@ -108,20 +121,7 @@ impl Claims {
         if !HELD.contains(&current.status.as_str()) {
             return Ok(Claim::Finished(current.status));
         }
-        let now = Instant::now();
-        let stale = {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget what no longer matters (at most a few TTLs old).
-            seen.retain(|_, (_, since)| now.duration_since(*since) < self.ttl * 4);
-            match seen.get(&urn) {
-                Some((version, since)) if *version == current.version => now.duration_since(*since) >= self.ttl,
-                _ => {
-                    seen.insert(urn.clone(), (current.version.clone(), now));
-                    false
-                }
-            }
-        };
-        if !stale {
+        if !self.unrenewed(&urn, &current.version) {
             return Ok(Claim::HeldElsewhere { holder: current.holder });
         }
         let previous = current.holder.as_deref().unwrap_or("an executor that is not Outpost");
@@ -137,6 +137,34 @@ impl Claims {
         let claim = self.write(&urn, &report, current.version).await;
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&urn);
         claim
+    }
+
+    /// Whether another holder's claim on `urn`, at `version` now, has gone unrenewed for the claim TTL (measured on
+    /// this clock from when this version was first seen here).
+    fn unrenewed(&self, urn: &str, version: &AspectVersion) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget what no longer matters (at most a few TTLs old).
+        seen.retain(|_, (_, since)| now.duration_since(*since) < self.ttl * 4);
+        match seen.get(urn) {
+            Some((seen_version, since)) if seen_version == version => now.duration_since(*since) >= self.ttl,
+            _ => {
+                seen.insert(urn.to_owned(), (version.clone(), now));
+                false
+            }
+        }
+    }
+
+    /// What a watched request (one another holder had) looks like now, from its result as just read: whether it
+    /// is worth a takeover attempt.
+    pub fn watch(&self, urn: &str, current: Option<&ResultState>) -> Watched {
+        match current {
+            None => Watched::Free,
+            Some(current) if current.holder.as_deref() == Some(self.holder.as_str()) => Watched::Free,
+            Some(current) if !HELD.contains(&current.status.as_str()) => Watched::Finished,
+            Some(current) if self.unrenewed(urn, &current.version) => Watched::Unrenewed,
+            Some(_) => Watched::Renewed,
+        }
     }
 
     async fn write(&self, urn: &str, report: &str, expected: AspectVersion) -> Result<Claim, gms::Error> {
