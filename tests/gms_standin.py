@@ -16,6 +16,8 @@ Serves the calls an executor makes (datahub-protocol.md §2):
   GET  /openapi/v3/entity/dataHubExecutionRequest/{urn}[/dataHubExecutionRequestResult]?systemMetadata=true
                                                           -- the request's input and result with systemMetadata
                                                              (version, properties); 404 when absent
+  POST /aspects?action=ingestProposalBatch                -- several proposals at once, each validated as above;
+                                                             all kept, or none when one is refused
   POST /openapi/v3/entity/dataHubExecutionRequest/batchGet?systemMetadata=true
                                                           -- many requests' aspects at once, entities without any
                                                              of the asked aspects left out
@@ -284,6 +286,8 @@ class Handler(BaseHTTPRequestHandler):
             return 401, {"status": 401, "message": "Unauthorized"}
         if path.endswith("/aspects?action=ingestProposal"):
             return self.ingest_proposal(raw, record)
+        if path.endswith("/aspects?action=ingestProposalBatch"):
+            return self.ingest_proposal_batch(raw, record)
         if path.endswith("/openapi/v2/entity/batch/dataHubExecutionRequest"):
             return self.batch_get(raw, record)
         if path.split("?", 1)[0].endswith("/openapi/v3/entity/dataHubExecutionRequest/batchGet"):
@@ -294,7 +298,8 @@ class Handler(BaseHTTPRequestHandler):
         record["error"] = f"unknown endpoint {path}"
         return 404, {"message": "not found"}
 
-    def ingest_proposal(self, raw, record):
+    def envelope_refusal(self, raw, record):
+        """What Rest.li answers a write without its protocol header or over the payload cap; None when fine."""
         if self.headers.get("X-RestLi-Protocol-Version") != "2.0.0":
             record["valid"] = False
             record["error"] = "missing X-RestLi-Protocol-Version: 2.0.0"
@@ -303,6 +308,12 @@ class Handler(BaseHTTPRequestHandler):
             record["valid"] = False
             record["error"] = f"payload of {len(raw)} bytes is over {ARGS.max_payload}"
             return 413, {"status": 413, "message": "Payload Too Large"}
+        return None
+
+    def ingest_proposal(self, raw, record):
+        refused = self.envelope_refusal(raw, record)
+        if refused:
+            return refused
         parsed = json.loads(raw)
         if parsed.get("proposal", {}).get("entityType") == "dataHubRemoteExecutor":
             with LOCK:
@@ -327,32 +338,75 @@ class Handler(BaseHTTPRequestHandler):
             return 422, {"status": 422, "message": record["error"]}
         record["valid"] = True
         if aspect_name == "dataHubExecutionRequestResult":
-            proposal = parsed["proposal"]
-            expected = (proposal.get("headers") or {}).get("If-Version-Match")
-            properties = (proposal.get("systemMetadata") or {}).get("properties") or {}
             with LOCK:
-                current = STATE["results"].get(urn)
-                meta = STATE["meta"].get(urn)
-                actual = str(meta["version"]) if meta else "-1"
-                if expected is not None and expected != actual:
-                    message = (f"Failed to validate MCP due to: ValidationExceptionCollection{{EntityAspect:({urn},"
-                               f"dataHubExecutionRequestResult) Exceptions: [AspectValidationException("
-                               f"subType=PRECONDITION, msg=Expected version {expected}, actual version {actual})]}}")
-                    return 422, {"exceptionClass": "com.linkedin.restli.server.RestLiServiceException",
-                                 "stackTrace": f"com.linkedin.restli.server.RestLiServiceException [HTTP Status:422]: "
-                                               f"{message}", "message": message, "status": 422}
-                if current and current["status"] in IMMUTABLE and aspect["status"] != "ROLLING_BACK":
-                    if aspect["status"] != current["status"]:
-                        return 422, {"status": 422, "message": "Invalid update to immutable state. Denied update."}
-                    return 200, {"value": "success"}
-                if current != aspect or (meta and meta["properties"] != properties):
-                    STATE["results"][urn] = aspect
-                    STATE["meta"][urn] = {"version": (meta["version"] + 1) if meta else 1, "properties": properties,
-                                          "lastObserved": int(time.time() * 1000)}
-                    if urn in STATE["index"]:
-                        STATE["index"][urn]["events"].append((time.time() + ARGS.index_lag_ms / 1000,
-                                                              aspect["status"]))
+                refused = self.refusal(urn, parsed["proposal"], aspect)
+                if refused:
+                    return refused
+                self.apply_result(urn, parsed["proposal"], aspect)
         return 200, {"value": "success"}
+
+    @staticmethod
+    def refusal(urn, proposal, aspect):
+        """Why GMS refuses this result write now (status, body), or None. Called under LOCK."""
+        expected = (proposal.get("headers") or {}).get("If-Version-Match")
+        current = STATE["results"].get(urn)
+        meta = STATE["meta"].get(urn)
+        actual = str(meta["version"]) if meta else "-1"
+        if expected is not None and expected != actual:
+            message = (f"Failed to validate MCP due to: ValidationExceptionCollection{{EntityAspect:({urn},"
+                       f"dataHubExecutionRequestResult) Exceptions: [AspectValidationException("
+                       f"subType=PRECONDITION, msg=Expected version {expected}, actual version {actual})]}}")
+            return 422, {"exceptionClass": "com.linkedin.restli.server.RestLiServiceException",
+                         "stackTrace": f"com.linkedin.restli.server.RestLiServiceException [HTTP Status:422]: "
+                                       f"{message}", "message": message, "status": 422}
+        if current and current["status"] in IMMUTABLE and aspect["status"] != "ROLLING_BACK" \
+                and aspect["status"] != current["status"]:
+            return 422, {"status": 422, "message": "Invalid update to immutable state. Denied update."}
+        return None
+
+    @staticmethod
+    def apply_result(urn, proposal, aspect):
+        """Keeps an accepted result write (an identical terminal re-write is ignored, as GMS does). Under LOCK."""
+        properties = (proposal.get("systemMetadata") or {}).get("properties") or {}
+        current = STATE["results"].get(urn)
+        meta = STATE["meta"].get(urn)
+        if current and current["status"] in IMMUTABLE and aspect["status"] != "ROLLING_BACK":
+            return
+        if current != aspect or (meta and meta["properties"] != properties):
+            STATE["results"][urn] = aspect
+            STATE["meta"][urn] = {"version": (meta["version"] + 1) if meta else 1, "properties": properties,
+                                  "lastObserved": int(time.time() * 1000)}
+            if urn in STATE["index"]:
+                STATE["index"][urn]["events"].append((time.time() + ARGS.index_lag_ms / 1000, aspect["status"]))
+
+    def ingest_proposal_batch(self, raw, record):
+        """Rest.li ingestProposalBatch ({"proposals": [...], "async"}), as DataHub's emitter sends it: each
+        proposal checked with DataHub's classes like a single one; all applied, or none when one is refused."""
+        refused = self.envelope_refusal(raw, record)
+        if refused:
+            return refused
+        parsed = json.loads(raw)
+        checked = []
+        try:
+            if set(parsed) - {"proposals", "async"} or not isinstance(parsed.get("proposals"), list) \
+                    or not parsed["proposals"]:
+                raise ValueError("the body must be {proposals: [a proposal, ...], async}")
+            for proposal in parsed["proposals"]:
+                checked.append(validate_proposal_body({"proposal": proposal, "async": parsed.get("async")}))
+        except Exception as e:  # noqa: BLE001 - any failure is an invalid payload
+            record["valid"] = False
+            record["error"] = f"{type(e).__name__}: {e}"
+            return 422, {"status": 422, "message": record["error"]}
+        record["valid"] = True
+        with LOCK:
+            for (urn, aspect_name, aspect), proposal in zip(checked, parsed["proposals"]):
+                refused = aspect_name == "dataHubExecutionRequestResult" and self.refusal(urn, proposal, aspect)
+                if refused:
+                    return refused
+            for (urn, aspect_name, aspect), proposal in zip(checked, parsed["proposals"]):
+                if aspect_name == "dataHubExecutionRequestResult":
+                    self.apply_result(urn, proposal, aspect)
+        return 200, {"value": [urn for urn, _, _ in checked]}
 
     def graphql(self, raw, record):
         body = json.loads(raw)

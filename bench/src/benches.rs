@@ -51,7 +51,9 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// No-op tasks submitted by `submitters` concurrent clients, run by `agents` sessions with `slots` each; from the
 /// first submit to the last result accepted (durable in SQLite), or with `gms` to the last SUCCESS write
-/// received by a GMS stand-in.
+/// received by a GMS stand-in. Prints, per task: controller CPU, SQL statements and commits (the writer's,
+/// from `/metrics`), GMS HTTP requests; with `instructions`, instructions per task from two shorter runs under
+/// callgrind (`perf stat` cannot count instructions on these VMs).
 pub async fn throughput(
     tasks: usize,
     agents: usize,
@@ -59,19 +61,86 @@ pub async fn throughput(
     submitters: usize,
     gms: bool,
     real_agents: bool,
+    instructions: bool,
 ) -> anyhow::Result<()> {
+    let load = Load { tasks, agents, slots, submitters, gms, real_agents };
+    let (controller, sink) = start(gms, &[]).await?;
+    let run = drive(&controller, &load, sink.as_ref().map(|(_, counts)| counts.clone())).await?;
+    let per_task = |n: f64| n / tasks as f64;
+    println!(
+        "throughput: {tasks} no-op tasks, {agents} {} x {slots} slots, {submitters} submitters{}: {:.2} s -> {:.0} tasks/s; \
+         controller CPU {:.2} s ({:.0}% of one core), peak RSS {:.1} MiB",
+        if real_agents { "outpost-agent processes" } else { "agent sessions" },
+        match &sink {
+            Some((_, counts)) =>
+                format!(", reported to a GMS stand-in ({} writes)", counts.proposals.load(Ordering::Relaxed)),
+            None => String::new(),
+        },
+        run.elapsed.as_secs_f64(),
+        tasks as f64 / run.elapsed.as_secs_f64(),
+        run.cpu,
+        run.cpu / run.elapsed.as_secs_f64() * 100.0,
+        run.peak_rss as f64 / 1048576.0
+    );
+    println!(
+        "per task: controller CPU {:.0} us, SQL statements {:.2}, commits {:.3}, GMS HTTP requests {:.2}",
+        per_task(run.cpu * 1e6),
+        per_task(run.statements),
+        per_task(run.commits),
+        per_task(sink.as_ref().map_or(0, |(_, c)| c.requests.load(Ordering::Relaxed)) as f64),
+    );
+    if instructions {
+        let per_task = instructions_per_task(&load).await?;
+        println!("per task: {per_task:.0} instructions (callgrind, the difference of two shorter runs)");
+    }
+    Ok(())
+}
+
+/// A controller (under `wrapper`, if any), reporting to a GMS sink when `gms`.
+async fn start(
+    gms: bool,
+    wrapper: &[String],
+) -> anyhow::Result<(ControllerProcess, Option<(String, Arc<crate::gms_sink::Counts>)>)> {
     let sink = if gms { Some(crate::gms_sink::start().await?) } else { None };
-    let controller = match &sink {
-        Some((url, _)) => ControllerProcess::start(&["--gms-url", url])?,
-        None => ControllerProcess::start(&[])?,
+    let flags: Vec<&str> = match &sink {
+        Some((url, _)) => vec!["--gms-url", url.as_str()],
+        None => Vec::new(),
     };
-    let reported = sink.as_ref().map(|(_, counts)| counts.clone());
+    Ok((ControllerProcess::start_wrapped(wrapper, &flags)?, sink))
+}
+
+/// What a load is.
+struct Load {
+    tasks: usize,
+    agents: usize,
+    slots: u32,
+    submitters: usize,
+    gms: bool,
+    real_agents: bool,
+}
+
+/// What a run measured.
+struct Run {
+    elapsed: Duration,
+    cpu: f64,
+    peak_rss: u64,
+    statements: f64,
+    commits: f64,
+}
+
+/// Runs `load` against `controller` until every task finished (or reached the GMS sink).
+async fn drive(
+    controller: &ControllerProcess,
+    load: &Load,
+    reported: Option<Arc<crate::gms_sink::Counts>>,
+) -> anyhow::Result<Run> {
+    let Load { tasks, agents, slots, submitters, real_agents, .. } = *load;
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
     let mut processes = Vec::new();
     if real_agents {
         for a in 0..agents {
-            processes.push(crate::harness::agent_process(&controller, &format!("t{a}"), "bench", slots)?);
+            processes.push(crate::harness::agent_process(controller, &format!("t{a}"), "bench", slots)?);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(&controller.metrics().await?, "outpost_connected_agents") < agents as f64 {
@@ -80,7 +149,7 @@ pub async fn throughput(
         }
     }
     for a in 0..if real_agents { 0 } else { agents } {
-        let mut session = Session::open(&controller, &format!("t{a}"), "bench", slots).await?;
+        let mut session = Session::open(controller, &format!("t{a}"), "bench", slots).await?;
         session.send(Out::Credit(pb::Credit { credits: slots })).await?;
         let done = done.clone();
         workers.spawn(async move {
@@ -101,6 +170,9 @@ pub async fn throughput(
             anyhow::Ok(())
         });
     }
+    let counts =
+        |text: &str| (metric(text, "outpost_sqlite_statements_total"), metric(text, "outpost_sqlite_commits_total"));
+    let written_before = counts(&controller.metrics().await?);
     let (cpu_before, _) = controller.usage();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -133,8 +205,8 @@ pub async fn throughput(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         peak_rss = peak_rss.max(controller.usage().1);
-        if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("only {finished} of {tasks} tasks finished in 10 minutes");
+        if started.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("only {finished} of {tasks} tasks finished in 30 minutes");
         }
     }
     let elapsed = started.elapsed();
@@ -142,24 +214,43 @@ pub async fn throughput(
         r??;
     }
     let (cpu_after, _) = controller.usage();
-    let cpu = cpu_after - cpu_before;
-    println!(
-        "throughput: {tasks} no-op tasks, {agents} {} x {slots} slots, {submitters} submitters{}: {:.2} s -> {:.0} tasks/s; \
-         controller CPU {:.2} s ({:.0}% of one core), peak RSS {:.1} MiB",
-        if real_agents { "outpost-agent processes" } else { "agent sessions" },
-        match &reported {
-            Some(counts) =>
-                format!(", reported to a GMS stand-in ({} writes)", counts.proposals.load(Ordering::Relaxed)),
-            None => String::new(),
-        },
-        elapsed.as_secs_f64(),
-        tasks as f64 / elapsed.as_secs_f64(),
-        cpu,
-        cpu / elapsed.as_secs_f64() * 100.0,
-        peak_rss as f64 / 1048576.0
-    );
+    let written_after = counts(&controller.metrics().await?);
     workers.abort_all();
-    Ok(())
+    drop(processes);
+    Ok(Run {
+        elapsed,
+        cpu: cpu_after - cpu_before,
+        peak_rss,
+        statements: written_after.0 - written_before.0,
+        commits: written_after.1 - written_before.1,
+    })
+}
+
+/// Instructions the controller executes per task: two runs of the same load (fewer tasks) under callgrind, 200
+/// and 600 tasks; their difference over 400 tasks leaves start-up and shutdown out.
+async fn instructions_per_task(load: &Load) -> anyhow::Result<f64> {
+    let mut totals = Vec::new();
+    for tasks in [200, 600] {
+        let out = tempfile::NamedTempFile::new()?;
+        let wrapper = vec![
+            "valgrind".to_owned(),
+            "--tool=callgrind".to_owned(),
+            format!("--callgrind-out-file={}", out.path().display()),
+        ];
+        let (mut controller, sink) = start(load.gms, &wrapper).await?;
+        let short = Load { tasks, submitters: load.submitters.min(16), real_agents: false, ..*load };
+        drive(&controller, &short, sink.as_ref().map(|(_, c)| c.clone())).await?;
+        controller.stop()?;
+        let text = std::fs::read_to_string(out.path())?;
+        let total: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no instruction total in the callgrind output"))?;
+        totals.push(total);
+    }
+    Ok((totals[1] - totals[0]) / 400.0)
 }
 
 /// `agents` idle sessions (each with its own certificate) on one controller: memory per agent, CPU while idle

@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the sink has seen.
 #[derive(Default)]
 pub struct Counts {
+    /// Every HTTP request.
+    pub requests: AtomicUsize,
     pub proposals: AtomicUsize,
     pub succeeded: AtomicUsize,
 }
@@ -61,6 +63,7 @@ async fn serve(mut stream: TcpStream, counts: Arc<Counts>) -> anyhow::Result<()>
         let request_line =
             String::from_utf8_lossy(&buffer[..buffer.iter().position(|b| *b == b'\r').unwrap_or(0)]).into_owned();
         let body = &buffer[head_end..head_end + length];
+        counts.requests.fetch_add(1, Ordering::Relaxed);
         let answer: &str = if request_line.contains("ingestProposal") {
             counts.proposals.fetch_add(1, Ordering::Relaxed);
             if body.windows(9).any(|w| w == b"\\\"SUCCESS") || body.windows(8).any(|w| w == b"\"SUCCESS") {

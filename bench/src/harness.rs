@@ -54,8 +54,27 @@ impl ControllerProcess {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let extra = extra(&certs);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let (child, addr) = spawn(dir.path(), &metrics_addr, None, &extra)?;
+        let (child, addr) = spawn(dir.path(), &metrics_addr, None, &extra, &[])?;
         Ok(ControllerProcess { child, addr, dir, metrics_addr })
+    }
+
+    /// A controller run under `wrapper` (e.g. `valgrind --tool=callgrind --callgrind-out-file=F`).
+    pub fn start_wrapped(wrapper: &[String], extra: &[&str]) -> anyhow::Result<ControllerProcess> {
+        let dir = tempfile::tempdir()?;
+        let certs = dir.path().join("certs");
+        outpost_controller::certs::init(&certs, &[])?;
+        outpost_controller::certs::admin(&certs, "bench", Some(outpost_common::roles::Role::Admin), "outpost")?;
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let (child, addr) = spawn(dir.path(), &metrics_addr, None, extra, wrapper)?;
+        Ok(ControllerProcess { child, addr, dir, metrics_addr })
+    }
+
+    /// SIGTERM, then waits for the controller to exit (a wrapper writes its output then).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        Ok(())
     }
 
     pub fn certs(&self) -> PathBuf {
@@ -66,7 +85,7 @@ impl ControllerProcess {
     pub fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn(self.dir.path(), &self.metrics_addr, Some(&self.addr), extra)?;
+        let (child, addr) = spawn(self.dir.path(), &self.metrics_addr, Some(&self.addr), extra, &[])?;
         self.child = child;
         self.addr = addr;
         Ok(())
@@ -93,12 +112,27 @@ impl ControllerProcess {
     }
 }
 
-fn spawn(dir: &Path, metrics: &str, listen: Option<&str>, extra: &[&str]) -> anyhow::Result<(Child, String)> {
+fn spawn(
+    dir: &Path,
+    metrics: &str,
+    listen: Option<&str>,
+    extra: &[&str],
+    wrapper: &[String],
+) -> anyhow::Result<(Child, String)> {
     let certs = dir.join("certs");
     let addr_file = dir.join("addr");
     let _ = std::fs::remove_file(&addr_file);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("controller.log"))?;
-    let child = Command::new(sibling("outpost-controller")?)
+    let controller = sibling("outpost-controller")?;
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(controller);
+            command
+        }
+        None => Command::new(controller),
+    };
+    let child = command
         .args(["run", "--listen", listen.unwrap_or("127.0.0.1:0"), "--metrics-listen", metrics])
         .arg("--listen-addr-file")
         .arg(&addr_file)
@@ -120,7 +154,8 @@ fn spawn(dir: &Path, metrics: &str, listen: Option<&str>, extra: &[&str]) -> any
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Under valgrind a start takes far longer.
+    let deadline = Instant::now() + Duration::from_secs(if wrapper.is_empty() { 30 } else { 300 });
     loop {
         if let Ok(addr) = std::fs::read_to_string(&addr_file) {
             return Ok((child, addr));

@@ -59,6 +59,9 @@ enum Bench {
         /// Run real `outpost-agent` processes (NOOP tasks) instead of agent sessions driven in this process.
         #[arg(long)]
         real_agents: bool,
+        /// Also count instructions per task (two shorter runs of the controller under valgrind's callgrind).
+        #[arg(long)]
+        instructions: bool,
     },
     /// Idle agents on one controller: memory, idle CPU, reconnect after a restart.
     Fleet {
@@ -167,8 +170,8 @@ fn main() -> anyhow::Result<()> {
         match cli.bench {
             Bench::Heartbeats { agents, beats, attempts } => heartbeats(agents, beats, attempts).await,
             Bench::Dispatch { tasks } => benches::dispatch(tasks).await,
-            Bench::Throughput { tasks, agents, slots, submitters, gms, real_agents } => {
-                benches::throughput(tasks, agents, slots, submitters, gms, real_agents).await
+            Bench::Throughput { tasks, agents, slots, submitters, gms, real_agents, instructions } => {
+                benches::throughput(tasks, agents, slots, submitters, gms, real_agents, instructions).await
             }
             Bench::Fleet { agents, idle } => benches::fleet(agents, idle).await,
             Bench::Detection { trials, lease_ttl } => benches::detection(trials, &lease_ttl).await,

@@ -110,6 +110,8 @@ struct Inner {
     registry: Registry,
     tasks: Family<Labels, Gauge>,
     outbox_depth: Gauge,
+    sqlite_statements: Counter,
+    sqlite_commits: Counter,
     dispatch_latency: Histogram,
     grants: Counter,
     venv_grants: Family<Labels, Counter>,
@@ -142,6 +144,8 @@ impl Default for Metrics {
         let inner = Inner {
             tasks: Family::default(),
             outbox_depth: Gauge::default(),
+            sqlite_statements: Counter::default(),
+            sqlite_commits: Counter::default(),
             dispatch_latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
             grants: Counter::default(),
             venv_grants: Family::default(),
@@ -229,6 +233,16 @@ impl Default for Metrics {
             "outpost_gms_outbox_depth",
             "GMS writes waiting in the durable outbox",
             inner.outbox_depth.clone(),
+        );
+        registry.register(
+            "outpost_sqlite_statements",
+            "SQL statements the SQLite writer ran (BEGIN and COMMIT left out)",
+            inner.sqlite_statements.clone(),
+        );
+        registry.register(
+            "outpost_sqlite_commits",
+            "Transactions the SQLite writer committed",
+            inner.sqlite_commits.clone(),
         );
         // Every series exists from the start (a scrape shows zeros, not gaps).
         for venv in ["warm", "cold"] {
@@ -407,6 +421,9 @@ impl Metrics {
         if let Ok(depth) = store.outbox_depth().await {
             inner.outbox_depth.set(depth as i64);
         }
+        let (statements, commits) = store.write_counts();
+        inner.sqlite_statements.inc_by(statements.saturating_sub(inner.sqlite_statements.get()));
+        inner.sqlite_commits.inc_by(commits.saturating_sub(inner.sqlite_commits.get()));
         let now_ms = outpost_common::clock::unix_ms();
         if let Ok(backlogs) = store.pool_backlogs().await {
             for b in backlogs {

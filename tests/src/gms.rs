@@ -150,14 +150,23 @@ impl Gms {
         self.requests()
             .await
             .into_iter()
-            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposal")))
-            .filter_map(|r| {
-                let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
-                let proposal = body["proposal"].clone();
-                (proposal["entityUrn"] == urn).then(|| {
-                    let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
-                    (r, proposal, aspect.unwrap_or_default())
-                })
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/aspects?action=ingestProposal")))
+            .flat_map(|r| {
+                let body: serde_json::Value =
+                    r["body"].as_str().and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default();
+                // A single write, or each write of a batch (ingestProposalBatch), with the batch's record.
+                let proposals = match body["proposals"].as_array() {
+                    Some(batch) => batch.clone(),
+                    None => vec![body["proposal"].clone()],
+                };
+                proposals
+                    .into_iter()
+                    .filter(|proposal| proposal["entityUrn"] == urn)
+                    .map(|proposal| {
+                        let aspect = serde_json::from_str(proposal["aspect"]["value"].as_str().unwrap_or("null"));
+                        (r.clone(), proposal, aspect.unwrap_or_default())
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     }

@@ -417,3 +417,61 @@ async fn the_stand_in_refuses_executor_statuses_datahub_cloud_would_refuse() {
         assert_eq!(post(bad.clone()).await, 422, "{bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_due_together_go_in_one_batch_and_a_refused_batch_goes_write_by_write() {
+    let cluster = Cluster::new(bins!());
+    let gms = cluster.gms(&[]).await;
+    // GMS is down while twenty no-op tasks run: their writes pile up in the outbox.
+    gms.fail(503, 10_000, "aspects").await;
+    let controller = controller(&cluster, &gms, &["--gms-batch-size", "50"]).await;
+    let mut admin = cluster.admin(&controller).await;
+    let _agent = cluster.agent(&controller, "w-1", "default", 4, &[]);
+    let ids: Vec<String> = (0..20).map(|i| format!("batched-{i}")).collect();
+    for id in &ids {
+        submit_args(&mut admin, id, "NOOP", &[]).await;
+    }
+    for id in &ids {
+        wait_terminal(&admin, id).await;
+    }
+    // The first batch after GMS is back is refused once: its writes go again one by one, and arrive.
+    gms.heal().await;
+    let healed_ms = outpost_common::clock::unix_ms();
+    gms.fail(503, 1, "ingestProposalBatch").await;
+    for id in &ids {
+        wait_reported(&admin, id).await;
+    }
+    let requests = gms.requests().await;
+    let batches: Vec<&serde_json::Value> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposalBatch")))
+        .filter(|r| r["time_ms"].as_i64().unwrap_or_default() >= healed_ms)
+        .collect();
+    let sizes: Vec<usize> = batches
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            body["proposals"].as_array().unwrap().len()
+        })
+        .collect();
+    assert_eq!(batches[0]["status"], 503, "the first batch was refused: {sizes:?}");
+    assert!(batches.iter().skip(1).all(|r| r["status"] == 200), "{batches:#?}");
+    assert!(sizes.iter().any(|n| *n >= 2), "writes due together went in one call: {sizes:?}");
+    // Each task's result reached GMS, accepted once, after its RUNNING; every write passed DataHub's classes.
+    for id in &ids {
+        let accepted: Vec<String> = gms
+            .result_writes(&format!("urn:li:dataHubExecutionRequest:{id}"))
+            .await
+            .into_iter()
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, aspect)| aspect["status"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        assert_eq!(accepted, ["RUNNING", "SUCCESS"], "{id}");
+    }
+    let accepted_calls = requests
+        .iter()
+        .filter(|r| r["status"] == 200 && r["path"].as_str().is_some_and(|p| p.contains("ingestProposal")))
+        .count();
+    assert!(accepted_calls < 2 * ids.len(), "fewer calls than writes: {accepted_calls} for {}", 2 * ids.len());
+    assert_clean(&gms).await;
+}

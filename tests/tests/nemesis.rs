@@ -52,17 +52,25 @@ async fn result_writes(gms: &Gms) -> Vec<ResultWrite> {
     gms.requests()
         .await
         .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/aspects?action=ingestProposal")))
-        .filter_map(|r| {
-            let body: serde_json::Value = serde_json::from_str(r["body"].as_str()?).ok()?;
-            let urn = body["proposal"]["entityUrn"].as_str()?;
-            let aspect: serde_json::Value = serde_json::from_str(body["proposal"]["aspect"]["value"].as_str()?).ok()?;
-            Some(ResultWrite {
-                task: urn.rsplit(':').next()?.to_owned(),
-                status: aspect["status"].as_str()?.to_owned(),
-                http: r["status"].as_u64()? as u16,
-                answered_ms: r["done_ms"].as_i64()?,
-            })
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/aspects?action=ingestProposal")))
+        .flat_map(|r| {
+            let body: serde_json::Value =
+                r["body"].as_str().and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default();
+            // A single write, or each write of a batch.
+            let proposals = body["proposals"].as_array().cloned().unwrap_or_else(|| vec![body["proposal"].clone()]);
+            proposals
+                .into_iter()
+                .filter_map(|proposal| {
+                    let urn = proposal["entityUrn"].as_str()?;
+                    let aspect: serde_json::Value = serde_json::from_str(proposal["aspect"]["value"].as_str()?).ok()?;
+                    Some(ResultWrite {
+                        task: urn.rsplit(':').next()?.to_owned(),
+                        status: aspect["status"].as_str()?.to_owned(),
+                        http: r["status"].as_u64()? as u16,
+                        answered_ms: r["done_ms"].as_i64()?,
+                    })
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }

@@ -258,6 +258,15 @@ impl Client {
         self.send("/aspects?action=ingestProposal", &body).await.map(|_| ())
     }
 
+    /// UPSERTs the results of many execution requests in one call (Rest.li `ingestProposalBatch`, synchronously,
+    /// as DataHub's Python emitter batches them). All or nothing as far as the answer tells: a failure says
+    /// nothing about which item failed.
+    pub async fn ingest_results(&self, results: &[(String, Value)]) -> Result<(), Error> {
+        let proposals: Vec<Value> = results.iter().map(|(urn, result)| result_proposal(urn, result)).collect();
+        let body = json!({"proposals": proposals, "async": "false"});
+        self.send("/aspects?action=ingestProposalBatch", &body).await.map(|_| ())
+    }
+
     /// UPSERTs an executor instance's `dataHubRemoteExecutorStatus`, addressed by its key aspect as DataHub's
     /// worker does.
     pub async fn ingest_executor_status(&self, id: &str, status: &Value) -> Result<(), Error> {

@@ -5,6 +5,7 @@
 //! settled; a payload GMS can never accept is given up, recorded on the task, and stops blocking the task's later
 //! writes and its SQS message. It reads the store and the log tails; nothing calls it from a request path.
 
+mod batch;
 mod claimed;
 pub mod executors;
 mod payload;
@@ -14,8 +15,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use outpost_common::clock::unix_ms;
 use outpost_common::duration;
 use outpost_common::ids::{AspectVersion, TaskId};
@@ -63,6 +62,10 @@ pub struct Config {
     /// always sent one after another).
     #[arg(id = "gms_concurrency", long = "gms-concurrency", env = "OUTPOST_GMS_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Writes of tasks not claimed at GMS that are due together go in one `ingestProposalBatch` call of up to this
+    /// many (1: every write on its own). A batch GMS refuses is sent again write by write.
+    #[arg(id = "gms_batch_size", long = "gms-batch-size", env = "OUTPOST_GMS_BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: usize,
 }
 
 impl Config {
@@ -70,6 +73,9 @@ impl Config {
         duration::positive("--progress-interval", self.progress_interval)?;
         duration::positive("--gms-retry-backoff", self.retry_backoff)?;
         duration::positive("--log-tails-sweep-interval", self.log_tails_sweep_interval)?;
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(duration::Invalid(format!("--gms-batch-size must be 1 to 1000, not {}", self.batch_size)));
+        }
         if !(1..=256).contains(&self.concurrency) {
             return Err(duration::Invalid(format!("--gms-concurrency must be 1 to 256, not {}", self.concurrency)));
         }
@@ -106,6 +112,8 @@ pub struct Reporter {
     holder: String,
     /// Claims of waiting tasks are renewed when they are this old.
     renew_after: Duration,
+    /// Writes go in batches (until GMS shows it has no batch call).
+    batching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where the reporter writes and as whom.
@@ -128,6 +136,7 @@ impl Reporter {
             locks: TaskLocks::default(),
             holder: to.holder,
             renew_after: to.claim_ttl / 3,
+            batching: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -168,19 +177,13 @@ impl Reporter {
             if due.is_empty() {
                 break;
             }
-            let mut outcomes = Vec::with_capacity(due.len());
-            let mut in_flight = FuturesUnordered::new();
-            let mut rows = due.iter();
-            loop {
-                while in_flight.len() < self.config.concurrency.max(1) {
-                    let Some(entry) = rows.next() else { break };
-                    in_flight.push(async move { (entry, self.deliver(entry).await) });
-                }
-                match in_flight.next().await {
-                    Some(outcome) => outcomes.push(outcome),
-                    None => break,
-                }
-            }
+            let (batched, alone): (Vec<&OutboxEntry>, Vec<&OutboxEntry>) =
+                due.iter().partition(|entry| self.batchable(entry));
+            let (mut outcomes, rest) = match batched.len() {
+                0 | 1 => (Vec::with_capacity(due.len()), due.iter().collect::<Vec<_>>()),
+                _ => (self.deliver_batched(&batched).await, alone),
+            };
+            outcomes.extend(self.one_by_one(&rest).await);
             let progressed = outcomes.iter().any(|(_, d)| !matches!(d, Delivery::Retry { .. }));
             if let Err(e) = self.store.outbox_settled(&outcomes, unix_ms()).await {
                 error!(error = %e, count = due.len(), "cannot settle GMS outbox rows; they will be sent again");
@@ -294,7 +297,14 @@ impl Reporter {
         task: Option<&TaskRecord>,
         shrunk: bool,
     ) -> Result<(Value, Option<AspectVersion>), SendError> {
-        let aspect = match task {
+        let aspect = self.aspect(entry, task, shrunk)?;
+        let claim = self.send_result(&entry.task_id, &aspect, entry.claim.as_ref()).await?;
+        Ok((aspect, claim))
+    }
+
+    /// A row's aspect: RUNNING, or the task's result (`task`, for a terminal row).
+    fn aspect(&self, entry: &OutboxEntry, task: Option<&TaskRecord>, shrunk: bool) -> Result<Value, SendError> {
+        Ok(match task {
             None => payload::running(entry.start_time_ms, None, self.config.max_report_bytes),
             Some(task) => {
                 let (Some(status), Some(result)) = (task.state.gms_status(), task.result.as_ref()) else {
@@ -320,8 +330,6 @@ impl Reporter {
                     max_structured,
                 )
             }
-        };
-        let claim = self.send_result(&entry.task_id, &aspect, entry.claim.as_ref()).await?;
-        Ok((aspect, claim))
+        })
     }
 }

@@ -110,6 +110,12 @@ impl Store {
         self.outbox_added.clone()
     }
 
+    /// Statements (transaction control left out) and commits the writer has run since the store opened.
+    pub fn write_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.writer.counts.statements.load(Relaxed), self.writer.counts.commits.load(Relaxed))
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.reads).await?;

@@ -268,6 +268,19 @@ impl Store {
     }
 
     /// One task and its attempts (oldest first), or `None`.
+    /// The task rows of `ids` (unknown ids left out), in one read.
+    pub async fn task_rows(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::Value::from(ids.iter().map(TaskId::as_str).collect::<Vec<_>>()).to_string();
+        let rows = sqlx::query("SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(ids)
+            .fetch_all(&self.reads)
+            .await?;
+        task_records(&rows)
+    }
+
     pub async fn task(&self, id: &TaskId) -> Result<Option<(TaskRecord, Vec<AttemptRecord>)>, Error> {
         let row = sqlx::query(TASK_BY_ID).bind(id.as_str()).fetch_optional(&self.reads).await?;
         let Some(row) = row else { return Ok(None) };

@@ -524,3 +524,24 @@ async fn an_audit_row_stands_or_falls_with_the_change_it_records() {
     assert_eq!(store.prune_audit(11).await.unwrap(), 1);
     assert_eq!(store.audit_events(&all).await.unwrap().len(), 1);
 }
+
+/// Statements the writer runs for one task, submit apart, then from the grant through its recorded result
+/// (issue "cost per task" aims at four with reporting off); one commit per turn.
+#[tokio::test]
+async fn statements_per_task_from_the_grant_through_the_result() {
+    for (reporting, expected) in [(false, (1, 7)), (true, (1, 8))] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), reporting).await.unwrap();
+        let before = store.write_counts();
+        store.insert_task(&new_task("a"), 1).await.unwrap();
+        let submitted = store.write_counts();
+        store.grant(&id("a"), &worker("w"), 2).await.unwrap();
+        store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
+        let end = finish("a", 1, TaskState::Succeeded, AttemptState::Succeeded, "ok");
+        store.write(Change::End(end), 4).await.unwrap();
+        let after = store.write_counts();
+        let counted = (submitted.0 - before.0, after.0 - submitted.0);
+        assert_eq!(counted, expected, "reporting {reporting}: (submit, grant through result)");
+        assert_eq!(after.1 - before.1, 4, "one commit per turn");
+    }
+}

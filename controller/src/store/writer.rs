@@ -2,8 +2,10 @@
 //! time, with cached prepared statements. One hand-off between threads per job instead of one per statement —
 //! on a busy machine each hand-off waits for a CPU. Knows nothing of what the jobs do.
 
+use std::cell::Cell;
 use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -13,6 +15,33 @@ use super::Error;
 
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 
+/// What the writer has run: statements (transaction control left out) and commits, since it opened.
+#[derive(Debug, Default)]
+pub struct WriteCounts {
+    pub statements: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+thread_local! {
+    /// Statements and commits the writer thread's connection ran since the last job ended (SQLite's trace hook
+    /// takes a plain function, so the count lives with the thread that owns the connection).
+    static TRACED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// SQLite's statement trace: counts each statement as it starts running.
+fn traced(event: rusqlite::trace::TraceEvent<'_>) {
+    let rusqlite::trace::TraceEvent::Stmt(_, sql) = event else { return };
+    let word = sql.trim_start().split_ascii_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    TRACED.with(|counts| {
+        let (statements, commits) = counts.get();
+        counts.set(match word.as_str() {
+            "COMMIT" | "END" => (statements, commits + 1),
+            "BEGIN" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => (statements, commits),
+            _ => (statements + 1, commits),
+        });
+    });
+}
+
 /// A handle on the writer thread; the thread ends at [`Writer::close`] (or when the handle is gone), or when a
 /// job panics (the connection is dropped with its open transaction rolled back; later jobs fail).
 #[derive(Debug)]
@@ -21,6 +50,7 @@ pub(super) struct Writer {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// How the thread ended: `Ok` after a close, `Err(why)` after a panic.
     ended: Mutex<Option<oneshot::Receiver<Result<(), String>>>>,
+    pub(super) counts: Arc<WriteCounts>,
 }
 
 impl Writer {
@@ -33,6 +63,8 @@ impl Writer {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(writer_error)?;
         connection.set_prepared_statement_cache_capacity(64);
+        connection.trace_v2(rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT, Some(traced));
+        let counts = Arc::new(WriteCounts::default());
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (ended, ending) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -54,7 +86,12 @@ impl Writer {
                 let _ = ended.send(outcome);
             })
             .map_err(|e| Error::Writer(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)), ended: Mutex::new(Some(ending)) })
+        Ok(Writer {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+            ended: Mutex::new(Some(ending)),
+            counts,
+        })
     }
 
     /// Lets the jobs already handed in finish, closes the connection and waits for the thread to end. Later
@@ -83,8 +120,14 @@ impl Writer {
         job: impl FnOnce(&mut rusqlite::Connection) -> T + Send + 'static,
     ) -> impl Future<Output = Result<T, Error>> + Send + Sync + 'static {
         let (reply, answer) = oneshot::channel();
+        let counts = self.counts.clone();
         let job: Job = Box::new(move |connection| {
-            let _ = reply.send(job(connection));
+            let value = job(connection);
+            // Counted before the answer goes out: whoever awaits the job sees its statements counted.
+            let (statements, commits) = TRACED.with(|traced| traced.replace((0, 0)));
+            counts.statements.fetch_add(statements, Ordering::Relaxed);
+            counts.commits.fetch_add(commits, Ordering::Relaxed);
+            let _ = reply.send(value);
         });
         let sent = match self.jobs.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(jobs) => jobs.send(job).is_ok(),
