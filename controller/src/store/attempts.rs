@@ -98,24 +98,30 @@ pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: 
              WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
             params![not_before_ms, now_ms, id, epoch],
         )?,
-        TaskChange::Finish { state, result } => execute(
-            tx,
-            "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
-             duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
-             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-            params![
-                state.as_str(),
-                result.exit_code,
-                result.report,
-                result.structured_report,
-                result.start_time_ms,
-                result.duration_ms,
-                now_ms,
-                now_ms,
-                id,
-                epoch
-            ],
-        )?,
+        TaskChange::Finish { state, result } => {
+            // The outbox row (reporting on) is added first; a refused fence below rolls the whole turn back.
+            let reported_at = outbox::terminal_recorded(tx, &end.task_id, result.start_time_ms, now_ms, effects)?;
+            execute(
+                tx,
+                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
+                 duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ?, \
+                 reported_at_ms = COALESCE(?, reported_at_ms) \
+                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+                params![
+                    state.as_str(),
+                    result.exit_code,
+                    result.report,
+                    result.structured_report,
+                    result.start_time_ms,
+                    result.duration_ms,
+                    now_ms,
+                    now_ms,
+                    reported_at,
+                    id,
+                    epoch
+                ],
+            )?
+        }
     };
     if changed == 0 {
         let task = load(tx, &end.task_id)?;
@@ -126,9 +132,6 @@ pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: 
         "UPDATE attempts SET state = ?, ended_at_ms = ?, reason = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
         params![end.attempt_state.as_str(), now_ms, end.reason, id, end.attempt_epoch.0 as i64],
     )?;
-    if let TaskChange::Finish { result, .. } = &end.change {
-        outbox::terminal_recorded(tx, &end.task_id, result.start_time_ms, now_ms, effects)?;
-    }
     Ok(())
 }
 

@@ -82,18 +82,23 @@ pub(super) fn running(tx: &Transaction, task: &TaskId, now_ms: i64, effects: &mu
     }
 }
 
-/// A task ended (inside the transaction that ended it): its terminal result waits in the outbox for the
-/// reporter or, with reporting off, counts as delivered at once. The one place that rule lives.
+/// A task ends (inside the transaction that ends it): its terminal result waits in the outbox for the reporter
+/// or, with reporting off, counts as delivered at once. The one place that rule lives: the statement that ends
+/// the task sets its `reported_at_ms` to what this returns (`None`: left as it is, for the reporter).
 pub(super) fn terminal_recorded(
     tx: &Transaction<'_>,
     task: &TaskId,
     start_time_ms: i64,
     now_ms: i64,
     effects: &mut Effects,
-) -> Result<(), Error> {
+) -> Result<Option<i64>, Error> {
     match effects.reporting {
-        true => enqueue(tx, task, OutboxKind::Terminal, start_time_ms, now_ms, effects),
-        false => mark_reported(tx, task, now_ms, effects),
+        true => enqueue(tx, task, OutboxKind::Terminal, start_time_ms, now_ms, effects).map(|()| None),
+        false => {
+            // Delivered at once: its SQS messages may go.
+            effects.reported = true;
+            Ok(Some(now_ms))
+        }
     }
 }
 

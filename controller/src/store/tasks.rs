@@ -245,17 +245,20 @@ pub(super) fn cancel_queued(
     now_ms: i64,
     effects: &mut Effects,
 ) -> Result<(), Error> {
+    // The outbox row (reporting on) first; a refused fence below rolls the whole turn back.
+    let reported_at = outbox::terminal_recorded(tx, id, now_ms, now_ms, effects)?;
     let changed = execute(
         tx,
         "UPDATE tasks SET state = 'CANCELLED', report = ?, structured_report = '', start_time_ms = ?, \
-             duration_ms = 0, finished_at_ms = ?, updated_at_ms = ? WHERE id = ? AND state IN ('RECEIVED', 'QUEUED')",
-        params![report, now_ms, now_ms, now_ms, id.as_str()],
+             duration_ms = 0, finished_at_ms = ?, updated_at_ms = ?, reported_at_ms = COALESCE(?, reported_at_ms) \
+             WHERE id = ? AND state IN ('RECEIVED', 'QUEUED')",
+        params![report, now_ms, now_ms, now_ms, reported_at, id.as_str()],
     )?;
     if changed == 0 {
         let task = load(tx, id)?;
         return Err(Error::fence(&task, None, Refusal::NotQueued { state: task.state }));
     }
-    outbox::terminal_recorded(tx, id, now_ms, now_ms, effects)
+    Ok(())
 }
 
 impl Store {

@@ -529,7 +529,7 @@ async fn an_audit_row_stands_or_falls_with_the_change_it_records() {
 /// (issue "cost per task" aims at four with reporting off); one commit per turn.
 #[tokio::test]
 async fn statements_per_task_from_the_grant_through_the_result() {
-    for (reporting, expected) in [(false, (1, 7)), (true, (1, 8))] {
+    for (reporting, expected) in [(false, (1, 6)), (true, (1, 8))] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db"), reporting).await.unwrap();
         let before = store.write_counts();
