@@ -526,7 +526,10 @@ class Handler(BaseHTTPRequestHandler):
                                         "path": body.get("path", ""), "delay_ms": body.get("delay_ms", 0),
                                         "match": body.get("match", "")})
             elif path == "/__control/clear":
-                STATE["faults"].clear()
+                # Every fault ends; `then` (a list of faults as /fail takes them) starts at the same instant.
+                STATE["faults"] = [{"status": f.get("status", 503), "count": f.get("count", 1),
+                                    "path": f.get("path", ""), "delay_ms": 0, "match": f.get("match", "")}
+                                   for f in body.get("then", [])]
             elif path == "/__control/signal":
                 STATE["signals"][body["urn"]] = {
                     "signal": body.get("signal", "KILL"),

@@ -86,6 +86,13 @@ impl Gms {
         self.control("clear", serde_json::json!({})).await;
     }
 
+    /// Ends every injected failure and, at the same instant, makes the next `count` calls whose path contains
+    /// `path` answer `status`.
+    pub async fn heal_then_fail(&self, status: u16, count: u32, path: &str) {
+        let then = serde_json::json!([{"status": status, "count": count, "path": path}]);
+        self.control("clear", serde_json::json!({"then": then})).await;
+    }
+
     pub async fn signal(&self, urn: &str) {
         self.control("signal", serde_json::json!({"urn": urn, "signal": "KILL"})).await;
     }
