@@ -65,10 +65,10 @@ async fn serve(mut stream: TcpStream, counts: Arc<Counts>) -> anyhow::Result<()>
         let body = &buffer[head_end..head_end + length];
         counts.requests.fetch_add(1, Ordering::Relaxed);
         let answer: &str = if request_line.contains("ingestProposal") {
-            counts.proposals.fetch_add(1, Ordering::Relaxed);
-            if body.windows(9).any(|w| w == b"\\\"SUCCESS") || body.windows(8).any(|w| w == b"\"SUCCESS") {
-                counts.succeeded.fetch_add(1, Ordering::Relaxed);
-            }
+            // One proposal, or a batch of them (ingestProposalBatch): each write counts.
+            let count = |pattern: &[u8]| body.windows(pattern.len()).filter(|w| *w == pattern).count();
+            counts.proposals.fetch_add(count(b"\"entityUrn\"").max(1), Ordering::Relaxed);
+            counts.succeeded.fetch_add(count(b"\\\"SUCCESS\\\""), Ordering::Relaxed);
             "{}"
         } else {
             "{\"entities\":[]}"
