@@ -112,6 +112,7 @@ struct Inner {
     outbox_depth: Gauge,
     sqlite_statements: Counter,
     sqlite_commits: Counter,
+    sqlite_counted: Mutex<()>,
     dispatch_latency: Histogram,
     grants: Counter,
     venv_grants: Family<Labels, Counter>,
@@ -146,6 +147,7 @@ impl Default for Metrics {
             outbox_depth: Gauge::default(),
             sqlite_statements: Counter::default(),
             sqlite_commits: Counter::default(),
+            sqlite_counted: Mutex::new(()),
             dispatch_latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
             grants: Counter::default(),
             venv_grants: Family::default(),
@@ -421,9 +423,13 @@ impl Metrics {
         if let Ok(depth) = store.outbox_depth().await {
             inner.outbox_depth.set(depth as i64);
         }
-        let (statements, commits) = store.write_counts();
-        inner.sqlite_statements.inc_by(statements.saturating_sub(inner.sqlite_statements.get()));
-        inner.sqlite_commits.inc_by(commits.saturating_sub(inner.sqlite_commits.get()));
+        {
+            // The writer's totals as counters: one scrape at a time turns them into increments.
+            let _one = inner.sqlite_counted.lock().unwrap_or_else(|e| e.into_inner());
+            let (statements, commits) = store.write_counts();
+            inner.sqlite_statements.inc_by(statements.saturating_sub(inner.sqlite_statements.get()));
+            inner.sqlite_commits.inc_by(commits.saturating_sub(inner.sqlite_commits.get()));
+        }
         let now_ms = outpost_common::clock::unix_ms();
         if let Ok(backlogs) = store.pool_backlogs().await {
             for b in backlogs {

@@ -131,6 +131,10 @@ async fn metrics_and_health_parse_with_the_reference_parser() {
         Some(0.0)
     );
     assert_eq!(metric(&samples, "outpost_gms_outbox_depth", &[]), Some(0.0));
+    // What the SQLite writer ran: at least each task's submit, grant, start and end, each turn one commit.
+    let statements = metric(&samples, "outpost_sqlite_statements_total", &[]).unwrap();
+    let commits = metric(&samples, "outpost_sqlite_commits_total", &[]).unwrap();
+    assert!(statements >= 2.0 * 4.0 && commits >= 1.0 && commits <= statements, "{statements} {commits}");
     // What the alert rules read (deploy/monitoring/outpost-rules.yaml).
     assert_eq!(metric(&samples, "outpost_ready", &[]), Some(1.0));
     assert_eq!(metric(&samples, "outpost_pool_agents", &[("pool", "default")]), Some(1.0));
