@@ -183,3 +183,37 @@ async fn a_login_survives_a_controller_restart_and_ends_with_its_token() {
         "revoked: logged out"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_is_for_admin_logins_and_filters_by_actor_and_action() {
+    let cluster = Cluster::new(bins!());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let (http, base) = (client(), format!("http://{listen}"));
+    let token = |role: &str| {
+        let out = cluster.ctl(&controller, &["--json", "ui-tokens", "create", "--role", role]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        created["token"].as_str().unwrap().to_owned()
+    };
+    let (admin_token, viewer_token) = (token("admin"), token("viewer"));
+    let admin = cookie_of(&login(&http, &base, &admin_token).await);
+    let viewer = cookie_of(&login(&http, &base, &viewer_token).await);
+    assert_eq!(http.get(format!("{base}/audit")).header("cookie", &viewer).send().await.unwrap().status(), 403);
+    let page = |query: &'static str| {
+        let request = http.get(format!("{base}/audit{query}")).header("cookie", &admin);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    // The two login tokens minted above are the trail so far; a filter keeps what it names.
+    let all = page("").await;
+    assert_eq!(all.matches("<td>CreateUiToken</td>").count(), 2, "{all}");
+    assert!(all.contains("<label for=\"actor\">Actor</label>"), "{all}");
+    let none = page("?actor=nobody&action=").await;
+    assert!(none.contains("Nothing recorded yet.") && none.contains("value=\"nobody\""), "{none}");
+    let by_action = page("?actor=&action=CreateUiToken").await;
+    assert_eq!(by_action.matches("<td>CreateUiToken</td>").count(), 2);
+}

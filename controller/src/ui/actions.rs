@@ -216,9 +216,16 @@ pub async fn audit(
             ]
         })
         .collect();
-    let mut live = "<h1>Audit</h1><p class=\"hint\">Every change made through the admin API or this page, and every \
-                    refused one, newest first (the last 200). Reads are not recorded.</p>"
-        .to_owned();
+    let mut live = format!(
+        "<h1>Audit</h1><p class=\"hint\">Every change made through the admin API or this page, and every refused one, \
+         newest first (the last 200). Reads are not recorded.</p>\
+         <form method=\"get\" action=\"/audit\" class=\"filters\">\
+         <label for=\"actor\">Actor</label><input id=\"actor\" name=\"actor\" value=\"{}\" placeholder=\"ops or ui-token/ID\">\
+         <label for=\"action\">Action</label><input id=\"action\" name=\"action\" value=\"{}\" placeholder=\"CancelTask\">\
+         <button type=\"submit\">Filter</button></form>",
+        esc(&query.actor),
+        esc(&query.action)
+    );
     live.push_str(&table(
         "Audit trail",
         &["Time", "Actor", "Role", "Via", "Peer", "Action", "Target", "Outcome", "Reason / detail"],
