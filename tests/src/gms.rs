@@ -225,6 +225,17 @@ impl Gms {
         self.timed_result_writes(urn).await.into_iter().map(|w| (w.status, w.aspect)).collect()
     }
 
+    /// The same, for writes sent on their own only (not those inside an `ingestProposalBatch` call): how each write
+    /// was judged by itself.
+    pub async fn single_result_writes(&self, urn: &str) -> Vec<(u16, serde_json::Value)> {
+        self.result_proposals(urn)
+            .await
+            .into_iter()
+            .filter(|(record, _, _)| record["path"].as_str().is_some_and(|p| p.ends_with("action=ingestProposal")))
+            .map(|(record, _, aspect)| (record["status"].as_u64().unwrap_or(0) as u16, aspect))
+            .collect()
+    }
+
     /// The same, with when each arrived and was answered (Unix ms, the stand-in's clock).
     pub async fn timed_result_writes(&self, urn: &str) -> Vec<ResultWrite> {
         self.result_proposals(urn)
