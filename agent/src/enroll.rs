@@ -154,10 +154,8 @@ pub async fn credentials(
         }
         (None, None) => None,
     };
-    if let Ok(pem) = std::fs::read_to_string(state.identity()).map_err(|_| ()).and_then(|pem| match join_again {
-        true => Err(()),
-        false => Ok(pem),
-    }) {
+    let earlier = if join_again { None } else { std::fs::read_to_string(state.identity()).ok() };
+    if let Some(pem) = earlier {
         let (_, not_after) = validity(&pem).with_context(|| format!("{}", state.identity().display()))?;
         let saved_worker = std::fs::read_to_string(state.worker()).context("the state directory has no worker-id")?;
         if not_after > SystemTime::now() {

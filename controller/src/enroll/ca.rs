@@ -173,15 +173,12 @@ impl CaRotation {
 
     /// Activates a prepared CA once --ca-overlap is up, checking every `interval`, until `token` is cancelled.
     pub async fn run(self, interval: Duration, token: CancellationToken) {
-        if self.own.is_none() {
-            return;
-        }
+        let Some(own) = self.own.clone() else { return };
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let Some(own) = &self.own else { return };
             let Phase::Prepared { since } = own.phase() else { continue };
             if since + self.overlap > SystemTime::now() {
                 continue;

@@ -261,8 +261,10 @@ impl Client {
     /// UPSERTs the results of many execution requests in one call (Rest.li `ingestProposalBatch`, synchronously,
     /// as DataHub's Python emitter batches them). All or nothing as far as the answer tells: a failure says
     /// nothing about which item failed.
-    pub async fn ingest_results(&self, results: &[(String, Value)]) -> Result<(), Error> {
-        let proposals: Vec<Value> = results.iter().map(|(urn, result)| result_proposal(urn, result)).collect();
+    /// Each result is given as its JSON text (already serialized by the caller, who sized the batch with it).
+    pub async fn ingest_results(&self, results: &[(String, String)]) -> Result<(), Error> {
+        let proposals: Vec<Value> =
+            results.iter().map(|(urn, result)| result_proposal_text(urn, result.clone())).collect();
         let body = json!({"proposals": proposals, "async": "false"});
         self.send("/aspects?action=ingestProposalBatch", &body).await.map(|_| ())
     }
@@ -352,12 +354,17 @@ impl Client {
 
 /// The proposal UPSERTing an execution request's result aspect, addressed by URN.
 fn result_proposal(urn: &str, result: &Value) -> Value {
+    result_proposal_text(urn, result.to_string())
+}
+
+/// The same, for a result already serialized (`aspect.value` carries the aspect as JSON text).
+fn result_proposal_text(urn: &str, result: String) -> Value {
     json!({
         "entityType": "dataHubExecutionRequest",
         "entityUrn": urn,
         "changeType": "UPSERT",
         "aspectName": "dataHubExecutionRequestResult",
-        "aspect": {"value": result.to_string(), "contentType": "application/json"},
+        "aspect": {"value": result, "contentType": "application/json"},
     })
 }
 

@@ -7,9 +7,8 @@
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use futures::stream;
 use outpost_common::ids::TaskId;
-use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::Reporter;
@@ -42,7 +41,7 @@ impl Reporter {
         };
         // Each row with its aspect; a row that cannot go in a batch (its task gone, claimed since, no result)
         // goes alone.
-        let mut items: Vec<(&'a OutboxEntry, Value)> = Vec::with_capacity(rows.len());
+        let mut items: Vec<(&'a OutboxEntry, String)> = Vec::with_capacity(rows.len());
         let mut alone = Vec::new();
         for &row in rows {
             let task = tasks.iter().find(|t| t.request.id == row.task_id);
@@ -57,39 +56,30 @@ impl Reporter {
                 }
             };
             match aspect {
-                Ok(aspect) => items.push((row, aspect)),
+                // Serialized once: its length sizes the batch, its text goes in the call.
+                Ok(aspect) => items.push((row, aspect.to_string())),
                 Err(_) => alone.push(row),
             }
         }
-        let mut outcomes = Vec::with_capacity(rows.len());
-        let mut in_flight = FuturesUnordered::new();
-        let mut batches = chunks(items, self.config.batch_size).into_iter();
-        loop {
-            while in_flight.len() < self.config.concurrency.max(1) {
-                let Some(batch) = batches.next() else { break };
-                in_flight.push(self.send_batch(batch));
-            }
-            match in_flight.next().await {
-                Some(done) => outcomes.extend(done),
-                None => break,
-            }
-        }
+        // Collected first: a lazy map of closures in a stream trips the compiler's Send check of the reporter task.
+        let batches: Vec<_> = chunks(items, self.config.batch_size).into_iter().map(|b| self.send_batch(b)).collect();
+        let sent: Vec<Vec<_>> = stream::iter(batches).buffer_unordered(self.config.concurrency.max(1)).collect().await;
+        let mut outcomes: Vec<_> = sent.into_iter().flatten().collect();
         outcomes.extend(self.one_by_one(&alone).await);
         outcomes
     }
 
     /// Sends one batch under its tasks' locks; on any failure, each row again on its own.
-    async fn send_batch<'a>(&self, batch: Vec<(&'a OutboxEntry, Value)>) -> Vec<(&'a OutboxEntry, Delivery)> {
+    async fn send_batch<'a>(&self, batch: Vec<(&'a OutboxEntry, String)>) -> Vec<(&'a OutboxEntry, Delivery)> {
         let locks: Vec<_> = batch.iter().map(|(row, _)| self.locks.of(&row.task_id)).collect();
         let mut held = Vec::with_capacity(locks.len());
         for lock in locks {
             held.push(lock.lock_owned().await);
         }
-        let results: Vec<(String, Value)> =
-            batch.iter().map(|(row, aspect)| (row.task_id.urn(), aspect.clone())).collect();
+        let (rows, aspects): (Vec<&'a OutboxEntry>, Vec<String>) = batch.into_iter().unzip();
+        let results: Vec<(String, String)> = rows.iter().map(|row| row.task_id.urn()).zip(aspects).collect();
         let sent = self.gms.ingest_results(&results).await;
         drop(held);
-        let rows: Vec<&'a OutboxEntry> = batch.iter().map(|(row, _)| *row).collect();
         match sent {
             Ok(()) => {
                 if rows.iter().any(|r| r.kind == OutboxKind::Terminal) {
@@ -119,29 +109,17 @@ impl Reporter {
 
     /// Delivers rows one by one (each as before batching), concurrently.
     pub(super) async fn one_by_one<'a>(&self, rows: &[&'a OutboxEntry]) -> Vec<(&'a OutboxEntry, Delivery)> {
-        let mut outcomes = Vec::with_capacity(rows.len());
-        let mut in_flight = FuturesUnordered::new();
-        let mut rows = rows.iter();
-        loop {
-            while in_flight.len() < self.config.concurrency.max(1) {
-                let Some(&entry) = rows.next() else { break };
-                in_flight.push(async move { (entry, self.deliver(entry).await) });
-            }
-            match in_flight.next().await {
-                Some(outcome) => outcomes.push(outcome),
-                None => break,
-            }
-        }
-        outcomes
+        let deliveries: Vec<_> = rows.iter().map(|&entry| async move { (entry, self.deliver(entry).await) }).collect();
+        stream::iter(deliveries).buffer_unordered(self.config.concurrency.max(1)).collect().await
     }
 }
 
-/// Splits items into batches of at most `size` items and about [`MAX_BATCH_BYTES`] of aspects.
-fn chunks<T>(items: Vec<(T, Value)>, size: usize) -> Vec<Vec<(T, Value)>> {
-    let mut batches: Vec<Vec<(T, Value)>> = Vec::new();
+/// Splits items into batches of at most `size` items and about [`MAX_BATCH_BYTES`] of aspect text.
+fn chunks<T>(items: Vec<(T, String)>, size: usize) -> Vec<Vec<(T, String)>> {
+    let mut batches: Vec<Vec<(T, String)>> = Vec::new();
     let mut bytes = 0;
     for (item, aspect) in items {
-        let length = aspect.to_string().len();
+        let length = aspect.len();
         let full = batches.last().is_none_or(|b| b.len() >= size.max(1) || bytes + length > MAX_BATCH_BYTES);
         if full {
             batches.push(Vec::new());
@@ -158,14 +136,15 @@ fn chunks<T>(items: Vec<(T, Value)>, size: usize) -> Vec<Vec<(T, Value)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn batches_hold_at_most_their_size_and_bytes() {
-        let small: Vec<(u32, Value)> = (0..7).map(|i| (i, Value::from("x"))).collect();
+        let small: Vec<(u32, String)> = (0..7).map(|i| (i, "\"x\"".to_owned())).collect();
         let sizes: Vec<usize> = chunks(small, 3).iter().map(Vec::len).collect();
         assert_eq!(sizes, [3, 3, 1]);
         let big = "y".repeat(MAX_BATCH_BYTES / 2);
-        let large: Vec<(u32, Value)> = (0..3).map(|i| (i, Value::from(big.clone()))).collect();
+        let large: Vec<(u32, String)> = (0..3).map(|i| (i, Value::from(big.clone()).to_string())).collect();
         let sizes: Vec<usize> = chunks(large, 100).iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 1, 1], "two halves and their quotes are over the byte cap");
     }
