@@ -150,7 +150,7 @@ async fn assigned(received: &mut mpsc::Receiver<AgentCommand>) -> Assignment {
 async fn a_failed_commit_answers_not_durable_and_leaves_nothing_behind() {
     let (_dir, store, scheduler, token) = start().await;
     let (_, mut commands) = agent(&scheduler, "w1", 1).await;
-    store.refuse_attempts(true).await;
+    store.refuse_grants(true).await;
 
     // The submit and its grant share one transaction; the grant fails, so the submit did not happen either.
     let refused = scheduler.submit(task("a")).await;
@@ -159,7 +159,7 @@ async fn a_failed_commit_answers_not_durable_and_leaves_nothing_behind() {
     assert!(commands.try_recv().is_err(), "nothing is announced from a turn that did not commit");
 
     // The agent's credit came back: once the store takes writes again, the retried submit runs on it.
-    store.refuse_attempts(false).await;
+    store.refuse_grants(false).await;
     let (record, created) = scheduler.submit(task("a")).await.unwrap();
     assert!(created);
     assert_eq!(record.state, TaskState::Queued);
@@ -234,10 +234,10 @@ async fn a_failed_turn_fails_only_its_own_changes_and_no_unrelated_agent_is_disc
     let (_, mut w1_commands, w1_kick) = agent_kicked_by(&scheduler, "w1", 1).await;
 
     // The store fails one turn (the grant of a to w1 cannot be written).
-    store.refuse_attempts(true).await;
+    store.refuse_grants(true).await;
     let refused = scheduler.submit(task("a")).await;
     assert!(matches!(&refused, Err(Error::NotDurable(why)) if why.contains("disk full")), "{refused:?}");
-    store.refuse_attempts(false).await;
+    store.refuse_grants(false).await;
 
     // Nobody was disconnected, and both sessions go on: w2's result is recorded, w1 gets the resubmitted task.
     assert!(!w1_kick.is_cancelled() && !w2_kick.is_cancelled());

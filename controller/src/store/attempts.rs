@@ -1,6 +1,7 @@
 //! Attempts: grant (bumps the epoch), start, end, cancel, heartbeats — plain functions over the writer's
 //! transaction. Every change about an attempt is fenced by `WHERE epoch = ?` on the task row, so a stale writer
-//! changes nothing.
+//! changes nothing. The open attempt lives on its task row (`attempt_*` columns); the `attempts` table gets a row
+//! once, when the attempt ends — never an update.
 
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
 use outpost_common::task::{AttemptState, TaskState};
@@ -67,8 +68,9 @@ pub(super) fn start(tx: &Transaction, attempt: &AttemptRef, now_ms: i64, effects
     let epoch = attempt.epoch.0 as i64;
     let changed = execute(
         tx,
-        "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ? WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
-        params![now_ms, attempt.task_id.as_str(), epoch],
+        "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ?, attempt_started_at_ms = COALESCE(attempt_started_at_ms, ?) \
+         WHERE id = ? AND epoch = ? AND state = 'ASSIGNED'",
+        params![now_ms, now_ms, attempt.task_id.as_str(), epoch],
     )?;
     if changed == 0 {
         let task = load(tx, &attempt.task_id)?;
@@ -77,61 +79,73 @@ pub(super) fn start(tx: &Transaction, attempt: &AttemptRef, now_ms: i64, effects
         }
         return Err(Error::fence(&task, Some(attempt.epoch), Refusal::NotHeld { state: task.state }));
     }
-    outbox::running(tx, &attempt.task_id, now_ms, effects)?;
-    execute(
-        tx,
-        "UPDATE attempts SET state = 'RUNNING', started_at_ms = COALESCE(started_at_ms, ?) \
-         WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-        params![now_ms, attempt.task_id.as_str(), epoch],
-    )?;
-    Ok(())
+    outbox::running(tx, &attempt.task_id, now_ms, effects)
+}
+
+/// The columns an ended attempt clears on its task row (no attempt open, no cancel pending).
+macro_rules! close {
+    () => {
+        "attempt_epoch = NULL, attempt_assigned_at_ms = NULL, attempt_started_at_ms = NULL, \
+         attempt_heartbeat_ms = NULL, cancel_requested_at_ms = NULL"
+    };
 }
 
 /// Ends an attempt and moves its task on (back to the queue, or to a terminal state with its result), fenced by
 /// the task's epoch: nothing changes unless the task is still held at `task_epoch`.
 pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
     let (id, epoch) = (end.task_id.as_str(), end.task_epoch.0 as i64);
-    let changed = match &end.change {
-        TaskChange::Requeue { not_before_ms } => execute(
-            tx,
-            "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ? \
-             WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-            params![not_before_ms, now_ms, id, epoch],
-        )?,
-        TaskChange::Finish { state, result } => {
-            // The outbox row (reporting on) is added first; a refused fence below rolls the whole turn back.
-            let reported_at = outbox::terminal_recorded(tx, &end.task_id, result.start_time_ms, now_ms, effects)?;
-            execute(
-                tx,
-                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
-                 duration_ms = ?, finished_at_ms = ?, cancel_requested_at_ms = NULL, updated_at_ms = ?, \
-                 reported_at_ms = COALESCE(?, reported_at_ms) \
-                 WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-                params![
-                    state.as_str(),
-                    result.exit_code,
-                    result.report,
-                    result.structured_report,
-                    result.start_time_ms,
-                    result.duration_ms,
-                    now_ms,
-                    now_ms,
-                    reported_at,
-                    id,
-                    epoch
-                ],
-            )?
+    let reported_at = match &end.change {
+        // The outbox row (reporting on) is added first; a refused fence below rolls the whole turn back.
+        TaskChange::Finish { result, .. } => {
+            outbox::terminal_recorded(tx, &end.task_id, result.start_time_ms, now_ms, effects)?
         }
+        TaskChange::Requeue { .. } => None,
     };
-    if changed == 0 {
+    // The ended attempt, from the task row as it stands (fenced by the task's epoch and the attempt's).
+    let ended = execute(
+        tx,
+        "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms, started_at_ms, ended_at_ms, \
+         reason, last_heartbeat_ms) \
+         SELECT id, attempts, attempt_epoch, worker_id, ?, attempt_assigned_at_ms, attempt_started_at_ms, ?, ?, \
+         attempt_heartbeat_ms FROM tasks \
+         WHERE id = ? AND epoch = ? AND attempt_epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
+        params![end.attempt_state.as_str(), now_ms, end.reason, id, epoch, end.attempt_epoch.0 as i64],
+    )?;
+    if ended == 0 {
         let task = load(tx, &end.task_id)?;
         return Err(Error::fence(&task, Some(end.task_epoch), Refusal::NotHeld { state: task.state }));
     }
-    execute(
-        tx,
-        "UPDATE attempts SET state = ?, ended_at_ms = ?, reason = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
-        params![end.attempt_state.as_str(), now_ms, end.reason, id, end.attempt_epoch.0 as i64],
-    )?;
+    let changed = match &end.change {
+        TaskChange::Requeue { not_before_ms } => execute(
+            tx,
+            concat!("UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, updated_at_ms = ?, ", close!(), " WHERE id = ?"),
+            params![not_before_ms, now_ms, id],
+        )?,
+        TaskChange::Finish { state, result } => execute(
+            tx,
+            concat!(
+                "UPDATE tasks SET state = ?, exit_code = ?, report = ?, structured_report = ?, start_time_ms = ?, \
+                 duration_ms = ?, finished_at_ms = ?, updated_at_ms = ?, reported_at_ms = COALESCE(?, reported_at_ms), ",
+                close!(),
+                " WHERE id = ?"
+            ),
+            params![
+                state.as_str(),
+                result.exit_code,
+                result.report,
+                result.structured_report,
+                result.start_time_ms,
+                result.duration_ms,
+                now_ms,
+                now_ms,
+                reported_at,
+                id
+            ],
+        )?,
+    };
+    if changed != 1 {
+        return Err(Error::Corrupt(format!("task {id} changed {changed} rows at the end of its attempt")));
+    }
     Ok(())
 }
 
@@ -141,18 +155,13 @@ pub(super) fn grant(tx: &Transaction<'_>, id: &TaskId, worker: &WorkerId, now_ms
     let mut statement = tx
         .prepare_cached(
             "UPDATE tasks SET state = 'ASSIGNED', epoch = epoch + 1, attempts = attempts + 1, worker_id = ?, \
-             updated_at_ms = ? WHERE id = ? AND state = 'QUEUED' RETURNING *",
+             updated_at_ms = ?, attempt_epoch = epoch + 1, attempt_assigned_at_ms = ?, attempt_started_at_ms = NULL, \
+             attempt_heartbeat_ms = NULL WHERE id = ? AND state = 'QUEUED' RETURNING *",
         )
         .map_err(writer_error)?;
-    let mut rows = statement.query(params![worker.as_str(), now_ms, id.as_str()]).map_err(writer_error)?;
+    let mut rows = statement.query(params![worker.as_str(), now_ms, now_ms, id.as_str()]).map_err(writer_error)?;
     let Some(row) = rows.next().map_err(writer_error)? else { return Ok(None) };
     let task = TaskRecord::from_columns(row)?;
-    drop(rows);
-    execute(
-        tx,
-        "INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms) VALUES (?, ?, ?, ?, 'ASSIGNED', ?)",
-        params![id.as_str(), task.attempts as i64, task.epoch.0 as i64, worker.as_str(), now_ms],
-    )?;
     Ok(Some(Grant { attempt_number: task.attempts, task }))
 }
 
@@ -175,7 +184,7 @@ pub(super) fn request_cancel(tx: &Transaction<'_>, id: &TaskId, epoch: Epoch, no
 pub(super) fn heartbeats(tx: &Transaction<'_>, beats: &[(AttemptRef, i64)]) -> Result<(), Error> {
     let mut statement = tx
         .prepare_cached(
-            "UPDATE attempts SET last_heartbeat_ms = ? WHERE task_id = ? AND epoch = ? AND ended_at_ms IS NULL",
+            "UPDATE tasks SET attempt_heartbeat_ms = ? WHERE id = ? AND attempt_epoch = ?",
         )
         .map_err(writer_error)?;
     for (attempt, at_ms) in beats {

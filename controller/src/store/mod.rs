@@ -122,14 +122,15 @@ impl Store {
         self.writer.run(|_| ()).await
     }
 
-    /// Test-only: makes every new attempt row fail to insert (`on = true`) or lets them in again, so a grant — and
-    /// the whole transaction it is part of — fails the way a full disk would.
+    /// Test-only: makes every grant fail to write (`on = true`) or lets them through again, so a grant — and the
+    /// whole transaction it is part of — fails the way a full disk would.
     #[cfg(test)]
-    pub async fn refuse_attempts(&self, on: bool) {
+    pub async fn refuse_grants(&self, on: bool) {
         let sql = if on {
-            "CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            "CREATE TRIGGER refuse_grants BEFORE UPDATE OF state ON tasks \
+             WHEN OLD.state = 'QUEUED' AND NEW.state = 'ASSIGNED' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         } else {
-            "DROP TRIGGER refuse_attempts"
+            "DROP TRIGGER refuse_grants"
         };
         self.writer.run(move |connection| connection.execute_batch(sql).unwrap()).await.unwrap();
     }

@@ -228,8 +228,8 @@ impl Store {
     /// ones a progress report may go to.
     pub async fn progress_candidates(&self) -> Result<Vec<ProgressCandidate>, Error> {
         let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT t.id, t.epoch, a.started_at_ms FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.epoch = t.epoch \
-             WHERE t.state = 'RUNNING' AND t.cancel_requested_at_ms IS NULL \
+            "SELECT t.id, t.epoch, t.attempt_started_at_ms FROM tasks t \
+             WHERE t.state = 'RUNNING' AND t.cancel_requested_at_ms IS NULL AND t.attempt_epoch = t.epoch \
              AND NOT EXISTS (SELECT 1 FROM gms_outbox o WHERE o.task_id = t.id)",
         )
         .fetch_all(&self.reads)

@@ -270,7 +270,6 @@ impl Store {
         task_records(&rows)
     }
 
-    /// One task and its attempts (oldest first), or `None`.
     /// The task rows of `ids` (unknown ids left out), in one read.
     pub async fn task_rows(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, Error> {
         if ids.is_empty() {
@@ -284,12 +283,18 @@ impl Store {
         task_records(&rows)
     }
 
+    /// One task and its attempts (oldest first; the open one, if any, from the task row), or `None`.
     pub async fn task(&self, id: &TaskId) -> Result<Option<(TaskRecord, Vec<AttemptRecord>)>, Error> {
         let row = sqlx::query(TASK_BY_ID).bind(id.as_str()).fetch_optional(&self.reads).await?;
         let Some(row) = row else { return Ok(None) };
         let attempts: Vec<AttemptRow> = sqlx::query_as(
             "SELECT number, epoch, worker_id, state, assigned_at_ms, started_at_ms, ended_at_ms, reason, last_heartbeat_ms \
-             FROM attempts WHERE task_id = ? ORDER BY number",
+             FROM attempts WHERE task_id = ?1 \
+             UNION ALL \
+             SELECT attempts, attempt_epoch, worker_id, \
+             CASE WHEN attempt_started_at_ms IS NULL THEN 'ASSIGNED' ELSE 'RUNNING' END, attempt_assigned_at_ms, \
+             attempt_started_at_ms, NULL, NULL, attempt_heartbeat_ms FROM tasks WHERE id = ?1 AND attempt_epoch IS NOT NULL \
+             ORDER BY number",
         )
         .bind(id.as_str())
         .fetch_all(&self.reads)

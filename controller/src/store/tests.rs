@@ -529,7 +529,7 @@ async fn an_audit_row_stands_or_falls_with_the_change_it_records() {
 /// (issue "cost per task" aims at four with reporting off); one commit per turn.
 #[tokio::test]
 async fn statements_per_task_from_the_grant_through_the_result() {
-    for (reporting, expected) in [(false, (1, 6)), (true, (1, 8))] {
+    for (reporting, expected) in [(false, (1, 4)), (true, (1, 6))] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db"), reporting).await.unwrap();
         let before = store.write_counts();
@@ -544,4 +544,75 @@ async fn statements_per_task_from_the_grant_through_the_result() {
         assert_eq!(counted, expected, "reporting {reporting}: (submit, grant through result)");
         assert_eq!(after.1 - before.1, 4, "one commit per turn");
     }
+}
+
+/// A database from before the open attempt moved onto its task row: the open attempt (and its heartbeat) is
+/// moved, ended attempts stay, and the moved attempt ends as any other.
+#[tokio::test]
+async fn the_open_attempt_of_an_older_database_moves_onto_its_task_row() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+    let mut old = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    MIGRATOR.run_to(13, &mut old).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO tasks (id, task_name, pool, args_json, source_type, requested_at_ms, state, epoch, attempts, \
+         worker_id, created_at_ms, updated_at_ms) VALUES ('a', 'RUN_INGEST', 'default', '{}', 'MANUAL', 1, \
+         'RUNNING', 2, 2, 'w2', 1, 5); \
+         INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms, started_at_ms, ended_at_ms, \
+         reason) VALUES ('a', 1, 1, 'w1', 'LOST', 2, 3, 4, 'lease expired'); \
+         INSERT INTO attempts (task_id, number, epoch, worker_id, state, assigned_at_ms, started_at_ms, \
+         last_heartbeat_ms) VALUES ('a', 2, 2, 'w2', 'RUNNING', 5, 6, 7);",
+    )
+    .execute(&mut old)
+    .await
+    .unwrap();
+    old.close().await.unwrap();
+
+    let store = Store::open(&path, false).await.unwrap();
+    let (_, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    let open = AttemptRecord {
+        number: 2,
+        epoch: Epoch(2),
+        worker_id: worker("w2"),
+        state: AttemptState::Running,
+        assigned_at_ms: 5,
+        started_at_ms: Some(6),
+        ended_at_ms: None,
+        reason: None,
+        last_heartbeat_ms: Some(7),
+    };
+    assert_eq!(attempts.len(), 2);
+    assert_eq!((attempts[0].number, attempts[0].state, attempts[0].ended_at_ms), (1, AttemptState::Lost, Some(4)));
+    assert_eq!(attempts[1], open);
+    store.write(Change::End(finish("a", 2, TaskState::Succeeded, AttemptState::Succeeded, "ok")), 9).await.unwrap();
+    let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Succeeded);
+    let ended = AttemptRecord { state: AttemptState::Succeeded, ended_at_ms: Some(9), reason: Some("SUCCEEDED".into()), ..open };
+    assert_eq!(attempts[1], ended);
+    assert_eq!(attempts.len(), 2);
+}
+
+/// The open attempt is read from its task row: ASSIGNED until started, then RUNNING with its heartbeat; a stale
+/// end (the wrong attempt epoch) is refused and changes nothing.
+#[tokio::test]
+async fn the_open_attempt_reads_as_assigned_then_running_and_a_stale_end_is_refused() {
+    let (_dir, store) = open().await;
+    granted(&store, "a", "w1").await;
+    let (_, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!((attempts.len(), attempts[0].state, attempts[0].started_at_ms), (1, AttemptState::Assigned, None));
+    store.write(Change::Start(attempt("a", 1)), 3).await.unwrap();
+    store.write(Change::Heartbeats(vec![(attempt("a", 1), 4), (attempt("a", 0), 99)]), 4).await.unwrap();
+    let (_, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!(
+        (attempts[0].state, attempts[0].started_at_ms, attempts[0].last_heartbeat_ms),
+        (AttemptState::Running, Some(3), Some(4))
+    );
+    let mut stale = finish("a", 1, TaskState::Failed, AttemptState::Failed, "no");
+    stale.attempt_epoch = Epoch(0);
+    let refused = store.write(Change::End(stale), 5).await.unwrap_err();
+    assert!(matches!(refused, Error::Refused(_)), "{refused:?}");
+    let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
+    assert_eq!((task.state, attempts.len(), attempts[0].state), (TaskState::Running, 1, AttemptState::Running));
 }
