@@ -29,6 +29,9 @@ struct Inner {
     venv_build_seconds: Counter<f64, AtomicU64>,
     venv_bytes: Gauge,
     venv_budget: Gauge,
+    connection_failures: Counter,
+    tls_reloads: Family<Labels, Counter>,
+    attempts_disowned: Counter,
 }
 
 impl Default for Metrics {
@@ -44,6 +47,9 @@ impl Default for Metrics {
             venv_build_seconds: Counter::default(),
             venv_bytes: Gauge::default(),
             venv_budget: Gauge::default(),
+            connection_failures: Counter::default(),
+            tls_reloads: Family::default(),
+            attempts_disowned: Counter::default(),
         };
         registry.register("outpost_agent_slots", "Task slots of this agent, used and total", inner.slots.clone());
         registry.register("outpost_agent_runs", "Runs finished, by outcome", inner.runs.clone());
@@ -73,6 +79,25 @@ impl Default for Metrics {
             "The venvs' disk budget (--venv-max-bytes; 0 = none)",
             inner.venv_budget.clone(),
         );
+        registry.register(
+            "outpost_agent_connection_failures",
+            "Sessions with the controller that failed to open or were lost (each is followed by a reconnect)",
+            inner.connection_failures.clone(),
+        );
+        registry.register(
+            "outpost_agent_tls_reloads",
+            "Changed certificate files seen before a connection, by outcome (loaded, or failed: the last good \
+             ones stay in use)",
+            inner.tls_reloads.clone(),
+        );
+        registry.register(
+            "outpost_agent_attempts_disowned",
+            "Attempts the controller said were no longer this agent's (reassigned or refused), stopped",
+            inner.attempts_disowned.clone(),
+        );
+        for outcome in ["loaded", "failed"] {
+            let _ = inner.tls_reloads.get_or_create(&labels(&[("outcome", outcome)]));
+        }
         for state in ["used", "total"] {
             let _ = inner.slots.get_or_create(&labels(&[("state", state)]));
         }
@@ -108,6 +133,19 @@ impl Metrics {
 
     pub fn run_ended(&self, status: ResultStatus) {
         self.inner.runs.get_or_create(&labels(&[("outcome", status.as_str())])).inc();
+    }
+
+    pub fn connection_failed(&self) {
+        self.inner.connection_failures.inc();
+    }
+
+    /// Changed certificate files were loaded (`true`) or could not be (the last good ones stay).
+    pub fn tls_reloaded(&self, loaded: bool) {
+        self.inner.tls_reloads.get_or_create(&labels(&[("outcome", if loaded { "loaded" } else { "failed" })])).inc();
+    }
+
+    pub fn attempt_disowned(&self) {
+        self.inner.attempts_disowned.inc();
     }
 
     pub fn venv_cache(&self, hit: bool) {

@@ -198,9 +198,15 @@ pub async fn run(
         agent.metrics.set_connected(false);
         match ended {
             Ok(End::Done) => return Ok(()),
-            Ok(End::Lost(reason)) => warn!(reason = %reason, "connection to the controller lost"),
+            Ok(End::Lost(reason)) => {
+                agent.metrics.connection_failed();
+                warn!(reason = %reason, "connection to the controller lost")
+            }
             Err(e) if e.is_permanent() => return Err(e),
-            Err(e) => warn!(error = %e, "connection to the controller failed"),
+            Err(e) => {
+                agent.metrics.connection_failed();
+                warn!(error = %e, "connection to the controller failed")
+            }
         }
         if connected_at.elapsed() > agent.config.timings.reconnect_max {
             backoff.reset();
@@ -331,11 +337,15 @@ impl Agent {
         match self.config.tls_files.load() {
             Ok(tls) => {
                 if tls.cert != self.tls.cert {
+                    self.metrics.tls_reloaded(true);
                     info!(cert = %self.config.tls_files.cert.display(), "certificate files changed: using the new ones");
                 }
                 self.tls = tls;
             }
-            Err(e) => warn!(error = %e, "cannot read the certificate files; using the last good ones"),
+            Err(e) => {
+                self.metrics.tls_reloaded(false);
+                warn!(error = %e, "cannot read the certificate files; using the last good ones")
+            }
         }
     }
 
@@ -370,6 +380,7 @@ impl Agent {
         for attempt in welcome.cancel {
             let attempt = attempt_from_pb(Some(attempt))?;
             warn!(attempt = %attempt, "the controller no longer holds this attempt for us; stopping it");
+            self.metrics.attempt_disowned();
             self.runner.stop(&attempt, StopReason::Cancelled);
             self.pending.remove(&attempt.task_id);
         }
@@ -515,6 +526,7 @@ impl Agent {
             In::Refused(refused) => {
                 let attempt = attempt_from_pb(refused.attempt)?;
                 warn!(attempt = %attempt, code = refused.code, message = %refused.message, "the controller refused a message");
+                self.metrics.attempt_disowned();
                 // A refused attempt is no longer ours: stop it and forget its result.
                 self.runner.stop(&attempt, StopReason::Cancelled);
                 if self.pending.get(&attempt.task_id).is_some_and(|(a, _)| *a == attempt) {

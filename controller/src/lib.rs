@@ -65,7 +65,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let trust = config.trust.resolve(&config.db, &config.grpc.trust_domain)?;
-    let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?);
+    let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?.counted(metrics.clone(), "grpc"));
     metrics.watch_controller_certificate(trust.files.cert.clone());
     let gms_client = config.gms.client()?;
     if let Some(client) = &gms_client
@@ -192,10 +192,13 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         config.enroll.agent_cert_ttl,
     );
     let join_tls = match config.enroll.join_listen {
-        Some(_) => Some(Arc::new(grpc::tls::Reloading::load_with(
-            trust.files.clone(),
-            outpost_common::tls::TlsMaterial::rustls_join_server_config,
-        )?)),
+        Some(_) => Some(Arc::new(
+            grpc::tls::Reloading::load_with(
+                trust.files.clone(),
+                outpost_common::tls::TlsMaterial::rustls_join_server_config,
+            )?
+            .counted(metrics.clone(), "join"),
+        )),
         None => None,
     };
     // A CA rotation step changes the files: both listeners read them again at once.

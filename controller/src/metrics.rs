@@ -61,6 +61,45 @@ pub enum ForeignOutcome {
     Quarantined,
 }
 
+/// What the SQS intake did with a message it received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqsMessageOutcome {
+    /// A new task, taken in; the message is held until its result is in GMS.
+    Taken,
+    /// A re-delivery of a task already known and not yet reported: its new receipt handle is held instead.
+    Adopted,
+    /// Done with at once (a re-delivery of a reported task, a KILL signal).
+    Deleted,
+    /// Not for this controller (another pool, another controller's claim): visible again later.
+    GivenBack,
+    /// Unusable: quarantined (and copied to the dead-letter queue if one is set).
+    Quarantined,
+    /// Could not be handled now: it comes back after its visibility timeout.
+    Left,
+}
+
+impl SqsMessageOutcome {
+    pub const ALL: [SqsMessageOutcome; 6] = [
+        SqsMessageOutcome::Taken,
+        SqsMessageOutcome::Adopted,
+        SqsMessageOutcome::Deleted,
+        SqsMessageOutcome::GivenBack,
+        SqsMessageOutcome::Quarantined,
+        SqsMessageOutcome::Left,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SqsMessageOutcome::Taken => "taken",
+            SqsMessageOutcome::Adopted => "adopted",
+            SqsMessageOutcome::Deleted => "deleted",
+            SqsMessageOutcome::GivenBack => "given_back",
+            SqsMessageOutcome::Quarantined => "quarantined",
+            SqsMessageOutcome::Left => "left",
+        }
+    }
+}
+
 /// The Celery tasks of DataHub Cloud's own executor that the bridge recognises.
 pub const FOREIGN_TASKS: [&str; 2] = ["assertion_request", "monitor_training_request"];
 
@@ -121,6 +160,10 @@ struct Inner {
     aborted: Counter,
     connected_agents: Gauge,
     sqs_calls: Family<Labels, Counter>,
+    sqs_messages: Family<Labels, Counter>,
+    sqs_idle_polls: Family<Labels, Counter>,
+    leases_reclaimed: Counter,
+    tls_reloads: Family<Labels, Counter>,
     gms_writes: Family<Labels, Counter>,
     foreign_work: Family<Labels, Counter>,
     channel_last_success: Family<Labels, Gauge>,
@@ -156,6 +199,10 @@ impl Default for Metrics {
             aborted: Counter::default(),
             connected_agents: Gauge::default(),
             sqs_calls: Family::default(),
+            sqs_messages: Family::default(),
+            sqs_idle_polls: Family::default(),
+            leases_reclaimed: Counter::default(),
+            tls_reloads: Family::default(),
             gms_writes: Family::default(),
             foreign_work: Family::default(),
             channel_last_success: Family::default(),
@@ -193,6 +240,28 @@ impl Default for Metrics {
         registry.register("outpost_aborted", "Tasks ABORTED after exhausting their attempts", inner.aborted.clone());
         registry.register("outpost_connected_agents", "Agents with an open session", inner.connected_agents.clone());
         registry.register("outpost_sqs_calls", "SQS API calls, by call", inner.sqs_calls.clone());
+        registry.register(
+            "outpost_sqs_messages",
+            "SQS messages received, by pool and what became of them (taken, adopted, deleted, given_back, \
+             quarantined, left)",
+            inner.sqs_messages.clone(),
+        );
+        registry.register(
+            "outpost_sqs_idle_polls",
+            "Times a pool's SQS intake did not receive because no agent slot was free for it",
+            inner.sqs_idle_polls.clone(),
+        );
+        registry.register(
+            "outpost_leases_reclaimed",
+            "Attempts an agent still held when it connected (after a controller restart or a reconnect), kept running",
+            inner.leases_reclaimed.clone(),
+        );
+        registry.register(
+            "outpost_tls_reloads",
+            "Changed TLS files seen by a listener (grpc, join), by outcome (loaded, or failed: the previous \
+             certificate stays in use)",
+            inner.tls_reloads.clone(),
+        );
         registry.register(
             "outpost_channel_last_success_timestamp_seconds",
             "When a pool's channel (sqs, cloud_credentials, gms) last had a call succeed (Unix seconds)",
@@ -259,6 +328,11 @@ impl Default for Metrics {
         for call in SQS_CALLS {
             let _ = inner.sqs_calls.get_or_create(&labels(&[("call", call)]));
         }
+        for listener in ["grpc", "join"] {
+            for outcome in ["loaded", "failed"] {
+                let _ = inner.tls_reloads.get_or_create(&labels(&[("listener", listener), ("outcome", outcome)]));
+            }
+        }
         for kind in GMS_KINDS {
             for outcome in GmsOutcome::ALL {
                 let _ = inner.gms_writes.get_or_create(&labels(&[("kind", kind), ("outcome", outcome.label())]));
@@ -315,6 +389,33 @@ impl Metrics {
         if let Some(call) = SQS_CALLS.iter().find(|c| **c == call) {
             self.inner.sqs_calls.get_or_create(&labels(&[("call", call)])).inc();
         }
+    }
+
+    /// A message received from `pool`'s queue, and what became of it. The first one of a pool shows every
+    /// outcome (0 where none).
+    pub fn sqs_message(&self, pool: &str, outcome: SqsMessageOutcome) {
+        for each in SqsMessageOutcome::ALL {
+            let counter = self.inner.sqs_messages.get_or_create(&labels(&[("pool", pool), ("outcome", each.label())]));
+            if each == outcome {
+                counter.inc();
+            }
+        }
+    }
+
+    /// `pool`'s SQS intake skipped a receive: no agent slot was free for it.
+    pub fn sqs_idle_poll(&self, pool: &str) {
+        self.inner.sqs_idle_polls.get_or_create(&labels(&[("pool", pool)])).inc();
+    }
+
+    /// An agent connected still holding `n` attempts, kept running.
+    pub fn leases_reclaimed(&self, n: usize) {
+        self.inner.leases_reclaimed.inc_by(n as u64);
+    }
+
+    /// `listener` (grpc or join) saw changed TLS files and loaded them (`loaded`) or kept the previous ones.
+    pub fn tls_reloaded(&self, listener: &'static str, loaded: bool) {
+        let outcome = if loaded { "loaded" } else { "failed" };
+        self.inner.tls_reloads.get_or_create(&labels(&[("listener", listener), ("outcome", outcome)])).inc();
     }
 
     fn counts(

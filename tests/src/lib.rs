@@ -22,6 +22,7 @@ mod ops;
 mod processes;
 mod prometheus;
 mod proxy;
+mod recorder;
 
 pub use api::*;
 pub use ghost::*;
@@ -32,6 +33,7 @@ pub use ops::*;
 pub use processes::*;
 pub use prometheus::Prometheus;
 pub use proxy::Proxy;
+pub use recorder::{SqsCall, SqsRecorder};
 
 /// The programs under test.
 #[derive(Clone, Debug)]

@@ -191,4 +191,13 @@ pub mod messages {
     pub fn plain(id: &str, input: &Value) -> String {
         json!({"executionRequestUrn": format!("urn:li:dataHubExecutionRequest:{id}"), "input": input}).to_string()
     }
+
+    /// The execution request id a message body of one of the shapes above is about.
+    pub fn request_id(body: &str) -> Option<String> {
+        let message: Value = serde_json::from_str(body).ok()?;
+        let urn = [&message["entityUrn"], &message["executionRequestUrn"], &message["headers"]["id"]]
+            .into_iter()
+            .find_map(Value::as_str)?;
+        urn.strip_prefix("urn:li:dataHubExecutionRequest:").map(str::to_owned)
+    }
 }

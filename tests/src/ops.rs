@@ -42,6 +42,12 @@ pub fn metric(samples: &[serde_json::Value], name: &str, labels: &[(&str, &str)]
         .and_then(|s| s["value"].as_f64())
 }
 
+/// The value of the sample `name` with `labels` in a scrape of `/metrics` at `addr` now (0 when absent).
+pub async fn scraped(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = http_get(&format!("http://{addr}/metrics")).await;
+    metric(&parse_metrics(&text), name, labels).unwrap_or(0.0)
+}
+
 /// Venv builds an agent made, whatever their outcome (its `outpost_agent_venv_builds_total` at `metrics_addr`).
 pub async fn agent_venv_builds(metrics_addr: &str) -> usize {
     let (_, text) = http_get(&format!("http://{metrics_addr}/metrics")).await;

@@ -230,26 +230,36 @@ async fn an_agent_picks_up_rotated_certificate_files_without_a_restart() {
     let other = cluster.other_ca(&[&["agent", "--worker-id", "w-rot"]]);
     std::fs::copy(other.path().join("agent-w-rot.pem"), &cert).unwrap();
     std::fs::copy(other.path().join("agent-w-rot.key"), &key).unwrap();
-    let agent = cluster.agent(&controller, "w-rot", "default", 1, &[]);
-    wait_until("the agent's refused connection attempts", Duration::from_secs(30), || {
-        let log = agent.log();
-        async move { (log.matches("connection to the controller failed").count() >= 2).then_some(()) }
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _agent = cluster.agent(&controller, "w-rot", "default", 1, &["--metrics-listen", &metrics]);
+    let failures = || scraped(&metrics, "outpost_agent_connection_failures_total", &[]);
+    wait_until("the agent's refused connection attempts", Duration::from_secs(30), || async {
+        (failures().await >= 2.0).then_some(())
     })
     .await;
     // Rotation: the right certificate is written to the same files; the running agent uses it on its next try.
     std::fs::write(&key, good_key).unwrap();
     std::fs::write(&cert, good_cert).unwrap();
     wait_workers(&admin, 1).await;
-    // The same process: it failed with the old files, then switched to the new ones.
-    let log = agent.log();
-    let switched = log.find("certificate files changed: using the new ones").expect("the switch is logged");
-    assert!(log[..switched].contains("connection to the controller failed"), "{log}");
+    // The same process: it failed with the old files, then switched to the new ones once.
+    let reloads = |outcome: &'static str| {
+        let metrics = &metrics;
+        async move { scraped(metrics, "outpost_agent_tls_reloads_total", &[("outcome", outcome)]).await }
+    };
+    assert_eq!((reloads("loaded").await, reloads("failed").await), (1.0, 0.0));
+    assert!(failures().await >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_picks_up_rotated_certificate_files_without_a_restart() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &["--tls-reload-interval", "200ms"]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let controller =
+        cluster.controller("outpost.db", &["--tls-reload-interval", "200ms", "--metrics-listen", &metrics]).await;
+    let reloads = |outcome: &'static str| {
+        let metrics = &metrics;
+        async move { scraped(metrics, "outpost_tls_reloads_total", &[("listener", "grpc"), ("outcome", outcome)]).await }
+    };
     let old_admin = cluster.admin_tls();
     // Rotation to a new CA: the controller's key, certificate and CA files are replaced in place.
     let other = cluster.other_ca(&[&["admin", "--name", "ops", "--role", "admin"]]);
@@ -275,13 +285,12 @@ async fn the_controller_picks_up_rotated_certificate_files_without_a_restart() {
         tls_verdict(controller.addr, &new_admin.ca, Some((&old_admin.cert, &old_admin.key))).await,
         "received fatal alert: DecryptError"
     );
-    assert!(controller.proc.log().contains("TLS files changed: new connections use the new certificate"));
+    assert_eq!((reloads("loaded").await, reloads("failed").await), (1.0, 0.0));
 
     // A rotation gone wrong (an unreadable certificate) keeps the last good one in use.
     std::fs::write(cluster.certs.join("controller.pem"), "not a certificate").unwrap();
-    wait_until("the broken files to be noticed", Duration::from_secs(30), || {
-        let log = controller.proc.log();
-        async move { log.contains("TLS files changed but cannot be used; keeping the previous certificate").then_some(()) }
+    wait_until("the broken files to be noticed", Duration::from_secs(30), || async {
+        (reloads("failed").await >= 1.0).then_some(())
     })
     .await;
     let channel = channel(&controller.url(), &new_admin).await.unwrap();

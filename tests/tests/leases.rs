@@ -58,7 +58,8 @@ async fn a_paused_agents_late_result_is_refused_and_the_rerun_is_recorded() {
     let cluster = Cluster::new(bins!());
     let controller = controller(&cluster, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let paused = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let paused_metrics = format!("127.0.0.1:{}", free_port());
+    let paused = cluster.agent(&controller, "w-1", "default", 1, &["--metrics-listen", &paused_metrics]);
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("paused");
     submit(&mut admin, "paused", run.recipe()).await;
@@ -79,13 +80,8 @@ async fn a_paused_agents_late_result_is_refused_and_the_rerun_is_recorded() {
 
     // Once it wakes up, the paused agent is told its attempt is no longer its own; nothing it says changes the
     // task.
-    wait_until("the woken agent to hear its attempt is gone", Duration::from_secs(30), || {
-        let log = paused.log();
-        async move {
-            (log.contains("the controller no longer holds this attempt for us")
-                || log.contains("the controller refused a message"))
-            .then_some(())
-        }
+    wait_until("the woken agent to hear its attempt is gone", Duration::from_secs(30), || async {
+        (scraped(&paused_metrics, "outpost_agent_attempts_disowned_total", &[]).await >= 1.0).then_some(())
     })
     .await;
     let after = get(&mut admin, "paused").await;
@@ -107,7 +103,9 @@ async fn a_controller_killed_mid_run_loses_nothing() {
     run.wait_started(1).await;
 
     first.proc.kill();
-    let controller = controller(&cluster, &[("--lease-ttl", "10s"), ("--listen", &port)]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let controller =
+        controller(&cluster, &[("--lease-ttl", "10s"), ("--listen", &port), ("--metrics-listen", &metrics)]).await;
     let admin = cluster.admin(&controller).await;
     wait_workers(&admin, 1).await;
     run.release();
@@ -117,7 +115,7 @@ async fn a_controller_killed_mid_run_loses_nothing() {
     let queued = wait_terminal(&admin, "queued-across-crash").await;
     assert_eq!(queued.state, pb::TaskState::Succeeded as i32);
     assert_eq!(queued.attempts, 1);
-    assert!(controller.proc.log().contains("reclaimed=1"), "{}", controller.proc.log());
+    assert_eq!(scraped(&metrics, "outpost_leases_reclaimed_total", &[]).await, 1.0, "the running attempt was kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

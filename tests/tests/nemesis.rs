@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use outpost_common::pb;
-use outpost_integration_tests::history::{self, Delete, History, Recorded, ResultWrite};
+use outpost_integration_tests::history::{self, History, Recorded, ResultWrite};
 use outpost_integration_tests::*;
 
 const CRASH_POINTS: [&str; 5] = [
@@ -24,28 +24,6 @@ const TOKEN: &str = "nemesis-gms-token-do-not-log";
 
 fn seed(default: u64) -> u64 {
     std::env::var("NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-/// `<rfc3339> LEVEL ... tasks=a,b ... "sqs delete: sending"` lines of every controller log of the run.
-fn deletes(cluster: &Cluster) -> Vec<Delete> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(cluster.path("")).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("controller-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
-            if !line.contains("sqs delete: sending") {
-                continue;
-            }
-            let Some(stamp) = line.split_whitespace().next() else { continue };
-            let Ok(at) = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')) else { continue };
-            let at_ms = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-            let Some(tasks) = line.split_whitespace().find_map(|w| w.strip_prefix("tasks=")) else { continue };
-            found.extend(tasks.split(',').map(|task| Delete { task: task.to_owned(), at_ms }));
-        }
-    }
-    found
 }
 
 async fn result_writes(gms: &Gms) -> Vec<ResultWrite> {
@@ -84,7 +62,9 @@ async fn nemesis(seed: u64) {
     gms.serve_version("v1.2.0").await; // conditional writes: every request is claimed at GMS
     let queue = moto.queue(&format!("nemesis-{seed}")).await;
     // The controller reaches GMS and SQS through fault proxies too.
-    let (gms_proxy, sqs_proxy) = (Proxy::before(&gms.base).await, Proxy::before(&moto.endpoint).await);
+    // SQS calls are recorded behind the fault proxy: the deletes that reached SQS, and when.
+    let sqs_calls = SqsRecorder::before(&moto.endpoint).await;
+    let (gms_proxy, sqs_proxy) = (Proxy::before(&gms.base).await, Proxy::before(&sqs_calls.http_url()).await);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut owned = moto.bridge_flags("default", &queue, "3s");
     let endpoint = owned.iter().position(|f| f == "--sqs-endpoint").unwrap() + 1;
@@ -252,11 +232,11 @@ async fn nemesis(seed: u64) {
             attempts: task.attempt_history.iter().map(|a| (a.epoch, a.state.clone())).collect(),
         });
     }
-    let history =
-        History { sent: ids.clone(), writes: result_writes(&gms).await, deletes: deletes(&cluster), recorded };
-    // The log lines are read: every SQS request's message was deleted through the keeper, after its result.
+    let deletes = sqs_calls.deletes(messages::request_id);
+    let history = History { sent: ids.clone(), writes: result_writes(&gms).await, deletes, recorded };
+    // Every SQS request's message was deleted through the keeper, after its result.
     for id in &sqs_ids {
-        assert!(history.deletes.iter().any(|d| d.task == *id), "seed {seed}: no delete of {id} found in the logs");
+        assert!(history.deletes.iter().any(|d| d.task == *id), "seed {seed}: no delete of {id} reached SQS");
     }
     let violations = history::check(&history);
     assert!(violations.is_empty(), "seed {seed} (replay: NEMESIS_SEED={seed}), faults {faults:?}: {violations:#?}");
@@ -284,7 +264,10 @@ async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
     let id = "early-delete";
     let run = cluster.held_run(id);
     moto.send(&queue, &messages::mcl_input(id, &messages::input(&run.recipe(), "default"))).await;
+    let sqs_calls = SqsRecorder::before(&moto.endpoint).await;
     let mut owned = moto.bridge_flags("default", &queue, "3s");
+    let endpoint = owned.iter().position(|f| f == "--sqs-endpoint").unwrap() + 1;
+    owned[endpoint] = sqs_calls.http_url();
     owned.extend(["--gms-url", &gms.base].map(String::from));
     let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
     let controller =
@@ -294,7 +277,7 @@ async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
     run.wait_started(1).await;
     // The broken keeper deletes at its first keep-alive of the message (a third of the 3 s visibility timeout).
     wait_until("the broken build to delete the message while the run goes on", Duration::from_secs(30), || {
-        let deleted = deletes(&cluster).iter().any(|d| d.task == id);
+        let deleted = sqs_calls.deletes(messages::request_id).iter().any(|d| d.task == id);
         async move { deleted.then_some(()) }
     })
     .await;
@@ -303,7 +286,7 @@ async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
     let history = History {
         sent: vec![id.into()],
         writes: result_writes(&gms).await,
-        deletes: deletes(&cluster),
+        deletes: sqs_calls.deletes(messages::request_id),
         recorded: vec![],
     };
     let violations = history::check(&history);

@@ -140,18 +140,23 @@ async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes(
         (moto.counts(&queue).await.0 == 1).then_some(())
     })
     .await;
-    let controller = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s"), ("--listen", &port)]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [("--lease-ttl", "30s"), ("--listen", &port), ("--metrics-listen", &metrics)];
+    let controller = controller(&cluster, &moto, &queue, &flags).await;
     let admin = cluster.admin(&controller).await;
-    wait_until("the re-delivered message to be adopted", Duration::from_secs(30), || {
-        let adopted = controller.proc.log().contains("a re-delivery of a known task: its new receipt handle adopted");
-        async move { adopted.then_some(()) }
+    let messages = |outcome: &'static str| {
+        let metrics = &metrics;
+        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
+    };
+    wait_until("the re-delivered message to be adopted", Duration::from_secs(30), || async {
+        (messages("adopted").await >= 1.0).then_some(())
     })
     .await;
     run.release();
     let task = wait_task(&admin, "crash-run", "recorded", |t| t.reported_unix_ms > 0).await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     assert_eq!(task.attempts, 1, "the agent kept running it and reclaimed it");
-    assert!(controller.proc.log().contains("a re-delivery of a known task: its new receipt handle adopted"));
+    assert_eq!(messages("taken").await, 0.0, "the restarted controller knew the task: never taken in anew");
     moto.wait_empty(&queue).await;
 }
 
@@ -252,10 +257,11 @@ async fn intake_follows_demand_no_agent_nothing_taken_two_slots_at_most_three_in
     for i in 0..6 {
         moto.send(&queue, &messages::plain(&format!("d{i}"), &messages::input(&timed_recipe(2.0), "default"))).await;
     }
-    let controller = controller(&cluster, &moto, &queue, &[("--sqs-prefetch", "1")]).await;
-    wait_until("three idle demand checks", Duration::from_secs(30), || {
-        let idle = controller.proc.log().matches("sqs: no demand for pool").count();
-        async move { (idle >= 3).then_some(()) }
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let controller =
+        controller(&cluster, &moto, &queue, &[("--sqs-prefetch", "1"), ("--metrics-listen", &metrics)]).await;
+    wait_until("three idle demand checks", Duration::from_secs(30), || async {
+        (scraped(&metrics, "outpost_sqs_idle_polls_total", &[("pool", "default")]).await >= 3.0).then_some(())
     })
     .await;
     assert_eq!(moto.counts(&queue).await, (6, 0), "no agent: nothing received");
@@ -338,7 +344,9 @@ async fn a_request_for_a_pool_not_served_here_is_given_back_not_run() {
     let queue = moto.queue("shared").await;
     moto.send(&queue, &messages::plain("elsewhere", &messages::input(&file_recipe(), "other-pool"))).await;
     moto.send(&queue, &messages::plain("ours", &messages::input(&file_recipe(), "default"))).await;
-    let controller = controller(&cluster, &moto, &queue, &[("--sqs-foreign-visibility", "60s")]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [("--sqs-foreign-visibility", "60s"), ("--metrics-listen", &metrics)];
+    let controller = controller(&cluster, &moto, &queue, &flags).await;
     let mut admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
     wait_task(&admin, "ours", "recorded", |t| t.reported_unix_ms > 0).await;
@@ -348,7 +356,11 @@ async fn a_request_for_a_pool_not_served_here_is_given_back_not_run() {
     .await;
     let status = admin.get_task(pb::GetTaskRequest { id: "elsewhere".into() }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "never taken in");
-    assert!(controller.proc.log().contains("a request for a pool this controller does not serve: given back"));
+    let messages = |outcome: &'static str| {
+        let metrics = &metrics;
+        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
+    };
+    assert_eq!((messages("given_back").await, messages("taken").await), (1.0, 1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,8 +430,12 @@ async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms
     let task = wait_task(&admin, "cloud-run", "reported to GMS", |t| t.reported_unix_ms > 0).await;
     assert_eq!((task.state, task.attempts), (pb::TaskState::Succeeded as i32, 1));
     moto.wait_empty(&queue).await;
+    // The pool's queue and credentials came from DataHub GMS: its cloud_credentials channel is healthy.
+    let stats = admin.clone().get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+    let pool = stats.pools.iter().find(|p| p.pool == "default").expect("the pool's stats");
+    let cloud = pool.channels.iter().find(|c| c.channel == "cloud_credentials").expect("a cloud_credentials channel");
+    assert!(cloud.last_success_unix_ms > 0 && cloud.consecutive_failures == 0, "{cloud:?}");
     let log = controller.proc.log();
-    assert!(log.contains("queue and credentials from DataHub GMS"), "{log}");
     for secret in ["cloud-secret-value", "cloud-session-token", "other-secret"] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
@@ -521,16 +537,18 @@ async fn a_store_that_keeps_failing_does_not_make_the_keeper_spin() {
     let moto = cluster.moto().await;
     let queue = moto.queue("failing-store").await;
     let env = [("FAILPOINTS", "store::held_messages=return")];
-    let controller = controller_with(&cluster, &moto, &queue, &[], "outpost.db", &[], &env).await;
-    let failures = || controller.proc.log().matches("cannot read held messages").count();
-    wait_until("the keeper to meet the failing store", Duration::from_secs(30), || {
-        let seen = failures();
-        async move { (seen >= 3).then_some(()) }
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [("--metrics-listen", metrics.as_str())];
+    let _controller = controller_with(&cluster, &moto, &queue, &flags, "outpost.db", &[], &env).await;
+    // Each failed read counts as a failure of the pool's SQS channel (receiving works: only the keeper fails).
+    let failures = || scraped(&metrics, "outpost_channel_errors_total", &[("pool", "default"), ("channel", "sqs")]);
+    wait_until("the keeper to meet the failing store", Duration::from_secs(30), || async {
+        (failures().await >= 3.0).then_some(())
     })
     .await;
     // It backs off (100 ms doubling to 500 ms) instead of asking again at once.
-    let seen = failures();
-    assert!(seen <= 10, "the keeper asked {seen} times");
+    let seen = failures().await;
+    assert!(seen <= 10.0, "the keeper asked {seen} times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,11 +571,13 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     };
     gms.executor_configs(entry(&key), Duration::from_secs(3)).await;
     let gms_url = format!("{}/gms", gms.base);
+    let metrics = format!("127.0.0.1:{}", free_port());
     let flags = [
         ("--gms-url", gms_url.as_str()),
         ("--queue-from-gms", "default"),
         ("--sqs-credentials-refresh-ahead", "2s"),
         ("--progress-interval", "1s"),
+        ("--metrics-listen", &metrics),
     ];
     let controller = controller(&cluster, &moto, "", &flags).await;
     let admin_api = cluster.admin(&controller).await;
@@ -590,8 +610,12 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
         (counts["visible"] == 0 && counts["in_flight"] == 0).then_some(())
     })
     .await;
+    let received = |outcome: &'static str| {
+        let metrics = &metrics;
+        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
+    };
+    assert_eq!((received("taken").await, received("adopted").await), (1.0, 0.0), "the message was received once");
     let log = controller.proc.log();
-    assert!(!log.contains("a re-delivery of a known task"), "the message was never received twice: {log}");
     let secret = key["SecretAccessKey"].as_str().unwrap();
     assert!(!log.contains(secret), "a secret reached the log");
     let writes = gms.result_writes("urn:li:dataHubExecutionRequest:rotated").await;

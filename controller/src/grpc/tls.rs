@@ -32,6 +32,8 @@ pub struct Reloading {
     files: TlsFiles,
     current: RwLock<(Arc<ServerConfig>, Stamp)>,
     make: Make,
+    /// Where each look at changed files is counted, and under which listener's name.
+    counted: Option<(crate::metrics::Metrics, &'static str)>,
 }
 
 /// How the files become a server configuration.
@@ -47,7 +49,12 @@ impl Reloading {
     pub fn load_with(files: TlsFiles, make: Make) -> Result<Reloading, outpost_common::tls::Error> {
         let seen = stamp(&files);
         let config = make(&files.load()?)?;
-        Ok(Reloading { files, current: RwLock::new((config, seen)), make })
+        Ok(Reloading { files, current: RwLock::new((config, seen)), make, counted: None })
+    }
+
+    /// Counts each reload (loaded or failed) in `outpost_tls_reloads` as `listener`'s.
+    pub fn counted(self, metrics: crate::metrics::Metrics, listener: &'static str) -> Reloading {
+        Reloading { counted: Some((metrics, listener)), ..self }
     }
 
     fn config(&self) -> Arc<ServerConfig> {
@@ -64,6 +71,9 @@ impl Reloading {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         // Either way this version of the files has been looked at; a fix will change them again.
         current.1 = now;
+        if let Some((metrics, listener)) = &self.counted {
+            metrics.tls_reloaded(listener, loaded.is_ok());
+        }
         match loaded {
             Ok(config) => {
                 current.0 = config;

@@ -118,7 +118,11 @@ pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: 
     let changed = match &end.change {
         TaskChange::Requeue { not_before_ms } => execute(
             tx,
-            concat!("UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, updated_at_ms = ?, ", close!(), " WHERE id = ?"),
+            concat!(
+                "UPDATE tasks SET state = 'QUEUED', not_before_ms = ?, updated_at_ms = ?, ",
+                close!(),
+                " WHERE id = ?"
+            ),
             params![not_before_ms, now_ms, id],
         )?,
         TaskChange::Finish { state, result } => execute(
@@ -183,9 +187,7 @@ pub(super) fn request_cancel(tx: &Transaction<'_>, id: &TaskId, epoch: Epoch, no
 /// Records the last heartbeat of live attempts. Rows of attempts that already ended are left alone.
 pub(super) fn heartbeats(tx: &Transaction<'_>, beats: &[(AttemptRef, i64)]) -> Result<(), Error> {
     let mut statement = tx
-        .prepare_cached(
-            "UPDATE tasks SET attempt_heartbeat_ms = ? WHERE id = ? AND attempt_epoch = ?",
-        )
+        .prepare_cached("UPDATE tasks SET attempt_heartbeat_ms = ? WHERE id = ? AND attempt_epoch = ?")
         .map_err(writer_error)?;
     for (attempt, at_ms) in beats {
         statement.execute(params![at_ms, attempt.task_id.as_str(), attempt.epoch.0 as i64]).map_err(writer_error)?;

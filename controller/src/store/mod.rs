@@ -1,7 +1,8 @@
 //! What do we store? One SQLite file (WAL), schema in `migrations/`:
 //! - `tasks` — one row per execution request (keyed by its id): state, fencing epoch, holder, backoff, the
-//!   terminal result, a pending cancel, and when the result reached GMS (`tasks.rs`);
-//! - `attempts` — one row per grant: epoch, worker, state, reason, last heartbeat (`attempts.rs`);
+//!   terminal result, a pending cancel, when the result reached GMS, and the open attempt (`tasks.rs`);
+//! - `attempts` — one row per ended attempt, inserted when it ends: epoch, worker, state, reason, last
+//!   heartbeat (`attempts.rs`);
 //! - `gms_outbox` — writes owed to GMS, added in the transaction of the change they report (`outbox.rs`);
 //! - `sqs_messages` and `quarantine` — the messages each task came in on, and unusable ones (`sqs.rs`);
 //! - `workers` — what each worker declared when it last connected (`workers.rs`);

@@ -589,7 +589,12 @@ async fn the_open_attempt_of_an_older_database_moves_onto_its_task_row() {
     store.write(Change::End(finish("a", 2, TaskState::Succeeded, AttemptState::Succeeded, "ok")), 9).await.unwrap();
     let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Succeeded);
-    let ended = AttemptRecord { state: AttemptState::Succeeded, ended_at_ms: Some(9), reason: Some("SUCCEEDED".into()), ..open };
+    let ended = AttemptRecord {
+        state: AttemptState::Succeeded,
+        ended_at_ms: Some(9),
+        reason: Some("SUCCEEDED".into()),
+        ..open
+    };
     assert_eq!(attempts[1], ended);
     assert_eq!(attempts.len(), 2);
 }

@@ -64,6 +64,7 @@ impl Engine {
             labels: hello.labels.clone(),
         }));
         self.plan.opened.push((worker.clone(), id));
+        self.metrics.leases_reclaimed(kept.len());
         info!(
             worker = %worker, session = %id, slots = hello.slots,
             pools = ?hello.pools.iter().map(PoolId::as_str).collect::<Vec<_>>(),

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::Config;
 use super::message::{self, ExecutionInput, Request};
 use crate::gms;
-use crate::metrics::{ForeignOutcome, Intake, Metrics};
+use crate::metrics::{ForeignOutcome, Intake, Metrics, SqsMessageOutcome};
 use crate::scheduler::{self, Scheduler};
 use crate::sources::claims::{Claim, Claims};
 use crate::store::{Audit, NewTask, Store};
@@ -44,8 +44,9 @@ pub(super) struct Queue {
 
 /// How a received message ends up.
 enum Outcome {
-    /// Bound to a task; the keeper owns it now.
-    Held,
+    /// Bound to a task (`adopted`: one already known, whose earlier receipt this one replaces); the keeper owns it
+    /// now.
+    Held { adopted: bool },
     /// Done with: delete it.
     Delete,
     /// Unusable: quarantine, then dead-letter and delete.
@@ -85,6 +86,7 @@ impl Queue {
             };
             if want == 0 {
                 debug!(pool = %self.pool, "sqs: no demand for pool");
+                self.metrics.sqs_idle_poll(self.pool.as_str());
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tokio::time::sleep(self.config.idle_poll) => continue,
@@ -151,8 +153,17 @@ impl Queue {
                 Err(reason) => Outcome::Quarantine(reason),
             }
         };
+        let counted = match &outcome {
+            Outcome::Held { adopted: false } => SqsMessageOutcome::Taken,
+            Outcome::Held { adopted: true } => SqsMessageOutcome::Adopted,
+            Outcome::Delete => SqsMessageOutcome::Deleted,
+            Outcome::GiveBack(_) => SqsMessageOutcome::GivenBack,
+            Outcome::Quarantine(_) => SqsMessageOutcome::Quarantined,
+            Outcome::Leave => SqsMessageOutcome::Left,
+        };
+        self.metrics.sqs_message(self.pool.as_str(), counted);
         match outcome {
-            Outcome::Held | Outcome::Leave => {}
+            Outcome::Held { .. } | Outcome::Leave => {}
             Outcome::Delete => self.delete(&message_id, &receipt).await,
             Outcome::GiveBack(after) => {
                 self.metrics.sqs_call("change_visibility");
@@ -286,7 +297,7 @@ impl Queue {
         if !created {
             info!(task = %id, state = %record.state, "a re-delivery of a known task: its new receipt handle adopted");
         }
-        Outcome::Held
+        Outcome::Held { adopted: !created }
     }
 
     /// Claims a request this controller does not know yet at GMS (`Ok`: ours, with the claim's version when
@@ -349,6 +360,8 @@ impl Queue {
                     // Wait before asking again (a store that keeps failing must not make this loop spin).
                     failures += 1;
                     let delay = backoff(&self.config, failures);
+                    let error = format!("cannot read held messages: {e}");
+                    self.metrics.channel_failed(self.pool.as_str(), Intake::Sqs, &error, unix_ms());
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read held messages");
                     tokio::select! {
                         _ = token.cancelled() => break,
