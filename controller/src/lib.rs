@@ -105,6 +105,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
             services.spawn("GMS reporter", true, reporter.run(reporter_token.clone()));
             let signals = sources::kill_signals::run(
                 scheduler.clone(),
+                store.clone(),
                 client.clone(),
                 config.gms.signal_poll_interval,
                 sources_token.clone(),
@@ -235,12 +236,8 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
         retain.await;
         Ok::<(), String>(())
     });
-    let sweep = grpc::sweep_tails(
-        scheduler.clone(),
-        logs.clone(),
-        config.reporter.log_tails_sweep_interval,
-        grpc_token.clone(),
-    );
+    let sweep =
+        grpc::sweep_tails(store.clone(), logs.clone(), config.reporter.log_tails_sweep_interval, grpc_token.clone());
     services.spawn("log tails sweep", false, sweep);
     let ui_token = CancellationToken::new();
     if let Some(addr) = config.ui.ui_listen {

@@ -65,6 +65,15 @@ fn local_error(error: local::Error) -> Status {
 }
 
 impl AdminService {
+    /// One task and its attempts, read from the store (NOT_FOUND when unknown).
+    async fn task(
+        &self,
+        id: &outpost_common::ids::TaskId,
+    ) -> Result<(crate::store::TaskRecord, Vec<crate::store::AttemptRecord>), Status> {
+        let found = self.store.task(id).await.map_err(status::from_store)?;
+        found.ok_or_else(|| status::from_scheduler(crate::scheduler::Error::NotFound(id.clone())))
+    }
+
     /// Every worker with its certificate expiry and revocation (one view for ListWorkers and GetWorker).
     async fn workers(&self) -> Result<Vec<pb::Worker>, Status> {
         let workers = self.scheduler.list_workers().await.map_err(status::from_scheduler)?;
@@ -125,7 +134,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             // One more than asked tells whether another page follows.
             limit: limit + 1,
         };
-        let mut tasks = self.scheduler.tasks(&filter).await.map_err(status::from_scheduler)?;
+        let mut tasks = self.store.list_tasks(&filter).await.map_err(status::from_store)?;
         let next_page_token = if tasks.len() > limit as usize {
             tasks.truncate(limit as usize);
             tasks.last().map(page_token).unwrap_or_default()
@@ -141,7 +150,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
         self.authorize(&request, AdminRpc::GetTask)?;
         let id = task_id(&request.get_ref().id)?;
-        let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
+        let (task, attempts) = self.task(&id).await?;
         let tail = self.logs.tail(&task.request.id, task.epoch).unwrap_or_default();
         let mut task = convert::task(task, attempts);
         task.log_tail = tail;
@@ -167,7 +176,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         }
         .await;
         let id = self.settled(audit, cancelled).await?;
-        let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
+        let (task, attempts) = self.task(&id).await?;
         Ok(Response::new(convert::task(task, attempts)))
     }
 
@@ -180,7 +189,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             0 => 100,
             n => n,
         };
-        let messages = self.scheduler.quarantined(limit).await.map_err(status::from_scheduler)?;
+        let messages = self.store.quarantined(limit).await.map_err(status::from_store)?;
         Ok(Response::new(pb::ListQuarantinedResponse {
             messages: messages.into_iter().map(convert::quarantined).collect(),
         }))
@@ -192,7 +201,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ReplayQuarantinedResponse>, Status> {
         let id = request.get_ref().id;
         let audit = self.change(&request, AdminRpc::ReplayQuarantined, &id.to_string(), "").await?;
-        let replayed = crate::sources::sqs::replay_quarantined(&self.scheduler, id, Some(audit.clone()))
+        let replayed = crate::sources::sqs::replay_quarantined(&self.scheduler, &self.store, id, Some(audit.clone()))
             .await
             .map_err(Status::failed_precondition);
         let task = self.settled(audit, replayed).await?;
@@ -349,15 +358,15 @@ impl pb::admin_service_server::AdminService for AdminService {
         }
         .await;
         let id = self.settled(audit, retried).await?;
-        let (task, attempts) = self.scheduler.task(&id).await.map_err(status::from_scheduler)?;
+        let (task, attempts) = self.task(&id).await?;
         Ok(Response::new(convert::task(task, attempts)))
     }
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
         self.authorize(&request, AdminRpc::GetStats)?;
-        let backlogs = self.scheduler.backlogs().await.map_err(status::from_scheduler)?;
+        let backlogs = self.store.pool_backlogs().await.map_err(status::from_store)?;
         let capacity = self.scheduler.capacity().await.map_err(status::from_scheduler)?;
-        let outbox_backlog = self.scheduler.outbox_depth().await.map_err(status::from_scheduler)?;
+        let outbox_backlog = self.store.outbox_depth().await.map_err(status::from_store)?;
         let now = outpost_common::clock::unix_ms();
         Ok(Response::new(convert::stats(backlogs, capacity, outbox_backlog, &self.metrics, now)))
     }

@@ -9,6 +9,11 @@ pub fn from_scheduler(error: Error) -> Status {
     from_scheduler_ref(&error, message)
 }
 
+/// Store errors (reads the edges make themselves) as gRPC status codes, by the same table.
+pub fn from_store(error: crate::store::Error) -> Status {
+    from_scheduler(error.into())
+}
+
 /// Enrollment errors as gRPC status codes.
 pub fn from_enrollment(error: crate::enroll::Error) -> Status {
     use crate::enroll::Error as E;

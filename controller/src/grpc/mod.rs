@@ -149,7 +149,7 @@ pub async fn serve(
 /// opened here, at assignment, and dropped at once when a result is accepted or delivered; a task that ends
 /// otherwise — its lease lost for good, a cancel nobody answered — is caught by this sweep).
 pub async fn sweep_tails(
-    scheduler: Scheduler,
+    store: crate::store::Store,
     logs: LogTails,
     interval: Duration,
     token: CancellationToken,
@@ -160,7 +160,7 @@ pub async fn sweep_tails(
             _ = tokio::time::sleep(interval) => {}
         }
         let listed = std::time::Instant::now();
-        match scheduler.live_task_ids().await {
+        match store.live_task_ids().await {
             Ok(live) => logs.retain_live(&live.into_iter().collect(), listed),
             Err(e) => tracing::warn!(error = %e, "cannot list live tasks to sweep log tails; trying again later"),
         }

@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::lifecycle::RetryPolicy;
 use crate::metrics::Metrics;
+use crate::store::{AttemptRecord, NewTask, ResultRecord, Store, TaskRecord};
+use outpost_common::task::ResultStatus;
 use outpost_common::venv::VenvSpec;
 
 fn config() -> Config {

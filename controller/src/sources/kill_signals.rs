@@ -11,23 +11,24 @@ use tracing::{info, warn};
 
 use crate::gms;
 use crate::scheduler::Scheduler;
+use crate::store::Store;
 
 /// URNs per batch read.
 const BATCH: usize = 100;
 
-pub async fn run(scheduler: Scheduler, gms: gms::Client, interval: Duration, token: CancellationToken) {
+pub async fn run(scheduler: Scheduler, store: Store, gms: gms::Client, interval: Duration, token: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
-            _ = tick.tick() => poll(&scheduler, &gms).await,
+            _ = tick.tick() => poll(&scheduler, &store, &gms).await,
         }
     }
 }
 
-async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
-    match scheduler.lost_claims().await {
+async fn poll(scheduler: &Scheduler, store: &Store, gms: &gms::Client) {
+    match store.lost_claims().await {
         Ok(lost) => {
             for task in lost {
                 match scheduler.cancel(&task, "another controller took over this request at GMS", None).await {
@@ -39,7 +40,7 @@ async fn poll(scheduler: &Scheduler, gms: &gms::Client) {
         }
         Err(e) => warn!(error = %e, "cannot list lost claims"),
     }
-    let live = match scheduler.live_task_ids().await {
+    let live = match store.live_task_ids().await {
         Ok(live) => live,
         Err(e) => {
             warn!(error = %e, "cannot list live tasks for signal polling");

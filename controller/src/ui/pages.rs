@@ -99,11 +99,11 @@ pub async fn fleet(
     };
     let (expiries, revoked) = ui.enrollment.worker_facts().await.unwrap_or_default();
     let capacity = ui.scheduler.capacity().await.unwrap_or_default();
-    let backlogs = ui.scheduler.backlogs().await.unwrap_or_default();
+    let backlogs = ui.store.pool_backlogs().await.unwrap_or_default();
     let mut running: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
     for state in [TaskState::Assigned, TaskState::Running] {
         let filter = TaskFilter { state: Some(state), limit: 1000, ..TaskFilter::default() };
-        for task in ui.scheduler.tasks(&filter).await.unwrap_or_default() {
+        for task in ui.store.list_tasks(&filter).await.unwrap_or_default() {
             if let Some(worker) = &task.worker_id {
                 running.entry(worker.to_string()).or_default().push(task.request.id.clone());
             }
@@ -199,7 +199,7 @@ pub async fn fleet(
     let mut failures: Vec<TaskRecord> = Vec::new();
     for state in [TaskState::Failed, TaskState::Aborted, TaskState::TimedOut] {
         let filter = TaskFilter { state: Some(state), limit: 10, ..TaskFilter::default() };
-        failures.extend(ui.scheduler.tasks(&filter).await.unwrap_or_default());
+        failures.extend(ui.store.list_tasks(&filter).await.unwrap_or_default());
     }
     failures.sort_by_key(|t| std::cmp::Reverse(t.updated_at_ms));
     failures.truncate(10);
@@ -306,14 +306,14 @@ pub async fn tasks(
     }
     let found: Vec<TaskRecord> = if !listing.q.trim().is_empty() {
         match TaskId::parse_id_or_urn(listing.q.trim()) {
-            Ok(id) => ui.scheduler.task(&id).await.map(|(t, _)| vec![t]).unwrap_or_default(),
+            Ok(id) => ui.store.task(&id).await.ok().flatten().map(|(t, _)| vec![t]).unwrap_or_default(),
             Err(e) => {
                 error = Some(format!("search: {e}"));
                 Vec::new()
             }
         }
     } else if error.is_none() {
-        match ui.scheduler.tasks(&filter).await {
+        match ui.store.list_tasks(&filter).await {
             Ok(tasks) => tasks,
             Err(e) => return failed("the tasks", e),
         }
@@ -371,9 +371,9 @@ pub async fn task(
     let Ok(id) = TaskId::parse_id_or_urn(&id) else {
         return (StatusCode::NOT_FOUND, Html(page("Not found", "", "<h1>No such task</h1>", None))).into_response();
     };
-    let (task, attempts) = match ui.scheduler.task(&id).await {
-        Ok(found) => found,
-        Err(crate::scheduler::Error::NotFound(_)) => {
+    let (task, attempts) = match ui.store.task(&id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
             let body = format!("<h1>No task {}</h1>", esc(id.as_str()));
             return (StatusCode::NOT_FOUND, Html(page("Not found", "", &body, None))).into_response();
         }

@@ -25,10 +25,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::handle::Event;
 use super::leases::{Lease, Leases};
 use super::queue::Queue;
 use super::turn::Plan;
-use super::{AgentCommand, AgentHello, Config, Error, Event, SessionId};
+use super::{AgentCommand, AgentHello, Config, Error, SessionId};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 

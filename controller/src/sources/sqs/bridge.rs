@@ -478,8 +478,13 @@ impl Queue {
 /// Replays a quarantined message: parses its stored body again and takes the task in (no SQS message is held
 /// for it). Fails with the reason when the body is still unusable (or was cut when it was stored).
 /// `audit` is recorded with the replay.
-pub async fn replay_quarantined(scheduler: &Scheduler, id: i64, audit: Option<Audit>) -> Result<TaskId, String> {
-    let entry = scheduler
+pub async fn replay_quarantined(
+    scheduler: &Scheduler,
+    store: &Store,
+    id: i64,
+    audit: Option<Audit>,
+) -> Result<TaskId, String> {
+    let entry = store
         .quarantined_message(id)
         .await
         .map_err(|e| e.to_string())?
@@ -493,7 +498,7 @@ pub async fn replay_quarantined(scheduler: &Scheduler, id: i64, audit: Option<Au
         Request::NotOurs { task } => return Err(format!("Celery task {task} is work of DataHub's own executor")),
         Request::Kill { id } => {
             scheduler.cancel(&id, "KILL signal from DataHub (replayed)", None).await.map_err(|e| e.to_string())?;
-            scheduler.mark_replayed(entry.id, audit).await.map_err(|e| e.to_string())?;
+            store.mark_replayed(entry.id, unix_ms(), audit).await.map_err(|e| e.to_string())?;
             return Ok(id);
         }
     };
@@ -507,6 +512,6 @@ pub async fn replay_quarantined(scheduler: &Scheduler, id: i64, audit: Option<Au
         claim: None,
     };
     scheduler.submit(task).await.map_err(|e| e.to_string())?;
-    scheduler.mark_replayed(id, audit).await.map_err(|e| e.to_string())?;
+    store.mark_replayed(id, unix_ms(), audit).await.map_err(|e| e.to_string())?;
     Ok(task_id)
 }
