@@ -1,14 +1,41 @@
-//! Supervision of the controller's subsystems: each runs as a named service with a handle. If a critical one
-//! ends before shutdown was asked for — an error, a panic, or just returning — the controller must not limp on:
-//! [`Supervisor::failed`] says which and why, and `run` turns not-ready and shuts down in order with a non-zero
-//! exit (so ECS or Kubernetes restart it). Owns no business logic; never decides what a service does.
+//! Supervision of the controller's subsystems: each runs as a named service in a shutdown [`Phase`], with the
+//! phase's cancellation token. If a critical one ends before shutdown was asked for — an error, a panic, or just
+//! returning — the controller must not limp on: [`Supervisor::failed`] says which and why, and `run` turns
+//! not-ready and stops the phases in order ([`Supervisor::stop`] cancels one and waits for every service in it),
+//! with a non-zero exit (so ECS or Kubernetes restart it). Owns no business logic; never decides what a service
+//! does.
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+/// When a service stops at shutdown; `run` stops the phases in this order, each awaited before the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// What takes work in or talks to the outside: gRPC (agents, admin), joins, the status page, SQS, GMS
+    /// channels and signals, and their housekeeping.
+    Intake,
+    /// The lease engine (it commits its last turn).
+    Scheduler,
+    /// The GMS reporter (its last delivery pass).
+    Reporter,
+    /// `/metrics` and the health probes.
+    Health,
+    /// What ends only once the store is closed (the writer's watch).
+    Store,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [Phase::Intake, Phase::Scheduler, Phase::Reporter, Phase::Health, Phase::Store];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// What a service returns: nothing, or a result whose error says why it stopped.
 pub trait Outcome {
@@ -38,9 +65,10 @@ struct Ended {
     reason: String,
 }
 
-/// The services of one `run`, in the order they were started.
+/// The services of one `run`, in the order they were started, and each phase's token.
 pub struct Supervisor {
-    services: Vec<(&'static str, JoinHandle<()>)>,
+    services: Vec<(&'static str, Phase, JoinHandle<()>)>,
+    tokens: [CancellationToken; Phase::ALL.len()],
     ended: mpsc::UnboundedSender<Ended>,
     endings: mpsc::UnboundedReceiver<Ended>,
 }
@@ -56,23 +84,35 @@ pub struct Failed {
 impl Default for Supervisor {
     fn default() -> Self {
         let (ended, endings) = mpsc::unbounded_channel();
-        Supervisor { services: Vec::new(), ended, endings }
+        let tokens = std::array::from_fn(|_| CancellationToken::new());
+        Supervisor { services: Vec::new(), tokens, ended, endings }
     }
 }
 
 impl Supervisor {
-    /// Starts `service` under `name`. A critical service must run until shutdown; when any service ends, the
-    /// supervisor hears why (its error, its panic message, or that it returned).
-    pub fn spawn<F, T>(&mut self, name: &'static str, critical: bool, service: F)
+    /// The token `phase`'s services stop on (cancelled by [`Supervisor::stop`]).
+    pub fn token(&self, phase: Phase) -> CancellationToken {
+        self.tokens[phase.index()].clone()
+    }
+
+    /// Starts `service` under `name`, stopped with `phase`. A critical service must run until shutdown; when any
+    /// service ends, the supervisor hears why (its error, its panic message, or that it returned).
+    pub fn spawn<F, T>(&mut self, name: &'static str, critical: bool, phase: Phase, service: F)
     where
         F: Future<Output = T> + Send + 'static,
         T: Outcome + Send + 'static,
     {
-        self.watch(name, critical, tokio::spawn(service));
+        self.watch(name, critical, phase, tokio::spawn(service));
     }
 
     /// Supervises a task already running.
-    pub fn watch<T: Outcome + Send + 'static>(&mut self, name: &'static str, critical: bool, task: JoinHandle<T>) {
+    pub fn watch<T: Outcome + Send + 'static>(
+        &mut self,
+        name: &'static str,
+        critical: bool,
+        phase: Phase,
+        task: JoinHandle<T>,
+    ) {
         let ended = self.ended.clone();
         let watcher = tokio::spawn(async move {
             let reason = match task.await {
@@ -84,7 +124,7 @@ impl Supervisor {
             };
             let _ = ended.send(Ended { name, critical, reason });
         });
-        self.services.push((name, watcher));
+        self.services.push((name, phase, watcher));
     }
 
     /// Waits until a critical service ends (forever if none does). Non-critical endings are logged.
@@ -98,13 +138,24 @@ impl Supervisor {
         }
     }
 
-    /// Waits (at most `limit`) for the service `name` to end after its token was cancelled.
-    pub async fn stopped(&mut self, name: &'static str, limit: Duration) {
-        let Some(index) = self.services.iter().position(|(n, _)| *n == name) else { return };
-        let (_, handle) = self.services.remove(index);
-        if tokio::time::timeout(limit, handle).await.is_err() {
-            warn!(service = name, "did not stop within the shutdown timeout");
+    /// Cancels `phase`'s token and waits for every service of the phase to end, each at most `limit` (one that
+    /// does not is named in the log and left behind).
+    pub async fn stop(&mut self, phase: Phase, limit: Duration) {
+        self.tokens[phase.index()].cancel();
+        let (stopping, rest) = std::mem::take(&mut self.services).into_iter().partition(|(_, p, _)| *p == phase);
+        self.services = rest;
+        let stopping: Vec<(&'static str, Phase, JoinHandle<()>)> = stopping;
+        for (name, _, handle) in stopping {
+            if tokio::time::timeout(limit, handle).await.is_err() {
+                warn!(service = name, "did not stop within the shutdown timeout");
+            }
         }
+    }
+
+    /// Services not stopped yet, by name (empty once every phase was stopped).
+    #[cfg(test)]
+    pub fn running(&self) -> Vec<&'static str> {
+        self.services.iter().map(|(name, ..)| *name).collect()
     }
 }
 
@@ -115,8 +166,8 @@ mod tests {
     #[tokio::test]
     async fn a_critical_service_that_panics_or_returns_is_reported_with_its_reason() {
         let mut supervisor = Supervisor::default();
-        supervisor.spawn("quiet", false, async { Ok::<(), String>(()) });
-        supervisor.spawn("engine", true, async {
+        supervisor.spawn("quiet", false, Phase::Intake, async { Ok::<(), String>(()) });
+        supervisor.spawn("engine", true, Phase::Scheduler, async {
             tokio::task::yield_now().await;
             if true {
                 panic!("lost the plot");
@@ -127,8 +178,33 @@ mod tests {
         assert_eq!(failed.to_string(), "engine stopped: it panicked: lost the plot");
 
         let mut supervisor = Supervisor::default();
-        supervisor.spawn("gRPC server", true, async { Err::<(), _>("address in use") });
+        supervisor.spawn("gRPC server", true, Phase::Intake, async { Err::<(), _>("address in use") });
         assert_eq!(supervisor.failed().await.to_string(), "gRPC server stopped: address in use");
-        supervisor.stopped("gRPC server", Duration::from_secs(1)).await;
+        supervisor.stop(Phase::Intake, Duration::from_secs(1)).await;
+    }
+
+    /// Each phase's services stop on its token and are waited for, in the order asked; later phases run on
+    /// meanwhile.
+    #[tokio::test]
+    async fn stopping_a_phase_cancels_its_token_and_waits_for_each_of_its_services() {
+        let mut supervisor = Supervisor::default();
+        let (done, mut order) = mpsc::unbounded_channel();
+        for (name, phase) in [("page", Phase::Intake), ("engine", Phase::Scheduler), ("grpc", Phase::Intake)] {
+            let (token, done) = (supervisor.token(phase), done.clone());
+            supervisor.spawn(name, false, phase, async move {
+                token.cancelled().await;
+                tokio::task::yield_now().await;
+                let _ = done.send(name);
+            });
+        }
+        supervisor.stop(Phase::Intake, Duration::from_secs(5)).await;
+        let mut stopped = vec![order.recv().await.unwrap(), order.recv().await.unwrap()];
+        stopped.sort();
+        assert_eq!(stopped, ["grpc", "page"]);
+        assert!(order.try_recv().is_err(), "the engine runs on");
+        assert_eq!(supervisor.running(), ["engine"]);
+        supervisor.stop(Phase::Scheduler, Duration::from_secs(5)).await;
+        assert_eq!(order.try_recv().unwrap(), "engine");
+        assert!(supervisor.running().is_empty());
     }
 }
