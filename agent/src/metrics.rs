@@ -120,7 +120,7 @@ impl Metrics {
     }
 
     pub fn set_busy(&self, busy: usize) {
-        self.inner.slots.get_or_create(&labels(&[("state", "used")])).set(busy as i64);
+        self.inner.slots.get_or_create(&labels(&[("state", "used")])).set(i64::try_from(busy).unwrap_or(i64::MAX));
     }
 
     pub fn set_connected(&self, connected: bool) {

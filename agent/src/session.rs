@@ -126,7 +126,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        let span = ceiling.saturating_sub(self.min).as_millis() as u64;
+        let span = outpost_common::duration::millis(ceiling.saturating_sub(self.min));
         self.min + Duration::from_millis(fastrand::u64(0..=span))
     }
 }
@@ -139,6 +139,61 @@ enum End {
     Lost(String),
 }
 
+/// Where the agent is in its life (it outlives connections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// Taking work as its free slots allow.
+    Working,
+    /// Drained by an operator: no new work; what runs finishes.
+    Drained,
+    /// Asked to stop (SIGTERM): no new work; what runs may finish until `deadline`, then the agent exits.
+    ShuttingDown { deadline: Instant },
+    /// The drain timeout passed: what ran was stopped and handed back; the agent exits once that is reported.
+    Interrupted,
+}
+
+impl Life {
+    /// Shutting down, interrupted or not.
+    fn stopping(self) -> bool {
+        matches!(self, Life::ShuttingDown { .. } | Life::Interrupted)
+    }
+
+    /// An operator's drain: a working agent takes no more work (a stopping one stays as it is).
+    fn drain(self) -> Life {
+        match self {
+            Life::Working => Life::Drained,
+            other => other,
+        }
+    }
+
+    /// SIGTERM at `now`: stop taking work, with `drain_timeout` for what runs (once; a second one changes nothing).
+    fn shut_down(self, now: Instant, drain_timeout: Duration) -> Life {
+        match self {
+            Life::Working | Life::Drained => Life::ShuttingDown { deadline: now + drain_timeout },
+            stopping => stopping,
+        }
+    }
+
+    /// When what runs must be stopped, if it still runs.
+    fn drain_deadline(self) -> Option<Instant> {
+        match self {
+            Life::ShuttingDown { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether the agent may exit, with `running` attempts and results the controller has not accepted: only
+    /// when stopping and nothing runs, and once every result was accepted — or, after the drain timeout, at once
+    /// (a disconnected agent cannot deliver them; the controller's lease expiry hands the work out again).
+    fn may_exit(self, running: usize, unaccepted: usize, connected: bool) -> bool {
+        match self {
+            Life::Working | Life::Drained => false,
+            Life::ShuttingDown { .. } => running == 0 && unaccepted == 0,
+            Life::Interrupted => running == 0 && (unaccepted == 0 || !connected),
+        }
+    }
+}
+
 /// The agent's state that outlives connections.
 struct Agent {
     config: SessionConfig,
@@ -148,11 +203,8 @@ struct Agent {
     events: mpsc::Receiver<RunnerEvent>,
     /// Results not yet accepted by the controller, by task.
     pending: HashMap<TaskId, (AttemptRef, RunOutcome)>,
-    /// Admin drain: take no new work.
-    drained: bool,
-    /// SIGTERM: take no new work, finish, then exit.
-    shutting_down: Option<Instant>,
-    interrupted: bool,
+    life: Life,
+    /// The start-up line was logged (on the first connection).
     announced: bool,
     metrics: Metrics,
     /// Renews a certificate the controller issued (joined agents).
@@ -180,9 +232,7 @@ pub async fn run(
         runner,
         events,
         pending: HashMap::new(),
-        drained: false,
-        shutting_down: None,
-        interrupted: false,
+        life: Life::Working,
         announced: false,
         metrics,
         renewal,
@@ -212,7 +262,7 @@ pub async fn run(
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        info!(delay_ms = outpost_common::duration::millis(delay), "reconnecting");
         if agent.wait_disconnected(delay, &shutdown).await {
             return Ok(());
         }
@@ -269,32 +319,29 @@ fn handed_back(reason: &str) -> RunOutcome {
 }
 
 impl Agent {
+    /// Connected: done once everything ran and was accepted.
     fn finished(&self) -> bool {
-        self.shutting_down.is_some() && self.runner.busy() == 0 && self.pending.is_empty()
+        self.life.may_exit(self.runner.busy(), self.pending.len(), true)
     }
 
     fn taking_work(&self) -> bool {
-        !self.drained && self.shutting_down.is_none()
+        self.life == Life::Working
     }
 
     fn free_slots(&self) -> u32 {
-        self.config.slots.saturating_sub(self.runner.busy() as u32)
+        self.config.slots.saturating_sub(u32::try_from(self.runner.busy()).unwrap_or(u32::MAX))
     }
 
     fn begin_shutdown(&mut self) {
-        if self.shutting_down.is_none() {
+        if !self.life.stopping() {
             info!(drain_timeout = ?self.config.timings.drain_timeout, running = self.runner.busy(), "draining: taking no new work");
-            self.shutting_down = Some(Instant::now() + self.config.timings.drain_timeout);
+            self.life = self.life.shut_down(Instant::now(), self.config.timings.drain_timeout);
         }
-    }
-
-    fn drain_deadline(&self) -> Option<Instant> {
-        self.shutting_down.filter(|_| !self.interrupted)
     }
 
     fn interrupt_all(&mut self) {
         warn!(running = self.runner.busy(), "drain timeout: stopping what is left and handing it back");
-        self.interrupted = true;
+        self.life = Life::Interrupted;
         self.runner.stop_all(StopReason::Interrupted);
     }
 
@@ -309,8 +356,8 @@ impl Agent {
     async fn wait_disconnected(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
         let until = Instant::now() + delay;
         loop {
-            let drain_deadline = self.drain_deadline();
-            let may_begin_shutdown = self.shutting_down.is_none();
+            let drain_deadline = self.life.drain_deadline();
+            let may_begin_shutdown = !self.life.stopping();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return false,
                 _ = shutdown.cancelled(), if may_begin_shutdown => self.begin_shutdown(),
@@ -324,8 +371,7 @@ impl Agent {
                 }
             }
             // Nothing running, but results the controller has not seen: exit only once the drain time is up.
-            if self.shutting_down.is_some() && self.runner.busy() == 0 && (self.pending.is_empty() || self.interrupted)
-            {
+            if self.life.may_exit(self.runner.busy(), self.pending.len(), false) {
                 return true;
             }
         }
@@ -397,7 +443,7 @@ impl Agent {
         for (attempt, outcome) in self.pending.values() {
             send(result_pb(attempt, outcome)).await?;
         }
-        if self.shutting_down.is_some() {
+        if self.life.stopping() {
             send(msg(Out::Draining(pb::Draining { reason: "agent shutting down".into() }))).await?;
         } else if self.taking_work() && self.free_slots() > 0 {
             send(msg(Out::Credit(pb::Credit { credits: self.free_slots() }))).await?;
@@ -410,8 +456,8 @@ impl Agent {
             if self.finished() {
                 return Ok(End::Done);
             }
-            let drain_deadline = self.drain_deadline();
-            let may_begin_shutdown = self.shutting_down.is_none();
+            let drain_deadline = self.life.drain_deadline();
+            let may_begin_shutdown = !self.life.stopping();
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.handle(message, &tx).await?,
@@ -515,7 +561,7 @@ impl Agent {
             },
             In::Drain(drain) => {
                 info!(reason = %drain.reason, "drain requested by the controller: taking no new work");
-                self.drained = true;
+                self.life = self.life.drain();
             }
             In::ResultAccepted(accepted) => {
                 let attempt = attempt_from_pb(accepted.attempt)?;
@@ -568,6 +614,37 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
+    /// The life cycle as a table: what each event does in each state, and when the agent may exit.
+    #[test]
+    fn the_life_cycle_drains_shuts_down_once_and_exits_only_when_it_may() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(30);
+        let shutting = Life::ShuttingDown { deadline: now + timeout };
+        // drain
+        assert_eq!(Life::Working.drain(), Life::Drained);
+        assert_eq!(Life::Drained.drain(), Life::Drained);
+        assert_eq!(shutting.drain(), shutting, "a drain does not undo a shutdown");
+        assert_eq!(Life::Interrupted.drain(), Life::Interrupted);
+        // shut down: once, from working or drained; a second SIGTERM keeps the first deadline
+        assert_eq!(Life::Working.shut_down(now, timeout), shutting);
+        assert_eq!(Life::Drained.shut_down(now, timeout), shutting);
+        assert_eq!(shutting.shut_down(now + timeout, timeout), shutting);
+        assert_eq!(Life::Interrupted.shut_down(now, timeout), Life::Interrupted);
+        assert_eq!(shutting.drain_deadline(), Some(now + timeout));
+        assert_eq!(Life::Interrupted.drain_deadline(), None);
+        assert!(!Life::Drained.stopping() && shutting.stopping() && Life::Interrupted.stopping());
+        // may exit (running, unaccepted, connected)
+        for life in [Life::Working, Life::Drained] {
+            assert!(!life.may_exit(0, 0, true), "{life:?} never exits by itself");
+        }
+        assert!(shutting.may_exit(0, 0, true));
+        assert!(!shutting.may_exit(1, 0, true), "a run still going");
+        assert!(!shutting.may_exit(0, 1, false), "a result not accepted, within the drain time");
+        assert!(Life::Interrupted.may_exit(0, 1, false), "after the drain timeout, a disconnected agent goes");
+        assert!(!Life::Interrupted.may_exit(0, 1, true), "a connected one delivers first");
+        assert!(!Life::Interrupted.may_exit(1, 0, false), "a stopped run not yet ended");
+    }
+
     #[test]
     fn backoff_grows_to_its_cap_and_stays_within_bounds() {
         let min = Duration::from_millis(100);
@@ -578,7 +655,7 @@ mod tests {
                 let ceiling = backoff.ceiling();
                 let delay = backoff.next_delay();
                 assert!(delay >= min && delay <= ceiling, "{delay:?} outside [{min:?}, {ceiling:?}]");
-                ceiling.as_millis() as u64
+                outpost_common::duration::millis(ceiling)
             })
             .collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000]);

@@ -310,7 +310,9 @@ fn scan_blocking(root: &Path) -> Vec<HeldVenv> {
                 key: entry.file_name().to_string_lossy().into_owned(),
                 requirement: std::fs::read_to_string(&marker).unwrap_or_default().trim().to_owned(),
                 bytes: dir_bytes(&entry.path()),
-                last_used_ms: used.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+                last_used_ms: used
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, outpost_common::duration::signed_millis),
             })
         })
         .collect();

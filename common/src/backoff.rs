@@ -21,7 +21,7 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap() {
         let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
-        let ceilings: Vec<u64> = (0..6).map(|n| ceiling(base, max, n).as_millis() as u64).collect();
+        let ceilings: Vec<u64> = (0..6).map(|n| crate::duration::millis(ceiling(base, max, n))).collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(ceiling(base, max, 1000), max, "no overflow");
     }

@@ -3,6 +3,21 @@
 
 use std::time::Duration;
 
+/// `d` in whole milliseconds (saturating: no interval here comes near 584 million years).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `d` in whole milliseconds as a signed number, to add to Unix-ms times (saturating).
+pub fn signed_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `d` in whole seconds as a signed number (saturating).
+pub fn signed_secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// A clap value parser for durations.
 pub fn parse(value: &str) -> Result<Duration, String> {
     if let Ok(seconds) = value.trim().parse::<f64>() {

@@ -74,9 +74,7 @@ pub fn pem_validity(pem: &str) -> Option<(std::time::SystemTime, std::time::Syst
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
     let (_, cert) = X509Certificate::from_der(&der).ok()?;
-    let at = |t: x509_parser::time::ASN1Time| {
-        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
-    };
+    let at = |t: x509_parser::time::ASN1Time| crate::clock::system_time_secs(t.timestamp());
     Some((at(cert.validity().not_before), at(cert.validity().not_after)))
 }
 

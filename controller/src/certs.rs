@@ -192,12 +192,12 @@ mod tests {
         let mut out = Vec::new();
         let (mut buffer, mut bits) = (0u32, 0);
         for byte in text.bytes().filter(|b| *b != b'=') {
-            let value = ALPHABET.iter().position(|c| *c == byte).unwrap() as u32;
+            let value = ALPHABET.iter().position(|c| *c == byte).and_then(|v| u32::try_from(v).ok()).unwrap();
             buffer = (buffer << 6) | value;
             bits += 6;
             if bits >= 8 {
                 bits -= 8;
-                out.push((buffer >> bits) as u8);
+                out.push(u8::try_from((buffer >> bits) & 0xff).unwrap());
                 buffer &= (1 << bits) - 1;
             }
         }

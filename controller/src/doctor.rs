@@ -69,8 +69,8 @@ fn database(config: &RunConfig) -> Check {
 /// Signed seconds GMS's clock is ahead of ours.
 fn offset_seconds(theirs: SystemTime, ours: SystemTime) -> i64 {
     match theirs.duration_since(ours) {
-        Ok(ahead) => ahead.as_secs() as i64,
-        Err(behind) => -(behind.duration().as_secs() as i64),
+        Ok(ahead) => outpost_common::duration::signed_secs(ahead),
+        Err(behind) => -outpost_common::duration::signed_secs(behind.duration()),
     }
 }
 
@@ -83,7 +83,7 @@ async fn gms_checks(config: &RunConfig, client: &gms::Client) -> Vec<Check> {
             checks.push(check(Verdict::Ok, "GMS reachable", format!("{kind} {version}")));
             if let Some(theirs) = date {
                 let offset = offset_seconds(theirs, SystemTime::now());
-                let claim_ttl = config.gms_channel.claim_ttl.as_secs() as i64;
+                let claim_ttl = outpost_common::duration::signed_secs(config.gms_channel.claim_ttl);
                 let verdict = if offset.abs() * 4 > claim_ttl { Verdict::Warn } else { Verdict::Ok };
                 let advice =
                     if verdict == Verdict::Warn { ": claims lean on clocks; sync this host (NTP)" } else { "" };

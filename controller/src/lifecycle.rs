@@ -491,7 +491,7 @@ mod tests {
         let retrying = RetryPolicy { retry_task_failures: true, ..policy() };
         let run = |attempts: u64| {
             decide(
-                facts(Running, attempts, attempts as u32, false),
+                facts(Running, attempts, u32::try_from(attempts).unwrap(), false),
                 result(Epoch(attempts), ResultStatus::Failed),
                 &retrying,
                 0.5,

@@ -381,7 +381,7 @@ impl Metrics {
     }
 
     pub fn set_connected_agents(&self, n: usize) {
-        self.inner.connected_agents.set(n as i64);
+        self.inner.connected_agents.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// `call` is one of [`SQS_CALLS`].
@@ -516,13 +516,16 @@ impl Metrics {
                 }
             }
             for (state, pool, n) in counts {
-                inner.tasks.get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())])).set(n as i64);
+                inner
+                    .tasks
+                    .get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())]))
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
                 // Every pool with tasks shows how long its oldest waits (0 below when none waits).
                 inner.oldest_waiting.get_or_create(&labels(&[("pool", pool.as_str())])).set(0);
             }
         }
         if let Ok(depth) = store.outbox_depth().await {
-            inner.outbox_depth.set(depth as i64);
+            inner.outbox_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         {
             // The writer's totals as counters: one scrape at a time turns them into increments.

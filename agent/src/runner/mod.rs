@@ -112,9 +112,7 @@ impl Runner {
             attempt_tag: assignment.attempt.epoch.to_string(),
             task_name: assignment.task_name,
             args: assignment.args,
-            deadline: assignment
-                .deadline_unix_ms
-                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)),
+            deadline: assignment.deadline_unix_ms.map(outpost_common::clock::system_time),
         };
         let config = self.config.clone();
         let events = self.events.clone();

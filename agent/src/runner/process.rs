@@ -151,7 +151,7 @@ pub async fn run(
             report: format!("~~~~ Execution Summary - {} ~~~~\nExecution finished successfully!\n", spec.task_name),
             structured_report: String::new(),
             start_time_ms,
-            duration_ms: started.elapsed().as_millis() as i64,
+            duration_ms: outpost_common::duration::signed_millis(started.elapsed()),
         };
     }
     let dir = config.work_dir.join(format!("{}-{}", spec.exec_id, spec.attempt_tag));
@@ -198,7 +198,7 @@ pub async fn run(
         report: run.masker.mask(&text),
         structured_report: structured.unwrap_or_default(),
         start_time_ms,
-        duration_ms: started.elapsed().as_millis() as i64,
+        duration_ms: outpost_common::duration::signed_millis(started.elapsed()),
     }
 }
 
@@ -276,7 +276,7 @@ impl Run<'_> {
             self.report.info(format!("Limiting the run's memory to {limit} bytes ({MEMORY_LIMIT_VAR})"));
         }
         let mut child = command.spawn().map_err(|e| format!("Failed to start '{}': {e}", cli.display()))?;
-        let pgid = child.id().map(|id| id as i32);
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
         // The CLI leads its own process group: its pid is the group's id.
         info!(exec_id = %spec.exec_id, pid = pgid.unwrap_or_default(), "datahub CLI started");
         self.report.info(format!("Executing: {} {}", cli.display(), prepared.argv.join(" ")));

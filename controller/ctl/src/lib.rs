@@ -512,7 +512,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Audit { since, actor, action, limit } => {
-            let since_unix_ms = since.map_or(0, |d| outpost_common::clock::unix_ms() - d.as_millis() as i64);
+            let since_unix_ms = since.map_or(0, |d| {
+                outpost_common::clock::unix_ms().saturating_sub(outpost_common::duration::signed_millis(d))
+            });
             let request = pb::ListAuditEventsRequest {
                 since_unix_ms,
                 actor: actor.clone().unwrap_or_default(),

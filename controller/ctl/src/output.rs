@@ -24,7 +24,7 @@ fn time(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    let t = outpost_common::clock::system_time(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

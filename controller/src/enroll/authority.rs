@@ -97,7 +97,8 @@ impl Authority {
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.custom_extensions.clear();
         let cert = csr.signed_by(&self.issuer).map_err(|e| Error::Authority(format!("signing: {e}")))?;
-        let expires_at_ms = expires.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let expires_at_ms =
+            outpost_common::duration::signed_millis(expires.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
         Ok(Issued { cert_pem: cert.pem(), serial: outpost_common::identity::serial_text(&serial), expires_at_ms })
     }
 }

@@ -222,7 +222,7 @@ impl Enrollment {
             secret_hash: token.secret_hash(),
             bundle_key: token.bundle_key(),
             pool: request.pool.to_string(),
-            expires_at_ms: unix_ms() + request.ttl.as_millis() as i64,
+            expires_at_ms: unix_ms().saturating_add(outpost_common::duration::signed_millis(request.ttl)),
             uses_left: request.uses.map(i64::from),
             description: request.description,
             created_by: created_by.to_owned(),

@@ -107,9 +107,9 @@ impl pb::agent_service_server::AgentService for AgentService {
         let (outbound, outbound_rx) = mpsc::channel(COMMAND_BUFFER);
         let welcome_msg = Out::Welcome(pb::Welcome {
             session_id: welcome.session.to_string(),
-            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
-            lease_ttl_ms: config.lease_ttl.as_millis() as u64,
-            keepalive_interval_ms: config.keepalive_interval.as_millis() as u64,
+            heartbeat_interval_ms: outpost_common::duration::millis(config.heartbeat_interval),
+            lease_ttl_ms: outpost_common::duration::millis(config.lease_ttl),
+            keepalive_interval_ms: outpost_common::duration::millis(config.keepalive_interval),
             cancel: welcome.cancel.iter().map(convert::attempt_to_pb).collect(),
         });
         let _ = outbound.send(Ok(pb::ControllerMessage { msg: Some(welcome_msg) })).await;

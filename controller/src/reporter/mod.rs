@@ -194,7 +194,7 @@ impl Reporter {
             }
         }
         match self.store.next_outbox_due().await {
-            Ok(Some(at)) => Duration::from_millis((at - unix_ms()).clamp(0, 1_000) as u64),
+            Ok(Some(at)) => Duration::from_millis((at - unix_ms()).clamp(0, 1_000).unsigned_abs()),
             _ => Duration::from_secs(1),
         }
     }
@@ -286,7 +286,11 @@ impl Reporter {
     }
 
     fn retry(&self, entry: &OutboxEntry, error: String) -> Delivery {
-        Delivery::Retry { error, next_try_at_ms: unix_ms() + self.backoff(entry.tries).as_millis() as i64 }
+        Delivery::Retry {
+            error,
+            next_try_at_ms: unix_ms()
+                .saturating_add(outpost_common::duration::signed_millis(self.backoff(entry.tries))),
+        }
     }
 
     /// Builds and sends a row's aspect (`shrunk`: with the report cut to a sixteenth and no structured report,

@@ -38,7 +38,9 @@ impl Reporter {
     async fn send_progress(&self) {
         let (running, waiting) = match (
             self.store.progress_candidates().await,
-            self.store.waiting_claims(unix_ms() - self.renew_after.as_millis() as i64).await,
+            self.store
+                .waiting_claims(unix_ms().saturating_sub(outpost_common::duration::signed_millis(self.renew_after)))
+                .await,
         ) {
             (Ok(running), Ok(waiting)) => (running, waiting),
             (Err(e), _) | (_, Err(e)) => {

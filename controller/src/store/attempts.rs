@@ -10,6 +10,7 @@ use outpost_common::task::Refusal;
 use rusqlite::{Transaction, params};
 
 use super::outbox;
+use super::row::stored;
 use super::tasks::{TaskRecord, load, task_records};
 use super::transaction::Effects;
 use super::writer::{execute, writer_error};
@@ -65,7 +66,7 @@ pub struct HeldTask {
 /// The agent acknowledged the assignment: ASSIGNED → RUNNING, fenced by epoch (and a RUNNING report queued for
 /// GMS). Repeating it is a no-op.
 pub(super) fn start(tx: &Transaction, attempt: &AttemptRef, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
-    let epoch = attempt.epoch.0 as i64;
+    let epoch = stored("epoch", attempt.epoch.0)?;
     let changed = execute(
         tx,
         "UPDATE tasks SET state = 'RUNNING', updated_at_ms = ?, attempt_started_at_ms = COALESCE(attempt_started_at_ms, ?) \
@@ -93,7 +94,8 @@ macro_rules! close {
 /// Ends an attempt and moves its task on (back to the queue, or to a terminal state with its result), fenced by
 /// the task's epoch: nothing changes unless the task is still held at `task_epoch`.
 pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: &mut Effects) -> Result<(), Error> {
-    let (id, epoch) = (end.task_id.as_str(), end.task_epoch.0 as i64);
+    let (id, epoch) = (end.task_id.as_str(), stored("epoch", end.task_epoch.0)?);
+    let attempt_epoch = stored("epoch", end.attempt_epoch.0)?;
     let reported_at = match &end.change {
         // The outbox row (reporting on) is added first; a refused fence below rolls the whole turn back.
         TaskChange::Finish { result, .. } => {
@@ -109,7 +111,7 @@ pub(super) fn end(tx: &Transaction<'_>, end: &AttemptEnd, now_ms: i64, effects: 
          SELECT id, attempts, attempt_epoch, worker_id, ?, attempt_assigned_at_ms, attempt_started_at_ms, ?, ?, \
          attempt_heartbeat_ms FROM tasks \
          WHERE id = ? AND epoch = ? AND attempt_epoch = ? AND state IN ('ASSIGNED', 'RUNNING')",
-        params![end.attempt_state.as_str(), now_ms, end.reason, id, epoch, end.attempt_epoch.0 as i64],
+        params![end.attempt_state.as_str(), now_ms, end.reason, id, epoch, attempt_epoch],
     )?;
     if ended == 0 {
         let task = load(tx, &end.task_id)?;
@@ -175,7 +177,7 @@ pub(super) fn request_cancel(tx: &Transaction<'_>, id: &TaskId, epoch: Epoch, no
         tx,
         "UPDATE tasks SET epoch = epoch + 1, cancel_requested_at_ms = ?, updated_at_ms = ? \
              WHERE id = ? AND epoch = ? AND state IN ('ASSIGNED', 'RUNNING') AND cancel_requested_at_ms IS NULL",
-        params![now_ms, now_ms, id.as_str(), epoch.0 as i64],
+        params![now_ms, now_ms, id.as_str(), stored("epoch", epoch.0)?],
     )?;
     if changed == 0 {
         let task = load(tx, id)?;
@@ -190,7 +192,8 @@ pub(super) fn heartbeats(tx: &Transaction<'_>, beats: &[(AttemptRef, i64)]) -> R
         .prepare_cached("UPDATE tasks SET attempt_heartbeat_ms = ? WHERE id = ? AND attempt_epoch = ?")
         .map_err(writer_error)?;
     for (attempt, at_ms) in beats {
-        statement.execute(params![at_ms, attempt.task_id.as_str(), attempt.epoch.0 as i64]).map_err(writer_error)?;
+        let epoch = stored("epoch", attempt.epoch.0)?;
+        statement.execute(params![at_ms, attempt.task_id.as_str(), epoch]).map_err(writer_error)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use outpost_common::ids::{AspectVersion, Epoch, TaskId};
 use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
+use super::row::narrow;
 use super::transaction::Effects;
 use super::writer::execute;
 use super::{Error, Store};
@@ -179,7 +180,7 @@ impl Store {
              ORDER BY o.seq LIMIT ?",
         )
         .bind(now_ms)
-        .bind(limit as i64)
+        .bind(i64::from(limit))
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
@@ -193,7 +194,7 @@ impl Store {
                         other => return Err(Error::Corrupt(format!("outbox kind {other}"))),
                     },
                     start_time_ms: row.start_time_ms,
-                    tries: row.tries as u32,
+                    tries: narrow("tries", row.tries)?,
                     claim: row.gms_version.map(AspectVersion::new),
                     claim_lost: row.claim_lost_at_ms.is_some(),
                 })
@@ -221,7 +222,7 @@ impl Store {
     /// Rows waiting to be sent.
     pub async fn outbox_depth(&self) -> Result<u64, Error> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM gms_outbox").fetch_one(&self.reads).await?;
-        Ok(n as u64)
+        Ok(n.unsigned_abs())
     }
 
     /// Running attempts of tasks whose outbox is empty (their RUNNING reached GMS and nothing else waits): the
@@ -238,7 +239,7 @@ impl Store {
             .map(|(id, epoch, started)| {
                 Ok(ProgressCandidate {
                     task_id: TaskId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?,
-                    epoch: Epoch(epoch as u64),
+                    epoch: Epoch(narrow("epoch", epoch)?),
                     start_time_ms: started.unwrap_or_default(),
                 })
             })

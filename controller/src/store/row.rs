@@ -39,3 +39,13 @@ macro_rules! columns {
 
 columns!(rusqlite::Row<'_>, get);
 columns!(sqlx::sqlite::SqliteRow, try_get);
+
+/// A stored integer as the type it stands for (a count, an epoch, slots); one out of its range is a corrupt row.
+pub(super) fn narrow<T: TryFrom<i64>>(what: &str, value: i64) -> Result<T, Error> {
+    T::try_from(value).map_err(|_| Error::Corrupt(format!("{what} out of range: {value}")))
+}
+
+/// An unsigned number (an epoch, a limit) as SQLite's integer; one past `i64::MAX` cannot be stored.
+pub(super) fn stored(what: &str, value: impl TryInto<i64> + Copy + std::fmt::Display) -> Result<i64, Error> {
+    value.try_into().map_err(|_| Error::Corrupt(format!("{what} too large to store: {value}")))
+}

@@ -67,7 +67,7 @@ impl From<QuarantineRow> for Quarantined {
             message_id: row.message_id,
             reason: row.reason,
             body: row.body,
-            body_bytes: row.body_bytes as u64,
+            body_bytes: row.body_bytes.unsigned_abs(),
             received_at_ms: row.received_at_ms,
             replayed_at_ms: row.replayed_at_ms,
         }
@@ -137,7 +137,7 @@ impl Store {
             cut -= 1;
         }
         let row = (queue_url.to_owned(), message_id.to_owned(), reason.to_owned(), body[..cut].to_owned());
-        let body_bytes = body.len() as i64;
+        let body_bytes = i64::try_from(body.len()).unwrap_or(i64::MAX);
         self.transaction(move |tx, _| {
             let (queue_url, message_id, reason, body) = row;
             tx.prepare_cached(
@@ -155,7 +155,7 @@ impl Store {
     /// Quarantined messages, newest first.
     pub async fn quarantined(&self, limit: u32) -> Result<Vec<Quarantined>, Error> {
         let rows: Vec<QuarantineRow> = sqlx::query_as("SELECT * FROM quarantine ORDER BY id DESC LIMIT ?")
-            .bind(limit as i64)
+            .bind(i64::from(limit))
             .fetch_all(&self.reads)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())

@@ -10,7 +10,7 @@ use outpost_common::task::{AttemptState, TaskState};
 use rusqlite::{Transaction, params};
 use sqlx::{FromRow, Sqlite};
 
-use super::row::Columns;
+use super::row::{Columns, narrow};
 use super::transaction::Effects;
 use super::writer::{execute, writer_error};
 use super::{Error, Store, outbox, parse};
@@ -108,7 +108,7 @@ impl TaskRecord {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("{what}: {e}"));
         let result = match row.opt_int("finished_at_ms")? {
             Some(finished_at_ms) => Some(TaskResult {
-                exit_code: row.opt_int("exit_code")?.map(|c| c as i32),
+                exit_code: row.opt_int("exit_code")?.map(|c| narrow("exit code", c)).transpose()?,
                 report: row.opt_text("report")?.unwrap_or_default(),
                 structured_report: row.opt_text("structured_report")?.unwrap_or_default(),
                 start_time_ms: row.opt_int("start_time_ms")?.unwrap_or_default(),
@@ -129,8 +129,8 @@ impl TaskRecord {
                 claim: row.opt_text("gms_version")?.map(AspectVersion::new),
             },
             state: parse("task state", &row.text("state")?)?,
-            epoch: Epoch(row.int("epoch")? as u64),
-            attempts: row.int("attempts")? as u32,
+            epoch: Epoch(narrow("epoch", row.int("epoch")?)?),
+            attempts: narrow("attempts", row.int("attempts")?)?,
             worker_id: worker_id.as_deref().map(WorkerId::parse).transpose().map_err(|e| corrupt("worker", &e))?,
             not_before_ms: row.int("not_before_ms")?,
             created_at_ms: row.int("created_at_ms")?,
@@ -166,8 +166,8 @@ impl TryFrom<AttemptRow> for AttemptRecord {
     type Error = Error;
     fn try_from(row: AttemptRow) -> Result<Self, Error> {
         Ok(AttemptRecord {
-            number: row.number as u32,
-            epoch: Epoch(row.epoch as u64),
+            number: narrow("attempt number", row.number)?,
+            epoch: Epoch(narrow("epoch", row.epoch)?),
             worker_id: WorkerId::parse(&row.worker_id).map_err(|e| Error::Corrupt(format!("worker: {e}")))?,
             state: parse("attempt state", &row.state)?,
             assigned_at_ms: row.assigned_at_ms,
@@ -321,16 +321,20 @@ impl Store {
             .into_iter()
             .map(|(pool, queued, running, oldest)| PoolBacklog {
                 pool,
-                queued: queued as u32,
-                running: running as u32,
+                queued: u32::try_from(queued).unwrap_or(u32::MAX),
+                running: u32::try_from(running).unwrap_or(u32::MAX),
                 oldest_queued_ms: oldest.unwrap_or_default(),
                 sqs_in_hand: 0,
             })
             .collect();
         for (pool, n) in held {
             match backlogs.iter_mut().find(|b| b.pool == pool) {
-                Some(backlog) => backlog.sqs_in_hand = n as u32,
-                None => backlogs.push(PoolBacklog { pool, sqs_in_hand: n as u32, ..PoolBacklog::default() }),
+                Some(backlog) => backlog.sqs_in_hand = u32::try_from(n).unwrap_or(u32::MAX),
+                None => backlogs.push(PoolBacklog {
+                    pool,
+                    sqs_in_hand: u32::try_from(n).unwrap_or(u32::MAX),
+                    ..PoolBacklog::default()
+                }),
             }
         }
         Ok(backlogs)
@@ -347,7 +351,7 @@ impl Store {
                 Ok((
                     parse("task state", &state)?,
                     PoolId::parse(&pool).map_err(|e| Error::Corrupt(e.to_string()))?,
-                    n as u64,
+                    n.unsigned_abs(),
                 ))
             })
             .collect()
@@ -380,7 +384,7 @@ impl Store {
             query.push(" AND id < ").push_bind(id.as_str().to_owned()).push("))");
         }
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        query.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ").push_bind(limit as i64);
+        query.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ").push_bind(i64::from(limit));
         let rows = query.build().fetch_all(&self.reads).await?;
         task_records(&rows)
     }

@@ -198,7 +198,7 @@ async fn heartbeats_are_recorded_in_one_batch_for_live_attempts_only() {
 async fn list_filters_by_state_and_pool_newest_first() {
     let (_dir, store) = open().await;
     for (i, task) in ["a", "b", "c"].iter().enumerate() {
-        store.insert_task(&new_task(task), i as i64).await.unwrap();
+        store.insert_task(&new_task(task), i64::try_from(i).unwrap()).await.unwrap();
     }
     store.grant(&id("b"), &worker("w"), 5).await.unwrap();
     let queued =

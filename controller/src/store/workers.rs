@@ -7,6 +7,7 @@ use outpost_common::ids::{PoolId, WorkerId};
 use rusqlite::{Transaction, params};
 use sqlx::FromRow;
 
+use super::row::narrow;
 use super::writer::{execute, writer_error};
 use super::{Error, Store};
 
@@ -50,7 +51,7 @@ impl TryFrom<WorkerRow> for WorkerRecord {
             seen: WorkerSeen {
                 worker_id: WorkerId::parse(&row.worker_id).map_err(|e| corrupt(&e))?,
                 pools: pools.iter().map(|p| PoolId::parse(p)).collect::<Result<_, _>>().map_err(|e| corrupt(&e))?,
-                slots: row.slots as u32,
+                slots: narrow("slots", row.slots).map_err(|e| corrupt(&e))?,
                 version: row.version.clone(),
                 labels: serde_json::from_str(&row.labels_json).map_err(|e| corrupt(&e))?,
             },
@@ -76,7 +77,7 @@ pub(super) fn connected(tx: &Transaction<'_>, worker: &WorkerSeen, now_ms: i64) 
         params![
             worker.worker_id.as_str(),
             pools_json,
-            worker.slots as i64,
+            i64::from(worker.slots),
             worker.version,
             labels_json,
             now_ms,

@@ -83,7 +83,7 @@ impl Logins {
         }
         let token = JoinToken::generate();
         let now = unix_ms();
-        let expires_at_ms = now + ttl.as_millis() as i64;
+        let expires_at_ms = now.saturating_add(outpost_common::duration::signed_millis(ttl));
         let record = NewUiToken {
             id: token.id.clone(),
             secret_hash: token.ui_secret_hash(),
@@ -113,7 +113,7 @@ impl Logins {
         };
         let id = random_text(40);
         let now = unix_ms();
-        let expires_at_ms = now + self.session_ttl.as_millis() as i64;
+        let expires_at_ms = now.saturating_add(outpost_common::duration::signed_millis(self.session_ttl));
         self.store.open_ui_session(&session_hash(&id), &token.id, role.as_str(), now, expires_at_ms).await?;
         Ok(Ok(id))
     }

@@ -71,8 +71,7 @@ pub fn time(at_ms: i64) -> String {
     if at_ms <= 0 {
         return "-".to_owned();
     }
-    let stamp =
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms as u64));
+    let stamp = humantime::format_rfc3339_seconds(outpost_common::clock::system_time(at_ms));
     format!("<time datetime=\"{stamp}\">{}</time>", stamp.to_string().replace('T', " ").replace('Z', " UTC"))
 }
 

@@ -69,7 +69,7 @@ fn respond(
     if fragment {
         return Html(live).into_response();
     }
-    let every = ui.refresh.as_millis() as u64;
+    let every = outpost_common::duration::millis(ui.refresh);
     let audit = session.role >= Role::Admin;
     Html(page_with(title, current, &live, refresh_url.map(|url| (url, every)), audit)).into_response()
 }
@@ -352,7 +352,7 @@ pub async fn tasks(
             url_value(after)
         )
     };
-    if found.len() as u32 == PAGE
+    if u32::try_from(found.len()).is_ok_and(|n| n == PAGE)
         && let Some(last) = found.last()
     {
         let next = query(&format!("{}-{}", last.created_at_ms, last.request.id));

@@ -116,7 +116,10 @@ impl Engine {
                 args: task.request.args,
                 pool: task.request.pool,
                 attempt_number: grant.attempt_number,
-                deadline_unix_ms: self.config.task_timeout.map(|t| unix_ms() + t.as_millis() as i64),
+                deadline_unix_ms: self
+                    .config
+                    .task_timeout
+                    .map(|t| unix_ms().saturating_add(outpost_common::duration::signed_millis(t))),
             });
             self.send(&worker, command);
         }

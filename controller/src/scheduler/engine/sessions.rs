@@ -83,7 +83,7 @@ impl Engine {
     pub(super) fn credit(&mut self, worker: &WorkerId, session: SessionId, credits: u32) {
         let granting =
             self.in_flight.as_ref().map_or(0, |f| f.picks.iter().filter(|pick| &pick.worker == worker).count());
-        let held = (self.leases.count_of_worker(worker) + granting) as u32;
+        let held = u32::try_from(self.leases.count_of_worker(worker) + granting).unwrap_or(u32::MAX);
         if let Some(s) = self.current(worker, session) {
             let room = s.hello.slots.saturating_sub(held);
             s.credits = s.credits.saturating_add(credits).min(room);

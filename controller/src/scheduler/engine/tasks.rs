@@ -232,7 +232,12 @@ impl Engine {
                     Cause::Result(outcome) if outcome.status == ResultStatus::Interrupted => RetryReason::Interrupted,
                     _ => RetryReason::TaskFailed,
                 });
-                (attempt, TaskChange::Requeue { not_before_ms: now_ms + delay.as_millis() as i64 })
+                (
+                    attempt,
+                    TaskChange::Requeue {
+                        not_before_ms: now_ms.saturating_add(outpost_common::duration::signed_millis(delay)),
+                    },
+                )
             }
             Decision::Abort { attempt } => {
                 self.metrics.aborted();

@@ -67,7 +67,7 @@ impl Engine {
         Ok(stored
             .into_iter()
             .map(|record| {
-                let used = self.leases.count_of_worker(&record.seen.worker_id) as u32;
+                let used = u32::try_from(self.leases.count_of_worker(&record.seen.worker_id)).unwrap_or(u32::MAX);
                 match self.sessions.get(&record.seen.worker_id) {
                     Some(s) => WorkerView {
                         worker_id: s.hello.worker_id.clone(),
@@ -131,7 +131,7 @@ impl Engine {
     pub(super) fn demand(&self, pool: &PoolId) -> Demand {
         let serving = self.sessions.values().filter(|s| !s.draining && s.hello.pools.contains(pool));
         let (agents, free_slots) = serving.fold((0, 0), |(n, free), s| (n + 1, free + s.credits));
-        let queued = self.queue.ready_len(pool) as u32;
+        let queued = u32::try_from(self.queue.ready_len(pool)).unwrap_or(u32::MAX);
         Demand { agents, free_slots, queued }
     }
 }

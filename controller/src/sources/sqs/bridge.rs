@@ -23,6 +23,8 @@ use crate::store::{Audit, NewTask, Store};
 
 /// SQS batch calls take at most 10 entries.
 const BATCH: usize = 10;
+/// The same for `ReceiveMessage`'s parameter.
+const BATCH_I32: i32 = 10;
 
 #[derive(Clone)]
 pub(super) struct Queue {
@@ -55,6 +57,11 @@ enum Outcome {
     GiveBack(Duration),
     /// Could not be handled now (e.g. GMS down): leave it; it returns after its visibility timeout.
     Leave,
+}
+
+/// A duration as SQS takes it: whole seconds in an `i32` (the flags are validated far below its range).
+fn seconds(duration: Duration) -> i32 {
+    i32::try_from(duration.as_secs()).unwrap_or(i32::MAX)
 }
 
 /// How long to wait after `failures` SQS (or store) failures in a row.
@@ -97,9 +104,9 @@ impl Queue {
                 .sqs
                 .receive_message()
                 .queue_url(&self.url)
-                .max_number_of_messages(want.min(BATCH as u32) as i32)
-                .wait_time_seconds(self.config.wait.as_secs() as i32)
-                .visibility_timeout(self.config.visibility_timeout.as_secs() as i32)
+                .max_number_of_messages(i32::try_from(want).unwrap_or(i32::MAX).min(BATCH_I32))
+                .wait_time_seconds(seconds(self.config.wait))
+                .visibility_timeout(seconds(self.config.visibility_timeout))
                 .send();
             let received = tokio::select! {
                 _ = token.cancelled() => break,
@@ -121,7 +128,7 @@ impl Queue {
                     let delay = backoff(&self.config, failures);
                     failures += 1;
                     let error = self.sdk_error(&e);
-                    warn!(queue = %self.url, error = %error, retry_in_ms = delay.as_millis() as u64, "sqs receive failed");
+                    warn!(queue = %self.url, error = %error, retry_in_ms = outpost_common::duration::millis(delay), "sqs receive failed");
                     self.metrics.channel_failed(
                         self.pool.as_str(),
                         Intake::Sqs,
@@ -168,7 +175,7 @@ impl Queue {
             Outcome::GiveBack(after) => {
                 self.metrics.sqs_call("change_visibility");
                 // SQS takes whole seconds, at most 12 hours.
-                let seconds = after.as_secs().min(12 * 3600) as i32;
+                let seconds = seconds(after.min(Duration::from_secs(12 * 3600)));
                 let result = self
                     .sqs
                     .change_message_visibility()
@@ -362,7 +369,7 @@ impl Queue {
                     let delay = backoff(&self.config, failures);
                     let error = format!("cannot read held messages: {e}");
                     self.metrics.channel_failed(self.pool.as_str(), Intake::Sqs, &error, unix_ms());
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read held messages");
+                    warn!(error = %e, retry_in_ms = outpost_common::duration::millis(delay), "cannot read held messages");
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -445,7 +452,7 @@ impl Queue {
     }
 
     async fn extend_batch(&self, messages: &[crate::store::HeldMessage]) -> bool {
-        let seconds = self.config.visibility_timeout.as_secs() as i32;
+        let seconds = seconds(self.config.visibility_timeout);
         let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = messages
             .iter()
             .enumerate()

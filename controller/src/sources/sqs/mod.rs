@@ -172,7 +172,7 @@ async fn pool_queue(
             Err(e) => {
                 let delay = bridge::backoff(config, failures);
                 failures += 1;
-                tracing::warn!(pool = %pool, error = %e, retry_in_ms = delay.as_millis() as u64,
+                tracing::warn!(pool = %pool, error = %e, retry_in_ms = outpost_common::duration::millis(delay),
                     "cannot get the pool's queue from DataHub GMS");
                 tokio::select! {
                     _ = token.cancelled() => return None,
