@@ -10,6 +10,8 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("outpost_descriptor");
 }
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod backoff;
 pub mod bundle;
 pub mod clock;

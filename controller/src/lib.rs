@@ -3,7 +3,6 @@
 //! them in its phases, in order.
 
 pub(crate) mod admin;
-pub(crate) mod aws;
 pub mod certs;
 pub(crate) mod config;
 pub(crate) mod doctor;

@@ -217,13 +217,7 @@ impl Resolver {
 
 /// A Secrets Manager client from the default AWS chain, over rustls with ring.
 pub async fn secrets_manager_client(endpoint: Option<&str>) -> aws_sdk_secretsmanager::Client {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-    if let Some(endpoint) = endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    aws_sdk_secretsmanager::Client::new(&loader.load().await)
+    aws_sdk_secretsmanager::Client::new(&outpost_common::aws::loader(endpoint).load().await)
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ const BOOTSTRAP_EXPIRY_MS: i64 = 253_402_300_799_000;
 /// credentials from the AWS default chain). Never logged.
 pub async fn read_ca_key(source: &str) -> Result<String, Error> {
     if source.starts_with("arn:") {
-        let client = aws_sdk_secretsmanager::Client::new(&crate::aws::loader(None).load().await);
+        let client = aws_sdk_secretsmanager::Client::new(&outpost_common::aws::loader(None).load().await);
         let secret = client.get_secret_value().secret_id(source).send().await.map_err(|e| {
             Error::Authority(format!("cannot read the CA key {source}: {}", outpost_common::errors::chain(&e)))
         })?;

@@ -193,7 +193,7 @@ async fn cloud_client(region: &str, credentials: cloud::GmsCredentials, endpoint
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
-pub use crate::aws::loader;
+pub use outpost_common::aws::loader;
 
 /// Whether `url` can be read with `sqs`'s credentials (GetQueueAttributes, which reads nothing from the queue):
 /// the SDK's error with its service code when not.

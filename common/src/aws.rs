@@ -1,5 +1,6 @@
-//! The AWS SDK set-up every AWS client of the controller shares: rustls on ring (the workspace's only crypto
-//! provider), the default chain for region and credentials (`AWS_ENDPOINT_URL*` included), an optional endpoint.
+//! The AWS SDK set-up every AWS client of both binaries shares (SQS and Secrets Manager in the controller, Secrets
+//! Manager in the agent): rustls on ring (the workspace's only crypto provider), the default chain for region and
+//! credentials (`AWS_ENDPOINT_URL*` included), an optional endpoint. Behind the `aws` feature.
 
 use aws_config::BehaviorVersion;
 
