@@ -270,15 +270,7 @@ pub async fn run(
 }
 
 fn venvs_pb(venvs: &[HeldVenv]) -> Vec<pb::Venv> {
-    venvs
-        .iter()
-        .map(|v| pb::Venv {
-            key: v.key.clone(),
-            requirement: v.requirement.clone(),
-            bytes: v.bytes,
-            last_used_unix_ms: v.last_used_ms,
-        })
-        .collect()
+    venvs.iter().map(pb::Venv::from).collect()
 }
 
 fn msg(msg: Out) -> pb::AgentMessage {

@@ -17,14 +17,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 
-/// A ready venv this agent holds, as the controller is told.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldVenv {
-    pub key: String,
-    pub requirement: String,
-    pub bytes: u64,
-    pub last_used_ms: i64,
-}
+pub use outpost_common::venv::HeldVenv;
 
 /// What a task asks for.
 pub use outpost_common::venv::VenvSpec as Request;
@@ -167,7 +160,7 @@ impl Venvs {
 
     /// The venv `name` was just used: its last use moves on (what the controller shows).
     fn touched(&self, name: &str) {
-        self.held.send_if_modified(|held| match held.iter_mut().find(|v| v.key == name) {
+        self.held.send_if_modified(|held| match held.iter_mut().find(|v| v.key.as_str() == name) {
             Some(venv) => {
                 venv.last_used_ms = outpost_common::clock::unix_ms();
                 true
@@ -306,8 +299,10 @@ fn scan_blocking(root: &Path) -> Vec<HeldVenv> {
         .filter_map(|entry| {
             let marker = entry.path().join(READY_MARKER);
             let used = marker.metadata().ok()?.modified().ok()?;
+            // Venvs are named by their key; anything else under the root is not one of ours.
+            let key = outpost_common::venv::VenvKey::parse(&entry.file_name().to_string_lossy()).ok()?;
             Some(HeldVenv {
-                key: entry.file_name().to_string_lossy().into_owned(),
+                key,
                 requirement: std::fs::read_to_string(&marker).unwrap_or_default().trim().to_owned(),
                 bytes: dir_bytes(&entry.path()),
                 last_used_ms: used
@@ -330,16 +325,16 @@ fn evict_blocking(root: &Path, max: u64, in_use: &[String], ready: &mut Vec<Held
         if total <= max {
             break;
         }
-        if in_use.contains(&venv.key) {
+        if in_use.iter().any(|name| name == venv.key.as_str()) {
             continue;
         }
-        if std::fs::remove_dir_all(root.join(&venv.key)).is_ok() {
+        if std::fs::remove_dir_all(root.join(venv.key.as_str())).is_ok() {
             info!(venv = %venv.key, bytes = venv.bytes, "venv evicted: over the disk budget");
             total -= venv.bytes;
-            deleted.push(venv.key.clone());
+            deleted.push(venv.key.to_string());
         }
     }
-    ready.retain(|v| !deleted.contains(&v.key));
+    ready.retain(|v| !deleted.iter().any(|name| name == v.key.as_str()));
     deleted
 }
 

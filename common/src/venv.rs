@@ -18,6 +18,15 @@ pub struct VenvSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VenvKey(String);
 
+/// A ready venv an agent holds: what the agent finds on its disk, tells the controller, and operators see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldVenv {
+    pub key: VenvKey,
+    pub requirement: String,
+    pub bytes: u64,
+    pub last_used_ms: i64,
+}
+
 /// Longest key accepted from the wire.
 pub const MAX_KEY_LEN: usize = 128;
 

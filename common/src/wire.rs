@@ -4,6 +4,18 @@
 use crate::ids::{self, AttemptRef, Epoch, TaskId};
 use crate::pb;
 use crate::task::ResultStatus;
+use crate::venv::HeldVenv;
+
+impl From<&HeldVenv> for pb::Venv {
+    fn from(venv: &HeldVenv) -> pb::Venv {
+        pb::Venv {
+            key: venv.key.to_string(),
+            requirement: venv.requirement.clone(),
+            bytes: venv.bytes,
+            last_used_unix_ms: venv.last_used_ms,
+        }
+    }
+}
 
 impl From<&AttemptRef> for pb::AttemptRef {
     fn from(attempt: &AttemptRef) -> pb::AttemptRef {

@@ -7,7 +7,7 @@ use tonic::Status;
 use outpost_common::ids::TaskId;
 
 use crate::metrics::Metrics;
-use crate::scheduler::{Explanation, HeldVenv, PoolCapacity, Why, WorkerState, WorkerView};
+use crate::scheduler::{Explanation, PoolCapacity, Why, WorkerState, WorkerView};
 use crate::store::{AttemptRecord, PoolBacklog, Quarantined, TaskRecord};
 
 pub fn task_state(state: TaskState) -> pb::TaskState {
@@ -178,16 +178,7 @@ pub fn worker(worker: WorkerView) -> pb::Worker {
         cert_expires_unix_ms: 0,
         revoked_unix_ms: 0,
         cert_serial: String::new(),
-        venvs: worker.venvs.iter().map(venv).collect(),
-    }
-}
-
-pub fn venv(venv: &HeldVenv) -> pb::Venv {
-    pb::Venv {
-        key: venv.key.to_string(),
-        requirement: venv.requirement.clone(),
-        bytes: venv.bytes,
-        last_used_unix_ms: venv.last_used_ms,
+        venvs: worker.venvs.iter().map(pb::Venv::from).collect(),
     }
 }
 

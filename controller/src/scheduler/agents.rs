@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use outpost_common::ids::{AttemptRef, PoolId, WorkerId};
 use outpost_common::task::ResultStatus;
-use outpost_common::venv::{VenvKey, VenvSpec};
+use outpost_common::venv::VenvSpec;
 
 use crate::store::ResultRecord;
 
@@ -39,14 +39,7 @@ pub struct AgentHello {
     pub venvs: Vec<HeldVenv>,
 }
 
-/// A ready venv an agent holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldVenv {
-    pub key: VenvKey,
-    pub requirement: String,
-    pub bytes: u64,
-    pub last_used_ms: i64,
-}
+pub use outpost_common::venv::HeldVenv;
 
 /// The engine's answer to a Hello.
 #[derive(Clone, Debug)]
