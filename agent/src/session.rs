@@ -290,24 +290,20 @@ fn result_pb(attempt: &AttemptRef, outcome: &RunOutcome) -> pb::AgentMessage {
     msg(Out::Result(pb::Result {
         attempt: Some(attempt_pb(attempt)),
         status: pb::ResultStatus::from(outcome.status) as i32,
-        exit_code: outcome.exit_code,
-        report: outcome.report.clone(),
-        structured_report: outcome.structured_report.clone(),
-        start_time_unix_ms: outcome.start_time_ms,
-        duration_ms: outcome.duration_ms,
+        exit_code: outcome.run.exit_code,
+        report: outcome.run.report.clone(),
+        structured_report: outcome.run.structured_report.clone(),
+        start_time_unix_ms: outcome.run.start_time_ms,
+        duration_ms: outcome.run.duration_ms,
     }))
 }
 
 /// A hand-back of an assignment the agent cannot start.
 fn handed_back(reason: &str) -> RunOutcome {
-    RunOutcome {
-        status: ResultStatus::Interrupted,
-        exit_code: None,
-        report: format!("The agent handed the task back without starting it: {reason}\n"),
-        structured_report: String::new(),
-        start_time_ms: unix_ms(),
-        duration_ms: 0,
-    }
+    RunOutcome::without_run(
+        ResultStatus::Interrupted,
+        format!("The agent handed the task back without starting it: {reason}\n"),
+    )
 }
 
 impl Agent {

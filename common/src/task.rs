@@ -4,6 +4,18 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// What a run produced, as DataHub's result aspect records it: the CLI's exit code, the report, the structured
+/// report, when it started and how long it took. The one record on both sides: an agent's outcome carries it, the
+/// controller stores it with the task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunResult {
+    pub exit_code: Option<i32>,
+    pub report: String,
+    pub structured_report: String,
+    pub start_time_ms: i64,
+    pub duration_ms: i64,
+}
+
 /// A string that is not one of an enum's text forms.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unknown {what} {value:?}")]

@@ -136,7 +136,7 @@ impl Runner {
             });
             let outcome = process::run(&config, spec, stop_rx, lines_tx, progress).await;
             let _ = forwarder.await;
-            info!(attempt = %attempt, status = %outcome.status, exit_code = ?outcome.exit_code, "attempt ended");
+            info!(attempt = %attempt, status = %outcome.status, exit_code = ?outcome.run.exit_code, "attempt ended");
             let _ = events.send(RunnerEvent::Finished { attempt, outcome }).await;
         };
         tokio::spawn(tracing::Instrument::instrument(run, span));

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use outpost_common::clock::unix_ms;
-use outpost_common::task::ResultStatus;
+use outpost_common::task::{ResultStatus, RunResult};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
@@ -105,15 +105,18 @@ pub struct Progress {
     pub last_output_ms: AtomicI64,
 }
 
-/// What a run produced.
+/// How a run ended, and what it produced.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
     pub status: ResultStatus,
-    pub exit_code: Option<i32>,
-    pub report: String,
-    pub structured_report: String,
-    pub start_time_ms: i64,
-    pub duration_ms: i64,
+    pub run: RunResult,
+}
+
+impl RunOutcome {
+    /// An attempt that never ran (stopped or handed back before its CLI started): `report` says why.
+    pub fn without_run(status: ResultStatus, report: String) -> RunOutcome {
+        RunOutcome { status, run: RunResult { report, start_time_ms: unix_ms(), ..RunResult::default() } }
+    }
 }
 
 /// The outcome of an attempt stopped before it started.
@@ -123,14 +126,7 @@ pub fn not_started(reason: StopReason) -> RunOutcome {
         StopReason::TimedOut => (ResultStatus::TimedOut, "The ingestion task's deadline passed before it started"),
         StopReason::Interrupted => (ResultStatus::Interrupted, "The agent shut down before the ingestion started"),
     };
-    RunOutcome {
-        status,
-        exit_code: None,
-        report: format!("{why}\n"),
-        structured_report: String::new(),
-        start_time_ms: outpost_common::clock::unix_ms(),
-        duration_ms: 0,
-    }
+    RunOutcome::without_run(status, format!("{why}\n"))
 }
 
 /// Runs the attempt to its end. Lines of output (masked, capped) go to `lines` as they come; a full channel drops
@@ -145,14 +141,11 @@ pub async fn run(
     let start_time_ms = unix_ms();
     let started = Instant::now();
     if spec.task_name == outpost_common::task::NOOP {
-        return RunOutcome {
-            status: ResultStatus::Succeeded,
-            exit_code: Some(0),
-            report: format!("~~~~ Execution Summary - {} ~~~~\nExecution finished successfully!\n", spec.task_name),
-            structured_report: String::new(),
-            start_time_ms,
-            duration_ms: outpost_common::duration::signed_millis(started.elapsed()),
-        };
+        let report = format!("~~~~ Execution Summary - {} ~~~~\nExecution finished successfully!\n", spec.task_name);
+        let duration_ms = outpost_common::duration::signed_millis(started.elapsed());
+        let run =
+            RunResult { exit_code: Some(0), report, structured_report: String::new(), start_time_ms, duration_ms };
+        return RunOutcome { status: ResultStatus::Succeeded, run };
     }
     let dir = config.work_dir.join(format!("{}-{}", spec.exec_id, spec.attempt_tag));
     let mut run = Run {
@@ -192,14 +185,14 @@ pub async fn run(
         &run.tail.render(),
         config.limits.max_report_bytes,
     );
-    RunOutcome {
-        status,
+    let run = RunResult {
         exit_code,
         report: run.masker.mask(&text),
         structured_report: structured.unwrap_or_default(),
         start_time_ms,
         duration_ms: outpost_common::duration::signed_millis(started.elapsed()),
-    }
+    };
+    RunOutcome { status, run }
 }
 
 /// The state of one run while it executes.

@@ -45,11 +45,11 @@ pub fn task(task: TaskRecord, attempts: Vec<AttemptRecord>) -> pb::Task {
         created_unix_ms: task.created_at_ms,
         updated_unix_ms: task.updated_at_ms,
         result: task.result.map(|r| pb::TaskResult {
-            exit_code: r.exit_code,
-            report: r.report,
-            structured_report: r.structured_report,
-            start_time_unix_ms: r.start_time_ms,
-            duration_ms: r.duration_ms,
+            exit_code: r.run.exit_code,
+            report: r.run.report,
+            structured_report: r.run.structured_report,
+            start_time_unix_ms: r.run.start_time_ms,
+            duration_ms: r.run.duration_ms,
             finished_unix_ms: r.finished_at_ms,
         }),
         attempt_history: attempts

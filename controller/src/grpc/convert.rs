@@ -7,7 +7,7 @@ use tonic::Status;
 
 use crate::scheduler::AttemptResult;
 use crate::scheduler::{AgentCommand, AgentHello, HeldVenv};
-use crate::store::ResultRecord;
+use outpost_common::task::RunResult;
 use outpost_common::venv::VenvKey;
 
 fn invalid(what: &str, error: impl std::fmt::Display) -> Status {
@@ -95,7 +95,7 @@ pub fn outcome(result: &pb::Result) -> Result<AttemptResult, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("result.status: {} is not a result status", result.status)))?;
     Ok(AttemptResult {
         status,
-        record: ResultRecord {
+        record: RunResult {
             exit_code: result.exit_code,
             report: result.report.clone(),
             structured_report: result.structured_report.clone(),

@@ -7,13 +7,13 @@ use outpost_common::ids::{AttemptRef, PoolId, WorkerId};
 use outpost_common::task::ResultStatus;
 use outpost_common::venv::VenvSpec;
 
-use crate::store::ResultRecord;
+use outpost_common::task::RunResult;
 
 /// What an agent reported at the end of an attempt.
 #[derive(Clone, Debug)]
 pub struct AttemptResult {
     pub status: ResultStatus,
-    pub record: ResultRecord,
+    pub record: RunResult,
 }
 
 /// Identifies one agent session (a worker may reconnect; events of an old session are ignored).

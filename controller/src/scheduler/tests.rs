@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::lifecycle::RetryPolicy;
 use crate::metrics::Metrics;
-use crate::store::{AttemptRecord, NewTask, ResultRecord, Store, TaskRecord};
+use crate::store::{AttemptRecord, NewTask, Store, TaskRecord};
 use outpost_common::task::ResultStatus;
+use outpost_common::task::RunResult;
 use outpost_common::venv::VenvSpec;
 
 fn config() -> Config {
@@ -53,7 +54,7 @@ fn task(id: &str) -> NewTask {
 fn succeeded() -> AttemptResult {
     AttemptResult {
         status: ResultStatus::Succeeded,
-        record: ResultRecord { exit_code: Some(0), report: "ok".into(), ..ResultRecord::default() },
+        record: RunResult { exit_code: Some(0), report: "ok".into(), ..RunResult::default() },
     }
 }
 
@@ -319,7 +320,7 @@ async fn a_cancel_the_agent_never_confirms_ends_cancelled_after_the_timeout() {
     // The stored epoch moved on at once: a late result of the cancelled attempt cannot finish the task.
     assert_eq!(store.task(&id("a")).await.unwrap().unwrap().0.epoch.0, 2);
     let cancelled = stored_until(&store, "a", |t, _| t.state == TaskState::Cancelled).await;
-    assert!(cancelled.result.unwrap().report.contains("the agent did not confirm the cancel in time"));
+    assert!(cancelled.result.unwrap().run.report.contains("the agent did not confirm the cancel in time"));
     beating.abort();
     token.cancel();
 }
@@ -340,7 +341,7 @@ async fn a_cancel_and_a_retry_in_one_turn_apply_in_the_order_they_were_asked() {
     last.unwrap();
     let (record, _) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!(record.state, TaskState::Cancelled);
-    assert!(record.result.unwrap().report.contains("second"));
+    assert!(record.result.unwrap().run.report.contains("second"));
     // A retry of a queued task is refused with the life cycle's own reason.
     scheduler.retry(&id("a"), None).await.unwrap();
     let refused = scheduler.retry(&id("a"), None).await.unwrap_err();

@@ -4,7 +4,7 @@
 //! once, when the attempt ends — never an update.
 
 use outpost_common::ids::{AttemptRef, Epoch, TaskId, WorkerId};
-use outpost_common::task::{AttemptState, TaskState};
+use outpost_common::task::{AttemptState, RunResult, TaskState};
 
 use outpost_common::task::Refusal;
 use rusqlite::{Transaction, params};
@@ -23,23 +23,13 @@ pub struct Grant {
     pub attempt_number: u32,
 }
 
-/// The result recorded with a terminal task.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResultRecord {
-    pub exit_code: Option<i32>,
-    pub report: String,
-    pub structured_report: String,
-    pub start_time_ms: i64,
-    pub duration_ms: i64,
-}
-
 /// What the end of an attempt does to its task.
 #[derive(Clone, Debug)]
 pub enum TaskChange {
     /// Back to the queue, not granted before `not_before_ms`.
     Requeue { not_before_ms: i64 },
     /// The task ends in `state` with `result`.
-    Finish { state: TaskState, result: ResultRecord },
+    Finish { state: TaskState, result: RunResult },
 }
 
 /// The end of one attempt.

@@ -45,7 +45,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, SqlitePool};
 use tokio::sync::{Notify, watch};
 
-pub use attempts::{AttemptEnd, Grant, ResultRecord, TaskChange};
+pub use attempts::{AttemptEnd, Grant, TaskChange};
 pub use audit::{Audit, AuditEvent, AuditFilter, Outcome as AuditOutcome, Via};
 pub use claims::WaitingClaim;
 pub use enrollment::{JoinRefused, JoinToken, NewToken};

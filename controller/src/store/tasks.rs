@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use outpost_common::ids::{AspectVersion, Epoch, PoolId, TaskId, WorkerId};
 use outpost_common::task::Refusal;
-use outpost_common::task::{AttemptState, TaskState};
+use outpost_common::task::{AttemptState, RunResult, TaskState};
 use rusqlite::{Transaction, params};
 use sqlx::{FromRow, Sqlite};
 
@@ -29,14 +29,10 @@ pub struct NewTask {
     pub claim: Option<AspectVersion>,
 }
 
-/// The recorded terminal result of a task.
+/// The recorded terminal result of a task: what its last run produced, and when the task finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskResult {
-    pub exit_code: Option<i32>,
-    pub report: String,
-    pub structured_report: String,
-    pub start_time_ms: i64,
-    pub duration_ms: i64,
+    pub run: RunResult,
     pub finished_at_ms: i64,
 }
 
@@ -108,11 +104,13 @@ impl TaskRecord {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("{what}: {e}"));
         let result = match row.opt_int("finished_at_ms")? {
             Some(finished_at_ms) => Some(TaskResult {
-                exit_code: row.opt_int("exit_code")?.map(|c| narrow("exit code", c)).transpose()?,
-                report: row.opt_text("report")?.unwrap_or_default(),
-                structured_report: row.opt_text("structured_report")?.unwrap_or_default(),
-                start_time_ms: row.opt_int("start_time_ms")?.unwrap_or_default(),
-                duration_ms: row.opt_int("duration_ms")?.unwrap_or_default(),
+                run: RunResult {
+                    exit_code: row.opt_int("exit_code")?.map(|c| narrow("exit code", c)).transpose()?,
+                    report: row.opt_text("report")?.unwrap_or_default(),
+                    structured_report: row.opt_text("structured_report")?.unwrap_or_default(),
+                    start_time_ms: row.opt_int("start_time_ms")?.unwrap_or_default(),
+                    duration_ms: row.opt_int("duration_ms")?.unwrap_or_default(),
+                },
                 finished_at_ms,
             }),
             None => None,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use outpost_common::ids::{AspectVersion, AttemptRef, Epoch, PoolId, TaskId, WorkerId};
-use outpost_common::task::{AttemptState, Refusal, Refused, TaskState};
+use outpost_common::task::{AttemptState, Refusal, Refused, RunResult, TaskState};
 
 use super::*;
 
@@ -38,7 +38,7 @@ fn finish(task: &str, epoch: u64, state: TaskState, attempt_state: AttemptState,
         attempt_epoch: Epoch(epoch),
         attempt_state,
         reason: attempt_state.to_string(),
-        change: TaskChange::Finish { state, result: ResultRecord { report: report.into(), ..ResultRecord::default() } },
+        change: TaskChange::Finish { state, result: RunResult { report: report.into(), ..RunResult::default() } },
     }
 }
 
@@ -108,7 +108,7 @@ async fn grant_bumps_the_epoch_and_fences_later_changes() {
     ));
     let (task, attempts) = store.task(&id("a")).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Succeeded);
-    assert_eq!(task.result.as_ref().unwrap().report, "done");
+    assert_eq!(task.result.as_ref().unwrap().run.report, "done");
     assert_eq!(task.result.as_ref().unwrap().finished_at_ms, 9);
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].state, AttemptState::Succeeded);
@@ -169,7 +169,7 @@ async fn a_cancel_bumps_the_epoch_and_is_confirmed_for_the_previous_attempt() {
     store.write(Change::CancelQueued { task: id("b"), report: "cancelled before it ran".into() }, 8).await.unwrap();
     let (task, attempts) = store.task(&id("b")).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Cancelled);
-    assert_eq!(task.result.unwrap().report, "cancelled before it ran");
+    assert_eq!(task.result.unwrap().run.report, "cancelled before it ran");
     assert!(attempts.is_empty());
     assert!(matches!(
         store.write(Change::CancelQueued { task: id("b"), report: "again".into() }, 9).await,
@@ -305,7 +305,7 @@ async fn one_turn_makes_many_changes_of_each_kind_in_one_commit() {
     assert_eq!(granted, [("b", Epoch(2), 2), ("d", Epoch(1), 1), ("c", Epoch(1), 1)]);
 
     let (a, a_attempts) = store.task(&id("a")).await.unwrap().unwrap();
-    assert_eq!((a.state, a.result.unwrap().report.as_str()), (TaskState::Failed, "exit 1"));
+    assert_eq!((a.state, a.result.unwrap().run.report.as_str()), (TaskState::Failed, "exit 1"));
     assert_eq!((a_attempts[0].state, a_attempts[0].ended_at_ms), (AttemptState::Failed, Some(12)));
     let (b, b_attempts) = store.task(&id("b")).await.unwrap().unwrap();
     assert_eq!((b.state, b.epoch, b.worker_id.unwrap().as_str()), (TaskState::Assigned, Epoch(2), "w2"));

@@ -432,14 +432,14 @@ pub async fn task(
         ));
     }
     if let Some(result) = &task.result {
-        let exit = result.exit_code.map_or("-".to_owned(), |c| c.to_string());
+        let exit = result.run.exit_code.map_or("-".to_owned(), |c| c.to_string());
         live.push_str(&format!(
             "<section aria-labelledby=\"result\"><h2 id=\"result\">Result</h2><dl class=\"facts\"><dt>Exit code</dt><dd>{exit}</dd>\
              <dt>Finished</dt><dd>{}</dd><dt>Took</dt><dd>{:.1} s</dd></dl>\
              <h3>Report</h3><pre class=\"log\" tabindex=\"0\">{}</pre></section>",
             time(result.finished_at_ms),
-            result.duration_ms as f64 / 1000.0,
-            esc(&result.report)
+            result.run.duration_ms as f64 / 1000.0,
+            esc(&result.run.report)
         ));
     }
     let refresh = if task.state.is_terminal() { None } else { Some(format!("{path}?fragment=1")) };

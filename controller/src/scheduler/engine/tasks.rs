@@ -17,7 +17,8 @@ use crate::lifecycle::RetryReason;
 use crate::lifecycle::{self, Decision, Event as LifeEvent, Loss, Refusal, TaskFacts};
 use crate::scheduler::leases::Lease;
 use crate::scheduler::{AgentCommand, AttemptResult, Error, SessionId};
-use crate::store::{AttemptEnd, Change, NewTask, ResultRecord, TaskChange, TaskRecord};
+use crate::store::{AttemptEnd, Change, NewTask, TaskChange, TaskRecord};
+use outpost_common::task::RunResult;
 
 /// What ended an attempt, for the record.
 enum Cause<'a> {
@@ -222,7 +223,7 @@ impl Engine {
             Decision::Finish { task: state, attempt } => {
                 let record = match &cause {
                     Cause::Result(outcome) => outcome.record.clone(),
-                    _ => ResultRecord::default(),
+                    _ => RunResult::default(),
                 };
                 (attempt, TaskChange::Finish { state, result: record })
             }
@@ -242,19 +243,19 @@ impl Engine {
             Decision::Abort { attempt } => {
                 self.metrics.aborted();
                 let report = self.abort_report(task, &lease, &reason).await?;
-                let record = ResultRecord { report, start_time_ms: now_ms, ..ResultRecord::default() };
+                let record = RunResult { report, start_time_ms: now_ms, ..RunResult::default() };
                 (attempt, TaskChange::Finish { state: TaskState::Aborted, result: record })
             }
             Decision::ConfirmCancel { keep_report } => {
                 let record = match &cause {
                     Cause::Result(outcome) if keep_report => outcome.record.clone(),
-                    _ => ResultRecord {
+                    _ => RunResult {
                         report: format!(
                             "~~~~ Execution Summary - {} ~~~~\nExecution was cancelled by request.\n{reason}\n",
                             lease.task_name
                         ),
                         start_time_ms: now_ms,
-                        ..ResultRecord::default()
+                        ..RunResult::default()
                     },
                 };
                 (AttemptState::Cancelled, TaskChange::Finish { state: TaskState::Cancelled, result: record })
