@@ -32,7 +32,7 @@ pub struct Venvs {
     pub python: PathBuf,
     /// Ready venvs are evicted (least recently used first, never one in use) beyond this many bytes.
     pub max_bytes: Option<u64>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: outpost_common::locks::KeyedLocks<String>,
     /// Runs using each venv now.
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     /// The ready venvs, for the controller (sent in Hello and whenever this changes).
@@ -102,7 +102,7 @@ impl Venvs {
             root: args.venv_root,
             python: args.venv_python,
             max_bytes: (args.venv_max_bytes > 0).then_some(args.venv_max_bytes),
-            locks: Mutex::new(HashMap::new()),
+            locks: Default::default(),
             in_use: Arc::default(),
             held: watch::Sender::new(Vec::new()),
             warming: Semaphore::new(1),
@@ -205,10 +205,7 @@ impl Venvs {
         let lease = self.lease(&name);
         let dir = root.join(&name);
         let cli = dir.join("bin").join("datahub");
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(name.clone()).or_default().clone()
-        };
+        let lock = self.locks.of(&name);
         let _building = lock.lock().await;
         // Built in place (venv scripts hold absolute paths); the marker says the build finished.
         let ready = dir.join(READY_MARKER);

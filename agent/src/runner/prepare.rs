@@ -112,7 +112,7 @@ pub fn prepare(
 
 #[cfg(test)]
 mod tests {
-    use crate::secrets::SecretValue;
+    use crate::secrets::Secret;
 
     use super::*;
 
@@ -131,7 +131,7 @@ mod tests {
             Path::new("/r/report.json"),
         )
         .unwrap();
-        let secrets = [("INPUT_PATH".to_owned(), SecretValue::new("/data/in.json".into()))].into();
+        let secrets = [("INPUT_PATH".to_owned(), Secret::new("/data/in.json".into()))].into();
         let envelope: serde_json::Value = serde_json::from_str(&prepared.envelope(&secrets)).unwrap();
         let recipe: serde_json::Value = serde_json::from_str(envelope["__recipe_yaml__"].as_str().unwrap()).unwrap();
         assert_eq!(recipe["run_id"], "abc");

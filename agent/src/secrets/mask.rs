@@ -45,14 +45,14 @@ impl Masker {
 
 #[cfg(test)]
 mod tests {
-    use super::super::SecretValue;
+    use super::super::Secret;
     use super::*;
 
     #[test]
     fn masks_every_value_longest_first_and_skips_tiny_ones() {
         let secrets: Secrets = [("DB_PASSWORD", "hunter22"), ("DB_PASSWORD_OLD", "hunter22-old"), ("PIN", "7")]
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), SecretValue::new(v.to_owned())))
+            .map(|(k, v)| (k.to_owned(), Secret::new(v.to_owned())))
             .collect();
         let masker = Masker::new(&secrets);
         assert_eq!(

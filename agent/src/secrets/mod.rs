@@ -1,7 +1,7 @@
 //! Secrets: `${NAME}` references in a recipe, resolved on the agent at task start from, in order, the
 //! environment, a secrets directory (`NAME` files) and AWS Secrets Manager (`NAME=ARN` mappings and/or a name
 //! prefix), with a short TTL cache so a rotated secret is used on the next run. Values leave this module only
-//! through [`SecretValue::expose`], for the CLI's stdin envelope and the masker; `Debug` never shows them and
+//! through [`Secret::expose`], for the CLI's stdin envelope and the masker; `Debug` never shows them and
 //! errors name the secret, never its value.
 
 pub mod mask;
@@ -14,29 +14,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
-/// A resolved secret value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(String);
-
-impl SecretValue {
-    pub fn new(value: String) -> SecretValue {
-        SecretValue(value)
-    }
-
-    /// The value itself: only for the CLI's stdin envelope and the masker.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretValue(<redacted>)")
-    }
-}
+pub use outpost_common::secret::Secret;
 
 /// Resolved secrets by name.
-pub type Secrets = BTreeMap<String, SecretValue>;
+pub type Secrets = BTreeMap<String, Secret>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -112,7 +93,7 @@ pub struct Resolver {
     /// `NAME` → Secrets Manager id (ARN or name).
     mappings: BTreeMap<String, String>,
     secrets_manager: Option<aws_sdk_secretsmanager::Client>,
-    cache: Mutex<HashMap<String, (Instant, SecretValue)>>,
+    cache: Mutex<HashMap<String, (Instant, Secret)>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -147,10 +128,10 @@ impl Resolver {
         if missing.is_empty() { Ok(secrets) } else { Err(Error::Missing(missing)) }
     }
 
-    async fn resolve_one(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+    async fn resolve_one(&self, name: &str) -> Result<Option<Secret>, Error> {
         if let Ok(value) = std::env::var(name) {
             debug!(secret = name, store = "environment", "secret resolved");
-            return Ok(Some(SecretValue(value)));
+            return Ok(Some(Secret::new(value)));
         }
         if let Some(value) = self.read_dir_secret(name).await? {
             debug!(secret = name, store = "secrets directory", "secret resolved");
@@ -159,7 +140,7 @@ impl Resolver {
         self.read_secrets_manager(name).await
     }
 
-    async fn read_dir_secret(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+    async fn read_dir_secret(&self, name: &str) -> Result<Option<Secret>, Error> {
         let Some(dir) = &self.config.dir else { return Ok(None) };
         let path = dir.join(name);
         let store_error =
@@ -177,10 +158,10 @@ impl Resolver {
             )));
         }
         let text = tokio::fs::read_to_string(&path).await.map_err(|e| store_error(e.to_string()))?;
-        Ok(Some(SecretValue(text.trim_end().to_owned())))
+        Ok(Some(Secret::new(text.trim_end().to_owned())))
     }
 
-    async fn read_secrets_manager(&self, name: &str) -> Result<Option<SecretValue>, Error> {
+    async fn read_secrets_manager(&self, name: &str) -> Result<Option<Secret>, Error> {
         let id = match (self.mappings.get(name), &self.config.prefix) {
             (Some(id), _) => id.clone(),
             (None, Some(prefix)) => format!("{prefix}{name}"),
@@ -198,7 +179,7 @@ impl Resolver {
         let store_error = |reason: String| Error::Store { name: name.to_owned(), store: "AWS Secrets Manager", reason };
         let value = match client.get_secret_value().secret_id(&id).send().await {
             Ok(output) => match output.secret_string {
-                Some(text) => SecretValue(text),
+                Some(text) => Secret::new(text),
                 None => return Err(store_error("the secret has no string value".into())),
             },
             Err(e) => {
@@ -242,7 +223,7 @@ mod tests {
         let secrets = resolver.resolve(&names).await.unwrap();
         assert_eq!(secrets["FROM_FILE"].expose(), "file-value", "trailing whitespace stripped");
         assert_eq!(secrets["PATH"].expose(), std::env::var("PATH").unwrap());
-        assert_eq!(format!("{:?}", secrets["FROM_FILE"]), "SecretValue(<redacted>)");
+        assert_eq!(format!("{:?}", secrets["FROM_FILE"]), "Secret(<redacted>)");
 
         let names: BTreeSet<String> = ["NOPE_1".to_owned(), "NOPE_2".to_owned()].into();
         let error = resolver.resolve(&names).await.unwrap_err();

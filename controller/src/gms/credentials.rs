@@ -7,33 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// A bearer token; `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    pub fn new(token: String) -> Token {
-        Token(token)
-    }
-
-    /// The token itself: only for the `Authorization` header.
-    pub(super) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for Token {
-    type Err = std::convert::Infallible;
-    fn from_str(token: &str) -> Result<Token, Self::Err> {
-        Ok(Token(token.to_owned()))
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
+/// A bearer token (`Debug` never shows it).
+pub type Token = outpost_common::secret::Secret;
 
 /// Where each GMS call's token comes from.
 #[derive(Clone, Debug, Default)]
@@ -89,7 +64,7 @@ impl TokenFile {
         if text.is_empty() {
             return Err(format!("the GMS token file {} is empty", self.path.display()));
         }
-        let token = Token(text.to_owned());
+        let token = Token::new(text.to_owned());
         *cached = Some((modified, token.clone()));
         Ok(token)
     }

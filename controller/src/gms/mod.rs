@@ -4,7 +4,6 @@
 //! the sources' job). The token never appears in logs, errors or `Debug` output.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -15,21 +14,7 @@ pub use credentials::{Credentials, Token};
 pub use requests::{EXECUTOR_SEARCH_SINCE, Listed, Listing, RequestState, ResultState, ServerInfo};
 
 /// A secret value from GMS (an AWS secret key, a session token); `Debug` never shows it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value itself: only for the AWS SDK's credentials.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use outpost_common::secret::Secret;
 
 /// One pool's SQS queue and temporary AWS credentials, as DataHub Cloud hands them to remote executors
 /// (`listExecutorConfigs`, datahub-protocol.md §2.8).
@@ -321,8 +306,8 @@ impl Client {
                     region: field(entry, "region")?,
                     queue_url: field(entry, "queueUrl")?,
                     access_key_id: field(entry, "accessKeyId")?,
-                    secret_access_key: Secret(field(entry, "secretKeyId")?),
-                    session_token: Secret(field(entry, "sessionToken")?),
+                    secret_access_key: Secret::new(field(entry, "secretKeyId")?),
+                    session_token: Secret::new(field(entry, "sessionToken")?),
                     expiration: entry["expiration"].as_str().and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
                 })
             })
@@ -384,7 +369,7 @@ mod tests {
                 .unwrap();
         let shown = format!("{client:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
-        assert!(shown.contains("Token(<redacted>)"));
+        assert!(shown.contains("Secret(<redacted>)"));
         assert_eq!(client.base, "http://gms:8080");
     }
 
@@ -395,8 +380,8 @@ mod tests {
             region: "us-west-2".into(),
             queue_url: "https://sqs/q".into(),
             access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: Secret("wJalrXUtnFEMI".into()),
-            session_token: Secret("FwoGZXIvYXdzEBY".into()),
+            secret_access_key: Secret::new("wJalrXUtnFEMI".into()),
+            session_token: Secret::new("FwoGZXIvYXdzEBY".into()),
             expiration: None,
         };
         let shown = format!("{config:?}");

@@ -11,8 +11,7 @@ pub mod executors;
 mod payload;
 mod progress;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_common::clock::unix_ms;
@@ -88,17 +87,7 @@ impl Config {
 
 /// One write at a time per task, across the delivery and progress tasks: a RUNNING progress write in flight
 /// is finished before the task's terminal write goes out (GMS would let a late RUNNING overwrite FAILURE).
-#[derive(Clone, Default)]
-struct TaskLocks(Arc<Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>>);
-
-impl TaskLocks {
-    fn of(&self, task: &TaskId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget locks nobody holds or waits for.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        locks.entry(task.clone()).or_default().clone()
-    }
-}
+type TaskLocks = outpost_common::locks::KeyedLocks<TaskId>;
 
 #[derive(Clone)]
 pub struct Reporter {
