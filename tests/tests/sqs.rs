@@ -206,15 +206,20 @@ async fn unusable_messages_are_quarantined_with_their_reason_and_the_bridge_goes
         moto.send(&queue, body).await;
     }
     moto.send(&queue, &messages::plain("fine", &messages::input(&file_recipe(), "default"))).await;
-    let controller =
-        controller(&cluster, &moto, &queue, &[("--sqs-max-message-bytes", "4000"), ("--dead-letter-queue", &dlq)])
-            .await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [("--sqs-max-message-bytes", "4000"), ("--dead-letter-queue", &dlq), ("--metrics-listen", &metrics)];
+    let controller = controller(&cluster, &moto, &queue, &flags).await;
     let admin = cluster.admin(&controller).await;
     let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
     let fine = wait_task(&admin, "fine", "recorded", |t| t.reported_unix_ms > 0).await;
     assert_eq!(fine.state, pb::TaskState::Succeeded as i32);
     moto.wait_empty(&queue).await;
     assert_eq!(moto.counts(&dlq).await.0, 4, "every unusable message was copied to the dead-letter queue");
+    let received = |outcome: &'static str| {
+        let metrics = &metrics;
+        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
+    };
+    assert_eq!((received("quarantined").await, received("taken").await), (4.0, 1.0));
 
     let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
     let quarantined = quarantined.into_inner().messages;

@@ -160,18 +160,15 @@ impl Queue {
                 Err(reason) => Outcome::Quarantine(reason),
             }
         };
-        let counted = match &outcome {
+        // What became of the message, counted once its fate is settled.
+        let became = match outcome {
             Outcome::Held { adopted: false } => SqsMessageOutcome::Taken,
             Outcome::Held { adopted: true } => SqsMessageOutcome::Adopted,
-            Outcome::Delete => SqsMessageOutcome::Deleted,
-            Outcome::GiveBack(_) => SqsMessageOutcome::GivenBack,
-            Outcome::Quarantine(_) => SqsMessageOutcome::Quarantined,
             Outcome::Leave => SqsMessageOutcome::Left,
-        };
-        self.metrics.sqs_message(self.pool.as_str(), counted);
-        match outcome {
-            Outcome::Held { .. } | Outcome::Leave => {}
-            Outcome::Delete => self.delete(&message_id, &receipt).await,
+            Outcome::Delete => {
+                self.delete(&message_id, &receipt).await;
+                SqsMessageOutcome::Deleted
+            }
             Outcome::GiveBack(after) => {
                 self.metrics.sqs_call("change_visibility");
                 // SQS takes whole seconds, at most 12 hours.
@@ -187,27 +184,33 @@ impl Queue {
                 if let Err(e) = result {
                     warn!(message = %message_id, error = %self.sdk_error(&e), "could not give a message back");
                 }
+                SqsMessageOutcome::GivenBack
             }
-            Outcome::Quarantine(reason) => {
-                warn!(queue = %self.url, message = %message_id, reason = %reason, "message quarantined");
-                let stored = self
-                    .store
-                    .quarantine(&self.url, &message_id, &reason, body, self.config.quarantine_max_body_bytes, unix_ms())
-                    .await;
-                if let Err(e) = stored {
-                    // Not stored: leave the message in SQS rather than lose it.
-                    warn!(message = %message_id, error = %e, "could not quarantine; leaving the message in SQS");
-                    return;
-                }
-                if let Some(dlq) = &self.config.dead_letter_queue {
-                    self.metrics.sqs_call("send");
-                    if let Err(e) = self.sqs.send_message().queue_url(dlq).message_body(body).send().await {
-                        warn!(message = %message_id, error = %self.sdk_error(&e), "could not copy to the dead-letter queue");
-                    }
-                }
-                self.delete(&message_id, &receipt).await;
+            Outcome::Quarantine(reason) => self.quarantine(&message_id, &receipt, &reason, body).await,
+        };
+        self.metrics.sqs_message(self.pool.as_str(), became);
+    }
+
+    /// Quarantines an unusable message (a copy to the dead-letter queue if one is set), then deletes it; one that
+    /// cannot be stored is left in SQS rather than lost.
+    async fn quarantine(&self, message_id: &str, receipt: &str, reason: &str, body: &str) -> SqsMessageOutcome {
+        warn!(queue = %self.url, message = %message_id, reason = %reason, "message quarantined");
+        let stored = self
+            .store
+            .quarantine(&self.url, message_id, reason, body, self.config.quarantine_max_body_bytes, unix_ms())
+            .await;
+        if let Err(e) = stored {
+            warn!(message = %message_id, error = %e, "could not quarantine; leaving the message in SQS");
+            return SqsMessageOutcome::Left;
+        }
+        if let Some(dlq) = &self.config.dead_letter_queue {
+            self.metrics.sqs_call("send");
+            if let Err(e) = self.sqs.send_message().queue_url(dlq).message_body(body).send().await {
+                warn!(message = %message_id, error = %self.sdk_error(&e), "could not copy to the dead-letter queue");
             }
         }
+        self.delete(message_id, receipt).await;
+        SqsMessageOutcome::Quarantined
     }
 
     async fn act(&self, request: Request, message_id: &str, receipt: &str) -> Outcome {
