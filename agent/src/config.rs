@@ -61,6 +61,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_METRICS_READ_TIMEOUT", value_parser = outpost_common::duration::parse,
           default_value = "10s")]
     pub metrics_read_timeout: std::time::Duration,
+    /// How long the agent waits, once its session has ended, for each of its other services to stop (a venv
+    /// warm-up under way, the metrics endpoint's open requests).
+    #[arg(long, env = "OUTPOST_SHUTDOWN_TIMEOUT", value_parser = outpost_common::duration::parse,
+          default_value = "10s")]
+    pub shutdown_timeout: std::time::Duration,
     /// Log line format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -82,6 +87,7 @@ impl Config {
             return Err(outpost_common::duration::Invalid("--slots must be at least 1".into()));
         }
         outpost_common::duration::positive("--metrics-read-timeout", self.metrics_read_timeout)?;
+        outpost_common::duration::positive("--shutdown-timeout", self.shutdown_timeout)?;
         self.session.validate()?;
         self.runner.validate()
     }

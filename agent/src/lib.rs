@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::runner::{ProcessConfig, Runner};
 use crate::session::SessionConfig;
 use crate::venv::Venvs;
+use outpost_common::supervisor::Supervisor;
 
 /// Runs the agent until `shutdown` is cancelled and its work is finished or handed back.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -78,10 +79,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     venvs.check_root().map_err(anyhow::Error::msg)?;
     let venvs = Arc::new(venvs);
     venvs.refresh().await;
+    // Every task the agent starts besides its session is supervised, and awaited when it stops.
+    let mut services = Supervisor::<Phase>::default();
+    let (warm_asked, asked) = tokio::sync::mpsc::unbounded_channel();
     for spec in warm {
-        let venvs = venvs.clone();
-        tokio::spawn(async move { venvs.warm(spec).await });
+        let _ = warm_asked.send(spec);
     }
+    let warm_ups = venvs.clone().warm_ups(asked, services.token(Phase::Work));
+    services.spawn("venv warm-ups", false, Phase::Work, warm_ups);
     let (runner, events) = Runner::new(ProcessConfig {
         worker_id: worker_id.to_string(),
         venvs: venvs.clone(),
@@ -101,17 +106,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         timings: config.session,
     };
     metrics.set_slots(config.slots);
-    let http_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let router = outpost_common::metrics::router(metrics.probes());
         let timeout = config.metrics_read_timeout;
-        tokio::spawn(outpost_common::http::serve(listener, router, timeout, None, http_stop.clone()));
+        let serve = outpost_common::http::serve(listener, router, timeout, None, services.token(Phase::Health));
+        services.spawn("metrics endpoint", false, Phase::Health, serve);
     }
+    let venvs = (venvs.as_ref(), warm_asked);
     let result = session::run(session, credentials.renewal, runner, events, venvs, metrics, shutdown).await;
-    http_stop.cancel();
+    // The session has ended (its work finished or handed back): warm-ups, then health, each awaited.
+    for phase in [Phase::Work, Phase::Health] {
+        services.stop(phase, config.shutdown_timeout).await;
+    }
     result?;
     Ok(())
+}
+
+/// When the agent's services stop, after its session has ended: its own work first, then its health endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Venv warm-ups (builds under way are waited for, up to `--shutdown-timeout`).
+    Work,
+    /// `/metrics` and the health probes.
+    Health,
 }
 
 /// The host name (the pod name on Kubernetes): the worker id an agent asks for when joining without --worker-id.

@@ -22,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::runner::{Assignment, RunOutcome, Runner, RunnerEvent, StopReason};
 use crate::venv::{HeldVenv, Venvs};
 use outpost_common::venv::VenvSpec;
-use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What the session needs to know.
@@ -209,8 +208,9 @@ struct Agent {
     metrics: Metrics,
     /// Renews a certificate the controller issued (joined agents).
     renewal: Option<crate::enroll::Renewal>,
-    /// Builds venvs ahead of need; what it holds goes to the controller.
-    venvs: Arc<Venvs>,
+    /// Venvs to build ahead of need (the warm-up service builds them).
+    warm: mpsc::UnboundedSender<VenvSpec>,
+    /// The ready venvs it holds; they go to the controller.
     held_venvs: watch::Receiver<Vec<HeldVenv>>,
 }
 
@@ -221,10 +221,11 @@ pub async fn run(
     renewal: Option<crate::enroll::Renewal>,
     runner: Runner,
     events: mpsc::Receiver<RunnerEvent>,
-    venvs: Arc<Venvs>,
+    venvs: (&Venvs, mpsc::UnboundedSender<VenvSpec>),
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let (venvs, warm) = venvs;
     let mut backoff = Backoff::new(config.timings.reconnect_min, config.timings.reconnect_max);
     let mut agent = Agent {
         tls: config.tls.clone(),
@@ -237,7 +238,7 @@ pub async fn run(
         metrics,
         renewal,
         held_venvs: venvs.subscribe(),
-        venvs,
+        warm,
     };
     loop {
         if agent.finished() {
@@ -542,8 +543,8 @@ impl Agent {
             }
             In::WarmVenv(warm) => match VenvSpec::pinned(&warm.version, &warm.plugin) {
                 Ok(spec) => {
-                    let venvs = self.venvs.clone();
-                    tokio::spawn(async move { venvs.warm(spec).await });
+                    // Gone only at shutdown, when nothing new is built.
+                    let _ = self.warm.send(spec);
                 }
                 Err(e) => warn!(error = %e, "the controller asked for a venv that cannot be built"),
             },

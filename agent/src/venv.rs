@@ -142,6 +142,31 @@ impl Venvs {
         deleted
     }
 
+    /// Builds the venvs asked for ahead of need (at start with --warm, and when the controller asks), each as its
+    /// own build; stops taking requests when `token` is cancelled or every sender is gone, then waits for the
+    /// builds under way (the supervisor bounds that wait).
+    pub async fn warm_ups(
+        self: Arc<Self>,
+        mut asked: tokio::sync::mpsc::UnboundedReceiver<Request>,
+        token: tokio_util::sync::CancellationToken,
+    ) {
+        let mut building = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                spec = asked.recv() => match spec {
+                    Some(spec) => {
+                        let venvs = self.clone();
+                        building.spawn(async move { venvs.warm(spec).await });
+                    }
+                    None => break,
+                },
+                Some(_) = building.join_next(), if !building.is_empty() => {}
+            }
+        }
+        while building.join_next().await.is_some() {}
+    }
+
     /// Builds a venv ahead of need (at start with --warm, or when the controller asks), one such build at a
     /// time; a venv already ready only has its use time renewed.
     pub async fn warm(&self, spec: Request) {

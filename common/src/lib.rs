@@ -1,6 +1,7 @@
 //! Shared by every Outpost binary: the `outpost.v1` wire types, typed IDs and states, identity parsing and TLS
-//! helpers, operators' roles. Must never spawn long-lived tasks or touch SQL; its only network I/O is serving HTTP
-//! (`http.rs`: metrics, health, the status page) on a listener the binaries hand in.
+//! helpers, operators' roles, the supervisor both binaries run their services under. Must never spawn long-lived
+//! tasks of its own (`supervisor.rs` spawns only what a binary hands it) or touch SQL; its only network I/O is
+//! serving HTTP (`http.rs`: metrics, health, the status page) on a listener the binaries hand in.
 
 pub mod pb {
     //! Generated `outpost.v1` protobuf types and services. Only the gRPC edges use these.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod roles;
 pub mod secret;
 pub mod signal;
+pub mod supervisor;
 pub mod task;
 pub mod telemetry;
 pub mod tls;

@@ -97,7 +97,7 @@ async fn health(
         let router = outpost_common::metrics::router(probes(metrics.clone(), opened.clone()));
         let token = services.token(Phase::Health);
         let serve = outpost_common::http::serve(listener, router, config.metrics_read_timeout, None, token);
-        services.spawn("metrics endpoint", false, Phase::Health, quiet(serve));
+        services.spawn("metrics endpoint", false, Phase::Health, serve);
     }
     Ok(opened)
 }
@@ -239,7 +239,7 @@ async fn enrollment(
     };
     if let Some(own) = trust.own.clone() {
         let renew = own.renew(config.trust.own_cert_check_interval, services.token(Phase::Intake));
-        services.spawn("certificate renewal", false, Phase::Intake, quiet(renew));
+        services.spawn("certificate renewal", false, Phase::Intake, renew);
     }
     let enrollment = enroll::Enrollment::new(
         core.store.clone(),
@@ -270,7 +270,7 @@ async fn enrollment(
     };
     let ca = enroll::CaRotation::new(trust.own.clone(), enrollment.clone(), config.enroll.ca_overlap, reload_tls);
     let overlap = ca.clone().run(config.enroll.ca_check_interval, services.token(Phase::Intake));
-    services.spawn("CA overlap", false, Phase::Intake, quiet(overlap));
+    services.spawn("CA overlap", false, Phase::Intake, overlap);
     // The pools served from outside: the bootstrap token's pool when none is named.
     let served: Vec<outpost_common::ids::PoolId> = (config.sqs.all_queues().into_iter().map(|(pool, _)| pool))
         .chain(config.sqs.gms_pools(reporting))
@@ -291,7 +291,7 @@ async fn enrollment(
 /// Audit retention and the sweep of finished runs' log tails.
 fn housekeeping(config: &RunConfig, core: &Core, services: &mut Supervisor) {
     let retain = admin::retain(core.store.clone(), config.audit.clone(), services.token(Phase::Intake));
-    services.spawn("audit retention", false, Phase::Intake, quiet(retain));
+    services.spawn("audit retention", false, Phase::Intake, retain);
     let interval = config.reporter.log_tails_sweep_interval;
     let sweep = grpc::sweep_tails(core.store.clone(), core.logs.clone(), interval, services.token(Phase::Intake));
     services.spawn("log tails sweep", false, Phase::Intake, sweep);
@@ -382,12 +382,6 @@ async fn shutdown(limit: Duration, store: &Store, services: &mut Supervisor) {
     store.close().await;
     services.stop(Phase::Store, limit).await;
     info!("stopped");
-}
-
-/// A service that ends without a verdict (it only stops when told to).
-async fn quiet(service: impl Future<Output = ()>) -> Result<(), String> {
-    service.await;
-    Ok(())
 }
 
 /// A fresh name for this controller at GMS (kept in the database from then on): host name and a random part.
