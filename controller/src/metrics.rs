@@ -391,15 +391,17 @@ impl Metrics {
         }
     }
 
-    /// A message received from `pool`'s queue, and what became of it. The first one of a pool shows every
-    /// outcome (0 where none).
-    pub fn sqs_message(&self, pool: &str, outcome: SqsMessageOutcome) {
-        for each in SqsMessageOutcome::ALL {
-            let counter = self.inner.sqs_messages.get_or_create(&labels(&[("pool", pool), ("outcome", each.label())]));
-            if each == outcome {
-                counter.inc();
-            }
+    /// `pool`'s SQS intake started: its message and idle-poll series exist from now on (a scrape shows zeros).
+    pub fn sqs_pool(&self, pool: &str) {
+        for outcome in SqsMessageOutcome::ALL {
+            let _ = self.inner.sqs_messages.get_or_create(&labels(&[("pool", pool), ("outcome", outcome.label())]));
         }
+        let _ = self.inner.sqs_idle_polls.get_or_create(&labels(&[("pool", pool)]));
+    }
+
+    /// A message received from `pool`'s queue, and what became of it.
+    pub fn sqs_message(&self, pool: &str, outcome: SqsMessageOutcome) {
+        self.inner.sqs_messages.get_or_create(&labels(&[("pool", pool), ("outcome", outcome.label())])).inc();
     }
 
     /// `pool`'s SQS intake skipped a receive: no agent slot was free for it.

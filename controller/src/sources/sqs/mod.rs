@@ -260,6 +260,7 @@ pub async fn run(
             credentials,
             claims: claims.clone(),
         };
+        metrics.sqs_pool(pool.as_str());
         info!(pool = %pool, queue = %url, "SQS bridge started");
         let receiver = queue.clone();
         tasks.spawn(receiver.receive_loop(token.clone()));
