@@ -298,7 +298,7 @@ fn check_bundle(args: &Args, token: &JoinToken, bundle: pb::CaBundle) -> anyhow:
             .next()
             .context("the controller served an empty CA bundle")?
             .context("the controller served an unreadable CA bundle")?;
-        let actual = join::ca_pin(&der).map_err(anyhow::Error::msg)?;
+        let actual = join::ca_pin(&der)?;
         if !actual.eq_ignore_ascii_case(pin.trim()) {
             bail!("the controller's CA does not match --ca-pin: it is {actual}, the pin is {pin}; refusing it");
         }

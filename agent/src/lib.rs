@@ -76,7 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let metrics = metrics::Metrics::default();
     let warm = config.venvs.warm.clone();
     let venvs = Venvs::new(config.venvs, metrics.clone());
-    venvs.check_root().map_err(anyhow::Error::msg)?;
+    venvs.check_root()?;
     let venvs = Arc::new(venvs);
     venvs.refresh().await;
     // Every task the agent starts besides its session is supervised, and awaited when it stops.

@@ -5,12 +5,72 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use outpost_common::metrics::{Labels, labels};
+use outpost_common::label_enum;
 use outpost_common::task::ResultStatus;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+label_enum! {
+    /// Which count of slots.
+    enum SlotCount {
+        Used => "used",
+        Total => "total",
+    }
+}
+
+label_enum! {
+    /// A venv look-up found it ready (hit) or had to build it (miss).
+    enum Lookup {
+        Hit => "hit",
+        Miss => "miss",
+    }
+}
+
+label_enum! {
+    /// How a venv build went.
+    enum BuildOutcome {
+        Ok => "ok",
+        Failed => "failed",
+    }
+}
+
+label_enum! {
+    /// What a look at changed certificate files did.
+    enum Reload {
+        Loaded => "loaded",
+        /// The last good files stay in use.
+        Failed => "failed",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabel {
+    state: SlotCount,
+}
+
+/// `outcome`: a result status's wire name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabel {
+    result: Lookup,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    outcome: BuildOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    outcome: Reload,
+}
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -20,17 +80,17 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
-    slots: Family<Labels, Gauge>,
+    slots: Family<SlotLabel, Gauge>,
     connected: Gauge,
-    runs: Family<Labels, Counter>,
+    runs: Family<RunLabel, Counter>,
     /// Venv look-ups: found ready (hit), had to build (miss).
-    venv_cache: Family<Labels, Counter>,
-    venv_builds: Family<Labels, Counter>,
+    venv_cache: Family<LookupLabel, Counter>,
+    venv_builds: Family<BuildLabel, Counter>,
     venv_build_seconds: Counter<f64, AtomicU64>,
     venv_bytes: Gauge,
     venv_budget: Gauge,
     connection_failures: Counter,
-    tls_reloads: Family<Labels, Counter>,
+    tls_reloads: Family<ReloadLabel, Counter>,
     attempts_disowned: Counter,
 }
 
@@ -95,20 +155,21 @@ impl Default for Metrics {
             "Attempts the controller said were no longer this agent's (reassigned or refused), stopped",
             inner.attempts_disowned.clone(),
         );
-        for outcome in ["loaded", "failed"] {
-            let _ = inner.tls_reloads.get_or_create(&labels(&[("outcome", outcome)]));
+        // Every series exists from the start (a scrape shows zeros, not gaps).
+        for &outcome in Reload::ALL {
+            let _ = inner.tls_reloads.get_or_create(&ReloadLabel { outcome });
         }
-        for state in ["used", "total"] {
-            let _ = inner.slots.get_or_create(&labels(&[("state", state)]));
+        for &state in SlotCount::ALL {
+            let _ = inner.slots.get_or_create(&SlotLabel { state });
         }
         for status in ResultStatus::ALL {
-            let _ = inner.runs.get_or_create(&labels(&[("outcome", status.as_str())]));
+            let _ = inner.runs.get_or_create(&RunLabel { outcome: status.as_str() });
         }
-        for result in ["hit", "miss"] {
-            let _ = inner.venv_cache.get_or_create(&labels(&[("result", result)]));
+        for &result in Lookup::ALL {
+            let _ = inner.venv_cache.get_or_create(&LookupLabel { result });
         }
-        for outcome in ["ok", "failed"] {
-            let _ = inner.venv_builds.get_or_create(&labels(&[("outcome", outcome)]));
+        for &outcome in BuildOutcome::ALL {
+            let _ = inner.venv_builds.get_or_create(&BuildLabel { outcome });
         }
         Metrics { inner: Arc::new(Inner { registry, ..inner }) }
     }
@@ -116,11 +177,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn set_slots(&self, slots: u32) {
-        self.inner.slots.get_or_create(&labels(&[("state", "total")])).set(i64::from(slots));
+        self.inner.slots.get_or_create(&SlotLabel { state: SlotCount::Total }).set(i64::from(slots));
     }
 
     pub fn set_busy(&self, busy: usize) {
-        self.inner.slots.get_or_create(&labels(&[("state", "used")])).set(i64::try_from(busy).unwrap_or(i64::MAX));
+        let busy = i64::try_from(busy).unwrap_or(i64::MAX);
+        self.inner.slots.get_or_create(&SlotLabel { state: SlotCount::Used }).set(busy);
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -132,7 +194,7 @@ impl Metrics {
     }
 
     pub fn run_ended(&self, status: ResultStatus) {
-        self.inner.runs.get_or_create(&labels(&[("outcome", status.as_str())])).inc();
+        self.inner.runs.get_or_create(&RunLabel { outcome: status.as_str() }).inc();
     }
 
     pub fn connection_failed(&self) {
@@ -141,7 +203,8 @@ impl Metrics {
 
     /// Changed certificate files were loaded (`true`) or could not be (the last good ones stay).
     pub fn tls_reloaded(&self, loaded: bool) {
-        self.inner.tls_reloads.get_or_create(&labels(&[("outcome", if loaded { "loaded" } else { "failed" })])).inc();
+        let outcome = if loaded { Reload::Loaded } else { Reload::Failed };
+        self.inner.tls_reloads.get_or_create(&ReloadLabel { outcome }).inc();
     }
 
     pub fn attempt_disowned(&self) {
@@ -149,11 +212,13 @@ impl Metrics {
     }
 
     pub fn venv_cache(&self, hit: bool) {
-        self.inner.venv_cache.get_or_create(&labels(&[("result", if hit { "hit" } else { "miss" })])).inc();
+        let result = if hit { Lookup::Hit } else { Lookup::Miss };
+        self.inner.venv_cache.get_or_create(&LookupLabel { result }).inc();
     }
 
     pub fn venv_built(&self, seconds: f64, ok: bool) {
-        self.inner.venv_builds.get_or_create(&labels(&[("outcome", if ok { "ok" } else { "failed" })])).inc();
+        let outcome = if ok { BuildOutcome::Ok } else { BuildOutcome::Failed };
+        self.inner.venv_builds.get_or_create(&BuildLabel { outcome }).inc();
         self.inner.venv_build_seconds.inc_by(seconds);
     }
 

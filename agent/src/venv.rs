@@ -22,6 +22,23 @@ pub use outpost_common::venv::HeldVenv;
 /// What a task asks for.
 pub use outpost_common::venv::VenvSpec as Request;
 
+/// Why a venv could not be used; the message goes to the task's log (and fails the task) or, for the root, stops
+/// the agent at start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the venv root {} cannot be written: {source} (give --venv-root a writable volume)", root.display())]
+    RootNotWritable { root: PathBuf, source: std::io::Error },
+    #[error("cannot create {}: {source}", dir.display())]
+    Create { dir: PathBuf, source: std::io::Error },
+    #[error("cannot mark the venv ready: {0}")]
+    MarkReady(std::io::Error),
+    #[error("cannot run {}: {source}", program.display())]
+    Spawn { program: PathBuf, source: std::io::Error },
+    /// The installer failed; `tail` is the end of its output.
+    #[error("Failed to set up virtual environment: {} exited with {status}:\n{tail}", program.display())]
+    Installer { program: PathBuf, status: std::process::ExitStatus, tail: String },
+}
+
 /// Chooses (and builds) virtualenvs.
 #[derive(Debug)]
 pub struct Venvs {
@@ -195,15 +212,13 @@ impl Venvs {
     }
 
     /// Refuses a venv root that cannot be written (at start, with the reason), creating it if missing.
-    pub fn check_root(&self) -> Result<(), String> {
+    pub fn check_root(&self) -> Result<(), Error> {
         let Some(root) = &self.root else { return Ok(()) };
         let probe = root.join(".outpost-write-probe");
         std::fs::create_dir_all(root)
             .and_then(|()| std::fs::write(&probe, b"ok"))
             .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| {
-                format!("the venv root {} cannot be written: {e} (give --venv-root a writable volume)", root.display())
-            })
+            .map_err(|source| Error::RootNotWritable { root: root.clone(), source })
     }
 
     fn lease(&self, name: &str) -> Lease {
@@ -219,7 +234,7 @@ impl Venvs {
 
     /// The `datahub` executable for a request, building its venv if needed. `note` receives progress lines for
     /// the task's log; the error is the installer's output.
-    pub async fn cli_for(&self, request: &Request, note: &mut (dyn FnMut(String) + Send)) -> Result<VenvUse, String> {
+    pub async fn cli_for(&self, request: &Request, note: &mut (dyn FnMut(String) + Send)) -> Result<VenvUse, Error> {
         let native = VenvUse { cli: self.native_cli.clone(), _lease: None };
         let Some(root) = &self.root else { return Ok(native) };
         if request.is_native() {
@@ -250,7 +265,7 @@ impl Venvs {
         ));
         info!(venv = %dir.display(), requirement = %request.datahub_requirement(), "building virtualenv");
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        tokio::fs::create_dir_all(root).await.map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        tokio::fs::create_dir_all(root).await.map_err(|source| Error::Create { dir: root.clone(), source })?;
         self.metrics.venv_cache(false);
         let started = std::time::Instant::now();
         let built = self.build(request, &dir, note).await;
@@ -259,9 +274,7 @@ impl Venvs {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-        tokio::fs::write(&ready, request.datahub_requirement())
-            .await
-            .map_err(|e| format!("cannot mark the venv ready: {e}"))?;
+        tokio::fs::write(&ready, request.datahub_requirement()).await.map_err(Error::MarkReady)?;
         note(format!("Venv ready at: {}", dir.display()));
         for evicted in self.evict().await {
             note(format!("Deleted the least recently used venv {evicted} (over --venv-max-bytes)"));
@@ -269,7 +282,7 @@ impl Venvs {
         Ok(VenvUse { cli, _lease: Some(lease) })
     }
 
-    async fn build(&self, request: &Request, dir: &Path, note: &mut (dyn FnMut(String) + Send)) -> Result<(), String> {
+    async fn build(&self, request: &Request, dir: &Path, note: &mut (dyn FnMut(String) + Send)) -> Result<(), Error> {
         let uv = which("uv");
         let python_in_venv = dir.join("bin").join("python");
         let mut install: Vec<String> = vec![request.datahub_requirement()];
@@ -397,7 +410,7 @@ fn installer_may_see(name: &str) -> bool {
 }
 
 /// Runs an installer step with only the variables it may see; on failure the error is the tail of its output.
-async fn run(program: &Path, args: &[String], note: &mut (dyn FnMut(String) + Send)) -> Result<(), String> {
+async fn run(program: &Path, args: &[String], note: &mut (dyn FnMut(String) + Send)) -> Result<(), Error> {
     note(format!("Running: {} {}", program.display(), args.join(" ")));
     let output = Command::new(program)
         .env_clear()
@@ -406,7 +419,7 @@ async fn run(program: &Path, args: &[String], note: &mut (dyn FnMut(String) + Se
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        .map_err(|source| Error::Spawn { program: program.to_owned(), source })?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     for line in text.lines() {
         note(line.to_owned());
@@ -415,12 +428,7 @@ async fn run(program: &Path, args: &[String], note: &mut (dyn FnMut(String) + Se
         return Ok(());
     }
     let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-    Err(format!(
-        "Failed to set up virtual environment: {} exited with {}:\n{}",
-        program.display(),
-        output.status,
-        tail.join("\n")
-    ))
+    Err(Error::Installer { program: program.to_owned(), status: output.status, tail: tail.join("\n") })
 }
 
 #[cfg(test)]
@@ -487,7 +495,7 @@ mod tests {
     #[test]
     fn an_unwritable_venv_root_is_refused_with_the_reason() {
         let venvs = Venvs::new(args("datahub", "/proc/outpost-venvs", 0), Metrics::default());
-        let error = venvs.check_root().unwrap_err();
+        let error = venvs.check_root().unwrap_err().to_string();
         assert!(error.starts_with("the venv root /proc/outpost-venvs cannot be written:"), "{error}");
     }
 

@@ -18,12 +18,21 @@ pub fn signed_secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// Why a duration flag's value is refused.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum Unparsable {
+    #[error("{0:?}: {1}")]
+    Seconds(String, std::time::TryFromFloatSecsError),
+    #[error("{0:?}: {1}")]
+    Text(String, humantime::DurationError),
+}
+
 /// A clap value parser for durations.
-pub fn parse(value: &str) -> Result<Duration, String> {
+pub fn parse(value: &str) -> Result<Duration, Unparsable> {
     if let Ok(seconds) = value.trim().parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{value:?}: {e}"));
+        return Duration::try_from_secs_f64(seconds).map_err(|e| Unparsable::Seconds(value.to_owned(), e));
     }
-    humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))
+    humantime::parse_duration(value).map_err(|e| Unparsable::Text(value.to_owned(), e))
 }
 
 /// A flag value a program refuses at start, with the flag's name in the message.

@@ -13,10 +13,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long an accept loop waits after a failed accept (out of file descriptors and the like) before it tries again:
-/// shared by every listener of both binaries.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
 /// Serves `router` until `token` is cancelled, then lets every open connection finish its request in flight and
 /// waits for them (at most `read_timeout` more).
 pub async fn serve(
@@ -28,18 +24,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = token.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors and the like: the listener is fine; try again shortly, never spin.
-                Err(_) => {
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
+    crate::accept::each(&listener, &token, |stream, peer| {
         // Handlers may ask who is on the other end (`ConnectInfo<SocketAddr>`).
         let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
         let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
@@ -48,9 +33,7 @@ pub async fn serve(
         tokio::spawn(async move {
             match acceptor {
                 Some(acceptor) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(read_timeout, acceptor.accept(stream)).await else {
-                        return;
-                    };
+                    let Ok(stream) = crate::accept::handshake(&acceptor, stream, read_timeout).await else { return };
                     let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
                 }
                 None => {
@@ -58,7 +41,8 @@ pub async fn serve(
                 }
             }
         });
-    }
+    })
+    .await;
     let _ = tokio::time::timeout(read_timeout, graceful.shutdown()).await;
 }
 

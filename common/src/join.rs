@@ -28,6 +28,11 @@ impl fmt::Debug for JoinToken {
 #[error("a join token is <id>.<secret> (6 and 16 characters of a-z and 0-9), or those 22 characters without the dot")]
 pub struct BadToken;
 
+/// The bytes given for a CA pin are not a DER certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("not a certificate: {0}")]
+pub struct NotACertificate(x509_parser::error::X509Error);
+
 /// `len` random characters of `[a-z0-9]` from the system's secure random source.
 pub fn random_text(len: usize) -> String {
     let mut bytes = vec![0u8; len];
@@ -113,8 +118,8 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 /// A CA pin as kubeadm writes its discovery hash: `sha256:` and the hex SHA-256 of the certificate's DER
 /// SubjectPublicKeyInfo.
-pub fn ca_pin(cert_der: &[u8]) -> Result<String, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("not a certificate: {e}"))?;
+pub fn ca_pin(cert_der: &[u8]) -> Result<String, NotACertificate> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| NotACertificate(e.into()))?;
     Ok(format!("sha256:{}", sha256_hex(&[cert.public_key().raw])))
 }
 

@@ -11,6 +11,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("outpost_descriptor");
 }
 
+pub mod accept;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod backoff;

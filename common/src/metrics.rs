@@ -11,12 +11,43 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-/// Label sets of every family: (name, value) pairs.
-pub type Labels = Vec<(&'static str, String)>;
+/// Declares a metric label's values as an enum: each variant with the word it is exported as. Generates `ALL`
+/// (every value, so a family's series can exist from the start), `label()`, and the `prometheus-client` encoding,
+/// so a label set that holds it is a `#[derive(EncodeLabelSet)]` struct and no table of words is kept by hand.
+#[macro_export]
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        $vis enum $name { $($(#[$vmeta])* $variant,)+ }
 
-/// One label.
-pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The word it is exported as.
+            pub fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)+ }
+            }
+        }
+
+        $crate::label_value!($name);
+    };
+}
+
+/// The `prometheus-client` label-value encoding of a type with a `label()` word (see [`label_enum!`]).
+#[macro_export]
+macro_rules! label_value {
+    ($($name:ty),+) => {$(
+        impl ::prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut ::prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> ::std::fmt::Result {
+                ::std::fmt::Write::write_str(encoder, self.label())
+            }
+        }
+    )+};
 }
 
 /// Buckets for latencies from 100 µs to 10 s.
@@ -76,19 +107,33 @@ mod tests {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::histogram::Histogram;
 
+    crate::label_enum! {
+        enum Colour {
+            DarkRed => "dark_red",
+            Blue => "blue",
+        }
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct Thing {
+        reason: String,
+        colour: Colour,
+    }
+
     #[test]
-    fn renders_openmetrics_text_with_escaped_labels() {
+    fn renders_openmetrics_text_with_escaped_labels_and_label_enums_as_their_words() {
         let mut registry = Registry::default();
-        let things = Family::<Labels, Counter>::default();
+        let things = Family::<Thing, Counter>::default();
         registry.register("x", "Things", things.clone());
-        things.get_or_create(&labels(&[("reason", "a \"b\"")])).inc_by(3);
+        things.get_or_create(&Thing { reason: "a \"b\"".into(), colour: Colour::DarkRed }).inc_by(3);
+        assert_eq!(Colour::ALL, [Colour::DarkRed, Colour::Blue]);
         let latency = Histogram::new([0.1, 1.0]);
         registry.register("lat_seconds", "Latency", latency.clone());
         for seconds in [0.05, 0.5, 5.0] {
             latency.observe(seconds);
         }
         let text = encode(&registry);
-        assert!(text.contains("# TYPE x counter\nx_total{reason=\"a \\\"b\\\"\"} 3\n"), "{text}");
+        assert!(text.contains("# TYPE x counter\nx_total{reason=\"a \\\"b\\\"\",colour=\"dark_red\"} 3\n"), "{text}");
         assert!(text.contains("lat_seconds_bucket{le=\"1.0\"} 2\n"), "{text}");
         assert!(text.contains("lat_seconds_count 3\n") && text.ends_with("# EOF\n"), "{text}");
     }

@@ -126,14 +126,20 @@ pub struct LegacyAdmin {
     pub role: Role,
 }
 
+/// Why an `--admin-role` value is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadLegacyAdmin {
+    #[error("{0:?} is not NAME=ROLE")]
+    NotPair(String),
+    #[error(transparent)]
+    Role(#[from] UnknownRole),
+}
+
 impl FromStr for LegacyAdmin {
-    type Err = String;
-    fn from_str(text: &str) -> Result<LegacyAdmin, String> {
-        let (name, role) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=ROLE"))?;
-        Ok(LegacyAdmin {
-            name: name.trim().to_owned(),
-            role: role.trim().parse().map_err(|e: UnknownRole| e.to_string())?,
-        })
+    type Err = BadLegacyAdmin;
+    fn from_str(text: &str) -> Result<LegacyAdmin, BadLegacyAdmin> {
+        let (name, role) = text.split_once('=').ok_or_else(|| BadLegacyAdmin::NotPair(text.to_owned()))?;
+        Ok(LegacyAdmin { name: name.trim().to_owned(), role: role.trim().parse()? })
     }
 }
 

@@ -27,17 +27,34 @@ pub struct HeldVenv {
     pub last_used_ms: i64,
 }
 
+/// Why a venv key or spec is refused; the message is what the task log, the API caller or the operator sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("a venv key must be 1 to {MAX_KEY_LEN} characters")]
+    KeyLength,
+    #[error("venv key {0:?} has characters other than letters, digits, '-' and '_'")]
+    KeyCharacters(String),
+    #[error("{key} is not a JSON list of strings: {reason}")]
+    NotAStringList { key: String, reason: String },
+    #[error("{0:?} is not VERSION:PLUGIN (e.g. 1.7.0.17:mysql)")]
+    NotAPair(String),
+    #[error("{0:?} is not a DataHub version to build a venv for")]
+    Version(String),
+    #[error("{0:?} is not a source plugin name")]
+    Plugin(String),
+}
+
 /// Longest key accepted from the wire.
 pub const MAX_KEY_LEN: usize = 128;
 
 impl VenvKey {
     /// A key as an agent reports it: `[A-Za-z0-9_-]`, at most [`MAX_KEY_LEN`] characters.
-    pub fn parse(text: &str) -> Result<VenvKey, String> {
+    pub fn parse(text: &str) -> Result<VenvKey, Invalid> {
         if text.is_empty() || text.len() > MAX_KEY_LEN {
-            return Err(format!("a venv key must be 1 to {MAX_KEY_LEN} characters"));
+            return Err(Invalid::KeyLength);
         }
         if !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!("venv key {text:?} has characters other than letters, digits, '-' and '_'"));
+            return Err(Invalid::KeyCharacters(text.to_owned()));
         }
         Ok(VenvKey(text.to_owned()))
     }
@@ -71,17 +88,18 @@ fn sanitize(text: &str) -> String {
 }
 
 /// A JSON list of strings given as a string arg (empty string = empty list).
-pub fn string_list(args: &BTreeMap<String, String>, key: &str) -> Result<Vec<String>, String> {
+fn string_list(args: &BTreeMap<String, String>, key: &str) -> Result<Vec<String>, Invalid> {
     match args.get(key).map(String::as_str) {
         None | Some("") => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text).map_err(|e| format!("{key} is not a JSON list of strings: {e}")),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| Invalid::NotAStringList { key: key.to_owned(), reason: e.to_string() }),
     }
 }
 
 impl VenvSpec {
     /// The spec of a task whose recipe's source type is `plugin`: `version`, `extra_pip_requirements` and
     /// `extra_pip_plugins` from its args, as DataHub's executor reads them.
-    pub fn from_args(plugin: String, args: &BTreeMap<String, String>) -> Result<VenvSpec, String> {
+    pub fn from_args(plugin: String, args: &BTreeMap<String, String>) -> Result<VenvSpec, Invalid> {
         Ok(VenvSpec {
             version: args.get("version").cloned(),
             plugin,
@@ -100,20 +118,19 @@ impl VenvSpec {
     }
 
     /// `VERSION:PLUGIN` (a warm-up request).
-    pub fn parse_pair(text: &str) -> Result<VenvSpec, String> {
-        let (version, plugin) =
-            text.split_once(':').ok_or_else(|| format!("{text:?} is not VERSION:PLUGIN (e.g. 1.7.0.17:mysql)"))?;
+    pub fn parse_pair(text: &str) -> Result<VenvSpec, Invalid> {
+        let (version, plugin) = text.split_once(':').ok_or_else(|| Invalid::NotAPair(text.to_owned()))?;
         VenvSpec::pinned(version, plugin)
     }
 
     /// A pinned version with one plugin, both checked.
-    pub fn pinned(version: &str, plugin: &str) -> Result<VenvSpec, String> {
+    pub fn pinned(version: &str, plugin: &str) -> Result<VenvSpec, Invalid> {
         let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
         if !word(version) || version == "native" {
-            return Err(format!("{version:?} is not a DataHub version to build a venv for"));
+            return Err(Invalid::Version(version.to_owned()));
         }
         if !word(plugin) {
-            return Err(format!("{plugin:?} is not a source plugin name"));
+            return Err(Invalid::Plugin(plugin.to_owned()));
         }
         Ok(VenvSpec {
             version: Some(version.to_owned()),
@@ -198,14 +215,17 @@ mod tests {
             s.key()
         });
         assert_eq!(
-            VenvSpec::parse_pair("1.7.0.17").unwrap_err(),
+            VenvSpec::parse_pair("1.7.0.17").unwrap_err().to_string(),
             "\"1.7.0.17\" is not VERSION:PLUGIN (e.g. 1.7.0.17:mysql)"
         );
         assert_eq!(
-            VenvSpec::parse_pair("native:mysql").unwrap_err(),
+            VenvSpec::parse_pair("native:mysql").unwrap_err().to_string(),
             "\"native\" is not a DataHub version to build a venv for"
         );
-        assert_eq!(VenvSpec::parse_pair("1.0:my sql").unwrap_err(), "\"my sql\" is not a source plugin name");
+        assert_eq!(
+            VenvSpec::parse_pair("1.0:my sql").unwrap_err().to_string(),
+            "\"my sql\" is not a source plugin name"
+        );
         assert!(VenvKey::parse("../etc").is_err());
         assert!(VenvKey::parse(&"a".repeat(MAX_KEY_LEN + 1)).is_err());
     }

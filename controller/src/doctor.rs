@@ -116,7 +116,7 @@ async fn gms_checks(config: &RunConfig, client: &gms::Client) -> Vec<Check> {
     for pool in &config.gms_channel.pools {
         let what = format!("GMS channel of pool {pool}");
         match server.as_ref().map(|s| (s, sources::gms_channel::unsupported(s))) {
-            Some((_, Some(why))) => checks.push(check(Verdict::Fail, what, why)),
+            Some((_, Some(why))) => checks.push(check(Verdict::Fail, what, why.to_string())),
             Some(_) => checks.push(check(
                 Verdict::Ok,
                 what,
@@ -150,7 +150,7 @@ async fn queue_checks(config: &RunConfig, client: Option<&gms::Client>) -> Vec<C
             let what = format!("DataHub Cloud queue of pool {pool}");
             checks.push(match sources::sqs::probe_cloud(client, &pool, &config.sqs).await {
                 Ok(url) => check(Verdict::Ok, what, format!("{url} readable with the credentials GMS hands out")),
-                Err(e) => check(Verdict::Fail, what, e),
+                Err(e) => check(Verdict::Fail, what, e.to_string()),
             });
         }
     }

@@ -39,7 +39,7 @@ impl RetryPolicy {
 }
 
 /// Why an attempt lost its agent (infrastructure failures).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Loss {
     /// No heartbeat for the lease TTL (agent dead, paused or cut off).
     LeaseExpired,
@@ -82,7 +82,7 @@ impl Loss {
 }
 
 /// Why a task went back to the queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RetryReason {
     LeaseExpired,
     NoAck,

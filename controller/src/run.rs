@@ -13,7 +13,7 @@ use tracing::{error, info};
 
 use crate::config::RunConfig;
 use crate::logs::LogTails;
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 use crate::supervisor::{Failed, Phase, Supervisor};
@@ -34,7 +34,7 @@ pub async fn run(config: RunConfig, token: CancellationToken) -> anyhow::Result<
     let opened = health(&config, &metrics, &mut services).await?;
     let listener = bind(config.listen).await?;
     let trust = config.trust.resolve(&config.db, &config.grpc.trust_domain)?;
-    let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?.counted(metrics.clone(), "grpc"));
+    let tls = Arc::new(grpc::tls::Reloading::load(trust.files.clone())?.counted(metrics.clone(), Listener::Grpc));
     metrics.watch_controller_certificate(trust.files.cert.clone());
     let gms = gms_client(&config).await?;
     let core = Core::start(&config, gms.is_some(), metrics, &opened, &mut services).await?;
@@ -112,7 +112,7 @@ async fn gms_client(config: &RunConfig) -> anyhow::Result<Option<gms::Client>> {
     if let Some(client) = &client
         && !config.gms_channel.pools.is_empty()
     {
-        sources::gms_channel::check_server(client).await.map_err(anyhow::Error::msg)?;
+        sources::gms_channel::check_server(client).await?;
     }
     Ok(client)
 }
@@ -254,7 +254,7 @@ async fn enrollment(
                 trust.files.clone(),
                 outpost_common::tls::TlsMaterial::rustls_join_server_config,
             )?
-            .counted(core.metrics.clone(), "join"),
+            .counted(core.metrics.clone(), Listener::Join),
         )),
         None => None,
     };

@@ -23,6 +23,7 @@ mod processes;
 mod prometheus;
 mod proxy;
 mod recorder;
+mod start;
 
 pub use api::*;
 pub use ghost::*;
@@ -34,6 +35,7 @@ pub use processes::*;
 pub use prometheus::Prometheus;
 pub use proxy::Proxy;
 pub use recorder::{SqsCall, SqsRecorder};
+pub use start::{AgentBuilder, Configure, ControllerBuilder};
 
 /// The programs under test.
 #[derive(Clone, Debug)]
@@ -179,19 +181,6 @@ impl Drop for Proc {
     }
 }
 
-/// How to start an agent.
-#[derive(Clone, Copy, Debug)]
-pub struct AgentSpec<'a> {
-    /// Whose certificate it presents.
-    pub cert_worker: &'a str,
-    /// The worker ID its Hello claims.
-    pub worker: &'a str,
-    pub pool: &'a str,
-    pub slots: u32,
-    pub extra: &'a [&'a str],
-    pub env: &'a [(&'a str, &'a str)],
-}
-
 /// A controller process and where it listens.
 pub struct Controller {
     pub proc: Proc,
@@ -302,204 +291,11 @@ impl Cluster {
         TlsFiles { cert: trust.join("admin-local.pem"), key: trust.join("admin-local.key"), ca: trust.join("ca.pem") }
     }
 
-    /// Starts a controller on 127.0.0.1 (port 0 unless `--listen` is in `extra`) over `db_name` in the temp dir.
-    pub async fn controller(&self, db_name: &str, extra: &[&str]) -> Controller {
-        self.controller_with_env(db_name, extra, &[]).await
-    }
-
-    /// The same with extra environment variables (e.g. `FAILPOINTS` for the test build's fail points).
-    pub async fn controller_with_env(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Controller {
-        let proc = self.start_controller(db_name, extra, env);
-        self.listening(db_name, proc).await
-    }
-
-    /// Waits until the controller started over `db_name` listens.
-    async fn listening(&self, db_name: &str, mut proc: Proc) -> Controller {
-        let addr_file = self.path(&format!("{db_name}.addr"));
-        let addr = wait_until("the controller to listen", Duration::from_secs(30), || {
-            let text = std::fs::read_to_string(&addr_file).ok();
-            let exited = proc.child.try_wait().ok().flatten();
-            async move {
-                assert!(exited.is_none(), "the controller exited early: {exited:?}");
-                text.and_then(|t| t.parse().ok())
-            }
-        })
-        .await;
-        Controller { proc, addr }
-    }
-
-    /// Starts a controller process and returns at once (for tests of how it starts, or fails to). It writes its
-    /// address to `<db_name>.addr` once it listens.
-    pub fn start_controller(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-        self.spawn_controller(db_name, extra, env, true)
-    }
-
-    /// A controller given no certificate files: it makes and keeps its own trust (in `trust/` of the temp dir,
-    /// beside its database). Returns once it listens.
-    pub async fn controller_with_own_trust(&self, db_name: &str, extra: &[&str]) -> Controller {
-        self.controller_with_own_trust_and_env(db_name, extra, &[]).await
-    }
-
-    /// The same with extra environment variables.
-    pub async fn controller_with_own_trust_and_env(
-        &self,
-        db_name: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Controller {
-        let proc = self.spawn_controller(db_name, extra, env, false);
-        self.listening(db_name, proc).await
-    }
-
-    /// Starts a controller process given only `extra` of the TLS flags, and returns at once.
-    pub fn start_controller_without_tls(&self, db_name: &str, extra: &[&str]) -> Proc {
-        self.spawn_controller(db_name, extra, &[], false)
-    }
-
-    fn spawn_controller(&self, db_name: &str, extra: &[&str], env: &[(&str, &str)], given_tls: bool) -> Proc {
-        let addr_file = self.path(&format!("{db_name}.addr"));
-        let _ = std::fs::remove_file(&addr_file);
-        let mut command = Command::new(&self.bins.controller);
-        command.arg("run");
-        if !extra.contains(&"--listen") {
-            command.args(["--listen", "127.0.0.1:0"]);
-        }
-        command.arg("--listen-addr-file").arg(&addr_file).arg("--db").arg(self.path(db_name));
-        if given_tls {
-            command
-                .arg("--tls-cert")
-                .arg(self.certs.join("controller.pem"))
-                .arg("--tls-key")
-                .arg(self.certs.join("controller.key"))
-                .arg("--tls-ca")
-                .arg(self.certs.join("ca.pem"));
-        }
-        command
-            .args(extra)
-            .env("RUST_LOG", "info,outpost_controller=debug")
-            // AWS: static credentials, a fixed region, never instance metadata.
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .envs(env.iter().copied());
-        let log = self.path(&format!("controller-{db_name}-{}.log", unique()));
-        Proc::spawn("controller", command, log)
-    }
-
     /// Runs the project venv's Python with `args` (its output in a log file of the temp dir).
     pub fn python(&self, name: &str, args: &[&str]) -> Proc {
         let mut command = Command::new(repo_root().join(".venv/bin/python"));
         command.args(args);
         Proc::spawn(name, command, self.path(&format!("{name}-{}.log", unique())))
-    }
-
-    /// Starts an agent with its own certificate, serving `pool` with `slots`.
-    pub fn agent(&self, controller: &Controller, worker: &str, pool: &str, slots: u32, extra: &[&str]) -> Proc {
-        self.spawn_agent(controller, &AgentSpec { cert_worker: worker, worker, pool, slots, extra, env: &[] })
-    }
-
-    /// An agent with extra environment variables.
-    pub fn agent_with_env(
-        &self,
-        controller: &Controller,
-        worker: &str,
-        slots: u32,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Proc {
-        self.spawn_agent(controller, &AgentSpec { cert_worker: worker, worker, pool: "default", slots, extra, env })
-    }
-
-    /// Starts an agent with the certificate of `cert_worker` that claims to be `worker` in its Hello.
-    pub fn agent_claiming(&self, controller: &Controller, cert_worker: &str, worker: &str) -> Proc {
-        self.spawn_agent(
-            controller,
-            &AgentSpec { cert_worker, worker, pool: "default", slots: 1, extra: &[], env: &[] },
-        )
-    }
-
-    /// Starts an agent process.
-    pub fn spawn_agent(&self, controller: &Controller, spec: &AgentSpec<'_>) -> Proc {
-        self.spawn_agent_at(&controller.url(), spec)
-    }
-
-    /// Starts an agent that dials `url` (e.g. a fault proxy in front of the controller).
-    pub fn spawn_agent_at(&self, url: &str, spec: &AgentSpec<'_>) -> Proc {
-        let AgentSpec { cert_worker, worker, pool, slots, extra, env } = *spec;
-        let (cert, key) = self.agent_cert(cert_worker);
-        let mut command = self.agent_command(url, worker, pool, slots, env);
-        command
-            .args(["--worker-id", worker])
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .arg("--tls-ca")
-            .arg(self.certs.join("ca.pem"))
-            .args(extra);
-        self.spawn_agent_proc(worker, command)
-    }
-
-    /// Starts an agent with no certificate: it joins with `token` (through the environment, as
-    /// `OUTPOST_JOIN_TOKEN`) and keeps its identity in `state_dir`. `name` labels its log and work dir.
-    pub fn joining_agent(
-        &self,
-        controller: &Controller,
-        name: &str,
-        pool: &str,
-        token: Option<&str>,
-        state_dir: &Path,
-        extra: &[&str],
-    ) -> Proc {
-        self.joining_agent_at(&controller.url(), name, pool, token, state_dir, extra)
-    }
-
-    /// The same for a controller at `url` (which may not be running yet).
-    pub fn joining_agent_at(
-        &self,
-        url: &str,
-        name: &str,
-        pool: &str,
-        token: Option<&str>,
-        state_dir: &Path,
-        extra: &[&str],
-    ) -> Proc {
-        let env: Vec<(&str, &str)> = token.map(|t| ("OUTPOST_JOIN_TOKEN", t)).into_iter().collect();
-        let mut command = self.agent_command(url, name, pool, 1, &env);
-        command.arg("--state-dir").arg(state_dir).args(extra);
-        self.spawn_agent_proc(name, command)
-    }
-
-    /// Starts agent `name` (its --work-dir is `work-<name>`, see `agent_command`).
-    fn spawn_agent_proc(&self, name: &str, command: Command) -> Proc {
-        let mut proc =
-            Proc::spawn(&format!("agent {name}"), command, self.path(&format!("agent-{name}-{}.log", unique())));
-        proc.work_dir = Some(self.path(&format!("work-{name}")));
-        proc
-    }
-
-    /// What every agent process gets: the controller, its pool and slots, the project's `datahub`, fast
-    /// reconnects, a work dir, static AWS credentials.
-    fn agent_command(&self, url: &str, name: &str, pool: &str, slots: u32, env: &[(&str, &str)]) -> Command {
-        let mut command = Command::new(&self.bins.agent);
-        command
-            .args(["--controller", url, "--pool", pool])
-            .args(["--slots", &slots.to_string()])
-            .arg("--datahub-cli")
-            .arg(datahub_cli())
-            .arg("--work-dir")
-            .arg(self.path(&format!("work-{name}")))
-            .args(["--reconnect-min", "50ms", "--reconnect-max", "1s"])
-            .env("DATAHUB_TELEMETRY_ENABLED", "false")
-            .env("OUTPOST_EXAMPLES", repo_root().join("examples"))
-            .env("RUST_LOG", "info,outpost_agent=debug")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .envs(env.iter().copied());
-        command
     }
 
     /// An admin client over mTLS.

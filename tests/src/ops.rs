@@ -50,10 +50,10 @@ pub async fn scraped(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Venv builds an agent made, whatever their outcome (its `outpost_agent_venv_builds_total` at `metrics_addr`).
 pub async fn agent_venv_builds(metrics_addr: &str) -> usize {
-    let (_, text) = http_get(&format!("http://{metrics_addr}/metrics")).await;
-    let samples = parse_metrics(&text);
-    let built = |outcome| metric(&samples, "outpost_agent_venv_builds_total", &[("outcome", outcome)]).unwrap_or(0.0);
-    (built("ok") + built("failed")) as usize
+    let name = "outpost_agent_venv_builds_total";
+    let built = scraped(metrics_addr, name, &[("outcome", "ok")]).await
+        + scraped(metrics_addr, name, &[("outcome", "failed")]).await;
+    built as usize
 }
 
 impl Cluster {

@@ -35,7 +35,7 @@ async fn explain_task_says_why_in_each_situation() {
         &[("--retry-backoff", "60s"), ("--retry-backoff-max", "60s"), ("--cancel-timeout", "60s")],
     );
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let controller = cluster.controller("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").args(&flags).start().await;
     let mut admin = cluster.admin(&controller).await;
 
     submit_to(&mut admin, "lonely", "nobody-serves-this").await;
@@ -100,9 +100,9 @@ async fn explain_task_says_why_in_each_situation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_stats_workers_pages_and_follow() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     wait_workers(&admin, 1).await;
     for id in ["p1", "p2", "p3"] {
         submit(&mut admin, id, file_recipe()).await;

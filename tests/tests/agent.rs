@@ -29,22 +29,19 @@ async fn a_secret_from_secrets_manager_is_used_rotated_and_never_leaks() {
     let rotated_value = rotated.to_string_lossy().into_owned();
     moto.secrets.create_secret().name("outpost/input-path").secret_string(&first_value).send().await.unwrap();
 
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
-    let agent = cluster.agent(
-        &controller,
-        "w-1",
-        "default",
-        1,
-        &[
+    let agent = cluster
+        .agent("w-1")
+        .args(&[
             "--secret",
             "INPUT_PATH=outpost/input-path",
             "--secrets-manager-endpoint",
             &moto.endpoint,
             "--secret-cache-ttl",
             "0s",
-        ],
-    );
+        ])
+        .start(&controller);
     submit_args(&mut admin, "with-secret", "RUN_INGEST", &[("recipe", secret_recipe()), ("debug_mode", "true".into())])
         .await;
     let task = wait_terminal(&admin, "with-secret").await;
@@ -86,10 +83,10 @@ async fn secrets_from_a_directory_and_the_environment_and_a_missing_one_named() 
     let from_file = cluster.path("from-file-91c2.json");
     write_mcps(&from_file, 3);
     std::fs::write(secrets.join("INPUT_PATH"), format!("{}\n", from_file.display())).unwrap();
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     let secrets_dir = secrets.to_string_lossy().into_owned();
-    let file_agent = cluster.agent(&controller, "w-files", "default", 1, &["--secrets-dir", &secrets_dir]);
+    let file_agent = cluster.agent("w-files").args(&["--secrets-dir", &secrets_dir]).start(&controller);
     submit_args(&mut admin, "from-dir", "RUN_INGEST", &[("recipe", secret_recipe())]).await;
     let task = wait_terminal(&admin, "from-dir").await;
     assert_eq!((task.state, records_written(&task)), (pb::TaskState::Succeeded as i32, 3));
@@ -99,7 +96,7 @@ async fn secrets_from_a_directory_and_the_environment_and_a_missing_one_named() 
     let from_env = cluster.path("from-env-55d0.json");
     write_mcps(&from_env, 1);
     let env_value = from_env.to_string_lossy().into_owned();
-    let env_agent = cluster.agent_with_env(&controller, "w-env", 1, &[], &[("INPUT_PATH", &env_value)]);
+    let env_agent = cluster.agent("w-env").env(&[("INPUT_PATH", &env_value)]).start(&controller);
     submit_args(&mut admin, "from-env", "RUN_INGEST", &[("recipe", secret_recipe())]).await;
     let task = wait_terminal(&admin, "from-env").await;
     assert_eq!((task.state, records_written(&task)), (pb::TaskState::Succeeded as i32, 1));
@@ -123,9 +120,9 @@ async fn secrets_from_a_directory_and_the_environment_and_a_missing_one_named() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_connection_of_a_good_and_a_bad_recipe() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     let good = serde_json::json!({"source": {"type": "file", "config": {"path": repo_root().join("examples/sample_mcps.json")}}}).to_string();
     let bad = serde_json::json!({"source": {"type": "no-such-source", "config": {}}}).to_string();
     submit_args(&mut admin, "tc-good", "TEST_CONNECTION", &[("recipe", good)]).await;
@@ -149,9 +146,9 @@ async fn test_connection_of_a_good_and_a_bad_recipe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_limit_stops_a_hungry_run_with_the_out_of_memory_message() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     let env = serde_json::json!({"EXECUTOR_TASK_MEMORY_LIMIT": "100000000"}).to_string();
     submit_args(&mut admin, "hungry", "RUN_INGEST", &[("recipe", file_recipe()), ("extra_env_vars", env)]).await;
     let task = wait_terminal(&admin, "hungry").await;
@@ -167,9 +164,9 @@ async fn a_memory_limit_stops_a_hungry_run_with_the_out_of_memory_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_past_its_deadline_ends_timed_out_and_its_group_is_gone() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &["--task-timeout", "2s"]).await;
+    let controller = cluster.controller("outpost.db").args(&["--task-timeout", "2s"]).start().await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    let _agent = cluster.agent("w-1").args(&["--cancel-grace", "5s"]).start(&controller);
     // Never released: only the deadline ends it.
     let run = cluster.held_run("slow");
     submit(&mut admin, "slow", run.recipe()).await;
@@ -183,14 +180,14 @@ async fn a_run_past_its_deadline_ends_timed_out_and_its_group_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_an_unfinished_run_back_and_it_reruns_at_once() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
-    let mut leaving = cluster.agent(&controller, "w-1", "default", 1, &["--drain-timeout", "1s"]);
+    let mut leaving = cluster.agent("w-1").args(&["--drain-timeout", "1s"]).start(&controller);
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("handed-back");
     submit(&mut admin, "handed-back", run.recipe()).await;
     run.wait_started(1).await;
-    let _staying = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let _staying = cluster.agent("w-2").start(&controller);
     leaving.signal(libc::SIGTERM);
     let status = leaving.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
@@ -207,7 +204,7 @@ async fn sigterm_hands_an_unfinished_run_back_and_it_reruns_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_version_builds_its_venv_once_for_two_concurrent_tasks() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     let venvs = cluster.path("venvs");
     let venv_root = venvs.to_string_lossy().into_owned();
@@ -217,7 +214,7 @@ async fn a_pinned_version_builds_its_venv_once_for_two_concurrent_tasks() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let metrics = format!("127.0.0.1:{}", free_port());
     let flags = ["--venv-root", &venv_root, "--venv-python", &python, "--metrics-listen", &metrics];
-    let _agent = cluster.agent_with_env(&controller, "w-1", 2, &flags, &env);
+    let _agent = cluster.agent("w-1").slots(2).args(&flags).env(&env).start(&controller);
     for id in ["pinned-1", "pinned-2"] {
         submit_args(&mut admin, id, "RUN_INGEST", &[("recipe", file_recipe()), ("version", "1.7.0.17".into())]).await;
     }

@@ -18,7 +18,7 @@ async fn every_change_is_in_the_audit_trail_with_who_and_why_and_no_secret() {
     let cluster = Cluster::new(bins!());
     outpost_controller::certs::admin(&cluster.certs, "ro", Some(outpost_common::roles::Role::Viewer), "outpost")
         .unwrap();
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
 
     // A queued task (no agent) cancelled with a reason; a join token and a login token minted and one revoked.
@@ -95,7 +95,7 @@ async fn every_change_is_in_the_audit_trail_with_who_and_why_and_no_secret() {
 async fn rows_older_than_the_retention_are_deleted() {
     let cluster = Cluster::new(bins!());
     let flags = ["--audit-retention", "5s", "--audit-prune-interval", "200ms"];
-    let controller = cluster.controller("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").args(&flags).start().await;
     let mut admin = cluster.admin(&controller).await;
     submit(&mut admin, "kept-briefly", file_recipe()).await;
     assert_eq!(audit_json(&cluster, &controller, &[]).len(), 1);

@@ -18,10 +18,9 @@ async fn an_operator_sees_the_fleet_the_tasks_and_why_one_waits_in_a_real_browse
     let listen = format!("127.0.0.1:{}", free_port());
     let flags = ["--ui-listen", &listen, "--ui-refresh-interval", "1s", "--heartbeat-interval", "1s"];
     let channel = ["--gms-url", &gms_url, "--queue-from-gms", "default", "--sqs-retry-backoff", "200ms"];
-    let controller = cluster.controller("outpost.db", &[&flags[..], &channel[..]].concat()).await;
+    let controller = cluster.controller("outpost.db").args(&[&flags[..], &channel[..]].concat()).start().await;
     let mut admin = cluster.admin(&controller).await;
-    let _agents =
-        [cluster.agent(&controller, "w-1", "default", 2, &[]), cluster.agent(&controller, "w-2", "default", 1, &[])];
+    let _agents = [cluster.agent("w-1").slots(2).start(&controller), cluster.agent("w-2").start(&controller)];
     wait_workers(&admin, 2).await;
     submit(&mut admin, "page-ok", file_recipe()).await;
     submit(&mut admin, "page-failed", failing_recipe()).await;
@@ -125,10 +124,13 @@ fn login_token(cluster: &Cluster, controller: &Controller, role: &str) -> (Strin
 async fn an_operator_login_cancels_a_long_run_from_its_page_and_a_viewer_login_cannot() {
     let cluster = Cluster::new(bins!());
     let listen = format!("127.0.0.1:{}", free_port());
-    let controller =
-        cluster.controller("outpost.db", &["--ui-listen", &listen, "--ui-refresh-interval", "500ms"]).await;
+    let controller = cluster
+        .controller("outpost.db")
+        .args(&["--ui-listen", &listen, "--ui-refresh-interval", "500ms"])
+        .start()
+        .await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    let _agent = cluster.agent("w-1").args(&["--cancel-grace", "5s"]).start(&controller);
     wait_workers(&admin, 1).await;
     // Never released: only the cancel ends it.
     let long = cluster.held_run("stuck");

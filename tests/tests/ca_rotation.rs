@@ -47,12 +47,12 @@ async fn the_ca_rotates_under_running_work_without_agents_joining_again() {
         "--ca-check-interval",
         "100ms",
     ];
-    let mut controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
+    let mut controller = cluster.controller("outpost.db").own_trust().args(&flags).start().await;
     let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     let url = controller.url();
     let agent = |name: &str, token: Option<&str>| {
         let flags = ["--worker-id", name, "--join-url", join_url.as_str()];
-        cluster.joining_agent_at(&url, name, "default", token, &cluster.path(&format!("state-{name}")), &flags)
+        cluster.agent(name).joins(token, &cluster.path(&format!("state-{name}"))).args(&flags).start_at(&url)
     };
     let _w1 = agent("w-1", Some(TOKEN));
     let _w2 = agent("w-2", Some(TOKEN));
@@ -140,7 +140,7 @@ async fn the_ca_rotates_under_running_work_without_agents_joining_again() {
 
     // A restarted controller serves the new CA alone; the agents come back on their new certificates, no token.
     controller.proc.kill();
-    controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
+    controller = cluster.controller("outpost.db").own_trust().args(&flags).start().await;
     admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     wait_workers(&admin, 2).await;
     submit(&mut admin, "after-rotation", file_recipe()).await;
@@ -176,7 +176,7 @@ async fn the_ca_rotates_under_running_work_without_agents_joining_again() {
 async fn a_prepared_ca_signs_by_itself_once_the_overlap_is_up() {
     let cluster = Cluster::new(bins!());
     let flags = ["--ca-overlap", "1s", "--ca-check-interval", "100ms"];
-    let controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").own_trust().args(&flags).start().await;
     let prepared = ctl_json(&cluster, &controller, &["ca", "rotate"]);
     let next = prepared["next"]["fingerprint"].as_str().unwrap().to_owned();
     wait_until("the overlap to activate the new CA", RUN_TIMEOUT, || {

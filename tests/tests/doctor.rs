@@ -53,7 +53,7 @@ async fn an_open_source_datahub_before_1_2_cannot_serve_the_gms_channel_and_doct
     assert!(found.last().unwrap().ends_with("1 failed, 0 warnings"), "{found:#?}");
 
     // `run` refuses to start on it with the same reason, instead of a channel that finds nothing.
-    let mut refused = cluster.start_controller("outpost.db", &flags, &[]);
+    let mut refused = cluster.controller("outpost.db").args(&flags).spawn();
     let status = refused.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1));
     assert!(refused.log().contains("this GMS is v1.1.0"), "{}", refused.log());

@@ -23,7 +23,7 @@ async fn fleet(extra: &[&str]) -> Fleet {
     let mut flags = vec!["--join-listen", listen.as_str(), "--ca-key", ca_key.to_str().unwrap()];
     flags.extend(["--heartbeat-interval", "300ms", "--lease-ttl", "3s", "--sweep-interval", "100ms"]);
     flags.extend(extra);
-    let controller = cluster.controller("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").args(&flags).start().await;
     Fleet { join_url: format!("https://127.0.0.1:{join_port}"), join_port, cluster, controller }
 }
 
@@ -46,7 +46,7 @@ impl Fleet {
         let state = self.cluster.path(&format!("state-{name}"));
         let mut args = vec!["--worker-id", name, "--join-url", self.join_url.as_str()];
         args.extend(extra);
-        self.cluster.joining_agent(&self.controller, name, pool, token, &state, &args)
+        self.cluster.agent(name).pool(pool).joins(token, &state).args(&args).start(&self.controller)
     }
 
     fn state(&self, name: &str) -> std::path::PathBuf {
@@ -157,12 +157,19 @@ async fn trust_comes_from_the_token_or_a_pin_and_a_mismatch_is_refused_with_its_
     let ca_key = fleet.cluster.certs.join("ca.key");
     let other = fleet
         .cluster
-        .controller("other.db", &["--join-listen", &other_listen, "--ca-key", ca_key.to_str().unwrap()])
+        .controller("other.db")
+        .args(&["--join-listen", &other_listen, "--ca-key", ca_key.to_str().unwrap()])
+        .start()
         .await;
     let other_url = format!("https://127.0.0.1:{other_port}");
     let state = fleet.cluster.path("state-stranger");
-    let mut stranger =
-        fleet.cluster.joining_agent(&other, "stranger", "p", Some(&token), &state, &["--join-url", &other_url]);
+    let mut stranger = fleet
+        .cluster
+        .agent("stranger")
+        .pool("p")
+        .joins(Some(&token), &state)
+        .args(&["--join-url", &other_url])
+        .start(&other);
     let log = refused(&mut stranger).await;
     assert!(log.contains("the join listener has no CA bundle for this token"), "{log}");
 
@@ -229,7 +236,7 @@ async fn a_revoked_worker_is_cut_off_at_once_its_task_runs_elsewhere_and_it_stay
     let run = fleet.cluster.held_run("moved");
     submit_to(&mut admin, "moved", run.recipe(), "default").await;
     run.wait_started(1).await;
-    let _standby = fleet.cluster.agent(&fleet.controller, "standby", "default", 1, &[]);
+    let _standby = fleet.cluster.agent("standby").start(&fleet.controller);
     wait_workers(&admin, 2).await;
 
     let revoked_at = Instant::now();
@@ -250,7 +257,9 @@ async fn a_revoked_worker_is_cut_off_at_once_its_task_runs_elsewhere_and_it_stay
     let ca_key = fleet.cluster.certs.join("ca.key");
     fleet.controller = fleet
         .cluster
-        .controller("outpost.db", &["--listen", &addr, "--join-listen", &listen, "--ca-key", ca_key.to_str().unwrap()])
+        .controller("outpost.db")
+        .args(&["--listen", &addr, "--join-listen", &listen, "--ca-key", ca_key.to_str().unwrap()])
+        .start()
         .await;
     let mut again = fleet.agent("victim", "default", None, &[]);
     let log = refused(&mut again).await;
@@ -269,7 +278,7 @@ async fn the_ca_key_can_come_from_aws_secrets_manager_and_a_token_binds_its_pool
     let listen = format!("127.0.0.1:{join_port}");
     let env = [("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint.as_str())];
     let controller =
-        cluster.controller_with_env("outpost.db", &["--join-listen", &listen, "--ca-key", &arn], &env).await;
+        cluster.controller("outpost.db").args(&["--join-listen", &listen, "--ca-key", &arn]).env(&env).start().await;
     let fleet = Fleet { join_url: format!("https://127.0.0.1:{join_port}"), join_port, cluster, controller };
     let (token, _) = fleet.token("pool-a", &[]);
     let mut joined = fleet.agent("bound", "pool-a", Some(&token), &[]);

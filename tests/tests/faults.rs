@@ -14,10 +14,9 @@ fn fast() -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_blip_and_a_short_partition_lose_nothing_and_run_the_task_once() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &fast()).await;
+    let controller = cluster.controller("outpost.db").args(&fast()).start().await;
     let proxy = Proxy::start(controller.addr).await;
-    let spec = AgentSpec { cert_worker: "w-1", worker: "w-1", pool: "default", slots: 1, extra: &[], env: &[] };
-    let _agent = cluster.spawn_agent_at(&proxy.url(), &spec);
+    let _agent = cluster.agent("w-1").start_at(&proxy.url());
     let mut admin = cluster.admin(&controller).await;
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("through-faults");
@@ -67,14 +66,15 @@ async fn crash_and_recover(point: &str) {
     flags.extend(owned.iter().map(String::as_str));
     flags.extend(["--gms-retry-backoff", "100ms", "--gms-retry-backoff-max", "300ms", "--progress-interval", "500ms"]);
     let failpoints = format!("{point}=1*return");
-    let mut first = cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", failpoints.as_str())]).await;
-    let _agent = cluster.agent(&first, "w-1", "default", 2, &[]);
+    let mut first =
+        cluster.controller("outpost.db").args(&flags).env(&[("FAILPOINTS", failpoints.as_str())]).start().await;
+    let _agent = cluster.agent("w-1").slots(2).start(&first);
     let status = first.proc.wait_exit(Duration::from_secs(120)).await;
     // Only the crash point aborts (a panic unwinds and exits 101): SIGABRT is the crash at {point}.
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "the controller should have aborted at {point}: {status:?}");
 
-    let second = cluster.controller("outpost.db", &flags).await;
+    let second = cluster.controller("outpost.db").args(&flags).start().await;
     let admin = cluster.admin(&second).await;
     let urns: Vec<String> = ids.iter().map(|id| format!("urn:li:dataHubExecutionRequest:{id}")).collect();
     wait_until("every request to have its final result in GMS", Duration::from_secs(120), || async {
@@ -124,10 +124,10 @@ async fn a_crash_before_an_sqs_delete_deletes_it_after_the_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_agent_neither_starves_another_nor_grows_the_log_tails() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &fast()).await;
+    let controller = cluster.controller("outpost.db").args(&fast()).start().await;
     let mut admin = cluster.admin(&controller).await;
     let hostile = Ghost::connect_alive(&cluster, &controller, "hostile", "other-pool", 1).await;
-    let _agent = cluster.agent(&controller, "honest", "default", 1, &[]);
+    let _agent = cluster.agent("honest").start(&controller);
     wait_workers(&admin, 2).await;
     submit(&mut admin, "under-flood", file_recipe()).await;
     // 20,000 heartbeats and 20,000 log messages (80 MB of lines about an attempt it does not hold).

@@ -10,9 +10,9 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_share_the_work_and_each_task_runs_once() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
-    let _a1 = cluster.agent(&controller, "w-1", "default", 1, &[]);
-    let _a2 = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let controller = cluster.controller("outpost.db").start().await;
+    let _a1 = cluster.agent("w-1").start(&controller);
+    let _a2 = cluster.agent("w-2").start(&controller);
     let mut admin = cluster.admin(&controller).await;
     wait_workers(&admin, 2).await;
 
@@ -57,8 +57,8 @@ async fn two_agents_share_the_work_and_each_task_runs_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_recipe_is_recorded_as_failed_with_the_cli_error() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let controller = cluster.controller("outpost.db").start().await;
+    let _agent = cluster.agent("w-1").start(&controller);
     let mut admin = cluster.admin(&controller).await;
     submit(&mut admin, "fails", failing_recipe()).await;
     let task = wait_terminal(&admin, "fails").await;
@@ -75,7 +75,7 @@ async fn a_failing_recipe_is_recorded_as_failed_with_the_cli_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_the_right_certificate_are_refused() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
 
     // No client certificate: the server ends the handshake with an alert.
     let ca = cluster.certs.join("ca.pem");
@@ -113,7 +113,7 @@ async fn connections_without_the_right_certificate_are_refused() {
     assert_eq!(status.message(), "the certificate identifies worker w-1, but Hello claims worker w-2");
 
     // The agent program with a mismatched worker ID gives up with the same refusal.
-    let mut impostor = cluster.agent_claiming(&controller, "w-1", "w-2");
+    let mut impostor = cluster.agent("w-2").certificate_of("w-1").start(&controller);
     let exit = impostor.wait_exit(Duration::from_secs(30)).await;
     assert!(!exit.success());
     assert!(
@@ -131,10 +131,10 @@ async fn connections_without_the_right_certificate_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_still_knows_every_task() {
     let cluster = Cluster::new(bins!());
-    let mut controller = cluster.controller("outpost.db", &[]).await;
+    let mut controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     {
-        let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+        let _agent = cluster.agent("w-1").start(&controller);
         submit(&mut admin, "before-restart", file_recipe()).await;
         assert_eq!(wait_terminal(&admin, "before-restart").await.state, pb::TaskState::Succeeded as i32);
     }
@@ -143,7 +143,7 @@ async fn a_restarted_controller_still_knows_every_task() {
     submit(&mut admin, "queued-across-restart", file_recipe()).await;
     controller.proc.kill();
 
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     let done = get(&mut admin, "before-restart").await;
     assert_eq!(done.state, pb::TaskState::Succeeded as i32);
@@ -157,7 +157,7 @@ async fn a_restarted_controller_still_knows_every_task() {
     assert_eq!(workers[0].state, pb::WorkerState::Disconnected as i32);
 
     // The reloaded queue is served once an agent connects.
-    let _agent = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let _agent = cluster.agent("w-2").start(&controller);
     let task = wait_terminal(&admin, "queued-across-restart").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     assert_eq!(task.worker_id, "w-2");
@@ -166,8 +166,8 @@ async fn a_restarted_controller_still_knows_every_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outpostctl_submits_the_example_recipes_and_shows_the_results() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let controller = cluster.controller("outpost.db").start().await;
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     let admin = cluster.admin(&controller).await;
     wait_workers(&admin, 1).await;
     let examples = repo_root().join("examples");
@@ -205,8 +205,8 @@ async fn outpostctl_submits_the_example_recipes_and_shows_the_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noop_task_needs_no_recipe_and_succeeds_at_once() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let controller = cluster.controller("outpost.db").start().await;
+    let _agent = cluster.agent("w-1").start(&controller);
     let output = cluster.ctl(&controller, &["--json", "submit", "--task", "NOOP", "--id", "ping", "--wait"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let task: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -222,7 +222,7 @@ async fn a_noop_task_needs_no_recipe_and_succeeds_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_picks_up_rotated_certificate_files_without_a_restart() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let admin = cluster.admin(&controller).await;
     // The agent's files first hold a certificate for its worker ID from another CA: the controller refuses it.
     let (cert, key) = cluster.agent_cert("w-rot");
@@ -231,7 +231,7 @@ async fn an_agent_picks_up_rotated_certificate_files_without_a_restart() {
     std::fs::copy(other.path().join("agent-w-rot.pem"), &cert).unwrap();
     std::fs::copy(other.path().join("agent-w-rot.key"), &key).unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let _agent = cluster.agent(&controller, "w-rot", "default", 1, &["--metrics-listen", &metrics]);
+    let _agent = cluster.agent("w-rot").args(&["--metrics-listen", &metrics]).start(&controller);
     let failures = || scraped(&metrics, "outpost_agent_connection_failures_total", &[]);
     wait_until("the agent's refused connection attempts", Duration::from_secs(30), || async {
         (failures().await >= 2.0).then_some(())
@@ -254,8 +254,11 @@ async fn an_agent_picks_up_rotated_certificate_files_without_a_restart() {
 async fn the_controller_picks_up_rotated_certificate_files_without_a_restart() {
     let cluster = Cluster::new(bins!());
     let metrics = format!("127.0.0.1:{}", free_port());
-    let controller =
-        cluster.controller("outpost.db", &["--tls-reload-interval", "200ms", "--metrics-listen", &metrics]).await;
+    let controller = cluster
+        .controller("outpost.db")
+        .args(&["--tls-reload-interval", "200ms", "--metrics-listen", &metrics])
+        .start()
+        .await;
     let reloads = |outcome: &'static str| {
         let metrics = &metrics;
         async move { scraped(metrics, "outpost_tls_reloads_total", &[("listener", "grpc"), ("outcome", outcome)]).await }

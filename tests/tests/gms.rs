@@ -39,7 +39,7 @@ fn flags(gms: &Gms, extra: &[&str]) -> Vec<String> {
 async fn controller(cluster: &Cluster, gms: &Gms, extra: &[&str]) -> Controller {
     let flags = flags(gms, extra);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    cluster.controller("outpost.db", &flags).await
+    cluster.controller("outpost.db").args(&flags).start().await
 }
 
 async fn wait_reported(admin: &tonic_client::Admin, id: &str) -> pb::Task {
@@ -67,7 +67,7 @@ async fn a_run_reports_running_progress_and_success_as_datahub_does() {
     gms.accept_token(Some("test-token")).await;
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     // A run of at least 3 s: progress writes (every 500 ms) carry its growing log.
     submit(&mut admin, "reported", timed_recipe(3.0)).await;
     let task = wait_reported(&admin, "reported").await;
@@ -126,7 +126,7 @@ async fn through_a_gms_outage_and_a_controller_restart_every_result_arrives_once
     let gms = cluster.gms(&[]).await;
     let mut first = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&first).await;
-    let agent = cluster.agent(&first, "w-1", "default", 2, &[]);
+    let agent = cluster.agent("w-1").slots(2).start(&first);
     wait_workers(&admin, 1).await;
 
     // GMS answers 503 for a while: both runs finish meanwhile.
@@ -168,7 +168,7 @@ async fn a_kill_signal_in_gms_cancels_the_run_and_its_process_group() {
     let gms = cluster.gms(&[]).await;
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    let _agent = cluster.agent("w-1").args(&["--cancel-grace", "5s"]).start(&controller);
     // Never released: only the KILL ends it.
     let run = cluster.held_run("killed");
     submit(&mut admin, "killed", run.recipe()).await;
@@ -202,7 +202,7 @@ async fn reports_over_the_cap_are_cut_with_a_marker_not_refused() {
     let controller =
         controller(&cluster, &gms, &["--gms-max-report-bytes", "3000", "--gms-max-structured-bytes", "1000"]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     submit(&mut admin, "big", file_recipe()).await;
     let task = wait_reported(&admin, "big").await;
     let recorded = task.result.unwrap();
@@ -225,7 +225,7 @@ async fn a_refused_token_keeps_results_until_it_is_fixed() {
     gms.accept_token(Some("another-token")).await;
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     submit(&mut admin, "unauthorized", file_recipe()).await;
     wait_terminal(&admin, "unauthorized").await;
     wait_until("GMS to answer a result write with 401", Duration::from_secs(30), || async {
@@ -254,7 +254,7 @@ async fn a_token_file_is_read_again_when_it_is_replaced() {
     // The file wins over DATAHUB_GMS_TOKEN (test-token, which GMS would refuse).
     let controller = controller(&cluster, &gms, &["--gms-token-file", &path]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     submit(&mut admin, "first-token", file_recipe()).await;
     wait_reported(&admin, "first-token").await;
 
@@ -309,7 +309,7 @@ async fn a_write_gms_refuses_for_good_is_recorded_and_holds_up_nothing() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let controller = controller(&cluster, &gms, &["--metrics-listen", &metrics]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     wait_workers(&admin, 1).await;
     submit(&mut admin, "refused", file_recipe()).await;
     submit(&mut admin, "fine", file_recipe()).await;
@@ -357,7 +357,7 @@ async fn a_slow_gms_never_holds_a_result_behind_progress_writes() {
     gms.delay_matching(Duration::from_secs(5), 1000, "urn:li:dataHubExecutionRequest:long").await;
     let controller = controller(&cluster, &gms, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     wait_workers(&admin, 1).await;
     let long = cluster.held_run("long");
     submit(&mut admin, "long", long.recipe()).await;
@@ -429,7 +429,7 @@ async fn results_due_together_go_in_one_batch_and_a_refused_batch_goes_write_by_
     gms.fail(503, 10_000, "aspects").await;
     let controller = controller(&cluster, &gms, &["--gms-batch-size", "50"]).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 4, &[]);
+    let _agent = cluster.agent("w-1").slots(4).start(&controller);
     let ids: Vec<String> = (0..20).map(|i| format!("batched-{i}")).collect();
     for id in &ids {
         submit_args(&mut admin, id, "NOOP", &[]).await;

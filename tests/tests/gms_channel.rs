@@ -44,7 +44,7 @@ fn flags_with(gms: &Gms, overrides: &[(&str, &str)], extra: &[&str]) -> Vec<Stri
 async fn controller(cluster: &Cluster, gms: &Gms, db: &str, extra: &[&str]) -> Controller {
     let flags = flags(gms, extra);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    cluster.controller(db, &flags).await
+    cluster.controller(db).args(&flags).start().await
 }
 
 /// Waits until GMS holds a final status for each of `urns`.
@@ -77,7 +77,7 @@ async fn requests_of_the_pool_are_found_in_gms_claimed_and_run_once_and_others_l
     gms.serve_version("v1.2.0").await;
     let controller = controller(&cluster, &gms, "outpost.db", &["--gms-channel", "oss-pool"]).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "oss-pool", 2, &[]);
+    let _agent = cluster.agent("w-1").pool("oss-pool").slots(2).start(&controller);
     let searched = |c: &pb::ChannelHealth| c.last_success_unix_ms > 0 && c.consecutive_failures == 0;
     wait_channel(&admin, "oss-pool", "gms", "a search succeeded", searched).await;
     let ids: Vec<String> = (0..4).map(|i| format!("oss-{i}")).collect();
@@ -132,7 +132,7 @@ async fn a_request_is_not_claimed_while_no_agent_slot_is_free() {
     assert!(gms.claimed_writes(&urn("second")).await.is_empty(), "no free slot, so no claim");
 
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "oss-pool", 1, &[]);
+    let _agent = cluster.agent("w-1").pool("oss-pool").start(&controller);
     let results = wait_final(&gms, &[urn("second")]).await;
     assert_eq!(results[&urn("second")]["status"], "SUCCESS");
     assert_eq!(tasks(&admin).await["second"].worker_id, "w-1");
@@ -145,7 +145,7 @@ async fn a_killed_controllers_claim_is_taken_over_after_the_ttl_and_its_late_wri
     let gms = cluster.gms(&["--index-lag-ms", "100"]).await;
     gms.serve_version("v1.2.0").await;
     let mut first = controller(&cluster, &gms, "first.db", &["--gms-channel", "oss-pool"]).await;
-    let mut first_agent = cluster.agent(&first, "w-1", "oss-pool", 1, &[]);
+    let mut first_agent = cluster.agent("w-1").pool("oss-pool").start(&first);
     let run = cluster.held_run("orphan");
     gms.create_request(&urn("orphan"), messages::input(&run.recipe(), "oss-pool")).await;
     wait_until("the first controller to report RUNNING", Duration::from_secs(60), || async {
@@ -160,9 +160,9 @@ async fn a_killed_controllers_claim_is_taken_over_after_the_ttl_and_its_late_wri
     let slow_listing = [("--gms-takeover-interval", "30s"), ("--claim-watch-interval", "500ms")];
     let second_flags = flags_with(&gms, &slow_listing, &["--gms-channel", "oss-pool"]);
     let second_flags: Vec<&str> = second_flags.iter().map(String::as_str).collect();
-    let second = cluster.controller("second.db", &second_flags).await;
+    let second = cluster.controller("second.db").args(&second_flags).start().await;
     let second_admin = cluster.admin(&second).await;
-    let _second_agent = cluster.agent(&second, "w-2", "oss-pool", 1, &[]);
+    let _second_agent = cluster.agent("w-2").pool("oss-pool").start(&second);
     wait_until("the second controller to watch the held request", Duration::from_secs(30), || async {
         (gms.calls_to("/batchGet").await >= 2).then_some(())
     })
@@ -234,8 +234,8 @@ async fn two_controllers_on_one_pool_sqs_and_gms_channel_run_fifty_requests_and_
     let by_sqs = controller(&cluster, &gms, "sqs.db", &sqs_flags).await;
     let by_gms = controller(&cluster, &gms, "gms.db", &["--gms-channel", "oss-pool"]).await;
     let (sqs_admin, gms_admin) = (cluster.admin(&by_sqs).await, cluster.admin(&by_gms).await);
-    let _a = cluster.agent(&by_sqs, "w-sqs", "oss-pool", 3, &[]);
-    let _b = cluster.agent(&by_gms, "w-gms", "oss-pool", 3, &[]);
+    let _a = cluster.agent("w-sqs").pool("oss-pool").slots(3).start(&by_sqs);
+    let _b = cluster.agent("w-gms").pool("oss-pool").slots(3).start(&by_gms);
 
     let ids: Vec<String> = (0..50).map(|i| format!("both-{i:02}")).collect();
     for id in &ids {

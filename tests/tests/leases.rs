@@ -19,7 +19,7 @@ const FAST: &[(&str, &str)] = &[
 async fn controller(cluster: &Cluster, overrides: &[(&str, &str)]) -> Controller {
     let flags = merge_flags(FAST, overrides);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    cluster.controller("outpost.db", &flags).await
+    cluster.controller("outpost.db").args(&flags).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,13 +27,13 @@ async fn a_killed_agent_loses_its_task_to_the_other_agent_within_the_lease_ttl()
     let cluster = Cluster::new(bins!());
     let controller = controller(&cluster, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let mut first = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let mut first = cluster.agent("w-1").start(&controller);
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("survivor");
     submit(&mut admin, "survivor", run.recipe()).await;
     assert_eq!(wait_running(&admin, "survivor").await, "w-1");
     run.wait_started(1).await;
-    let _second = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let _second = cluster.agent("w-2").start(&controller);
     wait_workers(&admin, 2).await;
 
     first.signal(libc::SIGKILL);
@@ -59,7 +59,7 @@ async fn a_paused_agents_late_result_is_refused_and_the_rerun_is_recorded() {
     let controller = controller(&cluster, &[]).await;
     let mut admin = cluster.admin(&controller).await;
     let paused_metrics = format!("127.0.0.1:{}", free_port());
-    let paused = cluster.agent(&controller, "w-1", "default", 1, &["--metrics-listen", &paused_metrics]);
+    let paused = cluster.agent("w-1").args(&["--metrics-listen", &paused_metrics]).start(&controller);
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("paused");
     submit(&mut admin, "paused", run.recipe()).await;
@@ -67,7 +67,7 @@ async fn a_paused_agents_late_result_is_refused_and_the_rerun_is_recorded() {
     run.wait_started(1).await;
 
     paused.signal(libc::SIGSTOP);
-    let _other = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let _other = cluster.agent("w-2").start(&controller);
     // Both CLIs finish once the second holds: the paused agent's own CLI (its process group is not stopped) ends
     // while its agent cannot say so.
     run.wait_started(2).await;
@@ -95,7 +95,7 @@ async fn a_controller_killed_mid_run_loses_nothing() {
     let mut first = controller(&cluster, &[("--lease-ttl", "10s")]).await;
     let port = first.addr.to_string();
     let mut admin = cluster.admin(&first).await;
-    let _agent = cluster.agent(&first, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&first);
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("across-crash");
     submit(&mut admin, "across-crash", run.recipe()).await;
@@ -127,7 +127,7 @@ async fn an_assignment_without_an_ack_is_revoked_and_runs_elsewhere() {
     submit(&mut admin, "unacked", file_recipe()).await;
     let assign = ghost.next_assign().await;
     assert_eq!(assign.attempt.as_ref().map(|a| (a.task_id.as_str(), a.epoch)), Some(("unacked", 1)));
-    let _real = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _real = cluster.agent("w-1").start(&controller);
     let task = wait_terminal(&admin, "unacked").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     assert_eq!(task.attempt_history.len(), 2);
@@ -179,7 +179,7 @@ async fn a_draining_agent_finishes_its_work_and_takes_no_more() {
     let cluster = Cluster::new(bins!());
     let controller = controller(&cluster, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let mut agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let mut agent = cluster.agent("w-1").slots(2).start(&controller);
     wait_workers(&admin, 1).await;
     let run = cluster.held_run("finishing");
     submit(&mut admin, "finishing", run.recipe()).await;
@@ -205,7 +205,7 @@ async fn a_draining_agent_finishes_its_work_and_takes_no_more() {
     assert_eq!((waiting.state, waiting.attempts), (pb::TaskState::Queued as i32, 0));
 
     // An operator drain: the new agent takes nothing while draining.
-    let _next = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let _next = cluster.agent("w-2").start(&controller);
     let task = wait_terminal(&admin, "waiting").await;
     assert_eq!(task.worker_id, "w-2");
     let output = cluster.ctl(&controller, &["drain", "w-2"]);
@@ -223,7 +223,7 @@ async fn cancelling_a_running_ingest_kills_its_process_group() {
     let cluster = Cluster::new(bins!());
     let controller = controller(&cluster, &[]).await;
     let mut admin = cluster.admin(&controller).await;
-    let agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    let agent = cluster.agent("w-1").args(&["--cancel-grace", "5s"]).start(&controller);
     wait_workers(&admin, 1).await;
     // Never released: only the cancel ends it.
     let run = cluster.held_run("to-cancel");
@@ -295,7 +295,7 @@ async fn after_a_restart_leases_nobody_reclaims_expire_and_rerun() {
     } // the agent is gone for good
     let controller = controller(&cluster, &[]).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     let task = wait_terminal(&admin, "orphan").await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     let states: Vec<(&str, &str)> =

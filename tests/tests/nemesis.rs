@@ -81,13 +81,12 @@ async fn nemesis(seed: u64) {
     let failpoints = format!("{crash}=1*return");
     eprintln!("nemesis seed {seed}: crash point {crash}");
     let mut controller =
-        cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", failpoints.as_str())]).await;
+        cluster.controller("outpost.db").args(&flags).env(&[("FAILPOINTS", failpoints.as_str())]).start().await;
     let proxy = Proxy::start(controller.addr).await;
     const WORKERS: [(&str, &str); 3] = [("w-1", "default"), ("w-2", "default"), ("w-3", "oss")];
     let agent = |n: usize| {
         let (worker, pool) = WORKERS[n];
-        let spec = AgentSpec { cert_worker: worker, worker, pool, slots: 2, extra: &[], env: &[] };
-        cluster.spawn_agent_at(&proxy.url(), &spec)
+        cluster.agent(worker).pool(pool).slots(2).start_at(&proxy.url())
     };
     let mut agents = [agent(0), agent(1), agent(2)];
 
@@ -142,7 +141,7 @@ async fn nemesis(seed: u64) {
             }
             4 => {
                 controller.proc.kill();
-                controller = cluster.controller("outpost.db", &flags).await;
+                controller = cluster.controller("outpost.db").args(&flags).start().await;
             }
             5 => {
                 // Frozen past its lease: the controller gives its work away; then it wakes up with stale epochs.
@@ -197,7 +196,7 @@ async fn nemesis(seed: u64) {
         );
         if controller.proc.exited() {
             faults.push(format!("controller crashed at {crash}"));
-            controller = cluster.controller("outpost.db", &flags).await;
+            controller = cluster.controller("outpost.db").args(&flags).start().await;
         }
     }
     gms.heal().await;
@@ -208,7 +207,7 @@ async fn nemesis(seed: u64) {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         if controller.proc.exited() {
-            controller = cluster.controller("outpost.db", &flags).await;
+            controller = cluster.controller("outpost.db").args(&flags).start().await;
         }
         let results = gms.results().await;
         let done = urns.iter().all(|u| {
@@ -271,9 +270,9 @@ async fn the_history_checker_catches_a_build_that_deletes_messages_early() {
     owned.extend(["--gms-url", &gms.base].map(String::from));
     let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
     let controller =
-        cluster.controller_with_env("outpost.db", &flags, &[("FAILPOINTS", "bug::delete_early=return")]).await;
+        cluster.controller("outpost.db").args(&flags).env(&[("FAILPOINTS", "bug::delete_early=return")]).start().await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     run.wait_started(1).await;
     // The broken keeper deletes at its first keep-alive of the message (a third of the 3 s visibility timeout).
     wait_until("the broken build to delete the message while the run goes on", Duration::from_secs(30), || {

@@ -14,9 +14,9 @@ fn stdout(output: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_over_mtls() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     wait_workers(&admin, 1).await;
     submit(&mut admin, "via-grpcurl", file_recipe()).await;
     wait_terminal(&admin, "via-grpcurl").await;
@@ -98,11 +98,11 @@ async fn metrics_and_health_parse_with_the_reference_parser() {
     let cluster = Cluster::new(bins!());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let controller = cluster.controller("outpost.db", &["--metrics-listen", &listen]).await;
+    let controller = cluster.controller("outpost.db").args(&["--metrics-listen", &listen]).start().await;
     let mut admin = cluster.admin(&controller).await;
     let agent_port = free_port();
     let agent_listen = format!("127.0.0.1:{agent_port}");
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &["--metrics-listen", &agent_listen]);
+    let _agent = cluster.agent("w-1").slots(2).args(&["--metrics-listen", &agent_listen]).start(&controller);
     wait_workers(&admin, 1).await;
     submit(&mut admin, "m-ok", file_recipe()).await;
     submit(&mut admin, "m-fail", failing_recipe()).await;

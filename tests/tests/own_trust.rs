@@ -38,7 +38,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
         "--metrics-listen",
         metrics.as_str(),
     ];
-    let mut controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
+    let mut controller = cluster.controller("outpost.db").own_trust().args(&flags).start().await;
     let trust = cluster.path("trust");
     let keys_mode = |name: &str| {
         use std::os::unix::fs::PermissionsExt;
@@ -56,7 +56,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     assert_eq!((listed[0]["id"].as_str(), listed[0]["pool"].as_str()), (Some("boot01"), Some("default")), "{listed}");
     let state = cluster.path("state-w-1");
     let agent_flags = ["--worker-id", "w-1", "--join-url", join_url.as_str()];
-    let first = cluster.joining_agent(&controller, "w-1", "default", Some(TOKEN), &state, &agent_flags);
+    let first = cluster.agent("w-1").joins(Some(TOKEN), &state).args(&agent_flags).start(&controller);
     let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     submit(&mut admin, "own-trust-1", file_recipe()).await;
     // A joined agent's certificate expiry, as the worker list shows it, is exported for the expiry alert.
@@ -79,14 +79,14 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
 
     // A second agent asking for the connected worker's name is refused, and spends no use of the token.
     let twin_state = cluster.path("state-twin");
-    let mut twin = cluster.joining_agent(&controller, "twin", "default", Some(TOKEN), &twin_state, &agent_flags);
+    let mut twin = cluster.agent("twin").joins(Some(TOKEN), &twin_state).args(&agent_flags).start(&controller);
     let status = twin.wait_exit(Duration::from_secs(60)).await;
     assert!(!status.success());
     assert!(twin.log().contains("worker w-1 is connected; a second agent cannot take its name"), "{}", twin.log());
 
     // A restart on the same files: the same CA and certificate, the agent comes back without joining again.
     controller.proc.kill();
-    let controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").own_trust().args(&flags).start().await;
     assert_eq!(std::fs::read(trust.join("ca.pem")).unwrap(), ca);
     assert_eq!(std::fs::read(trust.join("controller.pem")).unwrap(), server);
     let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
@@ -100,7 +100,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     drop(first);
     wait_workers(&admin, 0).await;
     let again = cluster.path("state-w-1-again");
-    let _second = cluster.joining_agent(&controller, "w-1-again", "default", Some(TOKEN), &again, &agent_flags);
+    let _second = cluster.agent("w-1-again").joins(Some(TOKEN), &again).args(&agent_flags).start(&controller);
     wait_workers(&admin, 1).await;
     let joins: Vec<String> = tokens(&cluster, &controller)[0]["used"]
         .as_array()
@@ -113,7 +113,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     // A changed file replaces the token: the old one is revoked at the next start.
     std::fs::write(&token_file, "boot02.fedcba9876543210\n").unwrap();
     drop(controller);
-    let controller = cluster.controller_with_own_trust("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").own_trust().args(&flags).start().await;
     let listed = tokens(&cluster, &controller);
     let mut revoked: Vec<(&str, bool)> = listed
         .as_array()
@@ -133,7 +133,7 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     let without_file: Vec<&str> =
         flags.iter().copied().filter(|f| *f != "--bootstrap-token-file" && *f != token_path).collect();
     let env = [("OUTPOST_BOOTSTRAP_TOKEN", generated)];
-    let controller = cluster.controller_with_own_trust_and_env("outpost.db", &without_file, &env).await;
+    let controller = cluster.controller("outpost.db").own_trust().args(&without_file).env(&env).start().await;
     let listed = tokens(&cluster, &controller);
     let active: Vec<&str> = listed
         .as_array()
@@ -146,14 +146,8 @@ async fn a_controller_without_certificate_files_makes_its_own_trust_and_agents_j
     let admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     let generated_state = cluster.path("state-generated");
     let generated_flags = ["--worker-id", "w-generated", "--join-url", join_url.as_str()];
-    let _third = cluster.joining_agent(
-        &controller,
-        "w-generated",
-        "default",
-        Some(generated),
-        &generated_state,
-        &generated_flags,
-    );
+    let _third =
+        cluster.agent("w-generated").joins(Some(generated), &generated_state).args(&generated_flags).start(&controller);
     wait_workers(&admin, 2).await; // w-1-again reconnected, w-generated joined
     let listed = tokens(&cluster, &controller);
     let boot03 = listed.as_array().unwrap().iter().find(|t| t["id"] == "boot03").unwrap();
@@ -174,14 +168,14 @@ async fn an_agent_started_before_its_controller_keeps_trying_and_joins_once_it_i
     let state = cluster.path("state-early");
     let flags = ["--worker-id", "early", "--join-url", join_url.as_str(), "--join-retry-min", "100ms"];
     let mut agent =
-        cluster.joining_agent_at(&format!("https://{listen}"), "early", "default", Some(TOKEN), &state, &flags);
+        cluster.agent("early").joins(Some(TOKEN), &state).args(&flags).start_at(&format!("https://{listen}"));
     let (attempt, _) = tokio::time::timeout(RUN_TIMEOUT, not_yet.accept()).await.expect("the agent tried").unwrap();
     drop((attempt, not_yet));
 
     let token_path = token_file.to_string_lossy().into_owned();
     let controller_flags =
         ["--listen", &listen, "--join-listen", &join_listen, "--bootstrap-token-file", token_path.as_str()];
-    let controller = cluster.controller_with_own_trust("outpost.db", &controller_flags).await;
+    let controller = cluster.controller("outpost.db").own_trust().args(&controller_flags).start().await;
     let admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     wait_workers(&admin, 1).await;
     assert!(!agent.exited(), "the agent is still running");
@@ -193,7 +187,7 @@ async fn an_agent_started_before_its_controller_keeps_trying_and_joins_once_it_i
 async fn a_partial_set_of_certificate_files_is_refused_at_start() {
     let cluster = Cluster::new(bins!());
     let cert = cluster.certs.join("controller.pem").to_string_lossy().into_owned();
-    let mut proc = cluster.start_controller_without_tls("outpost.db", &["--tls-cert", &cert]);
+    let mut proc = cluster.controller("outpost.db").own_trust().args(&["--tls-cert", &cert]).spawn();
     let status = proc.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1), "refused at start");
     assert!(proc.log().contains("give all of --tls-cert, --tls-key and --tls-ca, or none of them"), "{}", proc.log());

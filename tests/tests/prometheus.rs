@@ -55,14 +55,19 @@ async fn the_alerts_fire_and_clear_and_every_dashboard_query_answers_in_a_real_p
         "--gms-retry-backoff-max",
         "300ms",
     ];
-    let controller =
-        cluster.controller_with_own_trust_and_env("outpost.db", &flags, &[("DATAHUB_GMS_TOKEN", "right-token")]).await;
+    let controller = cluster
+        .controller("outpost.db")
+        .own_trust()
+        .args(&flags)
+        .env(&[("DATAHUB_GMS_TOKEN", "right-token")])
+        .start()
+        .await;
     let mut admin = admin_client(&controller, &cluster.local_admin_tls()).await;
     let join_url = format!("https://{join_listen}");
     let agent = |name: &str, metrics: &str| {
         let state = cluster.path(&format!("state-{name}"));
         let flags = ["--worker-id", name, "--join-url", join_url.as_str(), "--metrics-listen", metrics];
-        cluster.joining_agent_at(&format!("https://{listen}"), name, POOL, Some(TOKEN), &state, &flags)
+        cluster.agent(name).pool(POOL).joins(Some(TOKEN), &state).args(&flags).start_at(&format!("https://{listen}"))
     };
     let agent_metrics = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
     let mut agents = vec![agent("w-1", &agent_metrics[0]), agent("w-2", &agent_metrics[1])];

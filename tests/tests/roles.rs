@@ -79,7 +79,7 @@ async fn every_admin_rpc_is_allowed_exactly_where_the_role_table_says() {
         outpost_controller::certs::admin(&cluster.certs, name, role, "outpost").unwrap();
     }
     cluster.agent_cert("w-1");
-    let controller = cluster.controller("outpost.db", &["--admin-role", "mapped=operator"]).await;
+    let controller = cluster.controller("outpost.db").args(&["--admin-role", "mapped=operator"]).start().await;
     let callers: [(&str, Option<Role>); 5] = [
         ("admin-ro", Some(Role::Viewer)),
         ("admin-op", Some(Role::Operator)),
@@ -177,7 +177,7 @@ async fn every_admin_rpc_is_allowed_exactly_where_the_role_table_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_login_tokens_carry_a_role_viewer_unless_told() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let created = |args: &[&str]| {
         let out = cluster.ctl(&controller, &[&["--json", "ui-tokens", "create"][..], args].concat());
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

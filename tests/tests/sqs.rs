@@ -41,7 +41,7 @@ async fn controller_with(
     let mut flags = merge_flags(&base, overrides);
     flags.extend(switches.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    cluster.controller_with_env(db, &flags, env).await
+    cluster.controller(db).args(&flags).env(env).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +62,7 @@ async fn messages_in_all_three_shapes_run_and_are_deleted_only_after_their_resul
     let controller =
         controller(&cluster, &moto, &queue, &[("--gms-url", &gms_url), ("--progress-interval", "1s")]).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 3, &[]);
+    let _agent = cluster.agent("w-1").slots(3).start(&controller);
     let ids = ["via-mcl", "via-celery", "via-plain"];
     for id in ids {
         let task = wait_task(&admin, id, "finished", |t| is_terminal(t.state)).await;
@@ -103,8 +103,8 @@ async fn a_run_longer_than_the_visibility_timeout_keeps_its_message_and_runs_onc
         controller(&cluster, &moto, &queue, &[("--sqs-visibility-timeout", "2s"), ("--sqs-keep-interval", "500ms")])
             .await;
     let admin = cluster.admin(&controller).await;
-    let _a1 = cluster.agent(&controller, "w-1", "default", 1, &[]);
-    let _a2 = cluster.agent(&controller, "w-2", "default", 1, &[]);
+    let _a1 = cluster.agent("w-1").start(&controller);
+    let _a2 = cluster.agent("w-2").start(&controller);
     let started = wait_task(&admin, "long-run", "running", |t| t.state == pb::TaskState::Running as i32).await;
     run.wait_started(1).await;
     let begun = std::time::Instant::now();
@@ -133,7 +133,7 @@ async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes(
     moto.send(&queue, &messages::mcl_input("crash-run", &messages::input(&run.recipe(), "default"))).await;
     let mut first = controller(&cluster, &moto, &queue, &[("--lease-ttl", "30s")]).await;
     let port = first.addr.to_string();
-    let _agent = cluster.agent(&first, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&first);
     run.wait_started(1).await;
     first.proc.kill();
     wait_until("the message to be visible again", Duration::from_secs(30), || async {
@@ -144,10 +144,7 @@ async fn after_a_controller_crash_the_message_comes_back_and_the_task_completes(
     let flags = [("--lease-ttl", "30s"), ("--listen", &port), ("--metrics-listen", &metrics)];
     let controller = controller(&cluster, &moto, &queue, &flags).await;
     let admin = cluster.admin(&controller).await;
-    let messages = |outcome: &'static str| {
-        let metrics = &metrics;
-        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
-    };
+    let messages = |outcome| sqs_messages(&metrics, "default", outcome);
     wait_until("the re-delivered message to be adopted", Duration::from_secs(30), || async {
         (messages("adopted").await >= 1.0).then_some(())
     })
@@ -172,8 +169,8 @@ async fn a_duplicate_delivery_runs_once() {
     moto.send(&queue, &body).await;
     let controller = controller(&cluster, &moto, &queue, &[]).await;
     let admin = cluster.admin(&controller).await;
-    let _a1 = cluster.agent(&controller, "w-1", "default", 2, &[]);
-    let _a2 = cluster.agent(&controller, "w-2", "default", 2, &[]);
+    let _a1 = cluster.agent("w-1").slots(2).start(&controller);
+    let _a2 = cluster.agent("w-2").slots(2).start(&controller);
     run.wait_started(1).await;
     wait_until("both deliveries to be received", Duration::from_secs(30), || async {
         (moto.counts(&queue).await.0 == 0).then_some(())
@@ -210,15 +207,12 @@ async fn unusable_messages_are_quarantined_with_their_reason_and_the_bridge_goes
     let flags = [("--sqs-max-message-bytes", "4000"), ("--dead-letter-queue", &dlq), ("--metrics-listen", &metrics)];
     let controller = controller(&cluster, &moto, &queue, &flags).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     let fine = wait_task(&admin, "fine", "recorded", |t| t.reported_unix_ms > 0).await;
     assert_eq!(fine.state, pb::TaskState::Succeeded as i32);
     moto.wait_empty(&queue).await;
     assert_eq!(moto.counts(&dlq).await.0, 4, "every unusable message was copied to the dead-letter queue");
-    let received = |outcome: &'static str| {
-        let metrics = &metrics;
-        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
-    };
+    let received = |outcome| sqs_messages(&metrics, "default", outcome);
     assert_eq!((received("quarantined").await, received("taken").await), (4.0, 1.0));
 
     let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
@@ -272,7 +266,7 @@ async fn intake_follows_demand_no_agent_nothing_taken_two_slots_at_most_three_in
     assert_eq!(moto.counts(&queue).await, (6, 0), "no agent: nothing received");
 
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     let mut seen_max = 0;
     let mut finished = 0;
     while finished < 6 {
@@ -307,8 +301,8 @@ async fn sqs_api_calls_per_task() {
     ];
     let controller = controller(&cluster, &moto, &queue, &flags).await;
     let admin = cluster.admin(&controller).await;
-    let _a1 = cluster.agent(&controller, "w-1", "default", 4, &[]);
-    let _a2 = cluster.agent(&controller, "w-2", "default", 4, &[]);
+    let _a1 = cluster.agent("w-1").slots(4).start(&controller);
+    let _a2 = cluster.agent("w-2").slots(4).start(&controller);
     for i in 0..tasks {
         wait_task(&admin, &format!("c{i}"), "recorded", |t| t.reported_unix_ms > 0).await;
     }
@@ -333,7 +327,7 @@ async fn a_kill_signal_on_sqs_cancels_the_running_task() {
     moto.send(&queue, &messages::mcl_input("doomed", &messages::input(&run.recipe(), "default"))).await;
     let controller = controller(&cluster, &moto, &queue, &[]).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &["--cancel-grace", "5s"]);
+    let _agent = cluster.agent("w-1").args(&["--cancel-grace", "5s"]).start(&controller);
     run.wait_started(1).await;
     moto.send(&queue, &messages::mcl_kill("doomed")).await;
     let task = wait_terminal(&admin, "doomed").await;
@@ -353,7 +347,7 @@ async fn a_request_for_a_pool_not_served_here_is_given_back_not_run() {
     let flags = [("--sqs-foreign-visibility", "60s"), ("--metrics-listen", &metrics)];
     let controller = controller(&cluster, &moto, &queue, &flags).await;
     let mut admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     wait_task(&admin, "ours", "recorded", |t| t.reported_unix_ms > 0).await;
     wait_until("the foreign message to be given back", Duration::from_secs(30), || async {
         (moto.counts(&queue).await == (0, 1)).then_some(())
@@ -361,10 +355,7 @@ async fn a_request_for_a_pool_not_served_here_is_given_back_not_run() {
     .await;
     let status = admin.get_task(pb::GetTaskRequest { id: "elsewhere".into() }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "never taken in");
-    let messages = |outcome: &'static str| {
-        let metrics = &metrics;
-        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
-    };
+    let messages = |outcome| sqs_messages(&metrics, "default", outcome);
     assert_eq!((messages("given_back").await, messages("taken").await), (1.0, 1.0));
 }
 
@@ -376,7 +367,7 @@ async fn the_bridge_backs_off_through_an_sqs_outage_and_recovers() {
     let queue = moto.queue("flaky").await;
     let controller = controller(&cluster, &moto, &queue, &[]).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     wait_workers(&admin, 1).await;
 
     let healthy = wait_channel(&admin, "default", "sqs", "a receive succeeded", |c| c.last_success_unix_ms > 0).await;
@@ -423,7 +414,7 @@ async fn a_datahub_cloud_pool_takes_its_queue_and_refreshed_credentials_from_gms
     ];
     let mut controller = controller(&cluster, &moto, "", &flags).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     run.wait_started(1).await;
     // The run outlives the credentials: they are fetched again about every second (3 s minus 2 s ahead).
     let before = gms.graphql_calls().await;
@@ -474,7 +465,7 @@ async fn an_open_source_gms_has_no_pool_queues_and_the_controller_says_so() {
         "--metrics-listen",
         &metrics,
     ];
-    let controller = cluster.controller("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").args(&flags).start().await;
     // It keeps serving (other pools, the admin API) and says why this pool has no queue, where operators look.
     let mut admin = cluster.admin(&controller).await;
     let failing =
@@ -504,7 +495,7 @@ async fn datahub_monitor_work_is_quarantined_or_left_to_datahubs_executor_never_
     let metrics = format!("127.0.0.1:{}", free_port());
     let controller = controller(&cluster, &moto, &queue, &[("--metrics-listen", &metrics)]).await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     // Alone on the queue: quarantined with the reason (and gone from SQS), counted.
     moto.wait_empty(&queue).await;
     let quarantined = admin.clone().list_quarantined(pb::ListQuarantinedRequest::default()).await.unwrap();
@@ -522,7 +513,7 @@ async fn datahub_monitor_work_is_quarantined_or_left_to_datahubs_executor_never_
     let flags = [("--metrics-listen", metrics.as_str()), ("--sqs-foreign-visibility", "60s")];
     let switches = ["--sqs-shared-with-datahub-executor"];
     let shared = controller_with(&cluster, &moto, &queue, &flags, "outpost-shared.db", &switches, &[]).await;
-    let _agent = cluster.agent(&shared, "w-2", "default", 1, &[]);
+    let _agent = cluster.agent("w-2").start(&shared);
     let labels = [("task", "monitor_training_request"), ("outcome", "given_back")];
     wait_until("the message to be given back", Duration::from_secs(30), || async {
         let samples = parse_metrics(&http_get(&format!("http://{metrics}/metrics")).await.1);
@@ -586,7 +577,7 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
     ];
     let controller = controller(&cluster, &moto, "", &flags).await;
     let admin_api = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 1, &[]);
+    let _agent = cluster.agent("w-1").start(&controller);
     run.wait_started(1).await;
 
     for _ in 0..2 {
@@ -615,14 +606,16 @@ async fn a_cloud_run_outlives_two_key_rotations_while_moto_refuses_the_replaced_
         (counts["visible"] == 0 && counts["in_flight"] == 0).then_some(())
     })
     .await;
-    let received = |outcome: &'static str| {
-        let metrics = &metrics;
-        async move { scraped(metrics, "outpost_sqs_messages_total", &[("pool", "default"), ("outcome", outcome)]).await }
-    };
+    let received = |outcome| sqs_messages(&metrics, "default", outcome);
     assert_eq!((received("taken").await, received("adopted").await), (1.0, 0.0), "the message was received once");
     let log = controller.proc.log();
     let secret = key["SecretAccessKey"].as_str().unwrap();
     assert!(!log.contains(secret), "a secret reached the log");
     let writes = gms.result_writes("urn:li:dataHubExecutionRequest:rotated").await;
     assert_eq!(writes.iter().filter(|(code, a)| *code == 200 && a["status"] == "SUCCESS").count(), 1, "{writes:?}");
+}
+
+/// `outpost_sqs_messages_total` of `pool` with `outcome`, scraped from the controller's `/metrics` at `addr` now.
+async fn sqs_messages(addr: &str, pool: &str, outcome: &str) -> f64 {
+    scraped(addr, "outpost_sqs_messages_total", &[("pool", pool), ("outcome", outcome)]).await
 }

@@ -18,7 +18,7 @@ async fn a_grpc_port_in_use_ends_the_controller_with_a_one_line_reason() {
     let cluster = Cluster::new(bins!());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut controller = cluster.start_controller("outpost.db", &["--listen", &addr], &[]);
+    let mut controller = cluster.controller("outpost.db").args(&["--listen", &addr]).spawn();
     let status = controller.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1));
     let line = reason_line(&controller.log());
@@ -31,7 +31,7 @@ async fn a_writer_that_panics_ends_the_controller_with_a_one_line_reason() {
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let env = [("FAILPOINTS", "store::submit=panic(the disk caught fire)")];
-    let mut controller = cluster.controller_with_env("outpost.db", &["--metrics-listen", &metrics], &env).await;
+    let mut controller = cluster.controller("outpost.db").args(&["--metrics-listen", &metrics]).env(&env).start().await;
     wait_until("the controller to be ready", Duration::from_secs(30), || async {
         (http_get(&format!("http://{metrics}/readyz")).await.0 == 200).then_some(())
     })
@@ -69,7 +69,7 @@ async fn readyz_answers_503_until_grpc_serves() {
     })
     .await;
     let metrics = format!("127.0.0.1:{}", free_port());
-    let _controller = cluster.start_controller("outpost.db", &["--metrics-listen", &metrics], &[]);
+    let _controller = cluster.controller("outpost.db").args(&["--metrics-listen", &metrics]).spawn();
     let readyz = format!("http://{metrics}/readyz");
     let (status, body) = wait_until("the health endpoint to answer", Duration::from_secs(30), || async {
         reqwest::get(&readyz).await.ok()?;

@@ -36,9 +36,9 @@ async fn the_status_page_needs_a_login_with_a_token_an_admin_made() {
     let cluster = Cluster::new(bins!());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let controller = cluster.controller("outpost.db").args(&["--ui-listen", &listen]).start().await;
     let admin = cluster.admin(&controller).await;
-    let _agent = cluster.agent(&controller, "w-1", "default", 2, &[]);
+    let _agent = cluster.agent("w-1").slots(2).start(&controller);
     wait_workers(&admin, 1).await;
     let (http, base) = (client(), format!("http://{listen}"));
 
@@ -94,13 +94,13 @@ async fn the_status_page_needs_a_login_with_a_token_an_admin_made() {
 async fn the_page_is_served_over_tls_with_secure_cookies_and_never_plain_on_an_open_address() {
     let cluster = Cluster::new(bins!());
     // Plain HTTP on a non-loopback address: refused at start, saying what to do.
-    let mut refused = cluster.start_controller("refused.db", &["--ui-listen", "0.0.0.0:0"], &[]);
+    let mut refused = cluster.controller("refused.db").args(&["--ui-listen", "0.0.0.0:0"]).spawn();
     let status = refused.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     assert!(refused.log().contains("is not a loopback address: add --ui-tls"), "{}", refused.log());
 
     let listen = format!("127.0.0.1:{}", free_port());
-    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen, "--ui-tls"]).await;
+    let controller = cluster.controller("outpost.db").args(&["--ui-listen", &listen, "--ui-tls"]).start().await;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(cluster.certs.join("ca.pem")).unwrap()).unwrap();
     let http =
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_certs_only([ca]).build().unwrap();
@@ -121,7 +121,7 @@ async fn a_pool_whose_channel_fails_is_shown_failing_with_the_error_in_words() {
     let (gms_url, listen) = (format!("{}/gms", gms.base), format!("127.0.0.1:{}", free_port()));
     let flags =
         ["--gms-url", &gms_url, "--queue-from-gms", "default", "--sqs-retry-backoff", "100ms", "--ui-listen", &listen];
-    let controller = cluster.controller("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").args(&flags).start().await;
     let admin = cluster.admin(&controller).await;
     wait_channel(&admin, "default", "cloud_credentials", "failing", |c| c.consecutive_failures >= 1).await;
     let (http, base) = (client(), format!("http://{listen}"));
@@ -139,7 +139,7 @@ async fn logins_past_the_limit_from_one_address_are_answered_429_with_retry_afte
     let cluster = Cluster::new(bins!());
     let listen = format!("127.0.0.1:{}", free_port());
     let flags = ["--ui-listen", &listen, "--ui-login-attempts-per-address", "5", "--ui-login-window", "1m"];
-    let controller = cluster.controller("outpost.db", &flags).await;
+    let controller = cluster.controller("outpost.db").args(&flags).start().await;
     let (http, base) = (client(), format!("http://{listen}"));
     for _ in 0..5 {
         assert_eq!(login(&http, &base, "abcdef.0123456789abcdef").await.status(), 401, "a wrong token");
@@ -156,7 +156,7 @@ async fn logins_past_the_limit_from_one_address_are_answered_429_with_retry_afte
 async fn a_login_survives_a_controller_restart_and_ends_with_its_token() {
     let cluster = Cluster::new(bins!());
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let mut controller = cluster.controller("outpost.db").args(&["--ui-listen", &listen]).start().await;
     let (http, base) = (client(), format!("http://{listen}"));
     let out = cluster.ctl(&controller, &["--json", "ui-tokens", "create", "--ttl", "1h"]);
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -164,7 +164,7 @@ async fn a_login_survives_a_controller_restart_and_ends_with_its_token() {
     assert_eq!(http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap().status(), 200);
 
     controller.proc.kill();
-    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let controller = cluster.controller("outpost.db").args(&["--ui-listen", &listen]).start().await;
     let page = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(page.status(), 200, "still logged in after the restart");
     // Only the session id's hash is stored.
@@ -188,7 +188,7 @@ async fn a_login_survives_a_controller_restart_and_ends_with_its_token() {
 async fn the_audit_page_is_for_admin_logins_and_filters_by_actor_and_action() {
     let cluster = Cluster::new(bins!());
     let listen = format!("127.0.0.1:{}", free_port());
-    let controller = cluster.controller("outpost.db", &["--ui-listen", &listen]).await;
+    let controller = cluster.controller("outpost.db").args(&["--ui-listen", &listen]).start().await;
     let (http, base) = (client(), format!("http://{listen}"));
     let token = |role: &str| {
         let out = cluster.ctl(&controller, &["--json", "ui-tokens", "create", "--role", role]);

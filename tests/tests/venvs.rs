@@ -27,10 +27,7 @@ fn venv_agent(cluster: &Cluster, controller: &Controller, worker: &str, slots: u
     flags.extend(extra);
     let env = uv_installer_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let proc = cluster.spawn_agent(
-        controller,
-        &AgentSpec { cert_worker: worker, worker, pool: "default", slots, extra: &flags, env: &env },
-    );
+    let proc = cluster.agent(worker).slots(slots).args(&flags).env(&env).start(controller);
     VenvAgent { proc, metrics }
 }
 
@@ -78,7 +75,7 @@ async fn builds(agents: &[&VenvAgent]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_pinned_run_lands_on_the_agent_that_built_its_venv_and_starts_without_building() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     // The builder has the fewest slots: placement by free slots alone would send the second run elsewhere.
     let builder = venv_agent(&cluster, &controller, "w-3", 1, &[]);
@@ -112,7 +109,7 @@ async fn a_second_pinned_run_lands_on_the_agent_that_built_its_venv_and_starts_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_up_builds_ahead_of_need_and_the_first_run_starts_warm() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     let key = outpost_common::venv::VenvSpec::pinned(VERSION, "file").unwrap().key().to_string();
     let warm_flag = format!("{VERSION}:file");
@@ -149,7 +146,7 @@ async fn warm_up_builds_ahead_of_need_and_the_first_run_starts_warm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_budget_evicts_the_older_unused_venv_and_never_the_one_in_use() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
+    let controller = cluster.controller("outpost.db").start().await;
     let mut admin = cluster.admin(&controller).await;
     let mut agent = venv_agent(&cluster, &controller, "w-1", 1, &[]);
     wait_workers(&admin, 1).await;
@@ -179,8 +176,8 @@ async fn a_disk_budget_evicts_the_older_unused_venv_and_never_the_one_in_use() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_a_venv_root_it_cannot_write_refuses_to_start() {
     let cluster = Cluster::new(bins!());
-    let controller = cluster.controller("outpost.db", &[]).await;
-    let mut agent = cluster.agent(&controller, "w-1", "default", 1, &["--venv-root", "/proc/outpost-venvs"]);
+    let controller = cluster.controller("outpost.db").start().await;
+    let mut agent = cluster.agent("w-1").args(&["--venv-root", "/proc/outpost-venvs"]).start(&controller);
     let status = agent.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     assert!(agent.log().contains("the venv root /proc/outpost-venvs cannot be written"), "{}", agent.log());

@@ -14,6 +14,27 @@ use crate::venv;
 /// The variable in `extra_env_vars` that limits the run's address space (bytes), as in DataHub.
 pub const MEMORY_LIMIT_VAR: &str = "EXECUTOR_TASK_MEMORY_LIMIT";
 
+/// Why a task's args cannot be run; the message is the error line of the task's report.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("Failed to find task with name={0}")]
+    UnknownTask(String),
+    #[error("The task has no recipe argument")]
+    NoRecipe,
+    #[error("The recipe is not valid JSON: {0}")]
+    RecipeNotJson(serde_json::Error),
+    #[error("The recipe must be a JSON object")]
+    RecipeNotObject,
+    #[error("The recipe has no source.type")]
+    NoSourceType,
+    #[error("extra_env_vars is not a JSON object: {0}")]
+    ExtraEnvNotObject(serde_json::Error),
+    #[error("{MEMORY_LIMIT_VAR} must be a number of bytes, not {0:?}")]
+    MemoryLimit(String),
+    #[error(transparent)]
+    Venv(#[from] outpost_common::venv::Invalid),
+}
+
 /// A run, ready to start once its secrets are resolved.
 #[derive(Debug)]
 pub struct Prepared {
@@ -51,16 +72,15 @@ pub fn prepare(
     task_name: &str,
     args: &BTreeMap<String, String>,
     report_file: &Path,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, Invalid> {
     let test_connection = match task_name {
         RUN_INGEST => false,
         TEST_CONNECTION => true,
-        other => return Err(format!("Failed to find task with name={other}")),
+        other => return Err(Invalid::UnknownTask(other.to_owned())),
     };
-    let recipe_text = args.get("recipe").ok_or("The task has no recipe argument")?;
-    let mut recipe: serde_json::Value =
-        serde_json::from_str(recipe_text).map_err(|e| format!("The recipe is not valid JSON: {e}"))?;
-    let Some(object) = recipe.as_object_mut() else { return Err("The recipe must be a JSON object".into()) };
+    let recipe_text = args.get("recipe").ok_or(Invalid::NoRecipe)?;
+    let mut recipe: serde_json::Value = serde_json::from_str(recipe_text).map_err(Invalid::RecipeNotJson)?;
+    let Some(object) = recipe.as_object_mut() else { return Err(Invalid::RecipeNotObject) };
     if !test_connection {
         object.insert("run_id".into(), serde_json::Value::String(exec_id.to_owned()));
     }
@@ -68,14 +88,14 @@ pub fn prepare(
         .get("source")
         .and_then(|s| s.get("type"))
         .and_then(serde_json::Value::as_str)
-        .ok_or("The recipe has no source.type")?
+        .ok_or(Invalid::NoSourceType)?
         .to_owned();
     let debug = args.get("debug_mode").or_else(|| args.get("debugMode")).is_some_and(|v| v == "true");
     let mut env: BTreeMap<String, String> = match args.get("extra_env_vars").map(String::as_str) {
         None | Some("") => BTreeMap::new(),
         Some(text) => {
             let map: BTreeMap<String, serde_json::Value> =
-                serde_json::from_str(text).map_err(|e| format!("extra_env_vars is not a JSON object: {e}"))?;
+                serde_json::from_str(text).map_err(Invalid::ExtraEnvNotObject)?;
             map.into_iter()
                 .filter_map(|(k, v)| match v {
                     serde_json::Value::String(s) if s.is_empty() => None,
@@ -87,11 +107,7 @@ pub fn prepare(
         }
     };
     let memory_limit = match env.get(MEMORY_LIMIT_VAR) {
-        Some(text) => Some(
-            text.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{MEMORY_LIMIT_VAR} must be a number of bytes, not {text:?}"))?,
-        ),
+        Some(text) => Some(text.trim().parse::<u64>().map_err(|_| Invalid::MemoryLimit(text.clone()))?),
         None => None,
     };
     let report_path = report_file.to_string_lossy().into_owned();
@@ -196,7 +212,10 @@ mod tests {
             ),
         ];
         for (task, args, want) in cases {
-            assert_eq!(prepare("abc", task, &args, Path::new("/r")).err().as_deref(), Some(want));
+            assert_eq!(
+                prepare("abc", task, &args, Path::new("/r")).err().map(|e| e.to_string()).as_deref(),
+                Some(want)
+            );
         }
     }
 }
@@ -237,7 +256,7 @@ mod properties {
         ) {
             let args: BTreeMap<String, String> = args;
             if let Err(reason) = super::prepare("exec-1", &task, &args, Path::new("/tmp/report.json")) {
-                prop_assert!(!reason.is_empty());
+                prop_assert!(!reason.to_string().is_empty());
             }
         }
     }

@@ -24,6 +24,25 @@ use crate::secrets::mask::Masker;
 use crate::secrets::{self, Resolver};
 use crate::venv::Venvs;
 
+/// Why a run could not be set up, started or waited for; the message is the error line of its report (masked).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot create the run directory {}: {source}", dir.display())]
+    RunDir { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Prepare(#[from] super::prepare::Invalid),
+    #[error("Failed to resolve secrets: {0}")]
+    Secrets(#[from] secrets::Error),
+    #[error(transparent)]
+    Venv(#[from] crate::venv::Error),
+    #[error("Failed to start '{}': {source}", cli.display())]
+    Start { cli: PathBuf, source: std::io::Error },
+    #[error("the CLI's stdin is not piped")]
+    NoStdin,
+    #[error("Failed waiting for the CLI: {0}")]
+    Wait(std::io::Error),
+}
+
 /// Why the agent stopped a run before it ended by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -166,8 +185,8 @@ pub async fn run(
     }
     let (status, exit_code) = match result {
         Ok(ended) => ended,
-        Err(message) => {
-            run.report.error(run.masker.mask(&message));
+        Err(error) => {
+            run.report.error(run.masker.mask(&error.to_string()));
             (ResultStatus::Failed, None)
         }
     };
@@ -211,50 +230,78 @@ impl Run<'_> {
         take_lines(line, None, &mut self.tail, &self.masker, self.lines, self.progress);
     }
 
+    /// Sets the run up, starts the CLI, watches it to its end and gives the verdict.
     async fn execute(
         &mut self,
         spec: &RunSpec,
         dir: &Path,
-        mut stop: oneshot::Receiver<StopReason>,
-    ) -> Result<(ResultStatus, Option<i32>), String> {
-        let config = self.config;
+        stop: oneshot::Receiver<StopReason>,
+    ) -> Result<(ResultStatus, Option<i32>), Error> {
+        let ready = self.set_up(spec, dir).await?;
+        let cli = ready.venv.cli.clone();
+        let mut command = self.command(&cli, &ready, dir);
+        let mut child = command.spawn().map_err(|source| Error::Start { cli: cli.clone(), source })?;
+        // The CLI leads its own process group: its pid is the group's id.
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        info!(exec_id = %spec.exec_id, pid = pgid.unwrap_or_default(), "datahub CLI started");
+        self.report.info(format!("Executing: {} {}", cli.display(), ready.prepared.argv.join(" ")));
+        let watched = self.watch(spec, &mut child, pgid, stop, ready.envelope).await?;
+        let status = watched.status.map_err(Error::Wait)?;
+        let exit_code = status.code().or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            status.signal().map(|s| -s)
+        });
+        let ending = verdict::Ending {
+            stopped: watched.stopped,
+            exit_code,
+            memory_error: watched.memory_error,
+            memory_limit: ready.prepared.memory_limit,
+            memory_limit_var: MEMORY_LIMIT_VAR,
+            what: if ready.prepared.test_connection { "datahub test connection" } else { "datahub ingest" },
+        };
+        let (status, line) = verdict::verdict(ending, signal_name);
+        match line {
+            verdict::Line::Info(text) => self.report.info(text),
+            verdict::Line::Error(text) => self.report.error(text),
+        }
+        Ok((status, exit_code))
+    }
+
+    /// The run's directories, its prepared args, its secrets (from here on masked in everything it reports) and
+    /// the venv it runs in (held until the run ends, so it is not evicted meanwhile).
+    async fn set_up(&mut self, spec: &RunSpec, dir: &Path) -> Result<Ready, Error> {
         let artifacts = dir.join("artifacts");
-        let tmp = dir.join("tmp");
-        for d in [&artifacts, &tmp] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .map_err(|e| format!("Cannot create the run directory {}: {e}", d.display()))?;
+        for d in [artifacts.clone(), dir.join("tmp")] {
+            tokio::fs::create_dir_all(&d).await.map_err(|source| Error::RunDir { dir: d.clone(), source })?;
         }
         let prepared = prepare(&spec.exec_id, &spec.task_name, &spec.args, &artifacts.join("ingestion_report.json"))?;
-        let secrets = config
-            .secrets
-            .resolve(&secrets::references(&prepared.recipe))
-            .await
-            .map_err(|e| format!("Failed to resolve secrets: {e}"))?;
+        let secrets = self.config.secrets.resolve(&secrets::references(&prepared.recipe)).await?;
         self.masker = Masker::new(&secrets);
         let mut notes = Vec::new();
-        let cli = config.venvs.cli_for(&prepared.venv, &mut |line| notes.push(line)).await;
+        let venv = self.config.venvs.cli_for(&prepared.venv, &mut |line| notes.push(line)).await;
         for line in notes {
             self.note(line);
         }
-        // Held until the run ends: its venv is not evicted while it runs.
-        let venv = cli?;
-        let cli = venv.cli.clone();
+        let venv = venv?;
         let envelope = prepared.envelope(&secrets);
-        drop(secrets);
-        let mut command = Command::new(&cli);
+        Ok(Ready { prepared, envelope, venv })
+    }
+
+    /// The CLI's command: its own process group, piped stdio, the run's directories, the memory limit.
+    fn command(&mut self, cli: &Path, ready: &Ready, dir: &Path) -> Command {
+        let mut command = Command::new(cli);
         command
-            .args(&prepared.argv)
-            .envs(&prepared.env)
-            .env("INGESTION_ARTIFACT_DIR", &artifacts)
-            .env("TMPDIR", &tmp)
+            .args(&ready.prepared.argv)
+            .envs(&ready.prepared.env)
+            .env("INGESTION_ARTIFACT_DIR", dir.join("artifacts"))
+            .env("TMPDIR", dir.join("tmp"))
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(limit) = prepared.memory_limit {
+        if let Some(limit) = ready.prepared.memory_limit {
             // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which is
             // async-signal-safe; it allocates nothing and touches no locks.
             unsafe {
@@ -268,15 +315,23 @@ impl Run<'_> {
             }
             self.report.info(format!("Limiting the run's memory to {limit} bytes ({MEMORY_LIMIT_VAR})"));
         }
-        let mut child = command.spawn().map_err(|e| format!("Failed to start '{}': {e}", cli.display()))?;
-        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-        // The CLI leads its own process group: its pid is the group's id.
-        info!(exec_id = %spec.exec_id, pid = pgid.unwrap_or_default(), "datahub CLI started");
-        self.report.info(format!("Executing: {} {}", cli.display(), prepared.argv.join(" ")));
+        command
+    }
 
-        let mut stdin = child.stdin.take().ok_or("the CLI's stdin is not piped")?;
+    /// Feeds the envelope to the CLI and takes its output until it exits, is stopped (cancel, drain) or passes
+    /// its deadline; then reads what is left in the pipes for a short while. A stopped run's group is killed.
+    async fn watch(
+        &mut self,
+        spec: &RunSpec,
+        child: &mut tokio::process::Child,
+        pgid: Option<i32>,
+        mut stop: oneshot::Receiver<StopReason>,
+        envelope: String,
+    ) -> Result<Watched, Error> {
+        let limits = &self.config.limits;
+        let mut stdin = child.stdin.take().ok_or(Error::NoStdin)?;
         let (line_tx, mut line_rx) = mpsc::channel::<String>(1024);
-        let cap = config.limits.max_line_chars.saturating_mul(4).max(16);
+        let cap = limits.max_line_chars.saturating_mul(4).max(16);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(forward_lines(BufReader::new(stdout), cap, line_tx.clone()));
         }
@@ -289,7 +344,6 @@ impl Run<'_> {
             let _ = stdin.write_all(envelope.as_bytes()).await;
             let _ = stdin.shutdown().await;
         });
-
         let deadline = spec.deadline.map(|at| {
             let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
             tokio::time::Instant::now() + left
@@ -304,27 +358,27 @@ impl Run<'_> {
                     let reason = reason.unwrap_or(StopReason::Cancelled);
                     stopped = Some(reason);
                     info!(exec_id = %spec.exec_id, reason = ?reason, "stopping the CLI's process group");
-                    break terminate_group(&mut child, pgid, config.limits.cancel_grace).await;
+                    break terminate_group(child, pgid, limits.cancel_grace).await;
                 }
                 _ = sleep_until(deadline), if stopped.is_none() => {
                     stopped = Some(StopReason::TimedOut);
                     info!(exec_id = %spec.exec_id, "the task's deadline passed: stopping the CLI's process group");
-                    break terminate_group(&mut child, pgid, config.limits.cancel_grace).await;
+                    break terminate_group(child, pgid, limits.cancel_grace).await;
                 }
                 line = line_rx.recv(), if output_open => match line {
-                    Some(line) => memory_error |= take_lines(line, Some(&mut line_rx), &mut self.tail, &self.masker, self.lines, self.progress),
+                    Some(line) => memory_error |= self.take(line, &mut line_rx),
                     None => output_open = false,
                 },
             }
         };
         writer.abort();
         // Whatever the CLI printed last is still in the pipes.
-        let drain = tokio::time::sleep(config.limits.output_drain_timeout);
+        let drain = tokio::time::sleep(limits.output_drain_timeout);
         tokio::pin!(drain);
         while output_open {
             tokio::select! {
                 line = line_rx.recv() => match line {
-                    Some(line) => memory_error |= take_lines(line, Some(&mut line_rx), &mut self.tail, &self.masker, self.lines, self.progress),
+                    Some(line) => memory_error |= self.take(line, &mut line_rx),
                     None => output_open = false,
                 },
                 _ = &mut drain => break,
@@ -334,26 +388,28 @@ impl Run<'_> {
             // Nothing of the group may outlive a cancel.
             kill_group(pgid, libc::SIGKILL);
         }
-        let status = status.map_err(|e| format!("Failed waiting for the CLI: {e}"))?;
-        let exit_code = status.code().or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            status.signal().map(|s| -s)
-        });
-        let ending = verdict::Ending {
-            stopped,
-            exit_code,
-            memory_error,
-            memory_limit: prepared.memory_limit,
-            memory_limit_var: MEMORY_LIMIT_VAR,
-            what: if prepared.test_connection { "datahub test connection" } else { "datahub ingest" },
-        };
-        let (status, line) = verdict::verdict(ending, signal_name);
-        match line {
-            verdict::Line::Info(text) => self.report.info(text),
-            verdict::Line::Error(text) => self.report.error(text),
-        }
-        Ok((status, exit_code))
+        Ok(Watched { status, stopped, memory_error })
     }
+
+    /// Takes a line of the CLI's output and whatever else is already queued; true if one was a memory error.
+    fn take(&mut self, line: String, more: &mut mpsc::Receiver<String>) -> bool {
+        take_lines(line, Some(more), &mut self.tail, &self.masker, self.lines, self.progress)
+    }
+}
+
+/// A run set up and ready to start.
+struct Ready {
+    prepared: super::prepare::Prepared,
+    /// The stdin envelope (holds the resolved secrets).
+    envelope: String,
+    venv: crate::venv::VenvUse,
+}
+
+/// How the CLI's process ended, as watched.
+struct Watched {
+    status: std::io::Result<std::process::ExitStatus>,
+    stopped: Option<StopReason>,
+    memory_error: bool,
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

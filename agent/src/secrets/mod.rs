@@ -55,14 +55,25 @@ pub struct Config {
     pub secrets_manager_endpoint: Option<String>,
 }
 
+/// Why a `--secrets-manager-secret` value is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadMapping {
+    #[error("{0:?} is not NAME=ARN")]
+    NotPair(String),
+    #[error("{0:?} is not a secret name (word characters only)")]
+    Name(String),
+    #[error("secret {0} has no ARN")]
+    NoArn(String),
+}
+
 /// `NAME=ARN`.
-fn parse_mapping(value: &str) -> Result<(String, String), String> {
-    let (name, id) = value.split_once('=').ok_or_else(|| format!("{value:?} is not NAME=ARN"))?;
+fn parse_mapping(value: &str) -> Result<(String, String), BadMapping> {
+    let (name, id) = value.split_once('=').ok_or_else(|| BadMapping::NotPair(value.to_owned()))?;
     if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
-        return Err(format!("{name:?} is not a secret name (word characters only)"));
+        return Err(BadMapping::Name(name.to_owned()));
     }
     if id.is_empty() {
-        return Err(format!("secret {name} has no ARN"));
+        return Err(BadMapping::NoArn(name.to_owned()));
     }
     Ok((name.to_owned(), id.to_owned()))
 }

@@ -107,8 +107,8 @@ pub fn stats(
     }
     pb::Stats {
         pools: pools.into_values().collect(),
-        lease_losses: metrics.lease_losses().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        retries: metrics.retries().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        lease_losses: metrics.lease_losses().into_iter().map(|(k, v)| (k.label().to_owned(), v)).collect(),
+        retries: metrics.retries().into_iter().map(|(k, v)| (k.label().to_owned(), v)).collect(),
         outbox_backlog,
     }
 }

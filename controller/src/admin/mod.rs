@@ -203,7 +203,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let audit = self.change(&request, AdminRpc::ReplayQuarantined, &id.to_string(), "").await?;
         let replayed = crate::sources::sqs::replay_quarantined(&self.scheduler, &self.store, id, Some(audit.clone()))
             .await
-            .map_err(Status::failed_precondition);
+            .map_err(|e| Status::failed_precondition(e.to_string()));
         let task = self.settled(audit, replayed).await?;
         Ok(Response::new(pb::ReplayQuarantinedResponse { task_id: task.to_string() }))
     }
@@ -339,7 +339,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let audit = self.change(&request, AdminRpc::WarmVenvs, &target, "").await?;
         let warmed = async {
             let pool = PoolId::parse(&r.pool).map_err(|e| Status::invalid_argument(format!("pool: {e}")))?;
-            let spec = VenvSpec::pinned(&r.version, &r.plugin).map_err(Status::invalid_argument)?;
+            let spec = VenvSpec::pinned(&r.version, &r.plugin).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let key = spec.key().to_string();
             let asked = self.scheduler.warm(&pool, spec, r.agents, Some(audit.clone())).await;
             asked.map(|asked| (key, asked)).map_err(status::from_scheduler)

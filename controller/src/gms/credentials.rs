@@ -27,13 +27,22 @@ impl Credentials {
     }
 
     /// The token for the next call.
-    pub fn current(&self) -> Result<Option<Token>, String> {
+    pub fn current(&self) -> Result<Option<Token>, TokenFileError> {
         match self {
             Credentials::None => Ok(None),
             Credentials::Given(token) => Ok(Some(token.clone())),
             Credentials::File(file) => file.current().map(Some),
         }
     }
+}
+
+/// Why the token file gave no token; an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read the GMS token file {}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("the GMS token file {} is empty", path.display())]
+    Empty { path: PathBuf },
 }
 
 /// A token file and the token last read from it (with the file's modification time then).
@@ -49,8 +58,8 @@ impl fmt::Debug for TokenFile {
 }
 
 impl TokenFile {
-    fn current(&self) -> Result<Token, String> {
-        let unreadable = |e: std::io::Error| format!("cannot read the GMS token file {}: {e}", self.path.display());
+    fn current(&self) -> Result<Token, TokenFileError> {
+        let unreadable = |source| TokenFileError::Unreadable { path: self.path.clone(), source };
         // metadata() follows symbolic links: a Kubernetes Secret volume swaps its `..data` link on an update.
         let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).map_err(unreadable)?;
         let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -62,7 +71,7 @@ impl TokenFile {
         let text = std::fs::read_to_string(&self.path).map_err(unreadable)?;
         let text = text.trim();
         if text.is_empty() {
-            return Err(format!("the GMS token file {} is empty", self.path.display()));
+            return Err(TokenFileError::Empty { path: self.path.clone() });
         }
         let token = Token::new(text.to_owned());
         *cached = Some((modified, token.clone()));
@@ -79,7 +88,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         let credentials = Credentials::from_file(&path);
-        let missing = credentials.current().unwrap_err();
+        let missing = credentials.current().unwrap_err().to_string();
         assert!(missing.starts_with(&format!("cannot read the GMS token file {}", path.display())), "{missing}");
 
         std::fs::write(&path, "first-token\n").unwrap();
@@ -99,7 +108,10 @@ mod tests {
             .unwrap()
             .set_modified(later + std::time::Duration::from_secs(2))
             .unwrap();
-        assert_eq!(credentials.current().unwrap_err(), format!("the GMS token file {} is empty", path.display()));
+        assert_eq!(
+            credentials.current().unwrap_err().to_string(),
+            format!("the GMS token file {} is empty", path.display())
+        );
         let shown = format!("{credentials:?}");
         assert!(!shown.contains("second-token") && !shown.contains("first-token"), "{shown}");
     }

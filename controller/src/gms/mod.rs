@@ -60,8 +60,8 @@ pub enum Error {
     #[error("GMS refused the write (HTTP {status}): {body}")]
     Invalid { status: u16, body: String },
     /// The token file named by --gms-token-file cannot be read (or is empty): an operator can fix it.
-    #[error("{0}")]
-    TokenFile(String),
+    #[error(transparent)]
+    TokenFile(#[from] credentials::TokenFileError),
     #[error("GMS answered with a body we cannot read: {0}")]
     BadResponse(String),
     /// GraphQL has no `listExecutorConfigs`: this GMS is not DataHub Cloud (open-source DataHub).
@@ -192,7 +192,7 @@ impl Client {
 
     /// A request with the current token.
     fn authorized(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, Error> {
-        Ok(match self.credentials.current().map_err(Error::TokenFile)? {
+        Ok(match self.credentials.current()? {
             Some(token) => request.bearer_auth(token.expose()),
             None => request,
         })

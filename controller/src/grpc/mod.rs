@@ -148,15 +148,10 @@ pub async fn serve(
 /// Every `interval` until `token` is cancelled, drops the log tails of tasks that are no longer live (tails are
 /// opened here, at assignment, and dropped at once when a result is accepted or delivered; a task that ends
 /// otherwise — its lease lost for good, a cancel nobody answered — is caught by this sweep).
-pub async fn sweep_tails(
-    store: crate::store::Store,
-    logs: LogTails,
-    interval: Duration,
-    token: CancellationToken,
-) -> Result<(), String> {
+pub async fn sweep_tails(store: crate::store::Store, logs: LogTails, interval: Duration, token: CancellationToken) {
     loop {
         tokio::select! {
-            _ = token.cancelled() => return Ok(()),
+            _ = token.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         let listed = std::time::Instant::now();

@@ -33,7 +33,7 @@ pub struct Reloading {
     current: RwLock<(Arc<ServerConfig>, Stamp)>,
     make: Make,
     /// Where each look at changed files is counted, and under which listener's name.
-    counted: Option<(crate::metrics::Metrics, &'static str)>,
+    counted: Option<(crate::metrics::Metrics, crate::metrics::Listener)>,
 }
 
 /// How the files become a server configuration.
@@ -53,7 +53,7 @@ impl Reloading {
     }
 
     /// Counts each reload (loaded or failed) in `outpost_tls_reloads` as `listener`'s.
-    pub fn counted(self, metrics: crate::metrics::Metrics, listener: &'static str) -> Reloading {
+    pub fn counted(self, metrics: crate::metrics::Metrics, listener: crate::metrics::Listener) -> Reloading {
         Reloading { counted: Some((metrics, listener)), ..self }
     }
 
@@ -72,7 +72,7 @@ impl Reloading {
         // Either way this version of the files has been looked at; a fix will change them again.
         current.1 = now;
         if let Some((metrics, listener)) = &self.counted {
-            metrics.tls_reloaded(listener, loaded.is_ok());
+            metrics.tls_reloaded(*listener, loaded.is_ok());
         }
         match loaded {
             Ok(config) => {
@@ -88,7 +88,23 @@ impl Reloading {
     }
 }
 
-/// Accepted and handshaken connections, until `token` is cancelled.
+/// Looks at the TLS files every `interval` (off the runtime's threads) until `token` is cancelled.
+async fn watch_files(tls: Arc<Reloading>, interval: Duration, token: CancellationToken) {
+    let mut reload = tokio::time::interval(interval);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = reload.tick() => {
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+            }
+        }
+    }
+}
+
+/// Accepted and handshaken connections, until `token` is cancelled; meanwhile the TLS files are looked at every
+/// `reload_interval` (new connections use what loaded last).
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Reloading>,
@@ -97,39 +113,21 @@ pub fn incoming(
     token: CancellationToken,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
     let (streams, received) = mpsc::channel(64);
+    tokio::spawn(watch_files(tls.clone(), reload_interval, token.clone()));
     tokio::spawn(async move {
-        let mut reload = tokio::time::interval(reload_interval);
-        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = reload.tick() => {
-                    // File system calls off the runtime's threads.
-                    let tls = tls.clone();
-                    let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+        outpost_common::accept::each(&listener, &token, |tcp, peer| {
+            let acceptor = TlsAcceptor::from(tls.config());
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                match outpost_common::accept::handshake(&acceptor, tcp, handshake_timeout).await {
+                    Ok(stream) => {
+                        let _ = streams.send(Ok(stream)).await;
+                    }
+                    Err(e) => debug!(peer = %peer, error = %e, "no TLS connection"),
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let acceptor = TlsAcceptor::from(tls.config());
-                        let streams = streams.clone();
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => {
-                                    let _ = streams.send(Ok(stream)).await;
-                                }
-                                Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                                Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
-                            }
-                        });
-                    }
-                    // Out of file descriptors and the like: the listener itself is fine; try again shortly.
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(outpost_common::http::ACCEPT_ERROR_PAUSE).await;
-                    }
-                },
-            }
-        }
+            });
+        })
+        .await;
     });
     ReceiverStream::new(received)
 }

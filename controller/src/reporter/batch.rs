@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::Reporter;
 use crate::gms;
-use crate::metrics::GmsOutcome;
+use crate::metrics::{GmsKind, GmsOutcome};
 use crate::store::{Delivery, OutboxEntry, OutboxKind};
 
 /// At most this many bytes of aspects in one batch call (GMS takes requests of up to 15 MB by default).
@@ -86,7 +86,7 @@ impl Reporter {
                     crate::crash_point!("crash::after_gms_write");
                 }
                 for row in &rows {
-                    let kind = if row.kind == OutboxKind::Terminal { "terminal" } else { "running" };
+                    let kind = if row.kind == OutboxKind::Terminal { GmsKind::Terminal } else { GmsKind::Running };
                     self.metrics.gms_write(kind, GmsOutcome::Delivered);
                     if row.kind == OutboxKind::Terminal {
                         self.logs.forget(&row.task_id);

@@ -48,17 +48,11 @@ pub struct Timing {
 }
 
 /// Reports the instance for `pools` until `token` is cancelled, then reports it stopped.
-pub async fn run(
-    gms: gms::Client,
-    pools: Vec<PoolId>,
-    instance: Instance,
-    timing: Timing,
-    token: CancellationToken,
-) -> Result<(), String> {
-    let Some(pools) = cloud_pools(&gms, pools, &timing, &token).await else { return Ok(()) };
+pub async fn run(gms: gms::Client, pools: Vec<PoolId>, instance: Instance, timing: Timing, token: CancellationToken) {
+    let Some(pools) = cloud_pools(&gms, pools, &timing, &token).await else { return };
     if pools.is_empty() {
         token.cancelled().await;
-        return Ok(());
+        return;
     }
     let started = Instant::now();
     let gms_host = gms.host();
@@ -72,7 +66,6 @@ pub async fn run(
         }
     }
     report(&gms, &ids, &instance, started, true).await;
-    Ok(())
 }
 
 /// The pools GMS lists as DataHub Cloud pools (asked once, again after a failure), or `None` on shutdown. An

@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use self::claimed::SendError;
 use crate::gms::{self, Disposition};
 use crate::logs::LogTails;
-use crate::metrics::{GmsOutcome, Metrics};
+use crate::metrics::{GmsKind, GmsOutcome, Metrics};
 use crate::store::{Delivery, OutboxEntry, OutboxKind, Store, TaskRecord};
 
 /// The reporter's flags.
@@ -196,8 +196,8 @@ impl Reporter {
             return Delivery::ClaimLost { error: "not sent: another controller holds the request at GMS".into() };
         }
         let (kind, metric_kind) = match entry.kind {
-            OutboxKind::Running => ("RUNNING", "running"),
-            OutboxKind::Terminal => ("terminal", "terminal"),
+            OutboxKind::Running => ("RUNNING", GmsKind::Running),
+            OutboxKind::Terminal => ("terminal", GmsKind::Terminal),
         };
         // Read under the task's lock: a progress write that just finished may have moved the claim on.
         let current = match (entry.kind, &entry.claim) {

@@ -15,7 +15,7 @@ use outpost_common::clock::unix_ms;
 use super::claimed::SendError;
 use super::{Reporter, payload};
 use crate::gms::Disposition;
-use crate::metrics::GmsOutcome;
+use crate::metrics::{GmsKind, GmsOutcome};
 use crate::store::{ProgressCandidate, WaitingClaim};
 
 impl Reporter {
@@ -92,7 +92,7 @@ impl Reporter {
         };
         match self.send_result(&task_id, &aspect, task.request.claim.as_ref()).await {
             Ok(claim) => {
-                self.metrics.gms_write("progress", GmsOutcome::Delivered);
+                self.metrics.gms_write(GmsKind::Progress, GmsOutcome::Delivered);
                 if let Some(version) = claim
                     && let Err(e) = self.store.claim_written(&task_id, &version, unix_ms()).await
                 {
@@ -100,7 +100,7 @@ impl Reporter {
                 }
             }
             Err(SendError::ClaimLost(reason)) => {
-                self.metrics.gms_write("progress", GmsOutcome::ClaimLost);
+                self.metrics.gms_write(GmsKind::Progress, GmsOutcome::ClaimLost);
                 warn!(task = %task_id, reason = %reason, "the claim passed to another controller; stopping here");
                 if let Err(e) = self.store.claim_lost(&task_id, &reason, unix_ms()).await {
                     warn!(task = %task_id, error = %e, "cannot record the lost claim");
@@ -112,7 +112,7 @@ impl Reporter {
                     Disposition::GiveUp => GmsOutcome::Refused,
                     Disposition::Retry => GmsOutcome::Failed,
                 };
-                self.metrics.gms_write("progress", outcome);
+                self.metrics.gms_write(GmsKind::Progress, outcome);
                 warn!(task = %task_id, error = %e, "progress report failed");
             }
         }

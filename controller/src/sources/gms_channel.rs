@@ -23,22 +23,28 @@ use crate::gms::{self, Listing};
 use crate::scheduler::Scheduler;
 use crate::store::{NewTask, Store};
 
-/// The channel's flags (and the claim TTL every channel's claims use).
 /// Why this GMS cannot serve the GMS channel, if it says what it is and that is too old; `None` when it can, or
 /// when it cannot be asked (the channel's own polls will then say what fails).
-pub fn unsupported(server: &gms::ServerInfo) -> Option<String> {
-    (!server.executor_search).then(|| {
-        format!(
-            "the GMS channel (--gms-channel) needs a DataHub whose search indexes executorId (open-source {} or \
-             later, or DataHub Cloud); this GMS is {}. Upgrade DataHub, or take requests from an SQS queue (--queue)",
-            gms::EXECUTOR_SEARCH_SINCE,
-            if server.version.is_empty() { "of an unknown version" } else { server.version.as_str() }
-        )
-    })
+pub fn unsupported(server: &gms::ServerInfo) -> Option<Unsupported> {
+    (!server.executor_search).then(|| Unsupported(server.version.clone()))
+}
+
+/// This GMS (of this version, if it said) cannot find execution requests by executor ID.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", unsupported_text(.0))]
+pub struct Unsupported(String);
+
+fn unsupported_text(version: &str) -> String {
+    format!(
+        "the GMS channel (--gms-channel) needs a DataHub whose search indexes executorId (open-source {} or \
+         later, or DataHub Cloud); this GMS is {}. Upgrade DataHub, or take requests from an SQS queue (--queue)",
+        gms::EXECUTOR_SEARCH_SINCE,
+        if version.is_empty() { "of an unknown version" } else { version }
+    )
 }
 
 /// At start: refuses a GMS that says it cannot serve the channel (see [`unsupported`]).
-pub async fn check_server(client: &gms::Client) -> Result<(), String> {
+pub async fn check_server(client: &gms::Client) -> Result<(), Unsupported> {
     match client.server_info().await {
         Ok(server) => unsupported(&server).map_or(Ok(()), Err),
         Err(e) => {
@@ -48,13 +54,14 @@ pub async fn check_server(client: &gms::Client) -> Result<(), String> {
     }
 }
 
+/// The channel's flags (and the claim TTL every channel's claims use).
 #[derive(Clone, Debug, clap::Args)]
 #[group(id = "gms_channel")]
 #[command(next_help_heading = "GMS channel (open-source DataHub) and claims")]
 pub struct Config {
     /// A pool (DataHub executor ID) whose execution requests are found in GMS itself, for open-source DataHub;
     /// repeatable. Needs --gms-url.
-    #[arg(long = "gms-channel", env = "OUTPOST_GMS_CHANNEL", value_delimiter = ',', value_parser = parse_pool)]
+    #[arg(long = "gms-channel", env = "OUTPOST_GMS_CHANNEL", value_delimiter = ',', value_parser = PoolId::parse)]
     pub pools: Vec<PoolId>,
     /// How often GMS is searched for new requests of those pools (while their agents have free slots).
     #[arg(long, env = "OUTPOST_GMS_POLL_INTERVAL", value_parser = duration::parse, default_value = "500ms")]
@@ -80,10 +87,6 @@ impl Config {
     pub fn watch_interval(&self) -> Duration {
         self.claim_watch_interval.unwrap_or(self.claim_ttl / 4)
     }
-}
-
-fn parse_pool(value: &str) -> Result<PoolId, String> {
-    PoolId::parse(value).map_err(|e| e.to_string())
 }
 
 impl Config {

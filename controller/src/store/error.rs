@@ -19,4 +19,9 @@ pub enum Error {
     Corrupt(String),
     #[error("database error (writer): {0}")]
     Writer(String),
+    /// A job panicked on the writer thread; the thread is gone.
+    #[error("the SQLite writer thread panicked: {0}")]
+    WriterPanicked(String),
+    #[error("the SQLite writer thread is gone")]
+    WriterGone,
 }

@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// Resolves when the writer stops: `Ok` after [`Store::close`], `Err(why)` if it died (a panic in a job).
-    pub async fn writer_stopped(&self) -> Result<(), String> {
+    pub async fn writer_stopped(&self) -> Result<(), Error> {
         self.writer.ended().await
     }
 

@@ -45,6 +45,12 @@ pub(super) fn narrow<T: TryFrom<i64>>(what: &str, value: i64) -> Result<T, Error
     T::try_from(value).map_err(|_| Error::Corrupt(format!("{what} out of range: {value}")))
 }
 
+/// A `COUNT`/`SUM` of rows for display and placement: never negative, and saturating (no pool holds four billion
+/// tasks).
+pub(super) fn count(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+}
+
 /// An unsigned number (an epoch, a limit) as SQLite's integer; one past `i64::MAX` cannot be stored.
 pub(super) fn stored(what: &str, value: impl TryInto<i64> + Copy + std::fmt::Display) -> Result<i64, Error> {
     value.try_into().map_err(|_| Error::Corrupt(format!("{what} too large to store: {value}")))

@@ -10,7 +10,7 @@ use outpost_common::task::{AttemptState, RunResult, TaskState};
 use rusqlite::{Transaction, params};
 use sqlx::{FromRow, Sqlite};
 
-use super::row::{Columns, narrow};
+use super::row::{Columns, count, narrow};
 use super::transaction::Effects;
 use super::writer::{execute, writer_error};
 use super::{Error, Store, outbox, parse};
@@ -319,20 +319,16 @@ impl Store {
             .into_iter()
             .map(|(pool, queued, running, oldest)| PoolBacklog {
                 pool,
-                queued: u32::try_from(queued).unwrap_or(u32::MAX),
-                running: u32::try_from(running).unwrap_or(u32::MAX),
+                queued: count(queued),
+                running: count(running),
                 oldest_queued_ms: oldest.unwrap_or_default(),
                 sqs_in_hand: 0,
             })
             .collect();
         for (pool, n) in held {
             match backlogs.iter_mut().find(|b| b.pool == pool) {
-                Some(backlog) => backlog.sqs_in_hand = u32::try_from(n).unwrap_or(u32::MAX),
-                None => backlogs.push(PoolBacklog {
-                    pool,
-                    sqs_in_hand: u32::try_from(n).unwrap_or(u32::MAX),
-                    ..PoolBacklog::default()
-                }),
+                Some(backlog) => backlog.sqs_in_hand = count(n),
+                None => backlogs.push(PoolBacklog { pool, sqs_in_hand: count(n), ..PoolBacklog::default() }),
             }
         }
         Ok(backlogs)

@@ -49,7 +49,7 @@ pub(super) struct Writer {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// How the thread ended: `Ok` after a close, `Err(why)` after a panic.
-    ended: Mutex<Option<oneshot::Receiver<Result<(), String>>>>,
+    ended: Mutex<Option<oneshot::Receiver<Result<(), Error>>>>,
     pub(super) counts: Arc<WriteCounts>,
 }
 
@@ -74,10 +74,7 @@ impl Writer {
                 while let Ok(job) = receiver.recv() {
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut connection)));
                     if let Err(panic) = ran {
-                        outcome = Err(format!(
-                            "the SQLite writer thread panicked: {}",
-                            outpost_common::errors::panic_text(panic.as_ref())
-                        ));
+                        outcome = Err(Error::WriterPanicked(outpost_common::errors::panic_text(panic.as_ref())));
                         break;
                     }
                 }
@@ -106,10 +103,10 @@ impl Writer {
 
     /// Resolves when the thread ends: `Ok` after [`Writer::close`], `Err(why)` if a job panicked. Only the first
     /// caller is told; later ones wait forever.
-    pub(super) async fn ended(&self) -> Result<(), String> {
+    pub(super) async fn ended(&self) -> Result<(), Error> {
         let ending = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
         match ending {
-            Some(ending) => ending.await.unwrap_or_else(|_| Err("the SQLite writer thread is gone".into())),
+            Some(ending) => ending.await.unwrap_or(Err(Error::WriterGone)),
             None => std::future::pending().await,
         }
     }

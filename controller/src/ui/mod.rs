@@ -125,10 +125,8 @@ pub async fn serve(
     read_timeout: Duration,
     tls: Option<Arc<rustls::ServerConfig>>,
     token: CancellationToken,
-) -> Result<(), String> {
-    let router = router(ui);
-    outpost_common::http::serve(listener, router, read_timeout, tls, token).await;
-    Ok(())
+) {
+    outpost_common::http::serve(listener, router(ui), read_timeout, tls, token).await;
 }
 
 pub fn router(ui: Ui) -> axum::Router {

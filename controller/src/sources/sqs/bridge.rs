@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::Config;
 use super::message::{self, ExecutionInput, Request};
 use crate::gms;
-use crate::metrics::{ForeignOutcome, Intake, Metrics, SqsMessageOutcome};
+use crate::metrics::{ForeignOutcome, ForeignTask, Intake, Metrics, SqsCall, SqsMessageOutcome};
 use crate::scheduler::{self, Scheduler};
 use crate::sources::claims::{Claim, Claims};
 use crate::store::{Audit, NewTask, Store};
@@ -99,7 +99,7 @@ impl Queue {
                     _ = tokio::time::sleep(self.config.idle_poll) => continue,
                 }
             }
-            self.metrics.sqs_call("receive");
+            self.metrics.sqs_call(SqsCall::Receive);
             let receive = self
                 .sqs
                 .receive_message()
@@ -170,7 +170,7 @@ impl Queue {
                 SqsMessageOutcome::Deleted
             }
             Outcome::GiveBack(after) => {
-                self.metrics.sqs_call("change_visibility");
+                self.metrics.sqs_call(SqsCall::ChangeVisibility);
                 // SQS takes whole seconds, at most 12 hours.
                 let seconds = seconds(after.min(Duration::from_secs(12 * 3600)));
                 let result = self
@@ -204,7 +204,7 @@ impl Queue {
             return SqsMessageOutcome::Left;
         }
         if let Some(dlq) = &self.config.dead_letter_queue {
-            self.metrics.sqs_call("send");
+            self.metrics.sqs_call(SqsCall::Send);
             if let Err(e) = self.sqs.send_message().queue_url(dlq).message_body(body).send().await {
                 warn!(message = %message_id, error = %self.sdk_error(&e), "could not copy to the dead-letter queue");
             }
@@ -240,11 +240,11 @@ impl Queue {
             }
             Request::NotOurs { task } => {
                 if self.config.shared_with_datahub_executor {
-                    self.metrics.foreign_work(&task, ForeignOutcome::GivenBack);
+                    self.metrics.foreign_work(task, ForeignOutcome::GivenBack);
                     debug!(queue = %self.url, task = %task, "work for DataHub's own executor: given back");
                     return Outcome::GiveBack(self.config.foreign_visibility);
                 }
-                self.metrics.foreign_work(&task, ForeignOutcome::Quarantined);
+                self.metrics.foreign_work(task, ForeignOutcome::Quarantined);
                 Outcome::Quarantine(format!(
                     "Celery task {task} is work of DataHub's own executor (assertion monitors), which Outpost does not \
                      run: run DataHub's executor in this pool too, and start Outpost with \
@@ -345,7 +345,7 @@ impl Queue {
     }
 
     async fn delete(&self, message_id: &str, receipt: &str) {
-        self.metrics.sqs_call("delete");
+        self.metrics.sqs_call(SqsCall::Delete);
         if let Err(e) = self.sqs.delete_message().queue_url(&self.url).receipt_handle(receipt).send().await {
             warn!(message = %message_id, error = %self.sdk_error(&e), "could not delete a message");
         }
@@ -429,7 +429,7 @@ impl Queue {
                     .ok()
             })
             .collect();
-        self.metrics.sqs_call("delete");
+        self.metrics.sqs_call(SqsCall::Delete);
         let output = match self.sqs.delete_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await
         {
             Ok(output) => output,
@@ -468,7 +468,7 @@ impl Queue {
                     .ok()
             })
             .collect();
-        self.metrics.sqs_call("change_visibility");
+        self.metrics.sqs_call(SqsCall::ChangeVisibility);
         match self.sqs.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
             Ok(output) => {
                 for failure in &output.failed {
@@ -485,6 +485,28 @@ impl Queue {
     }
 }
 
+/// Why a quarantined message cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no quarantined message {0}")]
+    NotFound(i64),
+    #[error("only {kept} of the body's {bytes} bytes were kept")]
+    Cut { kept: usize, bytes: u64 },
+    /// The body is still unusable: why, as the quarantine said.
+    #[error("{0}")]
+    Unusable(message::Refusal),
+    #[error("a Celery message: its input must be read from GMS")]
+    FetchAndRun,
+    #[error("Celery task {0} is work of DataHub's own executor")]
+    NotOurs(ForeignTask),
+    #[error("executorId: {0}")]
+    Pool(outpost_common::ids::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Scheduler(#[from] scheduler::Error),
+}
+
 /// Replays a quarantined message: parses its stored body again and takes the task in (no SQS message is held
 /// for it). Fails with the reason when the body is still unusable (or was cut when it was stored).
 /// `audit` is recorded with the replay.
@@ -493,35 +515,31 @@ pub async fn replay_quarantined(
     store: &Store,
     id: i64,
     audit: Option<Audit>,
-) -> Result<TaskId, String> {
-    let entry = store
-        .quarantined_message(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no quarantined message {id}"))?;
+) -> Result<TaskId, ReplayError> {
+    let entry = store.quarantined_message(id).await?.ok_or(ReplayError::NotFound(id))?;
     if entry.body.len() as u64 != entry.body_bytes {
-        return Err(format!("only {} of the body's {} bytes were kept", entry.body.len(), entry.body_bytes));
+        return Err(ReplayError::Cut { kept: entry.body.len(), bytes: entry.body_bytes });
     }
-    let (task_id, input) = match message::parse(&entry.body)? {
+    let (task_id, input) = match message::parse(&entry.body).map_err(ReplayError::Unusable)? {
         Request::Run { id, input } => (id, input),
-        Request::FetchAndRun { .. } => return Err("a Celery message: its input must be read from GMS".into()),
-        Request::NotOurs { task } => return Err(format!("Celery task {task} is work of DataHub's own executor")),
+        Request::FetchAndRun { .. } => return Err(ReplayError::FetchAndRun),
+        Request::NotOurs { task } => return Err(ReplayError::NotOurs(task)),
         Request::Kill { id } => {
-            scheduler.cancel(&id, "KILL signal from DataHub (replayed)", None).await.map_err(|e| e.to_string())?;
-            store.mark_replayed(entry.id, unix_ms(), audit).await.map_err(|e| e.to_string())?;
+            scheduler.cancel(&id, "KILL signal from DataHub (replayed)", None).await?;
+            store.mark_replayed(entry.id, unix_ms(), audit).await?;
             return Ok(id);
         }
     };
     let task = NewTask {
         id: task_id.clone(),
         task_name: input.task,
-        pool: PoolId::parse(&input.executor_id).map_err(|e| format!("executorId: {e}"))?,
+        pool: PoolId::parse(&input.executor_id).map_err(ReplayError::Pool)?,
         args: input.args,
         source_type: input.source_type,
         requested_at_ms: input.requested_at_ms,
         claim: None,
     };
-    scheduler.submit(task).await.map_err(|e| e.to_string())?;
-    store.mark_replayed(id, unix_ms(), audit).await.map_err(|e| e.to_string())?;
+    scheduler.submit(task).await?;
+    store.mark_replayed(id, unix_ms(), audit).await?;
     Ok(task_id)
 }

@@ -15,6 +15,17 @@ use tracing::{info, warn};
 
 use crate::gms::{self, ExecutorConfig};
 
+/// Why GMS did not give a pool's queue and credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}; name the pool's queue with --queue instead")]
+    NotDataHubCloud(gms::Error),
+    #[error(transparent)]
+    Gms(gms::Error),
+    #[error("GMS lists no executor config for pool {0} (is it a DataHub Cloud pool in state READY?)")]
+    NoConfig(PoolId),
+}
+
 /// Credentials for one pool, from GMS, cached until shortly before they expire. Clones share the cache.
 #[derive(Clone, Debug)]
 pub struct GmsCredentials {
@@ -44,31 +55,29 @@ impl GmsCredentials {
     }
 
     /// The pool's entry of `listExecutorConfigs`.
-    async fn config(&self) -> Result<ExecutorConfig, String> {
+    async fn config(&self) -> Result<ExecutorConfig, Error> {
         let found = self.gms.executor_configs().await.map_err(|e| match e {
-            gms::Error::NotDataHubCloud(_) => format!("{e}; name the pool's queue with --queue instead"),
-            e => e.to_string(),
+            gms::Error::NotDataHubCloud(_) => Error::NotDataHubCloud(e),
+            e => Error::Gms(e),
         });
         let found = found.and_then(|configs| {
-            configs.into_iter().find(|c| c.executor_id == self.pool.as_str()).ok_or_else(|| {
-                format!(
-                    "GMS lists no executor config for pool {} (is it a DataHub Cloud pool in state READY?)",
-                    self.pool
-                )
-            })
+            configs
+                .into_iter()
+                .find(|c| c.executor_id == self.pool.as_str())
+                .ok_or_else(|| Error::NoConfig(self.pool.clone()))
         });
         if let Some(metrics) = &self.health {
             let now = outpost_common::clock::unix_ms();
             match &found {
                 Ok(_) => metrics.channel_ok(self.pool.as_str(), Intake::DataHubCloud, now),
-                Err(e) => metrics.channel_failed(self.pool.as_str(), Intake::DataHubCloud, e, now),
+                Err(e) => metrics.channel_failed(self.pool.as_str(), Intake::DataHubCloud, &e.to_string(), now),
             }
         }
         found
     }
 
     /// Asks GMS for the pool's queue (and caches the credentials that came with it).
-    pub async fn queue(&self) -> Result<PoolQueue, String> {
+    pub async fn queue(&self) -> Result<PoolQueue, Error> {
         let config = self.config().await?;
         let queue = PoolQueue { url: config.queue_url.clone(), region: config.region.clone() };
         self.remember(&config);

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use outpost_common::ids::TaskId;
+
+use crate::metrics::ForeignTask;
 use serde_json::Value;
 
 /// An execution request's input (`dataHubExecutionRequestInput`), checked.
@@ -31,7 +33,7 @@ pub enum Request {
     Kill { id: TaskId },
     /// Work of DataHub Cloud's own executor that Outpost does not run (an assertion or a monitor's training run):
     /// `task` is the Celery task's short name.
-    NotOurs { task: String },
+    NotOurs { task: ForeignTask },
 }
 
 /// Why a message cannot be used (stored in the quarantine).
@@ -39,9 +41,6 @@ pub type Refusal = String;
 
 /// The Celery task that carries ingestion requests.
 const CELERY_INGESTION_TASK: &str = "ingestion_request";
-
-/// Celery tasks DataHub Cloud's pool queue also carries, for its proprietary monitors (datahub-protocol.md §4.2).
-const CELERY_MONITOR_TASKS: [&str; 2] = crate::metrics::FOREIGN_TASKS;
 
 fn urn_id(urn: &str) -> Result<TaskId, Refusal> {
     let id = urn
@@ -173,8 +172,10 @@ fn parse_celery(value: &Value) -> Result<Request, Refusal> {
     let headers = value.get("headers").ok_or("the Celery envelope has no headers")?;
     let task = headers.get("task").and_then(Value::as_str).ok_or("the Celery envelope has no headers.task")?;
     let short = task.rsplit('.').next().unwrap_or(task);
-    if CELERY_MONITOR_TASKS.contains(&short) {
-        return Ok(Request::NotOurs { task: short.to_owned() });
+    // Celery tasks DataHub Cloud's pool queue also carries, for its proprietary monitors (datahub-protocol.md
+    // §4.2).
+    if let Some(task) = ForeignTask::from_label(short) {
+        return Ok(Request::NotOurs { task });
     }
     if short != CELERY_INGESTION_TASK {
         return Err(format!("Celery task {task:?} is not an ingestion request"));
@@ -242,9 +243,12 @@ mod tests {
                               "aspect": {"value": "{\"signal\": \"KILL\"}", "contentType": "application/json"}});
         assert_eq!(parse(&key_form.to_string()), Ok(Request::Kill { id: id() }));
         // DataHub Cloud's monitor work travels on the same queue; it is recognised, not taken for garbage.
-        for task in ["assertion_request", "monitor_training_request"] {
-            let celery = celery(&format!("datahub_executor.worker.celery_sqs.app.{task}"));
-            assert_eq!(parse(&celery), Ok(Request::NotOurs { task: task.to_owned() }));
+        for (name, task) in [
+            ("assertion_request", ForeignTask::AssertionRequest),
+            ("monitor_training_request", ForeignTask::MonitorTrainingRequest),
+        ] {
+            let celery = celery(&format!("datahub_executor.worker.celery_sqs.app.{name}"));
+            assert_eq!(parse(&celery), Ok(Request::NotOurs { task }));
         }
     }
 

@@ -29,12 +29,12 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_QUEUE_URL", requires = "pool_id")]
     pub queue_url: Option<String>,
     /// The pool of --queue-url.
-    #[arg(long, env = "DATAHUB_EXECUTOR_POOL_ID", value_parser = parse_pool)]
+    #[arg(long, env = "DATAHUB_EXECUTOR_POOL_ID", value_parser = PoolId::parse)]
     pub pool_id: Option<PoolId>,
     /// A pool whose SQS queue and temporary credentials come from DataHub Cloud's GMS (`listExecutorConfigs`);
     /// repeatable. Needs --gms-url. Default, when no queue is named at all: DATAHUB_EXECUTOR_POOL_ID, as DataHub's
     /// own chart sets it.
-    #[arg(long = "queue-from-gms", env = "OUTPOST_QUEUE_FROM_GMS", value_delimiter = ',', value_parser = parse_pool)]
+    #[arg(long = "queue-from-gms", env = "OUTPOST_QUEUE_FROM_GMS", value_delimiter = ',', value_parser = PoolId::parse)]
     pub from_gms: Vec<PoolId>,
     /// Credentials from GMS are fetched again this long before they expire.
     #[arg(id = "sqs_credentials_refresh_ahead", long = "sqs-credentials-refresh-ahead",
@@ -96,18 +96,45 @@ pub struct Config {
     pub retry_backoff_max: Duration,
 }
 
-/// `POOL=URL`.
-fn parse_queue(value: &str) -> Result<(PoolId, String), String> {
-    let (pool, url) = value.split_once('=').ok_or_else(|| format!("{value:?} is not POOL=URL"))?;
-    let pool = parse_pool(pool.trim())?;
-    if !url.starts_with("http://") && !url.starts_with("https://") {
-        return Err(format!("{url:?} is not a queue URL"));
-    }
-    Ok((pool, url.trim().to_owned()))
+/// Why the SQS intake could not start, stopped, or cannot read a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--queue-from-gms {0} needs --gms-url")]
+    NeedsGmsUrl(PoolId),
+    /// SQS refused a call: the HTTP status and the service's error code where it gave them, and the SDK's
+    /// error chain.
+    #[error("{}{}{chain}", status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
+            code.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Refused { status: Option<u16>, code: Option<String>, chain: String },
+    #[error("{url}: {error}")]
+    Queue { url: String, error: Box<Error> },
+    #[error(transparent)]
+    Cloud(#[from] cloud::Error),
+    #[error("an SQS receiver or keeper loop ended")]
+    LoopEnded,
+    #[error("an SQS receiver or keeper loop failed: {0}")]
+    LoopFailed(tokio::task::JoinError),
 }
 
-fn parse_pool(value: &str) -> Result<PoolId, String> {
-    PoolId::parse(value).map_err(|e| e.to_string())
+/// Why a `--queue` value is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadQueue {
+    #[error("{0:?} is not POOL=URL")]
+    NotPair(String),
+    #[error(transparent)]
+    Pool(#[from] outpost_common::ids::Error),
+    #[error("{0:?} is not a queue URL")]
+    NotUrl(String),
+}
+
+/// `POOL=URL`.
+fn parse_queue(value: &str) -> Result<(PoolId, String), BadQueue> {
+    let (pool, url) = value.split_once('=').ok_or_else(|| BadQueue::NotPair(value.to_owned()))?;
+    let pool = PoolId::parse(pool.trim())?;
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(BadQueue::NotUrl(url.to_owned()));
+    }
+    Ok((pool, url.trim().to_owned()))
 }
 
 impl Config {
@@ -197,23 +224,28 @@ pub use outpost_common::aws::loader;
 
 /// Whether `url` can be read with `sqs`'s credentials (GetQueueAttributes, which reads nothing from the queue):
 /// the SDK's error with its service code when not.
-pub async fn probe(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), String> {
+pub async fn probe(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), Error> {
     let attribute = aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages;
     let asked = sqs.get_queue_attributes().queue_url(url).attribute_names(attribute).send().await;
     asked.map(|_| ()).map_err(|e| {
         use aws_sdk_sqs::error::ProvideErrorMetadata;
-        let status = e.raw_response().map(|r| format!("HTTP {}: ", r.status().as_u16())).unwrap_or_default();
-        let code = e.code().map(|c| format!("{c}: ")).unwrap_or_default();
-        format!("{status}{code}{}", outpost_common::errors::chain(&e))
+        Error::Refused {
+            status: e.raw_response().map(|r| r.status().as_u16()),
+            code: e.code().map(str::to_owned),
+            chain: outpost_common::errors::chain(&e),
+        }
     })
 }
 
 /// A DataHub Cloud pool's queue, read with the credentials GMS hands out for it: its URL, or why not.
-pub async fn probe_cloud(gms: &crate::gms::Client, pool: &PoolId, config: &Config) -> Result<String, String> {
+pub async fn probe_cloud(gms: &crate::gms::Client, pool: &PoolId, config: &Config) -> Result<String, Error> {
     let credentials = cloud::GmsCredentials::new(gms.clone(), pool.clone(), config.credentials_refresh_ahead);
     let queue = credentials.queue().await?;
     let client = cloud_client(&queue.region, credentials, config.endpoint.as_deref()).await;
-    probe(&client, &queue.url).await.map(|()| queue.url.clone()).map_err(|e| format!("{}: {e}", queue.url))
+    probe(&client, &queue.url)
+        .await
+        .map(|()| queue.url.clone())
+        .map_err(|e| Error::Queue { url: queue.url.clone(), error: Box::new(e) })
 }
 
 /// An SQS client from the default AWS chain (region, credentials, `AWS_ENDPOINT_URL*`), with an optional endpoint
@@ -231,12 +263,12 @@ pub async fn run(
     sqs: aws_sdk_sqs::Client,
     intake: super::Intake,
     token: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let super::Intake { store, scheduler, gms, claims, metrics } = intake;
     let mut queues: Vec<(PoolId, String, aws_sdk_sqs::Client, Option<cloud::GmsCredentials>)> =
         config.all_queues().into_iter().map(|(pool, url)| (pool, url, sqs.clone(), None)).collect();
     for pool in config.gms_pools(gms.is_some()) {
-        let gms = gms.clone().ok_or_else(|| format!("--queue-from-gms {pool} needs --gms-url"))?;
+        let gms = gms.clone().ok_or_else(|| Error::NeedsGmsUrl(pool.clone()))?;
         let credentials = cloud::GmsCredentials::new(gms, pool.clone(), config.credentials_refresh_ahead)
             .reporting_to(metrics.clone());
         let Some(queue) = pool_queue(&config, &credentials, &pool, &token).await else { return Ok(()) };
@@ -269,12 +301,12 @@ pub async fn run(
     while let Some(ended) = tasks.join_next().await {
         if !token.is_cancelled() {
             return Err(match ended {
-                Ok(()) => "an SQS receiver or keeper loop ended".to_owned(),
-                Err(e) => format!("an SQS receiver or keeper loop failed: {e}"),
+                Ok(()) => Error::LoopEnded,
+                Err(e) => Error::LoopFailed(e),
             });
         }
     }
-    let calls: Vec<String> = metrics.sqs_calls().iter().map(|(call, n)| format!("{call}={n}")).collect();
+    let calls: Vec<String> = metrics.sqs_calls().iter().map(|(call, n)| format!("{}={n}", call.label())).collect();
     info!(calls = %calls.join(" "), "SQS bridge stopped; sqs api calls");
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use outpost_common::metrics::{LATENCY_BUCKETS, Labels, labels};
+use outpost_common::metrics::LATENCY_BUCKETS;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,118 +16,13 @@ use prometheus_client::registry::Registry;
 use crate::lifecycle::{Loss, RetryReason};
 use crate::store::Store;
 
-/// The outcome of one GMS write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GmsOutcome {
-    Delivered,
-    /// 422 "immutable state": GMS already has a final status (settled, not retried).
-    AlreadyTerminal,
-    /// GMS refused the payload for good (400, 413, another 422): recorded on the task as a delivery failure.
-    Refused,
-    Unauthorized,
-    /// Retried later (outage, timeout, 404).
-    Failed,
-    /// A conditional write refused because another controller holds the request now.
-    ClaimLost,
-}
+mod labels;
 
-impl GmsOutcome {
-    const ALL: [GmsOutcome; 6] = [
-        GmsOutcome::Delivered,
-        GmsOutcome::AlreadyTerminal,
-        GmsOutcome::Refused,
-        GmsOutcome::Unauthorized,
-        GmsOutcome::Failed,
-        GmsOutcome::ClaimLost,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            GmsOutcome::Delivered => "delivered",
-            GmsOutcome::AlreadyTerminal => "already_terminal",
-            GmsOutcome::Refused => "refused",
-            GmsOutcome::Unauthorized => "unauthorized",
-            GmsOutcome::Failed => "failed",
-            GmsOutcome::ClaimLost => "claim_lost",
-        }
-    }
-}
-
-/// What became of a message for work Outpost does not run (DataHub Cloud's monitors).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForeignOutcome {
-    /// Left for DataHub's own executor sharing the queue.
-    GivenBack,
-    Quarantined,
-}
-
-/// What the SQS intake did with a message it received.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SqsMessageOutcome {
-    /// A new task, taken in; the message is held until its result is in GMS.
-    Taken,
-    /// A re-delivery of a task already known and not yet reported: its new receipt handle is held instead.
-    Adopted,
-    /// Done with at once (a re-delivery of a reported task, a KILL signal).
-    Deleted,
-    /// Not for this controller (another pool, another controller's claim): visible again later.
-    GivenBack,
-    /// Unusable: quarantined (and copied to the dead-letter queue if one is set).
-    Quarantined,
-    /// Could not be handled now: it comes back after its visibility timeout.
-    Left,
-}
-
-impl SqsMessageOutcome {
-    pub const ALL: [SqsMessageOutcome; 6] = [
-        SqsMessageOutcome::Taken,
-        SqsMessageOutcome::Adopted,
-        SqsMessageOutcome::Deleted,
-        SqsMessageOutcome::GivenBack,
-        SqsMessageOutcome::Quarantined,
-        SqsMessageOutcome::Left,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            SqsMessageOutcome::Taken => "taken",
-            SqsMessageOutcome::Adopted => "adopted",
-            SqsMessageOutcome::Deleted => "deleted",
-            SqsMessageOutcome::GivenBack => "given_back",
-            SqsMessageOutcome::Quarantined => "quarantined",
-            SqsMessageOutcome::Left => "left",
-        }
-    }
-}
-
-/// The Celery tasks of DataHub Cloud's own executor that the bridge recognises.
-pub const FOREIGN_TASKS: [&str; 2] = ["assertion_request", "monitor_training_request"];
-
-/// SQS API calls by kind.
-pub const SQS_CALLS: [&str; 4] = ["receive", "change_visibility", "delete", "send"];
-/// GMS write kinds.
-pub const GMS_KINDS: [&str; 3] = ["running", "progress", "terminal"];
-
-/// A way requests come in for a pool (a "channel" in metrics and the API), whose calls can fail quietly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Intake {
-    /// Receiving from the pool's SQS queue.
-    Sqs,
-    /// Getting the pool's queue and credentials from DataHub Cloud's GMS.
-    DataHubCloud,
-    /// Searching open-source GMS for the pool's execution requests.
-    GmsChannel,
-}
-
-impl Intake {
-    pub fn label(self) -> &'static str {
-        match self {
-            Intake::Sqs => "sqs",
-            Intake::DataHubCloud => "cloud_credentials",
-            Intake::GmsChannel => "gms",
-        }
-    }
-}
+use labels::{
+    CallLabel, ForeignLabels, GmsWriteLabels, LossLabel, PoolChannel, PoolLabel, PoolOutcome, Reload, ReloadLabels,
+    RetryLabel, StatePool, VenvLabel, Warmth, WorkerLabel,
+};
+pub use labels::{ForeignOutcome, ForeignTask, GmsKind, GmsOutcome, Intake, Listener, SqsCall, SqsMessageOutcome};
 
 /// How a pool's channel is doing: its last success, its last error (in words) and the failures since a success.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,34 +42,34 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
-    tasks: Family<Labels, Gauge>,
+    tasks: Family<StatePool, Gauge>,
     outbox_depth: Gauge,
     sqlite_statements: Counter,
     sqlite_commits: Counter,
     sqlite_counted: Mutex<()>,
     dispatch_latency: Histogram,
     grants: Counter,
-    venv_grants: Family<Labels, Counter>,
-    lease_losses: Family<Labels, Counter>,
-    retries: Family<Labels, Counter>,
+    venv_grants: Family<VenvLabel, Counter>,
+    lease_losses: Family<LossLabel, Counter>,
+    retries: Family<RetryLabel, Counter>,
     aborted: Counter,
     connected_agents: Gauge,
-    sqs_calls: Family<Labels, Counter>,
-    sqs_messages: Family<Labels, Counter>,
-    sqs_idle_polls: Family<Labels, Counter>,
+    sqs_calls: Family<CallLabel, Counter>,
+    sqs_messages: Family<PoolOutcome, Counter>,
+    sqs_idle_polls: Family<PoolLabel, Counter>,
     leases_reclaimed: Counter,
-    tls_reloads: Family<Labels, Counter>,
-    gms_writes: Family<Labels, Counter>,
-    foreign_work: Family<Labels, Counter>,
-    channel_last_success: Family<Labels, Gauge>,
-    channel_failures: Family<Labels, Gauge>,
-    channel_errors: Family<Labels, Counter>,
+    tls_reloads: Family<ReloadLabels, Counter>,
+    gms_writes: Family<GmsWriteLabels, Counter>,
+    foreign_work: Family<ForeignLabels, Counter>,
+    channel_last_success: Family<PoolChannel, Gauge>,
+    channel_failures: Family<PoolChannel, Gauge>,
+    channel_errors: Family<PoolChannel, Counter>,
     channels: Mutex<BTreeMap<(String, Intake), ChannelHealth>>,
-    pool_agents: Family<Labels, Gauge>,
+    pool_agents: Family<PoolLabel, Gauge>,
     /// Every pool that had an agent (its gauge goes to 0, not away, when the last one leaves).
     agent_pools: Mutex<std::collections::BTreeSet<String>>,
-    oldest_waiting: Family<Labels, Gauge>,
-    agent_cert_expiry: Family<Labels, Gauge>,
+    oldest_waiting: Family<PoolLabel, Gauge>,
+    agent_cert_expiry: Family<WorkerLabel, Gauge>,
     controller_cert_expiry: Gauge,
     /// The controller's certificate file, read at each scrape for its expiry.
     controller_cert: Mutex<Option<std::path::PathBuf>>,
@@ -316,31 +211,31 @@ impl Default for Metrics {
             inner.sqlite_commits.clone(),
         );
         // Every series exists from the start (a scrape shows zeros, not gaps).
-        for venv in ["warm", "cold"] {
-            let _ = inner.venv_grants.get_or_create(&labels(&[("venv", venv)]));
+        for &venv in Warmth::ALL {
+            let _ = inner.venv_grants.get_or_create(&VenvLabel { venv });
         }
-        for loss in Loss::ALL {
-            let _ = inner.lease_losses.get_or_create(&labels(&[("reason", loss.label())]));
+        for reason in Loss::ALL {
+            let _ = inner.lease_losses.get_or_create(&LossLabel { reason });
         }
         for reason in RetryReason::ALL {
-            let _ = inner.retries.get_or_create(&labels(&[("reason", reason.label())]));
+            let _ = inner.retries.get_or_create(&RetryLabel { reason });
         }
-        for call in SQS_CALLS {
-            let _ = inner.sqs_calls.get_or_create(&labels(&[("call", call)]));
+        for &call in SqsCall::ALL {
+            let _ = inner.sqs_calls.get_or_create(&CallLabel { call });
         }
-        for listener in ["grpc", "join"] {
-            for outcome in ["loaded", "failed"] {
-                let _ = inner.tls_reloads.get_or_create(&labels(&[("listener", listener), ("outcome", outcome)]));
+        for &listener in Listener::ALL {
+            for &outcome in Reload::ALL {
+                let _ = inner.tls_reloads.get_or_create(&ReloadLabels { listener, outcome });
             }
         }
-        for kind in GMS_KINDS {
-            for outcome in GmsOutcome::ALL {
-                let _ = inner.gms_writes.get_or_create(&labels(&[("kind", kind), ("outcome", outcome.label())]));
+        for &kind in GmsKind::ALL {
+            for &outcome in GmsOutcome::ALL {
+                let _ = inner.gms_writes.get_or_create(&GmsWriteLabels { kind, outcome });
             }
         }
-        for task in FOREIGN_TASKS {
-            for outcome in ["given_back", "quarantined"] {
-                let _ = inner.foreign_work.get_or_create(&labels(&[("task", task), ("outcome", outcome)]));
+        for &task in ForeignTask::ALL {
+            for &outcome in ForeignOutcome::ALL {
+                let _ = inner.foreign_work.get_or_create(&ForeignLabels { task, outcome });
             }
         }
         Metrics { inner: Arc::new(Inner { registry, ..inner }) }
@@ -353,27 +248,23 @@ impl Metrics {
     pub fn granted(&self, seconds: f64, warm: Option<bool>) {
         self.inner.grants.inc();
         if let Some(warm) = warm {
-            self.inner.venv_grants.get_or_create(&labels(&[("venv", if warm { "warm" } else { "cold" })])).inc();
+            let venv = if warm { Warmth::Warm } else { Warmth::Cold };
+            self.inner.venv_grants.get_or_create(&VenvLabel { venv }).inc();
         }
         self.inner.dispatch_latency.observe(seconds);
     }
 
     pub fn lease_lost(&self, loss: Loss) {
-        self.inner.lease_losses.get_or_create(&labels(&[("reason", loss.label())])).inc();
+        self.inner.lease_losses.get_or_create(&LossLabel { reason: loss }).inc();
     }
 
     pub fn retried(&self, reason: RetryReason) {
-        self.inner.retries.get_or_create(&labels(&[("reason", reason.label())])).inc();
+        self.inner.retries.get_or_create(&RetryLabel { reason }).inc();
     }
 
-    /// A message for work of DataHub's own executor (`task` is one of [`FOREIGN_TASKS`]).
-    pub fn foreign_work(&self, task: &str, outcome: ForeignOutcome) {
-        let Some(task) = FOREIGN_TASKS.iter().find(|f| **f == task) else { return };
-        let outcome = match outcome {
-            ForeignOutcome::GivenBack => "given_back",
-            ForeignOutcome::Quarantined => "quarantined",
-        };
-        self.inner.foreign_work.get_or_create(&labels(&[("task", task), ("outcome", outcome)])).inc();
+    /// A message for work of DataHub's own executor.
+    pub fn foreign_work(&self, task: ForeignTask, outcome: ForeignOutcome) {
+        self.inner.foreign_work.get_or_create(&ForeignLabels { task, outcome }).inc();
     }
 
     pub fn aborted(&self) {
@@ -384,29 +275,26 @@ impl Metrics {
         self.inner.connected_agents.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// `call` is one of [`SQS_CALLS`].
-    pub fn sqs_call(&self, call: &str) {
-        if let Some(call) = SQS_CALLS.iter().find(|c| **c == call) {
-            self.inner.sqs_calls.get_or_create(&labels(&[("call", call)])).inc();
-        }
+    pub fn sqs_call(&self, call: SqsCall) {
+        self.inner.sqs_calls.get_or_create(&CallLabel { call }).inc();
     }
 
     /// `pool`'s SQS intake started: its message and idle-poll series exist from now on (a scrape shows zeros).
     pub fn sqs_pool(&self, pool: &str) {
-        for outcome in SqsMessageOutcome::ALL {
-            let _ = self.inner.sqs_messages.get_or_create(&labels(&[("pool", pool), ("outcome", outcome.label())]));
+        for &outcome in SqsMessageOutcome::ALL {
+            let _ = self.inner.sqs_messages.get_or_create(&PoolOutcome { pool: pool.to_owned(), outcome });
         }
-        let _ = self.inner.sqs_idle_polls.get_or_create(&labels(&[("pool", pool)]));
+        let _ = self.inner.sqs_idle_polls.get_or_create(&PoolLabel { pool: pool.to_owned() });
     }
 
     /// A message received from `pool`'s queue, and what became of it.
     pub fn sqs_message(&self, pool: &str, outcome: SqsMessageOutcome) {
-        self.inner.sqs_messages.get_or_create(&labels(&[("pool", pool), ("outcome", outcome.label())])).inc();
+        self.inner.sqs_messages.get_or_create(&PoolOutcome { pool: pool.to_owned(), outcome }).inc();
     }
 
     /// `pool`'s SQS intake skipped a receive: no agent slot was free for it.
     pub fn sqs_idle_poll(&self, pool: &str) {
-        self.inner.sqs_idle_polls.get_or_create(&labels(&[("pool", pool)])).inc();
+        self.inner.sqs_idle_polls.get_or_create(&PoolLabel { pool: pool.to_owned() }).inc();
     }
 
     /// An agent connected still holding `n` attempts, kept running.
@@ -415,44 +303,39 @@ impl Metrics {
     }
 
     /// `listener` (grpc or join) saw changed TLS files and loaded them (`loaded`) or kept the previous ones.
-    pub fn tls_reloaded(&self, listener: &'static str, loaded: bool) {
-        let outcome = if loaded { "loaded" } else { "failed" };
-        self.inner.tls_reloads.get_or_create(&labels(&[("listener", listener), ("outcome", outcome)])).inc();
+    pub fn tls_reloaded(&self, listener: Listener, loaded: bool) {
+        let outcome = if loaded { Reload::Loaded } else { Reload::Failed };
+        self.inner.tls_reloads.get_or_create(&ReloadLabels { listener, outcome }).inc();
     }
 
-    fn counts(
-        family: &Family<Labels, Counter>,
-        label: &'static str,
-        values: &[&'static str],
-    ) -> Vec<(&'static str, u64)> {
-        values.iter().map(|v| (*v, family.get_or_create(&labels(&[(label, v)])).get())).collect()
+    /// SQS calls so far, by call.
+    pub fn sqs_calls(&self) -> Vec<(SqsCall, u64)> {
+        SqsCall::ALL.iter().map(|&call| (call, self.inner.sqs_calls.get_or_create(&CallLabel { call }).get())).collect()
     }
 
-    pub fn sqs_calls(&self) -> Vec<(&'static str, u64)> {
-        Self::counts(&self.inner.sqs_calls, "call", &SQS_CALLS)
+    /// Lease losses by reason.
+    pub fn lease_losses(&self) -> Vec<(Loss, u64)> {
+        Loss::ALL
+            .iter()
+            .map(|&reason| (reason, self.inner.lease_losses.get_or_create(&LossLabel { reason }).get()))
+            .collect()
     }
 
-    /// Lease losses by reason label.
-    pub fn lease_losses(&self) -> Vec<(&'static str, u64)> {
-        let reasons: Vec<&'static str> = Loss::ALL.iter().map(|l| l.label()).collect();
-        Self::counts(&self.inner.lease_losses, "reason", &reasons)
+    /// Retries by reason.
+    pub fn retries(&self) -> Vec<(RetryReason, u64)> {
+        RetryReason::ALL
+            .iter()
+            .map(|&reason| (reason, self.inner.retries.get_or_create(&RetryLabel { reason }).get()))
+            .collect()
     }
 
-    /// Retries by reason label.
-    pub fn retries(&self) -> Vec<(&'static str, u64)> {
-        let reasons: Vec<&'static str> = RetryReason::ALL.iter().map(|r| r.label()).collect();
-        Self::counts(&self.inner.retries, "reason", &reasons)
-    }
-
-    /// `kind` is one of [`GMS_KINDS`].
-    pub fn gms_write(&self, kind: &str, outcome: GmsOutcome) {
-        let Some(kind) = GMS_KINDS.iter().find(|k| **k == kind) else { return };
-        self.inner.gms_writes.get_or_create(&labels(&[("kind", kind), ("outcome", outcome.label())])).inc();
+    pub fn gms_write(&self, kind: GmsKind, outcome: GmsOutcome) {
+        self.inner.gms_writes.get_or_create(&GmsWriteLabels { kind, outcome }).inc();
     }
 
     /// A call of `pool`'s `channel` succeeded at `now_ms`.
     pub fn channel_ok(&self, pool: &str, channel: Intake, now_ms: i64) {
-        let key = labels(&[("pool", pool), ("channel", channel.label())]);
+        let key = PoolChannel { pool: pool.to_owned(), channel };
         self.inner.channel_last_success.get_or_create(&key).set(now_ms / 1000);
         self.inner.channel_failures.get_or_create(&key).set(0);
         let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -463,7 +346,7 @@ impl Metrics {
 
     /// A call of `pool`'s `channel` failed at `now_ms` with `error` (words an operator can act on; never a secret).
     pub fn channel_failed(&self, pool: &str, channel: Intake, error: &str, now_ms: i64) {
-        let key = labels(&[("pool", pool), ("channel", channel.label())]);
+        let key = PoolChannel { pool: pool.to_owned(), channel };
         self.inner.channel_errors.get_or_create(&key).inc();
         let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
         let health = channels.entry((pool.to_owned(), channel)).or_default();
@@ -485,7 +368,7 @@ impl Metrics {
         known.extend(pools.iter().map(|(pool, _)| pool.clone()));
         for pool in known.iter() {
             let agents = pools.iter().find(|(p, _)| p == pool).map_or(0, |(_, n)| *n);
-            self.inner.pool_agents.get_or_create(&labels(&[("pool", pool)])).set(i64::from(agents));
+            self.inner.pool_agents.get_or_create(&PoolLabel { pool: pool.clone() }).set(i64::from(agents));
         }
     }
 
@@ -514,16 +397,16 @@ impl Metrics {
             // Every state of every pool with tasks, 0 where none is in it: a graph shows 0, not a gap.
             for (_, pool, _) in &counts {
                 for state in outpost_common::task::TaskState::ALL {
-                    inner.tasks.get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())])).set(0);
+                    inner.tasks.get_or_create(&StatePool { state: state.as_str(), pool: pool.to_string() }).set(0);
                 }
             }
             for (state, pool, n) in counts {
                 inner
                     .tasks
-                    .get_or_create(&labels(&[("state", state.as_str()), ("pool", pool.as_str())]))
+                    .get_or_create(&StatePool { state: state.as_str(), pool: pool.to_string() })
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
                 // Every pool with tasks shows how long its oldest waits (0 below when none waits).
-                inner.oldest_waiting.get_or_create(&labels(&[("pool", pool.as_str())])).set(0);
+                inner.oldest_waiting.get_or_create(&PoolLabel { pool: pool.to_string() }).set(0);
             }
         }
         if let Ok(depth) = store.outbox_depth().await {
@@ -540,7 +423,7 @@ impl Metrics {
         if let Ok(backlogs) = store.pool_backlogs().await {
             for b in backlogs {
                 let waited = if b.oldest_queued_ms > 0 { (now_ms - b.oldest_queued_ms).max(0) / 1000 } else { 0 };
-                inner.oldest_waiting.get_or_create(&labels(&[("pool", b.pool.as_str())])).set(waited);
+                inner.oldest_waiting.get_or_create(&PoolLabel { pool: b.pool.to_string() }).set(waited);
             }
         }
         // Certificates of connected agents only: a worker long gone is not an expiring certificate.
@@ -552,7 +435,7 @@ impl Metrics {
                 if connected.contains(worker.as_str()) {
                     inner
                         .agent_cert_expiry
-                        .get_or_create(&labels(&[("worker", worker.as_str())]))
+                        .get_or_create(&WorkerLabel { worker: worker.to_string() })
                         .set(expires_ms / 1000);
                 }
             }
